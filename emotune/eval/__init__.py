@@ -1,0 +1,1 @@
+"""Evaluation stage: tasks, retriever, scorer, generation + MAUVE, result store, scheduler, report."""

@@ -1,0 +1,1 @@
+"""The `emotune` CLI and launch helpers."""

@@ -1,0 +1,58 @@
+"""The `emotune` command line: `emotune COMMAND [args...]`.
+
+Each command lives in its own module with a `main(argv: list[str]) -> int`; modules are imported
+only when their command runs, so `emotune --help` stays fast. Bad user input raises
+`EmotuneError`: it is printed as one line and the exit status is 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from emotune.errors import EmotuneError
+
+# command -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("emotune.launch.demo:main", "run the embedded default job (offline, CPU is enough)"),
+    "losses": ("emotune.launch.demo:list_losses", "list the training objectives and their parameters"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: emotune COMMAND [args...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `emotune COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from emotune import __version__
+
+        print(f"emotune {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"emotune: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(func(rest) or 0)
+    except EmotuneError as err:
+        print(f"emotune {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotune {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""DEMD, the differentiable upper bound of the earth mover distance (paper Eq. 14-15, EMO.md section 3).
+
+With cost C[i, j] = 1 - ê_i · ê_j (Ê row-normalised), everything is computed through Ê, never through
+a dense V x V cost or a dense one-hot:
+
+- one-hot target y:  demd_t = sum_i q_i C[i, y] = 1 - (Êᵀ q) · Ê[y]        (tight: equals the exact EMD)
+- dense target p:    demd_t = |q - p|ᵀ C p,  C p = (sum p) - Ê (Êᵀ p)       (Eq. 15)
+
+The gradient w.r.t. the logits of the one-hot form is q_k (c̄ - c_k), c_k = ê_k · ê_y; autograd
+produces exactly that because Ê is detached.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def demd_one_hot(q: Tensor, y: Tensor, e_hat: Tensor) -> Tensor:
+    """Per-token DEMD `[N]` for probabilities `q [N,V]`, targets `y [N]`, normalised cost embedding `Ê [V,H']`."""
+    e_hat = e_hat.detach().to(q.dtype)
+    return 1.0 - ((q @ e_hat) * e_hat[y]).sum(-1)
+
+
+def demd_dense(q: Tensor, p: Tensor, e_hat: Tensor) -> Tensor:
+    """Generalised DEMD `|q - p|ᵀ C p` per row, for a dense target distribution `p [N,V]` (paper Eq. 15).
+
+    Used with soft targets such as a teacher's distribution. Gradients flow to `q` (and to `p` if it
+    requires them); the cost embedding never receives one.
+    """
+    e_hat = e_hat.detach().to(q.dtype)
+    c_p = p.sum(-1, keepdim=True) - (p @ e_hat) @ e_hat.T  # (C p)_i = sum_j p_j (1 - ê_i·ê_j)
+    return ((q - p).abs() * c_p).sum(-1)

@@ -1,0 +1,112 @@
+"""MLE, TaiLr, MixCE and EMO on HF-style `(logits [B,T,V], labels [B,T])` (EMO.md sections 2, 4, 5).
+
+Every function returns a `LossOutput`: the token-mean loss to optimise plus plain CE, mean DEMD and
+mean weight for logging. `num_items_in_batch` (as passed by HF Trainer) replaces the local token
+count in the mean, so accumulated micro-batches equal one large batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from emotune.objectives.common import (
+    IGNORE_INDEX,
+    RATIO_EPS,
+    LossOutput,
+    make_output,
+    select_targets,
+    token_ce_and_probs,
+    token_mean,
+)
+from emotune.objectives.cost import CostEmbedding, as_matrix
+from emotune.objectives.demd import demd_one_hot
+
+EMO_VARIANTS = ("emo1", "emo2", "demd")
+WEIGHTINGS = ("token", "batch")
+
+
+def mle(logits: Tensor, labels: Tensor, num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """Maximum likelihood: `mle_t = -log q_t[y_t]`."""
+    z, y = select_targets(logits, labels, ignore_index)
+    ce, _ = token_ce_and_probs(z, y)
+    return make_output(token_mean(ce, num_items_in_batch), ce)
+
+
+def tailr_weight(p: Tensor, gamma: float, min_weight: float) -> Tensor:
+    """TaiLr's token weight `p / (γ + (1-γ) p)`, clamped to `[min_weight, 1]`, without gradient."""
+    p = p.detach()
+    return (p / (gamma + (1.0 - gamma) * p).clamp_min(RATIO_EPS)).clamp(min_weight, 1.0)
+
+
+def tailr(logits: Tensor, labels: Tensor, gamma: float = 0.1, min_weight: float = 0.2, num_items_in_batch=None,
+          ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """TaiLr (official fairseq code): `sg(w_t) * mle_t`."""
+    z, y = select_targets(logits, labels, ignore_index)
+    ce, _ = token_ce_and_probs(z, y)
+    w = tailr_weight(torch.exp(-ce), gamma, min_weight)
+    return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+
+
+def mixce_weight(p: Tensor, eta: float) -> Tensor:
+    """MixCE's coefficient `η + (1-η) sg(p_t)`."""
+    return eta + (1.0 - eta) * p.detach()
+
+
+def mixce(logits: Tensor, labels: Tensor, eta: float = 0.8, num_items_in_batch=None,
+          ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """MixCE (official approximation): `(η + (1-η) sg(p_t)) * mle_t`; η = 1 is MLE."""
+    z, y = select_targets(logits, labels, ignore_index)
+    ce, _ = token_ce_and_probs(z, y)
+    w = mixce_weight(torch.exp(-ce), eta)
+    return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+
+
+def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | None) -> tuple[Tensor, Tensor | None]:
+    """Combine per-token (or batch-mean) MLE and DEMD; returns (loss terms, stop-gradient ratio).
+
+    emo1: 0.5 * (mle + sg(mle/demd) * demd)   emo2: sg(demd/mle) * mle + demd   demd: demd
+    """
+    if variant == "demd":
+        return demd, None
+    if variant == "emo1":
+        ratio = ce.detach() / demd.detach().clamp_min(RATIO_EPS)
+    else:
+        ratio = demd.detach() / ce.detach().clamp_min(RATIO_EPS)
+    if ratio_clamp is not None:
+        ratio = ratio.clamp_max(ratio_clamp)
+    if variant == "emo1":
+        return 0.5 * (ce + ratio * demd), ratio
+    return ratio * ce + demd, ratio
+
+
+def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: str = "emo1",
+        ratio_clamp: float | None = None, weighting: str = "token", gt_detach: bool = False,
+        num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """EMO: MLE mixed with DEMD by the dynamic weight (paper Eq. 19; EMO.md section 4).
+
+    - `variant`: `emo1` (default), `emo2` (the continual fine-tuning scripts' default) or `demd` (ablation).
+    - `ratio_clamp`: cap the stop-gradient ratio (the official "clamped" class uses 3.0).
+    - `weighting`: `token` (official, per-token ratio) or `batch` (ratio of the batch means).
+    - `gt_detach`: the official LLaMA code's latest variant, subtracting sg(q_y) from q before the
+      product: the DEMD value becomes `demd_t + q_y` (and so the weight), its gradient is unchanged.
+    - `cost`: the cost embedding (a `CostEmbedding`, or a raw `[V, H']` tensor normalised here).
+    """
+    if variant not in EMO_VARIANTS:
+        raise ValueError(f"emo variant must be one of {EMO_VARIANTS}, got {variant!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    z, y = select_targets(logits, labels, ignore_index)
+    e_hat = as_matrix(cost, logits.shape[-1], logits.device)
+    ce, q = token_ce_and_probs(z, y)
+    d = demd_one_hot(q, y, e_hat)
+    if gt_detach:
+        d = d + q.gather(-1, y[:, None]).squeeze(-1).detach()
+    if weighting == "token":
+        per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
+        loss = token_mean(per_token, num_items_in_batch)
+    else:
+        mean_ce, mean_d = token_mean(ce, num_items_in_batch), token_mean(d, num_items_in_batch)
+        loss, ratio = mix_mle_demd(mean_ce, mean_d, variant, ratio_clamp)
+        ratio = None if ratio is None else ratio.expand(ce.shape)
+    return make_output(loss, ce, demd=d, weight=ratio)

@@ -1,0 +1,1 @@
+"""Training pipeline: config schema, data, model + cost embedding, training stage."""

@@ -1,0 +1,68 @@
+"""Read another checkpoint's LM head for the `external` cost embedding (EMO.md section 3).
+
+Only the one tensor is read, from the safetensors files (never a pickle, never the whole model): the
+paper's LoRA runs took LLaMA-2-13B's head as the cost for every model size. Works on a local
+directory or a hub id (only the index and the shard holding the head are downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from emotune.errors import EmotuneError
+from emotune.objectives.cost import CostEmbedding
+
+# Where causal LMs keep the output embedding; tied models keep only the input one.
+HEAD_KEYS = ("lm_head.weight", "embed_out.weight", "output.weight")
+TIED_KEYS = ("model.embed_tokens.weight", "transformer.wte.weight", "model.decoder.embed_tokens.weight",
+             "gpt_neox.embed_in.weight", "embed_tokens.weight", "wte.weight")
+
+
+def _fetch(source: str, filename: str) -> Path | None:
+    path = Path(source)
+    if path.is_dir():
+        return path / filename if (path / filename).is_file() else None
+    if path.exists():
+        raise EmotuneError(f"cost checkpoint {source}: expected a model directory, found a file")
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import EntryNotFoundError
+
+        return Path(hf_hub_download(source, filename))
+    except EntryNotFoundError:
+        return None
+    except Exception as err:  # offline, unknown repo, gated...
+        raise EmotuneError(f"cost checkpoint {source!r} is neither a local directory nor reachable on the hub: {err}") from None
+
+
+def load_lm_head(source: str) -> torch.Tensor:
+    """The `[V, H]` output embedding of the checkpoint at `source` (directory or hub id)."""
+    index_file = _fetch(source, "model.safetensors.index.json")
+    if index_file is not None:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    else:
+        single = _fetch(source, "model.safetensors")
+        if single is None:
+            raise EmotuneError(f"cost checkpoint {source}: no model.safetensors(.index.json) found (only safetensors weights are read)")
+        with safe_open(str(single), "pt") as f:
+            weight_map = {k: "model.safetensors" for k in f.keys()}
+    config_file = _fetch(source, "config.json")
+    tied = json.loads(config_file.read_text()).get("tie_word_embeddings", True) if config_file else True
+    keys = HEAD_KEYS + (TIED_KEYS if tied or not any(k in weight_map for k in HEAD_KEYS) else ())
+    key = next((k for k in keys if k in weight_map), None)
+    if key is None:
+        raise EmotuneError(f"cost checkpoint {source}: no LM head among its tensors (looked for {', '.join(keys)})")
+    shard = _fetch(source, weight_map[key])
+    if shard is None:
+        raise EmotuneError(f"cost checkpoint {source}: shard {weight_map[key]} named by the index is missing")
+    with safe_open(str(shard), "pt") as f:
+        return f.get_tensor(key)
+
+
+def external_cost(source: str, vocab_size: int) -> CostEmbedding:
+    """An `external` cost embedding from another checkpoint; its vocabulary must match the model's."""
+    return CostEmbedding.external(load_lm_head(source), vocab_size, name=f"LM head of {source}")
