@@ -16,6 +16,7 @@ from emotune.errors import EmotuneError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("emotune.launch.demo:main", "run the embedded default job (offline, CPU is enough)"),
     "losses": ("emotune.launch.demo:list_losses", "list the training objectives and their parameters"),
+    "launch": ("emotune.launch.launch_cli:main", "start training on 1 GPU, N GPUs, N nodes (hostfile) or SLURM"),
 }
 
 

