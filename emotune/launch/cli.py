@@ -16,7 +16,13 @@ from emotune.errors import EmotuneError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("emotune.launch.demo:main", "run the embedded default job (offline, CPU is enough)"),
     "losses": ("emotune.launch.demo:list_losses", "list the training objectives and their parameters"),
+    "eval": ("emotune.eval.cli:main", "evaluate a checkpoint: ICL (TopK + PPL), MMLU 5-shot, generation suites"),
+    "train": ("emotune.pipeline.train:main", "fine-tune a causal LM (EMO, MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3: train CONFIG [key=value ...]"),
     "launch": ("emotune.launch.launch_cli:main", "start training on 1 GPU, N GPUs, N nodes (hostfile) or SLURM"),
+    "watch": ("emotune.eval.scheduler:main", "evaluate every checkpoint of a run as it lands: watch RUN_DIR --suite NAME"),
+    "results": ("emotune.eval.results_cli:main", "print a run's evaluation results: results RUN_DIR [--json]"),
+    "report": ("emotune.eval.report:main", "HTML + PNG + Markdown report: report RUN_DIR [RUN_DIR...] --out DIR"),
+    "pipeline": ("emotune.launch.pipeline:main", "train, evaluate each checkpoint as it lands, report: pipeline CONFIG"),
 }
 
 

@@ -40,6 +40,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
     ap.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
     ap.add_argument("--master-port", type=int, default=int(os.environ.get("MASTER_PORT", "29500")))
     ap.add_argument("--ssh-port", type=int, help="ssh port of the other nodes (pdsh)")
+    ap.add_argument("--no-ssh-check", action="store_true",
+                    help="skip DeepSpeed's plain-ssh probe (when ssh options come through PDSH_SSH_ARGS_APPEND)")
     ap.add_argument("--timeout-minutes", type=int, help="process-group timeout (DEEPSPEED_TIMEOUT)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra variable for every rank")
     ap.add_argument("--env-file", default=".emotune/deepspeed_env", help="where the .deepspeed_env file is written")
@@ -58,7 +60,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
         raise EmotuneError(f"config file {args.config} does not exist")
     plan = LaunchPlan(config=args.config, overrides=args.overrides, launcher=args.launcher, nodes=args.nodes,
                       procs_per_node=args.procs_per_node, hostfile=args.hostfile, node_rank=args.node_rank,
-                      master_addr=args.master_addr, master_port=args.master_port, ssh_port=args.ssh_port,
+                      master_addr=args.master_addr, master_port=args.master_port, ssh_port=args.ssh_port, ssh_check=not args.no_ssh_check,
                       timeout_minutes=args.timeout_minutes, env=env)
     return args, plan
 
@@ -99,7 +101,4 @@ def main(argv: list[str]) -> int:
     env_path.parent.mkdir(parents=True, exist_ok=True)
     write_env_file(plan, env_path)
     env = dict(os.environ, DS_ENV_FILE=str(env_path), **plan.env)
-    if plan.launcher == "deepspeed" and plan.hostfile and plan.node_rank is None and plan.ssh_port:
-        # pdsh's ssh module: the port (and any other ssh options) come from PDSH_SSH_ARGS_APPEND.
-        env["PDSH_SSH_ARGS_APPEND"] = (env.get("PDSH_SSH_ARGS_APPEND", "") + f" -p {plan.ssh_port}").strip()
     return subprocess.run(executable(cmd), env=env).returncode

@@ -45,6 +45,7 @@ class LaunchPlan:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     ssh_port: int | None = None
+    ssh_check: bool = True  # DeepSpeed's plain-ssh reachability probe of the first host
     timeout_minutes: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     python: str = "python"
@@ -130,9 +131,10 @@ def build_command(plan: LaunchPlan) -> list[str]:
         if plan.node_rank is not None:
             cmd += ["--no_ssh", "--node_rank", str(plan.node_rank)]
         else:
-            cmd += ["--no_ssh_check"]  # the runner's own ssh probe ignores --ssh_port
-            if plan.ssh_port:
+            if plan.ssh_port:  # DeepSpeed passes it to its ssh check and to pdsh (PDSH_SSH_ARGS_APPEND)
                 cmd += ["--ssh_port", str(plan.ssh_port)]
+            if not plan.ssh_check:
+                cmd += ["--no_ssh_check"]
     else:
         # On CPU-only machines --num_gpus is the number of processes (DEEPSPEED.md).
         cmd += ["--num_gpus", str(plan.procs_per_node)]

@@ -1,0 +1,73 @@
+"""The real launchers on loopback: two "nodes" with --no_ssh equal one node, and pdsh over a real sshd.
+
+Each runs the tiny CPU config for a few steps through `emotune launch` (DeepSpeed ZeRO-3, gloo).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sshd_fixture import free_port, local_sshd, missing_programs
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = "configs/train/tiny-cpu.yaml"
+STEPS = 4
+pytestmark = pytest.mark.e2e
+
+
+def launch(args: list[str], env: dict | None = None, wait: bool = True):
+    cmd = [sys.executable, "-m", "emotune", "launch", CONFIG, f"max_steps={STEPS}", "save_steps=4", "logging_steps=1", *args]
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / f"checkpoint-{STEPS}" / "COMPLETE").exists()
+
+
+def test_two_nodes_no_ssh_equal_one_node_two_ranks(tmp_path):
+    one = tmp_path / "one"
+    res = launch([f"output_dir={one}", "--procs-per-node", "2", "--master-port", str(free_port())])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    two = tmp_path / "two"
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    common = [f"output_dir={two}", "--nodes", "2", "--procs-per-node", "1", "--hostfile", str(hostfile),
+              "--master-addr", "127.0.0.1", "--master-port", port, "--env-file", str(tmp_path / "env")]
+    nodes = [launch([*common, "--node-rank", str(r)], wait=False) for r in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), "\n".join(o[-3000:] for o in outs)
+
+    assert finished(one) and finished(two)
+    a, b = losses(one), losses(two)
+    assert len(a) == STEPS and [s for s, _ in a] == [s for s, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert x == pytest.approx(y, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.skipif(bool(missing_programs()), reason=f"needs Debian openssh-server and pdsh ({missing_programs()} missing); .ci/run installs them")
+def test_pdsh_launcher_over_real_sshd(tmp_path):
+    run = tmp_path / "pdsh"
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two "nodes", both this machine
+    with local_sshd(tmp_path / "sshd") as sshd:
+        res = launch([f"output_dir={run}", "--nodes", "2", "--procs-per-node", "1", "--hostfile", str(hostfile),
+                      "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--ssh-port", str(sshd.port),
+                      "--no-ssh-check", "--env-file", str(tmp_path / "env"), "--env", "HF_HUB_OFFLINE=1"],
+                     env=sshd.client_env())
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "pdsh" in (res.stdout + res.stderr)
+    assert finished(run) and len(losses(run)) == STEPS
