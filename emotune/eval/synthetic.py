@@ -206,3 +206,27 @@ class SyntheticLanguage:
 
     def synonym_groups(self) -> list[list[str]]:
         return [[self.words[w] for w in np.nonzero(self.emission[c])[0]] for c in range(len(self.concept_class))]
+
+
+def train_sentencepiece_tokenizer(texts: list[str], out_dir, vocab_size: int = 768):
+    """A LLaMA-style sentencepiece tokenizer (BPE, byte fallback, <s>/</s>/<unk>) trained on `texts`,
+    saved as a Hugging Face tokenizer in `out_dir` and returned. With a vocabulary a few times the
+    number of words, every word of the language becomes one token (the oracle checks this)."""
+    import io
+    from pathlib import Path
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", num_threads=1, minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(buf.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(str(out), add_bos_token=True, add_eos_token=False)
+    tokenizer.save_pretrained(str(out))
+    return tokenizer
