@@ -74,11 +74,13 @@ def test_a_perfect_model_reaches_the_oracle_entropy(setup):
     class OracleModel(torch.nn.Module):
         device = torch.device("cpu")
 
-        def forward(self, input_ids):
-            ids = input_ids[0].tolist()
-            words = [oracle.token_word[i] for i in ids[1:]]
-            rows = [np.log(np.maximum(oracle.next_token_probs(words[:t]), 1e-300)) for t in range(len(ids))]
-            return type("Out", (), {"logits": torch.tensor(np.array(rows))[None]})
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, len(tok), dtype=torch.float64)
+            for b, (row, mask) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+                words = [oracle.token_word[i] for i in row[1 : sum(mask)]]
+                for t in range(sum(mask)):
+                    logits[b, t] = torch.tensor(np.log(np.maximum(oracle.next_token_probs(words[:t]), 1e-300)))
+            return type("Out", (), {"logits": logits})
 
     m = OracleModel()
     ce = oracle_cross_entropies(m, oracle, texts)

@@ -49,18 +49,33 @@ class TokenOracle:
         return [self.bos] + [int(self.word_token[w]) for w in self.lang.word_ids(text)]
 
     def next_token_probs(self, prefix_words: list[int]) -> np.ndarray:
-        p = self.lang.next_word_probs(prefix_words)
-        out = np.zeros(self.vocab_size)
-        out[self.word_token] = p[: self.lang.n_words]
-        out[self.eos] += p[self.lang.end]
+        return self.to_tokens(self.lang.next_word_probs(prefix_words)[None])[0]
+
+    def to_tokens(self, word_probs: np.ndarray) -> np.ndarray:
+        """Map `[n, W+1]` word (+END) distributions onto the `[n, V]` token vocabulary."""
+        out = np.zeros((word_probs.shape[0], self.vocab_size))
+        out[:, self.word_token] = word_probs[:, : self.lang.n_words]
+        out[:, self.eos] += word_probs[:, self.lang.end]
         return out
 
 
 @torch.no_grad()
-def _model_log_probs(model, ids: list[int]) -> np.ndarray:
-    """log q(next | prefix) for every prefix of `ids`: [len(ids), V] in float64."""
-    logits = model(torch.tensor([ids], device=model.device)).logits[0]
-    return torch.log_softmax(logits.double(), -1).cpu().numpy()
+def _model_log_probs(model, batch: list[list[int]], batch_size: int = 32) -> list[np.ndarray]:
+    """log q(next | prefix) for every prefix of each id list: `[len(ids), V]` float64 arrays.
+    Sequences are right-padded in batches; causal attention keeps real positions exact."""
+    out = []
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start : start + batch_size]
+        width = max(len(ids) for ids in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, row in enumerate(chunk):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = torch.log_softmax(logits.double(), -1).cpu().numpy()
+        out += [logp[i, : len(row)] for i, row in enumerate(chunk)]
+    return out
 
 
 def oracle_cross_entropies(model, oracle: TokenOracle, texts: list[str], eps: float = ORACLE_EPS) -> dict[str, float]:
@@ -68,26 +83,23 @@ def oracle_cross_entropies(model, oracle: TokenOracle, texts: list[str], eps: fl
     position of `texts` (each prediction after BOS and every word, END included)."""
     fwd, rev, n = 0.0, 0.0, 0
     V = oracle.vocab_size
-    for text in texts:
+    all_logq = _model_log_probs(model, [oracle.encode(t) for t in texts])
+    for text, logq in zip(texts, all_logq):
         words = oracle.lang.word_ids(text)
-        logq = _model_log_probs(model, oracle.encode(text))[:, :V]
-        for t in range(len(words) + 1):
-            p = oracle.next_token_probs(words[:t])
-            q = np.exp(logq[t])
-            support = p > 0
-            fwd -= float((p[support] * logq[t][support]).sum())
-            rev -= float((q * np.log((1 - eps) * p + eps / V)).sum())
-            n += 1
+        logq = logq[:, :V]
+        p = oracle.to_tokens(oracle.lang.all_next_word_probs(words))
+        fwd -= float(np.where(p > 0, p * logq, 0.0).sum())
+        rev -= float((np.exp(logq) * np.log((1 - eps) * p + eps / V)).sum())
+        n += len(words) + 1
     return {"forward_ce": fwd / max(n, 1), "reverse_ce": rev / max(n, 1), "positions": n}
 
 
 def test_perplexity(model, oracle: TokenOracle, texts: list[str]) -> float:
     """exp(mean NLL) of the model over the tokens of `texts`, END (EOS) included."""
+    seqs = [oracle.encode(t) + [oracle.eos] for t in texts]
     nll, n = 0.0, 0
-    for text in texts:
-        ids = oracle.encode(text) + [oracle.eos]
-        logq = _model_log_probs(model, ids[:-1])
-        nll -= float(sum(logq[t, ids[t + 1]] for t in range(len(ids) - 1)))
+    for ids, logq in zip(seqs, _model_log_probs(model, [s[:-1] for s in seqs])):
+        nll -= float(logq[np.arange(len(ids) - 1), ids[1:]].sum())
         n += len(ids) - 1
     return math.exp(nll / max(n, 1))
 
@@ -95,24 +107,22 @@ def test_perplexity(model, oracle: TokenOracle, texts: list[str]) -> float:
 def smoothed_oracle_log_prob(lang: SyntheticLanguage, words: list[str], ended: bool, eps: float = ORACLE_EPS) -> tuple[float, int]:
     """ε-smoothed oracle log-probability of a word sequence (and END if `ended`), and its event count."""
     uniform = eps / (lang.n_words + 1)
-    total, known = 0.0, []
     index = {w: i for i, w in enumerate(lang.words)}
     events = [index.get(w, -1) for w in words] + ([lang.end] if ended else [])
+    state = lang.initial_state()
+    p, total = lang.distribution(state), 0.0
     for event in events:
-        try:
-            p = lang.next_word_probs(known)
-        except ValueError:  # the prefix became impossible: the oracle no longer predicts anything
-            p = None
-        p_event = 0.0 if p is None or event < 0 else float(p[event])
+        p_event = 0.0 if event < 0 else float(p[event])
         total += math.log((1 - eps) * p_event + uniform)
-        if event >= 0 and event != lang.end and p_event > 0:
-            known.append(event)
+        if 0 <= event < lang.end and p_event > 0:  # an impossible word leaves the state as it was
+            state = lang.advance(state, event)
+            p = lang.distribution(state)
     return total, len(events)
 
 
 @torch.no_grad()
 def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_samples: int = 64,
-                                 max_new_tokens: int = 96, seed: int = 0, batch_size: int = 32,
+                                 max_new_tokens: int = 96, seed: int = 0, batch_size: int = 64,
                                  eps: float = ORACLE_EPS) -> dict[str, float]:
     """Sample texts from BOS by unbiased ancestral sampling and score them with the oracle."""
     torch.manual_seed(seed)

@@ -121,6 +121,18 @@ class SyntheticLanguage:
                             transition[k, src, by_class[dst_name]] += p * choice[dst_name]
         return cls(words, concept_class, concept_topic, emission, transition, np.full(K, 1.0 / K), tuple(topics))
 
+    def shifted(self, seed: int, concentration: float = 1.0) -> "SyntheticLanguage":
+        """The same words, concepts and grammar with new synonym preferences: a 'new domain' for
+        continual fine-tuning, whose synonyms are still interchangeable in context."""
+        rng = np.random.default_rng(seed)
+        emission = self.emission.copy()
+        for c in range(emission.shape[0]):
+            ids = np.nonzero(self.emission[c])[0]
+            if len(ids) > 1:
+                emission[c, ids] = rng.dirichlet(np.full(len(ids), concentration))
+        return SyntheticLanguage(list(self.words), list(self.concept_class), list(self.concept_topic), emission,
+                                 self.transition.copy(), self.prior.copy(), self.topics)
+
     # --- sizes and lookups -------------------------------------------------------------------
     @property
     def n_words(self) -> int:
@@ -162,45 +174,62 @@ class SyntheticLanguage:
                 return " ".join(out), k
 
     # --- exact probabilities -----------------------------------------------------------------
-    def _log_topic_scores(self, ids: list[int]) -> np.ndarray:
-        """log π_k + log P(prefix | k) for every topic (the prefix only, no END)."""
-        self.word_ids("")  # build the index
-        C = len(self.concept_class)
-        scores = np.log(self.prior).copy()
-        state = C
+    # The state of a prefix is (log π_k + log P(prefix | k) for every topic k, last concept).
+    def initial_state(self) -> tuple[np.ndarray, int]:
+        self.word_ids("")  # build the word index
+        return np.log(self.prior).copy(), len(self.concept_class)
+
+    def advance(self, state: tuple[np.ndarray, int], word: int) -> tuple[np.ndarray, int]:
+        scores, last = state
+        c = int(self._concept_of[word])
         with np.errstate(divide="ignore"):
-            for w in ids:
-                c = int(self._concept_of[w])
-                scores += np.log(self.transition[:, state, c]) + math.log(self.emission[c, w])
-                state = c
-        return scores, state
+            return scores + np.log(self.transition[:, last, c]) + math.log(self.emission[c, word]), c
+
+    def distribution(self, state: tuple[np.ndarray, int]) -> np.ndarray:
+        """P(next word | prefix) over the W words plus END (index `self.end`)."""
+        scores, last = state
+        if scores.max() == -np.inf:
+            raise ValueError("the prefix has probability 0 under the language")
+        post = np.exp(scores - scores.max())
+        concept_probs = (post / post.sum()) @ self.transition[:, last, :]  # [C+1]
+        out = np.empty(self.n_words + 1)
+        out[: self.n_words] = concept_probs[:-1] @ self.emission
+        out[self.end] = concept_probs[-1]
+        return out
+
+    def _prefix_state(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        state = self.initial_state()
+        for w in ids:
+            state = self.advance(state, w)
+        return state
 
     def log_prob(self, text: str) -> float:
         """Exact log P(text, END); -inf for a text the language cannot produce."""
         ids = self.word_ids(text)
         if ids is None:
             return -math.inf
-        scores, state = self._log_topic_scores(ids)
+        scores, last = self._prefix_state(ids)
         with np.errstate(divide="ignore"):
-            scores = scores + np.log(self.transition[:, state, len(self.concept_class)])
+            scores = scores + np.log(self.transition[:, last, len(self.concept_class)])
         m = scores.max()
         return -math.inf if m == -math.inf else float(m + np.log(np.exp(scores - m).sum()))
 
     def next_word_probs(self, prefix_ids: list[int]) -> np.ndarray:
         """Exact P(next | prefix) over the W words plus END (index `self.end`); sums to 1."""
-        scores, state = self._log_topic_scores(prefix_ids)
-        if scores.max() == -math.inf:
-            raise ValueError("the prefix has probability 0 under the language")
-        post = np.exp(scores - scores.max())
-        post /= post.sum()
-        concept_probs = post @ self.transition[:, state, :]  # [C+1]
-        out = np.zeros(self.n_words + 1)
-        out[: self.n_words] = concept_probs[:-1] @ self.emission
-        out[self.end] = concept_probs[-1]
+        return self.distribution(self._prefix_state(prefix_ids))
+
+    def all_next_word_probs(self, ids: list[int]) -> np.ndarray:
+        """`next_word_probs(ids[:t])` for t = 0..len(ids), in one pass: `[len(ids)+1, W+1]`."""
+        state = self.initial_state()
+        out = np.zeros((len(ids) + 1, self.n_words + 1))
+        for t in range(len(ids) + 1):
+            out[t] = self.distribution(state)
+            if t < len(ids):
+                state = self.advance(state, ids[t])
         return out
 
     def topic_posterior(self, text: str) -> np.ndarray:
-        scores, _ = self._log_topic_scores(self.word_ids(text))
+        scores, _ = self._prefix_state(self.word_ids(text))
         post = np.exp(scores - scores.max())
         return post / post.sum()
 
@@ -230,3 +259,37 @@ def train_sentencepiece_tokenizer(texts: list[str], out_dir, vocab_size: int = 7
     tokenizer = LlamaTokenizer.from_pretrained(str(out), add_bos_token=True, add_eos_token=False)
     tokenizer.save_pretrained(str(out))
     return tokenizer
+
+
+def write_demo_data(out_dir, seed: int = 0, n_pretrain: int = 4000, n_finetune: int = 2000, n_valid: int = 200,
+                    n_test: int = 200, n_icl_index: int = 400, n_icl_test: int = 200, vocab_size: int = 768) -> dict:
+    """Everything the embedded demo trains and evaluates on, generated from the seed (no network).
+
+    out_dir/
+      pretrain.txt  finetune.txt  valid.txt  test.txt     one text per line, disjoint draws
+      topic/train.jsonl  topic/test.jsonl                 {"text", "label"} for in-context classification
+                                                          (inputs never contain their `it is about` clause)
+      tokenizer/                                          LLaMA-style sentencepiece, one token per word
+      language.json                                       the seed and sizes (the oracle is rebuilt from it)
+    """
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lang = SyntheticLanguage.build(seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    splits = {"pretrain": n_pretrain, "finetune": n_finetune, "valid": n_valid, "test": n_test}
+    texts = {}
+    for name, n in splits.items():
+        texts[name] = [lang.sample(rng)[0] for _ in range(n)]
+        (out / f"{name}.txt").write_text("\n".join(texts[name]) + "\n")
+    (out / "topic").mkdir(exist_ok=True)
+    for name, n in (("train", n_icl_index), ("test", n_icl_test)):
+        rows = [lang.sample(rng, summary=False) for _ in range(n)]
+        (out / "topic" / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": t, "label": k}) + "\n" for t, k in rows))
+    train_sentencepiece_tokenizer(texts["pretrain"] + texts["finetune"], out / "tokenizer", vocab_size)
+    meta = {"seed": seed, "topics": list(lang.topics), "n_words": lang.n_words, **{f"n_{k}": v for k, v in splits.items()}}
+    (out / "language.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
