@@ -29,7 +29,7 @@ GRAMMAR = {
     "NOUN": {"VERB": 0.55, "PREP": 0.2, "DOT": 0.25},
     "VERB": {"DET": 0.7, "PREP": 0.2, "DOT": 0.1},
     "PREP": {"DET": 1.0},
-    "DOT": {"DET": 0.65, "IT": 0.15, "END": 0.2},
+    "DOT": {"DET": 0.55, "IT": 0.25, "END": 0.2},
     "IT": {"IS": 1.0},
     "IS": {"ABOUT": 1.0},
     "ABOUT": {"TOPIC": 1.0},
@@ -39,7 +39,7 @@ GRAMMAR = {
 SHARED = {"DET": 3, "PREP": 3}
 TOPICAL = {"NOUN": 5, "VERB": 3, "ADJ": 3}
 FIXED_WORDS = {"DOT": ".", "IT": "it", "IS": "is", "ABOUT": "about"}
-ON_TOPIC = 0.75  # share of a topical class's mass on the text's own topic
+ON_TOPIC = 0.9  # share of a topical class's mass on the text's own topic
 
 
 def _pseudo_words(n: int, rng: np.random.Generator, taken: set[str]) -> list[str]:
@@ -261,35 +261,62 @@ def train_sentencepiece_tokenizer(texts: list[str], out_dir, vocab_size: int = 7
     return tokenizer
 
 
-def write_demo_data(out_dir, seed: int = 0, n_pretrain: int = 4000, n_finetune: int = 2000, n_valid: int = 200,
-                    n_test: int = 200, n_icl_index: int = 400, n_icl_test: int = 200, vocab_size: int = 768) -> dict:
-    """Everything the embedded demo trains and evaluates on, generated from the seed (no network).
+def write_demo_data(out_dir, seed: int = 0, shift_seed: int | None = None, n_pretrain: int = 4000,
+                    n_finetune: int = 2000, n_valid: int = 200, n_test: int = 200, n_icl_index: int = 400,
+                    n_icl_test: int = 200, vocab_size: int = 768) -> dict:
+    """Everything the embedded demo trains and evaluates on, generated from the seeds (no network).
+
+    The "pre-training" text comes from the language of `seed`; the continual fine-tuning domain is
+    its `shifted(shift_seed)` variant (same words and grammar, new synonym preferences), and every
+    evaluation is against that domain, as in the paper's continual fine-tuning.
 
     out_dir/
-      pretrain.txt  finetune.txt  valid.txt  test.txt     one text per line, disjoint draws
-      topic/train.jsonl  topic/test.jsonl                 {"text", "label"} for in-context classification
-                                                          (inputs never contain their `it is about` clause)
-      tokenizer/                                          LLaMA-style sentencepiece, one token per word
-      language.json                                       the seed and sizes (the oracle is rebuilt from it)
+      pretrain.txt                                     base language, one text per line
+      finetune.txt  valid.txt  test.txt                the fine-tuning domain, disjoint draws
+      synthetic_topic/train.jsonl, test.jsonl          {"text", "label"} for in-context classification
+                                                       (inputs never contain their `it is about` clause)
+      tokenizer/                                       LLaMA-style sentencepiece, one token per word
+      language.json                                    seeds and sizes: `load_demo_language` rebuilds the oracle
     """
     import json
     from pathlib import Path
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lang = SyntheticLanguage.build(seed=seed)
+    shift_seed = seed + 100 if shift_seed is None else shift_seed
+    base = SyntheticLanguage.build(seed=seed)
+    domain = base.shifted(shift_seed)
     rng = np.random.default_rng(seed + 1)
-    splits = {"pretrain": n_pretrain, "finetune": n_finetune, "valid": n_valid, "test": n_test}
-    texts = {}
-    for name, n in splits.items():
-        texts[name] = [lang.sample(rng)[0] for _ in range(n)]
-        (out / f"{name}.txt").write_text("\n".join(texts[name]) + "\n")
-    (out / "topic").mkdir(exist_ok=True)
+    texts = {"pretrain": [base.sample(rng)[0] for _ in range(n_pretrain)]}
+    for name, n in {"finetune": n_finetune, "valid": n_valid, "test": n_test}.items():
+        texts[name] = [domain.sample(rng)[0] for _ in range(n)]
+    for name, lines in texts.items():
+        (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (out / "synthetic_topic").mkdir(exist_ok=True)
     for name, n in (("train", n_icl_index), ("test", n_icl_test)):
-        rows = [lang.sample(rng, summary=False) for _ in range(n)]
-        (out / "topic" / f"{name}.jsonl").write_text(
+        rows = [domain.sample(rng, summary=False) for _ in range(n)]
+        (out / "synthetic_topic" / f"{name}.jsonl").write_text(
             "".join(json.dumps({"text": t, "label": k}) + "\n" for t, k in rows))
     train_sentencepiece_tokenizer(texts["pretrain"] + texts["finetune"], out / "tokenizer", vocab_size)
-    meta = {"seed": seed, "topics": list(lang.topics), "n_words": lang.n_words, **{f"n_{k}": v for k, v in splits.items()}}
+    meta = {"seed": seed, "shift_seed": shift_seed, "topics": list(base.topics), "n_words": base.n_words,
+            **{f"n_{k}": len(v) for k, v in texts.items()}}
     (out / "language.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def load_demo_language(data_dir) -> SyntheticLanguage:
+    """The fine-tuning domain's oracle, rebuilt from `data_dir/language.json`."""
+    import json
+    from pathlib import Path
+
+    from emotune.errors import EmotuneError
+
+    path = Path(data_dir) / "language.json"
+    try:
+        meta = json.loads(path.read_text())
+        base = SyntheticLanguage.build(seed=int(meta["seed"]))
+        return base.shifted(int(meta["shift_seed"])) if meta.get("shift_seed") is not None else base
+    except FileNotFoundError:
+        raise EmotuneError(f"{path}: not found (write it with emotune.eval.synthetic.write_demo_data)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise EmotuneError(f"{path}: not a synthetic-language description ({err})") from None
