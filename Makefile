@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 	  echo "CUDA GPU found: torch comes from the project's dependencies"; \
 	else \
@@ -22,12 +22,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	  $(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/pip install -q -e '.[test]'
+	@# OpenICL 0.1.8 itself, for the evaluator's cross-check test only: its wheel pins old transformers
+	@# and faiss-gpu, so it goes in without dependencies, plus the light modules it imports.
+	$(BIN)/pip install -q --no-deps openicl==0.1.8 evaluate==0.4.6
+	$(BIN)/pip install -q rank_bm25==0.2.2 openai==3.57.0
 	@touch $@
 
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/emotune demo
+	$(BIN)/emotune pipeline configs/pipeline/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

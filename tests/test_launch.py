@@ -18,7 +18,6 @@ from emotune.launch.launcher import (
     sbatch_eval_script,
     sbatch_train_script,
 )
-from emotune.launch.train_entry import split_local_rank
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,10 +80,13 @@ def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
 
-def test_train_entry_takes_local_rank_off():
-    assert split_local_rank(["c.yaml", "--local_rank=3", "a=1"]) == (["c.yaml", "a=1"], "3")
-    assert split_local_rank(["--local-rank", "1", "c.yaml"]) == (["c.yaml"], "1")
-    assert split_local_rank(["c.yaml"]) == (["c.yaml"], None)
+def test_train_entry_accepts_the_launchers_local_rank():
+    from emotune.pipeline.train import parse_args
+
+    args = parse_args(["c.yaml", "--local_rank=3", "a=1"])
+    assert (args.config, args.overrides, args.local_rank) == ("c.yaml", ["a=1"], 3)
+    res = subprocess.run([sys.executable, "-m", ENTRY_MODULE, "missing.yaml", "--local_rank=0"], capture_output=True, text=True)
+    assert res.returncode == 2 and "missing.yaml" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_launch_cli_dry_run_and_bad_input(tmp_path):

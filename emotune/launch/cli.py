@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "losses": ("emotune.launch.demo:list_losses", "list the training objectives and their parameters"),
     "eval": ("emotune.eval.cli:main", "evaluate a checkpoint: ICL (TopK + PPL), MMLU 5-shot, generation suites"),
     "train": ("emotune.pipeline.train:main", "fine-tune a causal LM (EMO, MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3: train CONFIG [key=value ...]"),
+    "synth": ("emotune.launch.synth_cli:main", "write the embedded demo's synthetic data and tokenizer (offline)"),
     "launch": ("emotune.launch.launch_cli:main", "start training on 1 GPU, N GPUs, N nodes (hostfile) or SLURM"),
     "watch": ("emotune.eval.scheduler:main", "evaluate every checkpoint of a run as it lands: watch RUN_DIR --suite NAME"),
     "results": ("emotune.eval.results_cli:main", "print a run's evaluation results: results RUN_DIR [--json]"),

@@ -1,0 +1,225 @@
+"""Peak memory and time of loss + backward: plain vs fused, MLE and EMO, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_fused_loss.py --threads 1           # N in {2048, 8192}, V=32000, H=512
+    .venv/bin/python benchmarks/bench_fused_loss.py --sizes 1024 --repeats 1   # quick look
+    .venv/bin/python benchmarks/bench_fused_loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
+
+Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
+  plain_mle       logits = h Wᵀ, then emotune's mle (= F.cross_entropy) on the [N,V] logits
+  fused_mle       emotune.objectives.fused.fused_loss, objective mle
+  plain_emo       EMO as the original code (DRSY/EMO) lays it out: logits, softmax, a dense one-hot,
+                  q Ê and onehot Ê products, gt-detach, token weighting: several [N,V] tensors
+  plain_emo_ours  emotune.objectives.emo on the [N,V] logits (gather, no one-hot)
+  fused_emo       fused_loss, objective emo (EMO-1, token weighting, frozen cost Ê [V,H])
+Each (method, N, repeat) runs in its own process so its peak RSS is its own: peak = VmHWM after one
+loss+backward minus VmRSS before it (inputs already allocated). Time of the same call: process CPU
+time with --threads 1 (robust on a shared machine), wall time otherwise; the minimum over the
+interleaved repeats is reported. Last line: one JSON object with the ratios at the largest N.
+`--step`: training-step time (fused loss + backward + AdamW) of a tiny LLaMA, EMO over MLE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+METHODS = ("plain_mle", "fused_mle", "plain_emo", "plain_emo_ours", "fused_emo")
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, threads: int | None) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from emotune.objectives import CostEmbedding, build_objective
+    from emotune.objectives.fused import default_chunk_size, fused_loss
+
+    if threads:
+        torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, hidden, generator=g).requires_grad_(True)
+    w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).requires_grad_(True)
+    y = torch.randint(0, vocab, (n,), generator=g)
+    cost = CostEmbedding(torch.randn(vocab, hidden, generator=g))
+    e_hat = cost.matrix()
+    chunk = chunk or default_chunk_size(vocab)
+    # the plain paths take HF-shaped [1, N+1, V] logits / [1, N+1] labels: row t predicts label t+1
+    labels = torch.cat([torch.tensor([-100]), y])[None]
+    pad = torch.zeros(1, hidden)
+
+    def plain(objective):
+        logits = (torch.cat([h, pad]) @ w.T)[None]
+        return objective(logits, labels).loss
+
+    def original_emo():  # the official code's layout: dense one-hot, q Ê and onehot Ê, gt-detach
+        logits = h @ w.T
+        mle = F.cross_entropy(logits, y, reduction="none")
+        q = torch.softmax(logits, dim=-1)
+        one_hot = F.one_hot(y, num_classes=vocab).to(logits.dtype)
+        gt_q = (q * one_hot).detach()
+        q_final = q - gt_q
+        p_repr = one_hot @ e_hat
+        q_repr = q_final @ e_hat
+        emo = 1 - (p_repr * q_repr).sum(-1)
+        return (0.5 * (mle + (mle / emo.clamp_min(1e-8)).detach() * emo)).mean()
+
+    mle_obj, emo_obj = build_objective("mle"), build_objective("emo", {}, cost)
+    run = {
+        "plain_mle": lambda: plain(mle_obj),
+        "fused_mle": lambda: fused_loss(h, w, y, mle_obj, chunk_size=chunk).loss,
+        "plain_emo": original_emo,
+        "plain_emo_ours": lambda: plain(emo_obj),
+        "fused_emo": lambda: fused_loss(h, w, y, emo_obj, chunk_size=chunk).loss,
+    }[method]
+
+    torch.autograd.grad((h[:8] @ w.T).sum(), (h, w))  # one-time BLAS / autograd start-up, outside the peak
+    base = _status_kb("VmRSS")
+    exact = _reset_peak()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    torch.autograd.grad(run(), (h, w))
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    peak_kb = _status_kb("VmHWM") - (base if exact else 0)
+    # With --threads 1 the process's CPU time is the cost itself, unaffected by other jobs queueing for the
+    # cores of a shared machine (wall time is not); with several threads only wall time means anything.
+    return {"method": method, "n": n, "peak_mb": peak_kb / 1024, "time_s": cpu if threads == 1 else wall,
+            "wall_s": wall, "cpu_s": cpu, "chunk": chunk, "peak_exact": exact}
+
+
+def step_benchmark(args) -> None:
+    """Training-step time of a tiny LLaMA (V = --vocab) with the fused loss: EMO over MLE, interleaved."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from emotune.objectives import CostEmbedding, build_objective
+    from emotune.pipeline.fused_head import fused_causal_lm_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.step_hidden, intermediate_size=args.step_hidden * 8 // 3,
+                      num_hidden_layers=args.step_layers, num_attention_heads=max(args.step_hidden // 64, 1),
+                      max_position_embeddings=args.step_seq, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    objectives = {"mle": build_objective("mle"), "emo": build_objective("emo", {}, CostEmbedding.frozen(model))}
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, args.vocab, (args.step_batch, args.step_seq), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    clock = time.process_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time (see worker)
+
+    def step(objective) -> float:
+        t0 = clock()
+        fused_causal_lm_loss(model, batch, objective).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return clock() - t0
+
+    times: dict[str, list[float]] = {"mle": [], "emo": []}
+    for name in times:  # warm-up: optimizer state, allocator
+        step(objectives[name])
+    for rep in range(args.repeats):
+        for name in times:
+            times[name].append(step(objectives[name]))
+            print(f"  rep {rep} {name}: {times[name][-1]:.2f} s", flush=True)
+    med = {k: min(v) for k, v in times.items()}  # least-disturbed step of each
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny LLaMA: {n_params / 1e6:.1f}M params, hidden {args.step_hidden}, {args.step_layers} layers, V={args.vocab}, "
+          f"batch {args.step_batch}x{args.step_seq}; fused loss; AdamW step")
+    print(f"step time: MLE {med['mle']:.2f} s, EMO {med['emo']:.2f} s, EMO/MLE {med['emo'] / med['mle']:.3f}")
+    print(json.dumps({"step_time_emo_over_mle": round(med["emo"] / med["mle"], 4)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="2048,8192", help="comma-separated token counts N")
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk (default: 2^24 / V tokens)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--step", action="store_true", help="instead: training-step time, tiny LLaMA, fused EMO vs MLE")
+    ap.add_argument("--step-hidden", type=int, default=256)
+    ap.add_argument("--step-layers", type=int, default=4)
+    ap.add_argument("--step-batch", type=int, default=4)
+    ap.add_argument("--step-seq", type=int, default=256)
+    ap.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.step:
+        step_benchmark(args)
+        return
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.vocab, args.hidden, args.chunk_size,
+                                args.threads)))
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    methods = args.methods.split(",")
+    # A fixed mmap threshold: every large tensor is its own mapping, returned on free, so peak RSS is exact.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    runs: dict[tuple[str, int], list[dict]] = {}
+    print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight); float32; CPU threads="
+          f"{args.threads or 'default'}; {args.repeats} interleaved repeat(s), one process each; time = "
+          f"{'process CPU time (1 thread)' if args.threads == 1 else 'wall time'}")
+    # Interleaved (rep -> N -> method) so that load drifting on a shared machine hits every method alike.
+    for rep in range(args.repeats):
+        for n in sizes:
+            for m in methods:
+                cmd = [sys.executable, __file__, "--worker", m, str(n), "--vocab", str(args.vocab), "--hidden",
+                       str(args.hidden)]
+                cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+                cmd += ["--threads", str(args.threads)] if args.threads else []
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                runs.setdefault((m, n), []).append(r)
+                print(f"  rep {rep} N={n} {m}: {r['peak_mb']:.1f} MB, cpu {r['cpu_s']:.2f} s, wall {r['wall_s']:.2f} s",
+                      flush=True)
+    # min over repeats: on a shared machine the least-disturbed run is the best estimate of the cost itself
+    rows = {k: {"peak_mb": max(r["peak_mb"] for r in v), "time_s": min(r["time_s"] for r in v)}
+            for k, v in runs.items()}
+    print(f"{'N':>6} {'method':>15} {'peak MB':>10} {'time s':>8}")
+    for n in sizes:
+        for m in methods:
+            print(f"{n:>6} {m:>15} {rows[(m, n)]['peak_mb']:>10.1f} {rows[(m, n)]['time_s']:>8.2f}")
+    ratio = lambda key, a, b, n: rows[(a, n)][key] / rows[(b, n)][key]  # noqa: E731
+    headline = {}
+    for n in sizes:
+        have = {m for m, k in rows if k == n}
+        pairs = [("mem", "peak_mb"), ("time", "time_s")]
+        line = {}
+        for short, key in pairs:
+            if {"fused_emo", "fused_mle"} <= have:
+                line[f"{short}_fused_emo_over_fused_mle"] = ratio(key, "fused_emo", "fused_mle", n)
+            if {"fused_emo", "plain_emo"} <= have:
+                line[f"{short}_fused_emo_over_plain_emo"] = ratio(key, "fused_emo", "plain_emo", n)
+            if {"fused_emo", "plain_emo_ours"} <= have:
+                line[f"{short}_fused_emo_over_plain_emo_ours"] = ratio(key, "fused_emo", "plain_emo_ours", n)
+            if {"fused_mle", "plain_mle"} <= have:
+                line[f"{short}_fused_mle_over_plain_mle"] = ratio(key, "fused_mle", "plain_mle", n)
+        print(f"N={n} ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in line.items()))
+        headline = {"n": n, **{k: round(v, 4) for k, v in line.items()}}
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Find the checkpoints of a run that are safe to evaluate.
+
+The training stage writes `RUN_DIR/checkpoint-STEP/` with the Hugging Face model files, a
+`manifest.json` (step, tokens seen, objective, config hash, file hashes) and, last of all, a
+`COMPLETE` marker. A checkpoint counts only when the marker and the manifest exist and every file
+the manifest lists has the recorded size and SHA-256: a folder still being written, or one whose
+weights were truncated by a full disk, is skipped with a warning and never evaluated.
+
+Hashing a 13 GB checkpoint takes a while, so a verified checkpoint is remembered per process
+(keyed by the manifest's and marker's mtimes); the evaluation job verifies once more before it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("emotune.eval.discovery")
+
+MARKER = "COMPLETE"
+MANIFEST = "manifest.json"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    fingerprint: str  # identifies the weights: a hash over the manifest's file hashes
+    tokens_seen: int | None = None
+    objective: str | None = None
+    final: bool = False  # the training stage marked this the run's last checkpoint
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def model_path(self) -> Path:
+        """What an evaluator loads: LoRA checkpoints hold the adapter at the top, the merged model in merged/."""
+        merged = self.path / "merged"
+        if self.manifest.get("format") == "lora" and (merged / "config.json").is_file():
+            return merged
+        return self.path
+
+
+class BadCheckpoint(Exception):
+    """A checkpoint folder that must not be evaluated (the message says why)."""
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_entries(manifest: dict) -> dict[str, dict[str, Any]]:
+    """Normalise the manifest's file list to {relative name: {"sha256": ..., "size": ...}}."""
+    files = manifest.get("files", manifest.get("file_hashes", manifest.get("sha256")))
+    if files is None:
+        raise BadCheckpoint("manifest lists no files (expected a 'files' mapping of name -> sha256)")
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(files, dict):
+        items = files.items()
+    elif isinstance(files, list):  # [{"path"/"name": ..., "sha256": ..., "size": ...}]
+        items = [(e.get("path") or e.get("name"), e) for e in files]
+    else:
+        raise BadCheckpoint("manifest 'files' is neither a mapping nor a list")
+    for name, entry in items:
+        if not isinstance(name, str) or not name:
+            raise BadCheckpoint("manifest has a file entry without a name")
+        if isinstance(entry, str):
+            entry = {"sha256": entry}
+        if not isinstance(entry, dict) or not entry.get("sha256"):
+            raise BadCheckpoint(f"manifest entry for {name} has no sha256")
+        out[name] = entry
+    return out
+
+
+def _is_final(manifest: dict) -> bool:
+    if manifest.get("final") or manifest.get("is_final"):
+        return True
+    max_steps = manifest.get("max_steps")
+    return isinstance(max_steps, int) and max_steps > 0 and manifest.get("step", -1) >= max_steps
+
+
+def _verify_hashes(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Check every file's SHA-256, as emotune.pipeline.checkpoint.verify_checkpoint does.
+
+    Not imported from there: that module pulls in torch (seconds per scheduler pass and per job), and
+    the scheduler and its jobs are meant to stay light. The contract is the manifest format itself.
+    """
+    for name, entry in files.items():
+        if _sha256(path / name) != entry["sha256"]:
+            raise BadCheckpoint(f"{name} does not match its SHA-256 in the manifest (corrupt or truncated)")
+
+
+def read_checkpoint(path: str | os.PathLike, verify_hashes: bool = True) -> Checkpoint:
+    """Read and verify one checkpoint folder; raise BadCheckpoint saying what is wrong."""
+    path = Path(path)
+    m = _CKPT_RE.match(path.name)
+    if not m:
+        raise BadCheckpoint("folder name is not checkpoint-STEP")
+    if not (path / MARKER).is_file():
+        raise BadCheckpoint(f"no {MARKER} marker (still being written, or the writer died)")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BadCheckpoint(f"no {MANIFEST}") from None
+    except (OSError, ValueError) as err:
+        raise BadCheckpoint(f"{MANIFEST} is unreadable: {err}") from None
+    if not isinstance(manifest, dict):
+        raise BadCheckpoint(f"{MANIFEST} is not a JSON object")
+    step = manifest.get("step", int(m.group(1)))
+    if not isinstance(step, int) or step != int(m.group(1)):
+        raise BadCheckpoint(f"manifest step {step!r} does not match the folder name")
+    files = _file_entries(manifest)
+    for name, entry in files.items():
+        f = path / name
+        if not f.is_file():
+            raise BadCheckpoint(f"{name} is listed in the manifest but missing")
+        size = entry.get("size", entry.get("bytes"))
+        if size is not None and f.stat().st_size != size:
+            raise BadCheckpoint(f"{name} has {f.stat().st_size} bytes, the manifest says {size} (truncated?)")
+    if verify_hashes:
+        _verify_hashes(path, files)
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]['sha256']}\n".encode())
+    objective = manifest.get("objective")
+    if isinstance(objective, dict):
+        objective = objective.get("name")
+    tokens = manifest.get("tokens_seen", manifest.get("num_input_tokens_seen"))
+    return Checkpoint(path=path, step=step, fingerprint=digest.hexdigest()[:16],
+                      tokens_seen=int(tokens) if isinstance(tokens, (int, float)) else None,
+                      objective=objective if isinstance(objective, str) else None,
+                      final=_is_final(manifest), manifest=manifest)
+
+
+class Discovery:
+    """Lists a run's good checkpoints; remembers what it verified and what it already warned about."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._good: dict[Path, tuple[tuple, Checkpoint]] = {}
+        self._warned: dict[Path, str] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple:
+        out = []
+        for name in (MARKER, MANIFEST):
+            try:
+                st = (path / name).stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def scan(self) -> list[Checkpoint]:
+        found = []
+        try:
+            entries = sorted(self.run_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        for path in entries:
+            if not path.is_dir() or not _CKPT_RE.match(path.name):
+                continue
+            stamp = self._stamp(path)
+            cached = self._good.get(path)
+            if cached and cached[0] == stamp:
+                found.append(cached[1])
+                continue
+            try:
+                ckpt = read_checkpoint(path)
+            except BadCheckpoint as err:
+                self._good.pop(path, None)
+                if self._warned.get(path) != str(err):  # warn once per distinct problem
+                    log.warning("skipping %s: %s", path, err)
+                    self._warned[path] = str(err)
+                continue
+            self._warned.pop(path, None)
+            self._good[path] = (stamp, ckpt)
+            found.append(ckpt)
+        return sorted(found, key=lambda c: c.step)
+
+    def skipped(self) -> dict[Path, str]:
+        """Checkpoint folders skipped on the last scans, with the reason."""
+        return dict(self._warned)
+
+
+def discover(run_dir: str | os.PathLike) -> list[Checkpoint]:
+    return Discovery(run_dir).scan()

@@ -1,0 +1,275 @@
+"""Perplexity scoring of candidate prompts (OpenICL `PPLInferencer`, EVAL.md section 3).
+
+Every test input has L candidate prompts (one per label), each tokenised on its own (BOS, no EOS).
+Two rules turn the per-token NLLs into one score per candidate; the prediction is the argmin, ties
+going to the first label in template order:
+
+    full          OpenICL's rule: sum of NLL of tokens 1..T-1 of the whole prompt / T (T counts BOS)
+    continuation  lm-eval style: sum of NLL of the tokens after the candidates' common token prefix
+
+Two ways compute the same per-token NLLs:
+
+    naive_token_nlls   every candidate prompt runs through the model in full (what OpenICL does)
+    shared_token_nlls  the candidates' longest common *token* prefix runs once per test input with a
+                       KV cache; only the label suffixes run per candidate, attending to that cache.
+                       Tokenising each full prompt first and comparing tokens means BPE merges at the
+                       boundary cannot change the result. Test inputs are batched (right padding, the
+                       prefix padding masked out and explicit position ids for the suffixes).
+
+A suffix token at position t is predicted by the logits of position t-1, so the first suffix token is
+scored from the prefix run's last logits; a one-token suffix needs no model call at all. NLLs are
+computed by log-softmax in float32 whatever the model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emotune.errors import EmotuneError
+
+RULES = ("full", "continuation")
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL in float32: logits [N, V], targets [N]."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def _pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def naive_token_nlls(model, seqs: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
+    """NLL of tokens 1..T-1 of each sequence, running every sequence in full (right-padded batches)."""
+    out: list[np.ndarray] = []
+    dev = _device(model)
+    steps = range(0, len(seqs), batch_size)
+    for start in _progress(steps, progress, "scoring (full prompts)"):
+        batch = seqs[start : start + batch_size]
+        ids, mask = _pad(batch)
+        ids, mask = ids.to(dev), mask.to(dev)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for i, s in enumerate(batch):
+            n = len(s)
+            out.append(_nll(logits[i, : n - 1], ids[i, 1:n]).double().cpu().numpy() if n > 1 else np.zeros(0))
+    return out
+
+
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [(k, v) for k, v in cache]  # legacy tuple of tuples
+
+
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.24 names the cache argument `cache`; earlier versions `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _gather_cache(layers, rows: torch.Tensor):
+    from transformers import DynamicCache
+
+    data = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in layers]
+    try:
+        return DynamicCache(data)
+    except TypeError:  # transformers < 4.52
+        return DynamicCache.from_legacy_cache(tuple(data))
+
+
+def _forward(model, ids, mask, positions=None, layers=None, rows=None):
+    """One model call; `layers` (a cache's key/value tensors) are gathered by `rows` into a fresh cache."""
+    kwargs = {}
+    if layers is not None:
+        kwargs[_cache_kwarg(model)] = _gather_cache(layers, rows)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+    cache = getattr(out, "cache", None)
+    return out.logits, _cache_layers(cache if cache is not None else out.past_key_values)
+
+
+@torch.no_grad()
+def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
+                      progress: bool = False) -> list[list[np.ndarray]]:
+    """Per test input (a group of candidate token sequences), the NLL of tokens 1..T-1 of each candidate.
+    Equal to `naive_token_nlls` up to float rounding, computing each shared token prefix only once:
+
+      level 0  the prefix common to every candidate of every group (BOS; for MMLU the subject's hint and
+               demos): one call for the whole set of groups, batch 1
+      level 1  the rest of each group's common prefix (demos and test input): one call per batch of groups
+      level 2  the label suffixes, minus their first token (scored from level 1's last logits)
+    """
+    dev = _device(model)
+    results: list[list[np.ndarray] | None] = [None] * len(groups)
+    # a group whose candidates share no token (no BOS, different first tokens) has nothing to share
+    plain = [g for g, cands in enumerate(groups) if common_prefix_len(cands) == 0]
+    if plain:
+        flat = [s for g in plain for s in groups[g]]
+        nlls = naive_token_nlls(model, flat, batch_size)
+        for g in plain:
+            results[g], nlls = nlls[: len(groups[g])], nlls[len(groups[g]) :]
+    todo = [g for g in range(len(groups)) if results[g] is None]
+    if not todo:
+        return results  # type: ignore[return-value]
+
+    # level 0
+    c = common_prefix_len([s for g in todo for s in groups[g]])
+    common_layers, common_nll, common_last = None, torch.zeros(0, dtype=torch.float64), None
+    if c > 0:
+        ids0 = torch.tensor([groups[todo[0]][0][:c]], device=dev)
+        logits0, common_layers = _forward(model, ids0, torch.ones_like(ids0))
+        common_nll = _nll(logits0[0, : c - 1], ids0[0, 1:c]).double().cpu()
+        common_last = logits0[0, c - 1].float().log_softmax(-1)
+        del logits0
+
+    for start in _progress(range(0, len(todo), batch_size), progress, "scoring (shared prefix)"):
+        chunk = todo[start : start + batch_size]
+        cands = [groups[g] for g in chunk]
+        plen = [common_prefix_len(cs) for cs in cands]
+        B = len(chunk)
+        zeros = torch.zeros(B, dtype=torch.long, device=dev)
+        # level 1: tokens c..p-1 of each group, attending to level 0
+        prefix_nll, last = [], []
+        if any(p > c for p in plen):
+            ids1, mask1 = _pad([cs[0][c:p] if p > c else [0] for cs, p in zip(cands, plen)])
+            for i, p in enumerate(plen):
+                if p == c:
+                    mask1[i] = 0
+            ids1, mask1 = ids1.to(dev), mask1.to(dev)
+            pos1 = c + torch.arange(ids1.shape[1], device=dev)[None, :].expand(B, -1)
+            if c > 0:
+                mask1 = torch.cat([torch.ones(B, c, dtype=torch.long, device=dev), mask1], dim=1)
+            logits1, layers = _forward(model, ids1, mask1, pos1, common_layers, zeros)
+            for i, p in enumerate(plen):
+                n = p - c
+                parts = [common_nll]
+                if n > 0 and c > 0:  # token c is predicted by level 0's last logits
+                    parts.append(-common_last[ids1[i, 0]].double().cpu().reshape(1))
+                if n > 1:
+                    parts.append(_nll(logits1[i, : n - 1], ids1[i, 1:n]).double().cpu())
+                prefix_nll.append(torch.cat(parts))
+                last.append(logits1[i, n - 1].float().log_softmax(-1) if n > 0 else common_last)
+            del logits1
+        else:  # every group's prefix is the level-0 prefix
+            layers = [(k.index_select(0, zeros), v.index_select(0, zeros)) for k, v in common_layers]
+            mask1 = torch.ones(B, c, dtype=torch.long, device=dev)
+            prefix_nll = [common_nll] * B
+            last = [common_last] * B
+        # level 2: the first suffix token from the prefix's last logits, the rest with a model call
+        first: dict[tuple[int, int], torch.Tensor] = {}
+        rows, row_src, row_in, row_tgt = [], [], [], []
+        for i, (cs, p) in enumerate(zip(cands, plen)):
+            for j, s in enumerate(cs):
+                if len(s) > p:
+                    first[i, j] = -last[i][s[p]].double().cpu().reshape(1)
+                if len(s) > p + 1:
+                    rows.append((i, j))
+                    row_src.append(i)
+                    row_in.append(s[p:-1])
+                    row_tgt.append(s[p + 1 :])
+        rest: dict[tuple[int, int], torch.Tensor] = {}
+        if rows:
+            src = torch.tensor(row_src, device=dev)
+            ids2, mask2 = _pad(row_in)
+            ids2, mask2 = ids2.to(dev), mask2.to(dev)
+            offsets = torch.tensor([plen[i] for i in row_src], device=dev)
+            pos2 = offsets[:, None] + torch.arange(ids2.shape[1], device=dev)[None, :]
+            mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
+            logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
+            for r, key in enumerate(rows):
+                tgt = torch.tensor(row_tgt[r], device=dev)
+                rest[key] = _nll(logits2[r, : len(tgt)], tgt).double().cpu()
+            del logits2
+        for i, (g, cs) in enumerate(zip(chunk, cands)):
+            per_cand = []
+            for j in range(len(cs)):
+                parts = [prefix_nll[i]] + [d[i, j] for d in (first, rest) if (i, j) in d]
+                per_cand.append(torch.cat(parts).numpy())
+            results[g] = per_cand
+    return results  # type: ignore[return-value]
+
+
+def rule_scores(cands: list[list[int]], nlls: list[np.ndarray], rule: str = "full",
+                ignore_id: int | None = None) -> list[float]:
+    """One score per candidate (lower is better) from its per-token NLLs (tokens 1..T-1).
+
+    `ignore_id` reproduces OpenICL's padding rule: it pads with EOS and ignores every token equal to
+    it, both in the NLL sum and in the count T (only matters if a prompt contains the EOS token).
+    """
+    if rule not in RULES:
+        raise EmotuneError(f"key 'scoring' must be one of {', '.join(RULES)} (got {rule!r})")
+    p = common_prefix_len(cands)
+    scores = []
+    for s, nll in zip(cands, nlls):
+        ids = np.asarray(s)
+        keep = np.ones(len(s) - 1, dtype=bool) if ignore_id is None else ids[1:] != ignore_id
+        if rule == "full":
+            count = len(s) if ignore_id is None else int((ids != ignore_id).sum())
+            scores.append(float(nll[keep].sum() / max(count, 1)))
+        else:  # tokens p..T-1 are the continuation; NLL index t-1 predicts token t
+            scores.append(float(nll[max(p - 1, 0):][keep[max(p - 1, 0):]].sum()))
+    return scores
+
+
+def argmin_first(scores: Sequence[float]) -> int:
+    """Index of the lowest score; ties go to the first (Python's list.index(min(...)), as OpenICL)."""
+    return list(scores).index(min(scores))
+
+
+@dataclass
+class Scored:
+    scores: list[list[float]]  # per test input, per candidate
+    predictions: list[int]  # index of the chosen candidate
+
+
+def score_groups(model, groups: list[list[list[int]]], rule: str = "full", shared_prefix: bool = True,
+                 batch_size: int = 8, ignore_id: int | None = None, progress: bool = False) -> Scored:
+    """Score every candidate of every test input and pick the lowest."""
+    if rule not in RULES:
+        raise EmotuneError(f"key 'scoring' must be one of {', '.join(RULES)} (got {rule!r})")
+    if shared_prefix:
+        nlls = shared_token_nlls(model, groups, batch_size, progress)
+    else:
+        flat = naive_token_nlls(model, [s for g in groups for s in g], batch_size, progress)
+        nlls, k = [], 0
+        for g in groups:
+            nlls.append(flat[k : k + len(g)])
+            k += len(g)
+    scores = [rule_scores(g, n, rule, ignore_id) for g, n in zip(groups, nlls)]
+    return Scored(scores, [argmin_first(s) for s in scores])
+
+
+def _progress(it: Iterable, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)

@@ -1,0 +1,310 @@
+"""The result store: one SQLite database (WAL) holding every evaluation job and its result.
+
+One row per (run, checkpoint step, checkpoint fingerprint, suite version, task). A row's status:
+
+    pending  -> running (leased) -> finished
+                         |-> pending again when the lease expires or the job fails (attempts < max)
+                         |-> failed  (attempts used up)   |-> blocked (its SLURM parent failed)
+
+Leases: a scheduler claims a row in one `BEGIN IMMEDIATE` transaction, setting a fresh random
+`lease_token` and an expiry time. The job holding the token extends the expiry while it runs
+(heartbeat) and is the only one that can finish the row; a token that is no longer current (the
+lease expired and someone else took the row) makes the old job stop. So two schedulers on one store
+never run the same job at once, a crashed job is retried after its lease expires, and a finished row
+is never touched again. Every write is one short transaction; readers never block writers (WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from emotune.errors import EmotuneError
+
+SCHEMA_VERSION = 1
+DEFAULT_NAME = "results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id              INTEGER PRIMARY KEY,
+    run             TEXT NOT NULL,      -- the run directory (absolute)
+    step            INTEGER NOT NULL,
+    fingerprint     TEXT NOT NULL,      -- hash of the checkpoint's file hashes
+    suite           TEXT NOT NULL,
+    suite_version   TEXT NOT NULL,
+    task            TEXT NOT NULL,
+    checkpoint      TEXT NOT NULL,      -- path of the checkpoint folder
+    tokens_seen     INTEGER,
+    objective       TEXT,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    lease_token     TEXT,
+    lease_owner     TEXT,
+    lease_expires   REAL,
+    runner          TEXT,
+    external_id     TEXT,               -- SLURM job id or local pid
+    depends_on      TEXT,               -- SLURM training job id this eval waits for
+    metrics         TEXT,               -- JSON {"accuracy": ...}
+    n_examples      INTEGER,
+    predictions     TEXT,               -- absolute path of the per-example JSONL
+    output_dir      TEXT,
+    eval_seconds    REAL,               -- as the evaluator measured it
+    wall_seconds    REAL,               -- the whole job, start to finish
+    host            TEXT,
+    created_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL,
+    error           TEXT,
+    UNIQUE (run, step, fingerprint, suite_version, task)
+);
+CREATE INDEX IF NOT EXISTS results_status ON results (run, status);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+TERMINAL = ("finished", "failed", "blocked")
+
+
+def default_store_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "eval" / DEFAULT_NAME
+
+
+@dataclass
+class Row:
+    id: int
+    run: str
+    step: int
+    fingerprint: str
+    suite: str
+    suite_version: str
+    task: str
+    checkpoint: str
+    tokens_seen: int | None
+    objective: str | None
+    status: str
+    attempts: int
+    lease_token: str | None
+    lease_owner: str | None
+    lease_expires: float | None
+    runner: str | None
+    external_id: str | None
+    depends_on: str | None
+    metrics: dict[str, float] | None
+    n_examples: int | None
+    predictions: str | None
+    output_dir: str | None
+    eval_seconds: float | None
+    wall_seconds: float | None
+    host: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("lease_token")  # a secret of the job holding it
+        return d
+
+
+def _row(r: sqlite3.Row) -> Row:
+    d = dict(r)
+    d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else None
+    return Row(**d)
+
+
+class Store:
+    """A handle on one result database. Cheap to open; open one per process (or thread)."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
+            with self.tx():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                have = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if have is None:
+                    self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                elif int(have[0]) > SCHEMA_VERSION:
+                    raise EmotuneError(f"{self.path}: result store schema {have[0]} is newer than this emotune "
+                                       f"({SCHEMA_VERSION}); upgrade emotune")
+        except sqlite3.DatabaseError as err:
+            raise EmotuneError(f"{self.path}: not a usable result store ({err})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; IMMEDIATE takes the write lock up front so check-then-set is atomic."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ enqueue and read
+    def enqueue(self, run: str, step: int, fingerprint: str, suite: str, suite_version: str, tasks: list[str],
+                checkpoint: str, tokens_seen: int | None = None, objective: str | None = None) -> int:
+        """Add a pending row per task unless the key exists; returns how many were new."""
+        now = time.time()
+        with self.tx() as db:
+            n = 0
+            for task in tasks:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO results (run, step, fingerprint, suite, suite_version, task, checkpoint,"
+                    " tokens_seen, objective, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (run, step, fingerprint, suite, suite_version, task, checkpoint, tokens_seen, objective, now))
+                n += cur.rowcount
+        return n
+
+    def rows(self, run: str | None = None, status: str | tuple[str, ...] | None = None,
+             suite: str | None = None) -> list[Row]:
+        q, args = "SELECT * FROM results WHERE 1=1", []
+        if run is not None:
+            q += " AND run=?"
+            args.append(run)
+        if suite is not None:
+            q += " AND suite=?"
+            args.append(suite)
+        if status is not None:
+            status = (status,) if isinstance(status, str) else tuple(status)
+            q += f" AND status IN ({','.join('?' * len(status))})"
+            args += list(status)
+        q += " ORDER BY run, step, task, id"
+        return [_row(r) for r in self.db.execute(q, args)]
+
+    def get(self, row_id: int) -> Row | None:
+        r = self.db.execute("SELECT * FROM results WHERE id=?", (row_id,)).fetchone()
+        return _row(r) if r else None
+
+    def runs(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT run FROM results ORDER BY run")]
+
+    # ------------------------------------------------------------------ leases
+    def claim(self, owner: str, ttl: float, run: str | None = None, suite_version: str | None = None,
+              limit: int = 1, max_attempts: int = 3) -> list[tuple[Row, str]]:
+        """Lease up to `limit` runnable rows: pending ones, or running ones whose lease expired.
+
+        Returns (row, token) pairs. An expired row that already used `max_attempts` becomes failed.
+        """
+        now = time.time()
+        out = []
+        with self.tx() as db:
+            q = ("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))")
+            args: list[Any] = [now]
+            if run is not None:
+                q += " AND run=?"
+                args.append(run)
+            if suite_version is not None:
+                q += " AND suite_version=?"
+                args.append(suite_version)
+            q += " ORDER BY step, task, id"
+            for r in db.execute(q, args).fetchall():
+                if len(out) >= limit:
+                    break
+                if r["attempts"] >= max_attempts:
+                    db.execute("UPDATE results SET status='failed', lease_token=NULL, finished_at=?,"
+                               " error=COALESCE(error, '') || ? WHERE id=?",
+                               (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
+                    continue
+                token = uuid.uuid4().hex
+                note = None
+                if r["status"] == "running":
+                    note = f"lease of {r['lease_owner']} expired (attempt {r['attempts']} died); retrying"
+                db.execute("UPDATE results SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
+                           " lease_expires=?, external_id=NULL, started_at=NULL, host=NULL,"
+                           " error=COALESCE(?, error) WHERE id=?",
+                           (token, owner, now + ttl, note, r["id"]))
+                out.append((self.get(r["id"]), token))
+        return out
+
+    def renew(self, row_id: int, token: str, ttl: float, owner: str | None = None) -> bool:
+        """Extend a lease; False means the token is no longer current (stop working on the row)."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE results SET lease_expires=?, lease_owner=COALESCE(?, lease_owner)"
+                             " WHERE id=? AND lease_token=? AND status='running'",
+                             (time.time() + ttl, owner, row_id, token))
+            return cur.rowcount == 1
+
+    def set_external(self, row_id: int, token: str, runner: str, external_id: str,
+                     depends_on: str | None = None) -> bool:
+        with self.tx() as db:
+            cur = db.execute("UPDATE results SET runner=?, external_id=?, depends_on=? WHERE id=? AND lease_token=?"
+                             " AND status='running'", (runner, external_id, depends_on, row_id, token))
+            return cur.rowcount == 1
+
+    def start(self, row_id: int, token: str, ttl: float, owner: str) -> bool:
+        """The job begins: it becomes the lease owner; False if its lease is gone."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE results SET started_at=?, host=?, lease_owner=?, lease_expires=?"
+                             " WHERE id=? AND lease_token=? AND status='running'",
+                             (time.time(), socket.gethostname(), owner, time.time() + ttl, row_id, token))
+            return cur.rowcount == 1
+
+    def finish(self, row_id: int, token: str, metrics: dict[str, float], n_examples: int | None,
+               predictions: str | None, output_dir: str | None, eval_seconds: float | None,
+               host: str | None = None, started_at: float | None = None) -> bool:
+        """Record the result; only the current lease holder can (host/started_at: as the job reported them)."""
+        now = time.time()
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE results SET status='finished', metrics=?, n_examples=?, predictions=?, output_dir=?,"
+                " eval_seconds=?, host=COALESCE(?, host), started_at=COALESCE(?, started_at),"
+                " wall_seconds=? - COALESCE(?, started_at, ?), finished_at=?, lease_token=NULL,"
+                " lease_expires=NULL, error=NULL WHERE id=? AND lease_token=? AND status='running'",
+                (json.dumps(metrics, sort_keys=True), n_examples, predictions, output_dir, eval_seconds,
+                 host, started_at, now, started_at, now, now, row_id, token))
+            return cur.rowcount == 1
+
+    def fail(self, row_id: int, token: str | None, error: str, max_attempts: int = 3, retry: bool = True) -> bool:
+        """Record a failed attempt: back to pending while attempts remain, else failed.
+
+        token=None is for a scheduler acting on a row whose external job it saw die.
+        """
+        with self.tx() as db:
+            r = db.execute("SELECT attempts, status, lease_token FROM results WHERE id=?", (row_id,)).fetchone()
+            if r is None or r["status"] != "running" or (token is not None and r["lease_token"] != token):
+                return False
+            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
+            db.execute("UPDATE results SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
+                       " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
+                       (status, error[-2000:], status, time.time(), row_id))
+            return True
+
+    def block(self, row_id: int, error: str) -> bool:
+        """Never to run: its parent (the SLURM training job) failed."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE results SET status='blocked', error=?, lease_token=NULL, lease_expires=NULL,"
+                             " finished_at=? WHERE id=? AND status IN ('pending','running')",
+                             (error, time.time(), row_id))
+            return cur.rowcount == 1
+
+    def counts(self, run: str | None = None) -> dict[str, int]:
+        q, args = "SELECT status, COUNT(*) FROM results", []
+        if run is not None:
+            q += " WHERE run=?"
+            args.append(run)
+        return {s: n for s, n in self.db.execute(q + " GROUP BY status", args)}

@@ -1,0 +1,270 @@
+"""`emotune pipeline CONFIG [key=value...]`: train, evaluate every checkpoint as it lands, write the report.
+
+    train:
+      config: configs/train/tiny-cpu.yaml          # the training run's config
+      overrides: [max_steps=20]                    # its key=value overrides
+      command: null                                # default: this Python's `emotune train`; e.g.
+                                                   # [deepspeed, --num_gpus, 8, --module, emotune.pipeline.train]
+    run_dir: runs/pipeline-tiny                    # the training output_dir (overrides the train config's)
+    eval:
+      suite: configs/pipeline/tiny_suite.yaml      # suite name or suite file
+      runner: local                                # local | slurm
+      devices: null                                # local: "4,5,6,7" = one eval job per GPU beside training
+      jobs: 1                                      # local without devices: evaluations at once
+      eval_args: []                                # key=value settings for `emotune eval` (limit=200 ...)
+      poll: 10                                     # seconds between scheduler passes
+      lease_ttl: 120
+      max_attempts: 3
+      sbatch_args: []                              # slurm: #SBATCH lines for eval jobs
+    report:
+      out: null                                    # default RUN_DIR/report
+
+Several runs in one config (the embedded demo: pre-train, then fine-tune with each objective and seed):
+
+    prepare: [[emotune, synth, runs/demo/data]]      # commands run first, in order
+    runs:                                            # instead of `train`; each in RUN_DIR/<name>
+      - name: pretrain
+        train: {config: configs/train/demo-pretrain.yaml}
+        evaluate: false                              # trained, not evaluated or reported
+      - name: "{objective.name}-seed{seed}"          # one run per combination of the matrix
+        matrix: {objective.name: [mle, emo], seed: [0, 1, 2]}
+        train: {config: configs/train/demo-finetune.yaml, overrides: ["model.name_or_path={run:pretrain}"]}
+
+`{run:NAME}` is the last complete checkpoint of an earlier run. Runs train one after another; the
+scheduler evaluates every finished checkpoint of every run meanwhile; one report compares them all.
+
+Training runs as its own process(es) (`emotune train`, or the launcher you give), never hosting an
+evaluation; this process is the scheduler beside it: each pass finds new complete checkpoints and starts
+evaluation jobs (separate processes, leased in RUN_DIR/eval/results.sqlite). When training exits, the
+remaining jobs are drained and the report is written. Exit status: training's if it failed, 1 if an
+evaluation failed for good, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from emotune.errors import EmotuneError
+
+log = logging.getLogger("emotune.pipeline")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainPart(_Strict):
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+    command: list[str] | None = None
+
+
+class EvalPart(_Strict):
+    suite: str
+    runner: str = Field("local", pattern="^(local|slurm)$")
+    devices: str | None = None
+    jobs: int = Field(1, ge=1)
+    eval_args: list[str] = Field(default_factory=list)
+    eval_command: str | None = None
+    poll: float = Field(10.0, gt=0)
+    lease_ttl: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    sbatch_args: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)
+
+
+class ReportPart(_Strict):
+    out: str | None = None
+    enabled: bool = True
+
+
+class RunPart(_Strict):
+    name: str
+    train: TrainPart
+    evaluate: bool = True
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class PipelineConfig(_Strict):
+    train: TrainPart | None = None
+    runs: list[RunPart] = Field(default_factory=list)
+    prepare: list[list[str]] = Field(default_factory=list)
+    run_dir: str | None = None
+    eval: EvalPart
+    report: ReportPart = Field(default_factory=ReportPart)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.train is None) == (not self.runs):
+            raise ValueError("give either train (one run) or runs (several)")
+        if self.runs and not self.run_dir:
+            raise ValueError("runs need run_dir (each run trains into RUN_DIR/<name>)")
+        return self
+
+
+@dataclass
+class Run:
+    name: str
+    train: TrainPart
+    evaluate: bool
+    run_dir: Path | None  # None: the train config's output_dir
+
+
+def expand_runs(cfg: PipelineConfig) -> list[Run]:
+    """The runs in training order, matrices expanded (names filled from each combination)."""
+    if cfg.train is not None:
+        return [Run("run", cfg.train, True, Path(cfg.run_dir) if cfg.run_dir else None)]
+    runs: list[Run] = []
+    for part in cfg.runs:
+        keys = list(part.matrix)
+        for combo in itertools.product(*(part.matrix[k] for k in keys)):
+            name = part.name
+            for k, v in zip(keys, combo):
+                name = name.replace("{" + k + "}", str(v))
+            extra = [f"{k}={v}" for k, v in zip(keys, combo)]
+            train = part.train.model_copy(update={"overrides": [*part.train.overrides, *extra]})
+            runs.append(Run(name, train, part.evaluate, Path(cfg.run_dir) / name))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise EmotuneError(f"pipeline runs: two runs are named alike ({names}); put the matrix keys in the name")
+    return runs
+
+
+def resolve_command(command: list[str]) -> list[str]:
+    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same."""
+    head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
+            "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
+    return [sys.executable, *head, *command[1:]] if head else list(command)
+
+
+def last_checkpoint(run_dir: Path, name: str) -> str:
+    from emotune.eval.discovery import discover
+
+    found = discover(run_dir)
+    if not found:
+        raise EmotuneError(f"pipeline: {{run:{name}}} names a run without a complete checkpoint in {run_dir}")
+    return str(max(found, key=lambda c: c.step).model_path)
+
+
+def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
+    out = []
+    for item in items:
+        for ref in re.findall(r"\{run:([^}]+)\}", item):
+            if ref not in done:
+                raise EmotuneError(f"pipeline: {{run:{ref}}} must name an earlier run (have: {sorted(done) or 'none'})")
+            item = item.replace("{run:" + ref + "}", last_checkpoint(done[ref], ref))
+        out.append(item)
+    return out
+
+
+def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
+    from emotune.pipeline.config import apply_overrides, read_yaml
+
+    data = apply_overrides(read_yaml(path), overrides)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise EmotuneError(f"{path}: {loc}: {msg}") from None
+
+
+def scheduler_args(ev: EvalPart) -> argparse.Namespace:
+    from emotune.eval.runners import DEFAULT_EVAL_COMMAND
+
+    return argparse.Namespace(runner=ev.runner, store=None, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
+                              eval_arg=list(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
+                              lease_ttl=ev.lease_ttl, poll=ev.poll, max_attempts=ev.max_attempts, after=None,
+                              sbatch_arg=list(ev.sbatch_args), setup=list(ev.setup), max_queued=64)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
+                                 "lands, and write the report — one command.")
+    ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, train.overrides=[...])")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = load_pipeline_config(args.config, args.overrides)
+
+    from emotune.eval.report import make_report
+    from emotune.eval.scheduler import make_scheduler
+    from emotune.pipeline.config import load_config
+
+    runs = expand_runs(cfg)
+    for command in cfg.prepare:
+        log.info("prepare: %s", " ".join(command))
+        if subprocess.run(resolve_command(command)).returncode != 0:
+            raise EmotuneError(f"pipeline prepare step {' '.join(command)!r} failed")
+    for run in runs:  # fail early, before any training starts ({run:...} references are filled later)
+        overrides = [o for o in run.train.overrides if "{run:" not in o]
+        load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))
+
+    schedulers, done, failed = [], {}, None
+    for run in runs:
+        overrides = fill_run_refs(list(run.train.overrides), done)
+        if run.run_dir is not None:
+            overrides.append(f"output_dir={run.run_dir}")
+        run_dir = Path(load_config(run.train.config, overrides).output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run.evaluate:
+            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval)))
+        command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
+        log.info("training %s: %s", run.name, " ".join(command))
+        status = _train_beside(command, schedulers, cfg.eval.poll)
+        done[run.name] = run_dir
+        if status != 0:
+            failed = (" ".join(command), status)
+            break
+    log.info("training finished; evaluating the remaining checkpoints")
+    while True:  # drain: every checkpoint the runs wrote, each task, to a terminal state
+        for sched in schedulers:
+            sched.tick()
+        if all(sched.finished(training_over=lambda: True) for sched in schedulers):
+            break
+        time.sleep(min(cfg.eval.poll, 2.0))
+
+    for sched in schedulers:
+        print(sched.summary())
+    evaluated = [s for s in schedulers if s.rows()]
+    if cfg.report.enabled and evaluated:
+        first = Path(cfg.run_dir) if cfg.runs else evaluated[0].run_dir
+        out = cfg.report.out or str(first / "report")
+        written = make_report([str(s.run_dir) for s in evaluated], out)
+        print(Path(written["markdown"]).read_text())
+        print(f"emotune pipeline: report {written['html']}")
+    if failed:
+        raise EmotuneError(f"training ({failed[0]}) exited with status {failed[1]}; the checkpoints it wrote were evaluated")
+    return 1 if any(r.status in ("failed", "blocked") for s in schedulers for r in s.rows()) else 0
+
+
+def _train_beside(command: list[str], schedulers: list, poll: float) -> int:
+    """Run one training process while the schedulers evaluate what lands; its exit status."""
+    train = subprocess.Popen(command)
+    try:
+        while train.poll() is None:
+            for sched in schedulers:
+                sched.tick()
+            _sleep_while(train, poll)
+    except KeyboardInterrupt:
+        train.terminate()
+        train.wait()
+        raise
+    return train.returncode
+
+
+def _sleep_while(proc: subprocess.Popen, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)

@@ -1,0 +1,230 @@
+"""The training run's config: one YAML file per run, `key=value` overrides, validated by pydantic.
+
+    cfg = load_config("configs/train/tiny-cpu.yaml", ["learning_rate=1e-4", "data.block_size=64"])
+
+Top-level field names follow Hugging Face `TrainingArguments` wherever one exists (learning_rate,
+per_device_train_batch_size, gradient_accumulation_steps, num_train_epochs / max_steps, warmup_ratio,
+lr_scheduler_type, weight_decay, bf16, gradient_checkpointing, save_steps, logging_steps, seed...);
+what HF has no name for is grouped: `model`, `data`, `objective`, `lora`. Every problem is reported as
+one EmotuneError naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emotune.errors import EmotuneError
+from emotune.objectives.registry import resolve
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    name_or_path: str | None = None  # local directory or hub id
+    config: dict[str, Any] | None = None  # build a fresh model from this HF config dict (tests, tiny runs)
+    tokenizer_name_or_path: str | None = None  # default: name_or_path
+    # Train a byte-level BPE tokenizer of this vocabulary size on the training data (tiny runs, tests).
+    train_tokenizer_vocab_size: int | None = Field(None, ge=64)
+    revision: str | None = None
+    torch_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"  # auto: bfloat16 if bf16 else float32
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    # No pad token: `eos` reuses EOS (no resize); `add` adds "<pad>" and resizes the embeddings (new rows = mean).
+    pad_token: Literal["eos", "add", "unk"] = "eos"
+    pad_to_multiple_of: int | None = Field(None, ge=1)  # round the embedding size up after a resize
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name_or_path is None) == (self.config is None):
+            raise ValueError("give exactly one of model.name_or_path (pretrained) and model.config (fresh model)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("model.config needs a model_type (e.g. llama, gpt2, opt)")
+        return self
+
+
+class DataConfig(_Strict):
+    format: Literal["text", "instruction"] = "text"
+    dataset_name: str | None = None  # hub id (e.g. wikitext) ...
+    dataset_config_name: str | None = None  # ... and its config (e.g. wikitext-103-raw-v1)
+    train_split: str = "train"
+    validation_split: str | None = "validation"  # hub split name, if the dataset has one
+    train_files: list[str] | None = None  # local .txt / .jsonl / .json / .parquet
+    validation_files: list[str] | None = None
+    validation_split_percentage: float = Field(0.0, ge=0, lt=100)  # carve validation from train if no other source
+    text_column: str = "text"
+    # raw text: packed into blocks of block_size tokens
+    block_size: int = Field(256, ge=2)
+    add_eos: bool = False  # append EOS after every document before packing
+    skip_empty: bool = True  # drop whitespace-only lines/documents (WikiText has many)
+    # instruction data (Alpaca: instruction / input / output columns)
+    max_length: int = Field(512, ge=2)
+    instruction_column: str = "instruction"
+    input_column: str = "input"
+    output_column: str = "output"
+    max_train_samples: int | None = Field(None, ge=1)  # blocks (text) or examples (instruction)
+    max_eval_samples: int | None = Field(None, ge=1)
+    cache_dir: str | None = None  # tokenised data cache; default <output_dir>/data-cache
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.dataset_name is None) == (self.train_files is None):
+            raise ValueError("give exactly one of data.dataset_name (hub) and data.train_files (local files)")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    name: str = "emo"
+    params: dict[str, Any] = Field(default_factory=dict)
+    cost: Literal["frozen", "adaptive", "external"] = "frozen"
+    cost_source: str | None = None  # checkpoint directory or hub id for cost=external
+
+    @model_validator(mode="after")
+    def _check(self):
+        resolve(self.name, self.params)  # raises EmotuneError naming the parameter
+        if self.cost == "external" and not self.cost_source:
+            raise ValueError("objective.cost=external needs objective.cost_source (a checkpoint directory or hub id)")
+        return self
+
+
+class LoraConfig(_Strict):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: float = 32.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    export_merged: bool = True  # also write the merged full model beside the adapter
+
+
+class TrainConfig(_Strict):
+    output_dir: str
+    model: ModelConfig
+    data: DataConfig
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    # --- Hugging Face TrainingArguments names ---
+    learning_rate: float = Field(2e-5, gt=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0)  # > 0 overrides warmup_ratio
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0)  # 0 disables clipping
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1)  # default: save_steps
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)  # resumable DeepSpeed states kept; HF exports are all kept
+    seed: int = 42
+    deepspeed: str = "configs/deepspeed/zero3-bf16.json"  # path to the DeepSpeed JSON ("auto" filled from here)
+    report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
+    disable_tqdm: bool = False
+    resume_from_checkpoint: str | None = Field(None, validation_alias=AliasChoices("resume", "resume_from_checkpoint"))
+    # --- emotune ---
+    fused_loss: bool = True  # hidden states + LM head, never the [N, V] logits (emotune.pipeline.fused_head)
+    export_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"  # auto: the model's dtype
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        if v in (None, "none"):
+            return []
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def dtype_name(self) -> str:
+        if self.model.torch_dtype != "auto":
+            return self.model.torch_dtype
+        return "bfloat16" if self.bf16 else "float32"
+
+    def config_hash(self) -> str:
+        """Hash of what determines the trained weights (not where logs go, not resume)."""
+        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# loading: YAML file + key=value overrides
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item or item.startswith("="):
+        raise EmotuneError(f"command-line override {item!r} is not key=value (e.g. learning_rate=1e-5, data.block_size=128)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise EmotuneError(f"override {item!r}: {part!r} is not a section")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return data
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling and section)"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in first and first["type"] not in ("value_error",):
+        msg += f" (got {first['input']!r})"
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def validate(data: dict, source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise EmotuneError(_format_error(err, source)) from None
+    except EmotuneError as err:  # raised by objective resolution inside a validator
+        raise EmotuneError(f"{source}: objective: {err}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EmotuneError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise EmotuneError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise EmotuneError(f"{path}: a run config must be a mapping of keys to values")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    data = apply_overrides(read_yaml(path), overrides or [])
+    source = str(path) + (" (with command-line overrides)" if overrides else "")
+    return validate(data, source)

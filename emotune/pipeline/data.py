@@ -1,0 +1,403 @@
+"""Training data: raw text packed into blocks, or Alpaca-format instructions with the prompt masked.
+
+Raw text (continual fine-tuning, language modelling): every document (a line of a .txt file, the text
+column of a .jsonl/.parquet file or hub dataset) is tokenised with the tokenizer's special tokens,
+optionally followed by EOS, all documents are concatenated and cut into `block_size` blocks; the
+remainder is dropped (as HF `run_clm.py` does). Labels are the input ids (the loss shifts them).
+
+Instructions (Alpaca format: instruction / input / output): prompt = the Alpaca template, target =
+output + EOS. Prompt tokens get label -100, so only response tokens (+EOS) are targets. Examples longer
+than `max_length` are truncated; those whose response is cut away entirely are counted and dropped.
+
+Tokenisation is done once, by rank 0 first, and cached as a .npz keyed by the data, the tokenizer and
+the settings; other ranks (and later runs) load the cache. Batches are a pure function of
+(seed, step, rank): resuming at step k gives exactly the batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from emotune.errors import EmotuneError
+from emotune.objectives.common import IGNORE_INDEX
+
+log = logging.getLogger("emotune.data")
+
+PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+TEXT_SUFFIXES = (".txt", ".text", ".raw")
+JSON_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+
+
+def alpaca_prompt(instruction: str, input_: str | None) -> str:
+    if input_ and input_.strip():
+        return PROMPT_INPUT.format(instruction=instruction, input=input_)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading records
+
+def _read_local(path: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise EmotuneError(f"data file {path} not found")
+    suffix = p.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return [{"text": line} for line in p.read_text(encoding="utf-8").splitlines()]
+    if suffix in JSON_SUFFIXES:
+        text = p.read_text(encoding="utf-8")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise EmotuneError(f"{path}: line {err.lineno}: invalid JSON: {err.msg}") from None
+        else:
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise EmotuneError(f"{path}: line {n}: invalid JSON: {err.msg}") from None
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise EmotuneError(f"{path}: record {n} is not a JSON object")
+        return rows
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(p).to_pylist()
+        except Exception as err:
+            raise EmotuneError(f"{path}: not a readable parquet file: {err}") from None
+    raise EmotuneError(f"data file {path}: unsupported type {suffix!r} (use .txt, .jsonl, .json or .parquet)")
+
+
+def _read_hub(name: str, config: str | None, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:
+        raise EmotuneError(f"dataset {name!r} (config {config!r}, split {split!r}) could not be loaded: {err}") from None
+    return ds.to_list()
+
+
+def _fingerprint_files(files: list[str]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class RawSplits:
+    train: list[dict]
+    validation: list[dict]
+    fingerprint: str  # identifies the records (file contents or hub id)
+
+
+def read_records(cfg) -> RawSplits:
+    """Train and validation records from local files or a hub dataset (`cfg` is a DataConfig + seed)."""
+    d = cfg.data
+    if d.train_files:
+        for f in d.train_files + (d.validation_files or []):
+            if not Path(f).is_file():
+                raise EmotuneError(f"data.train_files / validation_files: data file {f} not found")
+        train = [r for f in d.train_files for r in _read_local(f)]
+        val = [r for f in (d.validation_files or []) for r in _read_local(f)]
+        fp = _fingerprint_files(d.train_files + (d.validation_files or []))
+    else:
+        train = _read_hub(d.dataset_name, d.dataset_config_name, d.train_split)
+        val = []
+        if d.validation_split and d.validation_split_percentage == 0:
+            try:
+                val = _read_hub(d.dataset_name, d.dataset_config_name, d.validation_split)
+            except EmotuneError:
+                log.warning("dataset %s has no split %r: no validation", d.dataset_name, d.validation_split)
+        fp = hashlib.sha256(f"{d.dataset_name}|{d.dataset_config_name}|{d.train_split}|{d.validation_split}".encode()).hexdigest()
+    if not val and d.validation_split_percentage > 0:
+        perm = np.random.default_rng(cfg.seed).permutation(len(train))
+        n_val = max(1, int(len(train) * d.validation_split_percentage / 100))
+        val = [train[i] for i in sorted(perm[:n_val])]
+        train = [train[i] for i in sorted(perm[n_val:])]
+    if not train:
+        raise EmotuneError("the training data is empty")
+    return RawSplits(train, val, fp)
+
+
+def texts_of(records: list[dict], column: str, where: str = "data") -> list[str]:
+    if records and column not in records[0]:
+        raise EmotuneError(f"{where}: no column {column!r} (columns: {sorted(records[0])}); set data.text_column")
+    return [str(r.get(column) or "") for r in records]
+
+
+def tokenizer_training_texts(cfg) -> list[str]:
+    """What a tokenizer trained on the spot (model.train_tokenizer_vocab_size) learns from: the training split."""
+    d = cfg.data
+    train = read_records(cfg).train
+    if d.format == "text":
+        return texts_of(train, d.text_column, "training data")
+    return [" ".join(str(r.get(c) or "") for c in (d.instruction_column, d.input_column, d.output_column)) for r in train] + \
+        [PROMPT_INPUT, PROMPT_NO_INPUT]
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenisation
+
+def _batched(items: list, n: int = 1000) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def pack_texts(texts: Iterable[str], tokenizer, block_size: int, add_eos: bool = False, skip_empty: bool = True,
+               max_blocks: int | None = None) -> tuple[np.ndarray, dict]:
+    """Tokenise documents, concatenate and cut into `[N, block_size]` blocks (remainder dropped)."""
+    texts = [t for t in texts if not (skip_empty and not t.strip())]
+    if add_eos and tokenizer.eos_token_id is None:
+        raise EmotuneError("data.add_eos is set but the tokenizer has no EOS token")
+    chunks: list[np.ndarray] = []  # numpy per batch of documents: WikiText-103 is ~120M tokens
+    n_docs = n_tokens = 0
+    for batch in _batched(texts):
+        encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
+        if add_eos:
+            encoded = [ids + [tokenizer.eos_token_id] for ids in encoded]
+        flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64)
+        chunks.append(flat)
+        n_docs += len(encoded)
+        n_tokens += len(flat)
+        if max_blocks is not None and n_tokens >= max_blocks * block_size:
+            break  # enough text tokenised for the requested number of blocks
+    buf = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    n_blocks = len(buf) // block_size
+    if max_blocks is not None:
+        n_blocks = min(n_blocks, max_blocks)
+    blocks = buf[: n_blocks * block_size].reshape(n_blocks, block_size)
+    return blocks, {"documents": n_docs, "tokens": n_tokens, "blocks": n_blocks, "dropped_tail_tokens": len(buf) - n_blocks * block_size}
+
+
+def tokenize_instruction(tokenizer, instruction: str, input_: str | None, output: str, max_length: int) -> tuple[list[int], list[int], bool]:
+    """`(input_ids, labels, truncated)`: prompt labels -100, response + EOS are targets."""
+    prompt_ids = tokenizer(alpaca_prompt(instruction, input_), add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+    truncated = len(ids) > max_length
+    return ids[:max_length], labels[:max_length], truncated
+
+
+def tokenize_instructions(records: list[dict], tokenizer, d, max_examples: int | None = None, where: str = "data") -> tuple[list, dict]:
+    if tokenizer.eos_token_id is None:
+        raise EmotuneError("instruction tuning needs a tokenizer with an EOS token")
+    if records:
+        for col in (d.instruction_column, d.output_column):
+            if col not in records[0]:
+                raise EmotuneError(f"{where}: no column {col!r} (columns: {sorted(records[0])}); records must be Alpaca-format")
+    examples, truncated, dropped = [], 0, 0
+    for r in records:
+        ids, labels, cut = tokenize_instruction(tokenizer, str(r.get(d.instruction_column) or ""), r.get(d.input_column),
+                                                str(r.get(d.output_column) or ""), d.max_length)
+        truncated += cut
+        if all(l == IGNORE_INDEX for l in labels[1:]):  # position 0 is never a target (shift)
+            dropped += 1
+            continue
+        examples.append((np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)))
+        if max_examples is not None and len(examples) >= max_examples:
+            break
+    if dropped:
+        log.warning("%s: %d of %d instruction examples dropped: their response was entirely cut by max_length=%d",
+                    where, dropped, dropped + len(examples), d.max_length)
+    return examples, {"examples": len(examples), "truncated": truncated, "dropped_response_cut": dropped}
+
+
+# ----------------------------------------------------------------------------------------------
+# the in-memory dataset + cache
+
+@dataclass
+class TokenizedSplit:
+    input_ids: list[np.ndarray]
+    labels: list[np.ndarray]
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def save(self, path: Path) -> None:
+        lengths = np.asarray([len(x) for x in self.input_ids], dtype=np.int64)
+        flat_ids = np.concatenate(self.input_ids) if self.input_ids else np.zeros(0, np.int64)
+        flat_labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
+        np.savez(tmp, lengths=lengths, ids=flat_ids, labels=flat_labels, stats=np.frombuffer(json.dumps(self.stats).encode(), np.uint8))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenizedSplit":
+        with np.load(path, allow_pickle=False) as z:
+            offsets = np.concatenate([[0], np.cumsum(z["lengths"])])
+            ids, labels = z["ids"], z["labels"]
+            stats = json.loads(z["stats"].tobytes().decode())
+            return cls([ids[a:b] for a, b in zip(offsets[:-1], offsets[1:])],
+                       [labels[a:b] for a, b in zip(offsets[:-1], offsets[1:])], stats)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()))
+    body += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def build_splits(raw: RawSplits, tokenizer, cfg) -> tuple[TokenizedSplit, TokenizedSplit]:
+    d = cfg.data
+    if d.format == "text":
+        blocks, stats = pack_texts(texts_of(raw.train, d.text_column, "training data"), tokenizer, d.block_size, d.add_eos,
+                                   d.skip_empty, d.max_train_samples)
+        train = TokenizedSplit(list(blocks), list(blocks), stats)
+        vblocks, vstats = pack_texts(texts_of(raw.validation, d.text_column, "validation data"), tokenizer, d.block_size,
+                                     d.add_eos, d.skip_empty, d.max_eval_samples) if raw.validation else (np.zeros((0, d.block_size), np.int64), {})
+        val = TokenizedSplit(list(vblocks), list(vblocks), vstats)
+    else:
+        ex, stats = tokenize_instructions(raw.train, tokenizer, d, d.max_train_samples, "training data")
+        train = TokenizedSplit([e[0] for e in ex], [e[1] for e in ex], stats)
+        vex, vstats = tokenize_instructions(raw.validation, tokenizer, d, d.max_eval_samples, "validation data")
+        val = TokenizedSplit([e[0] for e in vex], [e[1] for e in vex], vstats)
+    if len(train) == 0:
+        what = f"a single block of data.block_size={d.block_size} tokens" if d.format == "text" else "one usable example"
+        raise EmotuneError(f"the training data gives not even {what}")
+    return train, val
+
+
+def load_datasets(cfg, tokenizer, rank: int = 0, barrier: Callable[[], None] = lambda: None) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """Tokenised train / validation splits, computed once by rank 0 and cached; the others load the cache."""
+    d = cfg.data
+    settings = d.model_dump(mode="json", exclude={"cache_dir"})
+    cache_dir = Path(d.cache_dir or Path(cfg.output_dir) / "data-cache")
+
+    def key_for(fp: str) -> str:
+        return hashlib.sha256(json.dumps([fp, tokenizer_fingerprint(tokenizer), settings, cfg.seed], sort_keys=True).encode()).hexdigest()[:20]
+
+    def compute_or_load() -> tuple[TokenizedSplit, TokenizedSplit]:
+        # Local files are fingerprinted by content, cheaply, before reading them all.
+        fp = _fingerprint_files(d.train_files + (d.validation_files or [])) if d.train_files else None
+        if fp is not None:
+            paths = [cache_dir / f"{key_for(fp)}-{s}.npz" for s in ("train", "validation")]
+            if all(p.is_file() for p in paths):
+                return TokenizedSplit.load(paths[0]), TokenizedSplit.load(paths[1])
+        raw = read_records(cfg)
+        paths = [cache_dir / f"{key_for(raw.fingerprint)}-{s}.npz" for s in ("train", "validation")]
+        if all(p.is_file() for p in paths):
+            return TokenizedSplit.load(paths[0]), TokenizedSplit.load(paths[1])
+        train, val = build_splits(raw, tokenizer, cfg)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        train.save(paths[0])
+        val.save(paths[1])
+        log.info("tokenised data cached in %s: train %s, validation %s", cache_dir, train.stats, val.stats)
+        return train, val
+
+    if rank == 0:
+        try:
+            result = compute_or_load()
+        finally:
+            barrier()  # release the other ranks even when rank 0 fails
+        return result
+    barrier()
+    return compute_or_load()  # finds rank 0's cache
+
+
+# ----------------------------------------------------------------------------------------------
+# batches: a pure function of (seed, step, rank)
+
+def collate(examples: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: pad id in input_ids, -100 in labels, 0 in attention_mask."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        labels[i, : len(lab)] = torch.from_numpy(np.asarray(lab, dtype=np.int64))
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class StepBatches:
+    """Which examples every rank's micro-batches hold at every optimizer step.
+
+    Each epoch is a permutation seeded by (seed, epoch); step s of an epoch takes the next
+    `global_batch = micro * world * accum` examples; micro-batch m of rank r is chunk m*world + r.
+    So one rank with accum=2 sees, per step, exactly the examples two ranks with accum=1 see.
+    The last incomplete global batch of an epoch is dropped.
+    """
+
+    def __init__(self, split: TokenizedSplit, micro: int, world: int, accum: int, seed: int, pad_id: int):
+        self.split, self.micro, self.world, self.accum, self.seed, self.pad_id = split, micro, world, accum, seed, pad_id
+        self.global_batch = micro * world * accum
+        self.steps_per_epoch = len(split) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise EmotuneError(
+                f"the training data has {len(split)} examples/blocks, fewer than one global batch of {self.global_batch} "
+                "(per_device_train_batch_size x ranks x gradient_accumulation_steps)")
+        self._perm_epoch, self._perm = -1, None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.split), generator=g), epoch
+        return self._perm
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def micro_batches(self, step: int, rank: int) -> list[dict[str, torch.Tensor]]:
+        """The `accum` micro-batches of `rank` for optimizer step `step` (0-based)."""
+        perm = self.permutation(self.epoch_of(step))
+        start = (step % self.steps_per_epoch) * self.global_batch
+        out = []
+        for m in range(self.accum):
+            chunk = start + (m * self.world + rank) * self.micro
+            idx = perm[chunk: chunk + self.micro].tolist()
+            out.append(collate([(self.split.input_ids[i], self.split.labels[i]) for i in idx], self.pad_id))
+        return out
+
+
+def eval_batches(split: TokenizedSplit, batch_size: int, world: int, rank: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Rank `rank`'s share of the validation set. Every rank gets the same number of batches (ZeRO-3
+    gathers parameters collectively in every forward); missing ones are filler with no targets."""
+    n = len(split)
+    n_batches = -(-n // (batch_size * world)) if n else 0
+    out = []
+    for b in range(n_batches):
+        examples = []
+        for j in range(batch_size):
+            i = (b * world + rank) * batch_size + j
+            if i < n:
+                examples.append((split.input_ids[i], split.labels[i]))
+        if not examples:  # filler: one example whose labels are all ignored
+            examples = [(split.input_ids[0], np.full(len(split.labels[0]), IGNORE_INDEX))]
+        out.append(collate(examples, pad_id))
+    return out

@@ -1,0 +1,31 @@
+"""One micro-batch's loss: the only place the training stage touches the objective.
+
+    out = loss_step(engine, batch, objective, fused=cfg.fused_loss)   # LossOutput
+    engine.backward(out.loss)
+
+`batch` holds input_ids, attention_mask, labels (unshifted, -100 = ignored) and optionally
+`num_items_in_batch`: the divisor of the summed per-token loss that makes gradient accumulation
+over micro-batches and data-parallel ranks equal one big batch (see train.py). The fused path
+(hidden states + LM-head weight, never the [N, V] logits) lives in `emotune.pipeline.fused_head`
+and takes the same batch.
+"""
+
+from __future__ import annotations
+
+from emotune.errors import EmotuneError
+from emotune.objectives import LossOutput
+
+
+def loss_step(model, batch: dict, objective, fused: bool) -> LossOutput:
+    if fused:
+        try:
+            from emotune.pipeline.fused_head import fused_causal_lm_loss
+        except ImportError as err:
+            raise EmotuneError(f"fused_loss=true needs emotune.pipeline.fused_head, which is not available ({err}); "
+                               "set fused_loss=false") from None
+        return fused_causal_lm_loss(model, batch, objective)
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    num_items = batch.pop("num_items_in_batch", None)
+    logits = model(**batch, use_cache=False).logits
+    return objective(logits, labels, num_items_in_batch=num_items)

@@ -1,0 +1,193 @@
+"""Tokenizer, model and cost embedding for the training stage.
+
+Order matters (EMO.md section 3): load the model -> give the tokenizer a pad token (resizing the
+embeddings if one is added) -> copy the cost embedding (so it includes any new rows) -> LoRA ->
+DeepSpeed. Under ZeRO-3 the model is built inside `zero.Init` (transformers does it when an
+`HfDeepSpeedConfig` is alive), so every parameter is a `[0]` placeholder outside forward: the cost
+copy gathers the full `[V, H]` head on every rank. On resume the cost is rebuilt the same way from
+the *base* weights before the DeepSpeed state is loaded, so it never drifts with training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from emotune.errors import EmotuneError
+from emotune.objectives.cost import CostEmbedding
+
+log = logging.getLogger("emotune.model")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer
+
+def train_tokenizer(texts: list[str], vocab_size: int, pad: bool = True):
+    """A byte-level BPE tokenizer trained on `texts`, with <pad> <s> </s> and BOS prepended (tiny runs, tests).
+    `pad=False` gives a LLaMA-like tokenizer without a pad token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"] if pad else ["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    specials = {"pad_token": "<pad>"} if pad else {"unk_token": "<unk>"}
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", **specials)
+
+
+def load_tokenizer(cfg, rank: int = 0, barrier=lambda: None, texts_for_training=None):
+    """The run's tokenizer: pretrained (local/hub) or, with model.train_tokenizer_vocab_size, trained on the
+    training data by rank 0 and saved in <output_dir>/tokenizer for the other ranks and for resume."""
+    from transformers import AutoTokenizer
+
+    m = cfg.model
+    if m.train_tokenizer_vocab_size:
+        path = Path(cfg.output_dir) / "tokenizer"  # kept with the run, so a resumed run tokenises identically
+        if rank == 0 and not (path / "tokenizer_config.json").is_file():
+            try:
+                tok = train_tokenizer(texts_for_training(), m.train_tokenizer_vocab_size)
+                tmp = path.with_name(".tokenizer.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tok.save_pretrained(str(tmp))
+                shutil.rmtree(path, ignore_errors=True)  # an incomplete earlier attempt
+                os.replace(tmp, path)
+            finally:
+                barrier()
+        else:
+            barrier()
+        return AutoTokenizer.from_pretrained(str(path))
+    source = m.tokenizer_name_or_path or m.name_or_path
+    if source is None:
+        raise EmotuneError("model.config builds a fresh model: set model.tokenizer_name_or_path or model.train_tokenizer_vocab_size")
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    except Exception as err:
+        raise EmotuneError(f"model.tokenizer_name_or_path: cannot load a tokenizer from {source!r}: {err}") from None
+
+
+def ensure_pad_token(tokenizer, how: str) -> bool:
+    """Give the tokenizer a pad token; returns True when a new token was added (embeddings must grow)."""
+    if tokenizer.pad_token_id is not None:
+        return False
+    if how == "add":
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        return True
+    fallback = tokenizer.eos_token if how == "eos" else tokenizer.unk_token
+    if fallback is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        return True
+    tokenizer.pad_token = fallback
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# model
+
+def load_model(cfg, tokenizer):
+    """The causal LM in the run's dtype, pad token handled and embeddings resized to the tokenizer.
+
+    Call it while an `HfDeepSpeedConfig` for ZeRO-3 is alive to get a partitioned (zero.Init) model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = cfg.model
+    dtype = DTYPES[cfg.dtype_name]
+    kwargs = {"dtype": dtype, "trust_remote_code": m.trust_remote_code}
+    if m.attn_implementation:
+        kwargs["attn_implementation"] = m.attn_implementation
+    if m.name_or_path is not None:
+        path = Path(m.name_or_path)
+        if not path.exists() and (m.name_or_path.startswith((".", "/")) or m.name_or_path.count("/") > 1):
+            raise EmotuneError(f"model.name_or_path: model directory {m.name_or_path} not found")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(m.name_or_path, revision=m.revision, **kwargs)
+        except EmotuneError:
+            raise
+        except (OSError, ValueError) as err:
+            raise EmotuneError(f"model.name_or_path: cannot load a causal LM from {m.name_or_path!r}: {err}") from None
+    else:
+        params = dict(m.config)
+        model_type = params.pop("model_type")
+        params.setdefault("vocab_size", len(tokenizer))
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            params.setdefault(key, getattr(tokenizer, key))
+        try:
+            config = AutoConfig.for_model(model_type, **params)
+        except (ValueError, TypeError) as err:
+            raise EmotuneError(f"model.config: {err}") from None
+        torch.manual_seed(cfg.seed)  # the fresh model is the same on every rank and every run
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=m.trust_remote_code)
+    added = ensure_pad_token(tokenizer, m.pad_token)
+    resize_embeddings(model, tokenizer, m.pad_to_multiple_of, mean_init=added)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = False
+    return model
+
+
+def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None, mean_init: bool = True) -> None:
+    """Grow the embeddings when the tokenizer has more tokens than the model (never shrink)."""
+    current = model.get_input_embeddings().num_embeddings if hasattr(model.get_input_embeddings(), "num_embeddings") else None
+    if current is None or len(tokenizer) <= current:
+        return
+    log.info("resizing embeddings %d -> %d tokens", current, len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=mean_init)
+
+
+def apply_lora(model, lora_cfg, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model
+
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    peft_cfg = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                          target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM", bias="none")
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as err:
+        raise EmotuneError(f"lora.target_modules: {err}") from None
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (the one whose config and save_pretrained we use)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ----------------------------------------------------------------------------------------------
+# cost embedding
+
+def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
+    """The cost embedding the objective needs, or None. `frozen`: the full `[V, H]` output embedding of
+    the (resized) base model, gathered under ZeRO-3; `external`: another checkpoint's head from its files."""
+    from emotune.objectives.registry import OBJECTIVES, resolve
+
+    name, _ = resolve(cfg.objective.name, cfg.objective.params)
+    if not OBJECTIVES[name][2]:
+        return None
+    source = cfg.objective.cost
+    if source == "external":
+        from emotune.pipeline.cost import external_cost
+
+        return external_cost(cfg.objective.cost_source, vocab_size)
+    if source == "adaptive":
+        return CostEmbedding.adaptive(unwrap(model))
+    cost = CostEmbedding.frozen(unwrap(model))
+    if cost.vocab_size != vocab_size:
+        raise EmotuneError(f"cost embedding has {cost.vocab_size} rows, the model's output has {vocab_size}")
+    return cost
+
+
+def output_vocab_size(model) -> int:
+    head = unwrap(model).get_output_embeddings()
+    weight = head.weight if head is not None else unwrap(model).get_input_embeddings().weight
+    return int(getattr(weight, "ds_shape", weight.shape)[0])

@@ -1,0 +1,101 @@
+"""Shared builders for the evaluation tests (no tests here): a BPE tokenizer trained on the spot and a
+tiny LLaMA built from a config, saved as a local Hugging Face checkpoint, plus small classification tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine torch's spinning threads
+    make them 20x slower; test modules import this fixture to run with one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+WORDS = ("the movie was great fun and the acting superb . a dull boring film with no plot at all . "
+         "it is about world sports business science and technology human being location numeric value "
+         "abbreviation entity description abstract concept . what is the capital of france ? who wrote "
+         "hamlet ? review : it is positive negative objective subjective anger joy optimism sadness . "
+         "stocks fell sharply as markets opened ; the team won the final match in extra time . "
+         "scientists found a new planet orbiting a distant star . how many people live in tokyo ?").split()
+
+CORPUS = [" ".join(WORDS[i:i + 12]) for i in range(0, len(WORDS), 3)] * 4 + [
+    'Review: "great" It is positive.', "The following are multiple choice questions (with answers) about",
+    "A. B. C. D. Answer:", '"What" It is about location.',
+]
+
+
+def build_tokenizer(path: Path, vocab_size: int = 300):
+    """A LLaMA-style (Metaspace) BPE tokenizer that adds BOS and no EOS, saved to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                        "0123456789.,:;?!\"'()-_\n "))
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def build_llama(path: Path | None, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2,
+                dtype=torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    with torch.no_grad():  # larger weights than the init so that scores differ clearly between labels
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    if path is not None:
+        model.save_pretrained(str(path))
+    return model
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+TRAIN_TEXTS = [
+    "the movie was great fun", "a dull boring film", "what is the capital of france ?", "who wrote hamlet ?",
+    "stocks fell sharply as markets opened", "the team won the final match", "scientists found a new planet",
+    "how many people live in tokyo ?", "the acting superb and great", "no plot at all , boring",
+    "markets opened and stocks fell", "a new star orbiting a planet", "the final match in extra time",
+    "what is the location of tokyo ?", "great fun with superb acting", "it is a dull film with no plot",
+]
+TEST_TEXTS = ["great movie and superb fun", "boring film , no plot", "who is the capital of hamlet ?",
+              "stocks and markets fell", "the team won in extra time", "scientists found a planet"]
+
+
+def rows(texts: list[str], n_labels: int, key: str = "label") -> list[dict]:
+    return [{"text": t, key: i % n_labels} for i, t in enumerate(texts)]
+
+
+# templates with labels of unequal token length that share leading tokens ("It is about ...")
+TEMPLATES = {
+    2: {0: "Review: <X> It is positive.", 1: "Review: <X> It is negative."},
+    4: {0: '"<X>" It is about world.', 1: '"<X>" It is about sports.', 2: '"<X>" It is about business.',
+        3: '"<X>" It is about science and technology.'},
+    6: {0: '"<X>" It is about abbreviation.', 1: '"<X>" It is about entity.',
+        2: '"<X>" It is about description and abstract concept.', 3: '"<X>" It is about human being.',
+        4: '"<X>" It is about location.', 5: '"<X>" It is about numeric value.'},
+}

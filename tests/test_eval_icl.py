@@ -1,0 +1,174 @@
+"""ICL and MMLU prompt construction (exact strings), MMLU metrics, and the `emotune eval` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from emotune.errors import EmotuneError
+from emotune.eval import mmlu
+from emotune.eval.icl import build_ice, prepare, run_icl_task
+from emotune.eval.summary import read_summary
+from emotune.eval.tasks import load_task, task_from_dict
+from emotune.launch.cli import main as emotune
+from test_eval_fixtures import (TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread,  # noqa: F401
+                                rows, write_jsonl)
+
+
+class FixedRetriever:
+    """Returns given ids (retrieval itself is tested against a reference in test_eval_retriever.py)."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def retrieve(self, index_texts, query_texts, k, task="t"):
+        return [self.ids[:k] for _ in query_texts]
+
+    def settings(self):
+        return {"encoder": "fixed"}
+
+
+def test_icl_prompts_are_openicl_strings(tmp_path):
+    task = load_task("sst2")
+    write_jsonl(tmp_path / "sst2" / "train.jsonl", [{"text": "good", "label": 0}, {"text": "bad", "label": 1},
+                                                     {"text": "fine", "label": 0}])
+    write_jsonl(tmp_path / "sst2" / "test.jsonl", [{"text": "great", "label": 0}])
+    task.ice_num = 2
+    _, gold, ids, prompts, _ = prepare(task, FixedRetriever([1, 2]), data_dir=tmp_path)
+    assert ids == [[1, 2]] and gold == [0]
+    ice = 'Review: "bad" It is negative.\nReview: "fine" It is positive.\n'  # most similar demo first
+    assert prompts == [[ice + 'Review: "great" It is positive.', ice + 'Review: "great" It is negative.']]
+    assert build_ice(task, [{"text": "x"}], [], []) == "\n"  # OpenICL's ice_eos_token even with no demos
+
+
+def test_multi_column_inputs():
+    task = task_from_dict({"name": "nli", "kind": "icl", "input_columns": {"premise": "<X1>", "hypothesis": "<X2>"},
+                           "templates": {0: "<X1>? Yes, <X2>", 1: "<X1>? No, <X2>"}})
+    row = {"premise": "A man sleeps", "hypothesis": "a man rests", "label": 0}
+    assert task.input_text(row) == "A man sleeps a man rests"
+    assert task.fill(1, row) == "A man sleeps? No, a man rests"
+
+
+def mmlu_rows(subject, tag, n):
+    return [{"subject": subject, "question": f"Q{tag}{i}", "choices": [f"a{i}", f"b{i}", f"c{i}", f"d{i}"],
+             "answer": i % 4} for i in range(n)]
+
+
+def test_mmlu_prompt_is_opencompass_mmlu_ppl():
+    dev = mmlu_rows("high_school_physics", "d", 2)
+    cands = mmlu.candidates("high_school_physics", dev, mmlu_rows("high_school_physics", "t", 1)[0], "row")
+    prefix = ("The following are multiple choice questions (with answers) about  high school physics.\n\n"
+              "Qd0\nA. a0\nB. b0\nC. c0\nD. d0\nAnswer: A\n\n"
+              "Qd1\nA. a1\nB. b1\nC. c1\nD. d1\nAnswer: B\n\n")
+    assert cands == [prefix + f"Qt0\nA. a0\nB. b0\nC. c0\nD. d0\nAnswer: {x}" for x in "ABCD"]
+    with pytest.raises(EmotuneError, match="answer"):
+        mmlu.answer_index(7, "row 3")
+    assert mmlu.answer_index("c", "r") == 2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalcli")
+    tok = build_tokenizer(d / "model")
+    build_llama(d / "model", len(tok), seed=2)
+    data = d / "data"
+    write_jsonl(data / "trec" / "train.jsonl", rows(TRAIN_TEXTS, 6, "coarse_label"))
+    write_jsonl(data / "trec" / "test.jsonl", rows(TEST_TEXTS, 6, "coarse_label"))
+    for name in ("sst2", "cr"):
+        write_jsonl(data / name / "train.jsonl", rows(TRAIN_TEXTS, 2))
+        write_jsonl(data / name / "test.jsonl", rows(TEST_TEXTS, 2))
+    subjects = [("anatomy", 3), ("abstract_algebra", 5)]
+    write_jsonl(data / "mmlu" / "test.jsonl", [r for s, n in subjects for r in mmlu_rows(s, "t", n)])
+    write_jsonl(data / "mmlu" / "dev.jsonl", [r for s, _ in subjects for r in mmlu_rows(s, "d", 6)])
+    return d
+
+
+def run(setup, out, *extra, tasks="trec,sst2,mmlu"):
+    return emotune(["eval", "--model", str(setup / "model"), "--tasks", tasks, "--out", str(out),
+                    f"data_dir={setup / 'data'}", f"cache_dir={setup / 'cache'}", "progress=false", *extra])
+
+
+def test_eval_command_writes_predictions_and_summary(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(setup, out) == 0
+    summary = read_summary(out / "summary.json")
+    assert summary["model"] == str(setup / "model") and summary["emotune_version"]
+    assert set(summary["tasks"]) == {"trec", "sst2", "mmlu"}
+    trec = summary["tasks"]["trec"]
+    assert trec["kind"] == "icl" and trec["n_examples"] == len(TEST_TEXTS)
+    assert trec["settings"]["scoring"] == "full" and trec["settings"]["encoder"] == "all-MiniLM-L6-v2"
+    preds = [json.loads(x) for x in (out / trec["predictions"]).read_text().splitlines()]
+    assert len(preds) == len(TEST_TEXTS) and len(preds[0]["demo_ids"]) == 8
+    assert set(preds[0]["scores"]) == {str(i) for i in range(6)}
+    for p in preds:  # prediction = lowest score, accuracy = share of correct rows
+        assert str(p["prediction"]) == min(p["scores"], key=p["scores"].get)
+    assert trec["metrics"]["accuracy"] == pytest.approx(np.mean([p["prediction"] == p["gold"] for p in preds]))
+    accs = {k: t["metrics"]["accuracy"] for k, t in summary["tasks"].items()}
+    assert summary["averages"]["icl_mean_accuracy"] == pytest.approx((accs["trec"] + accs["sst2"]) / 2)
+    assert summary["averages"]["mean_accuracy"] == pytest.approx(np.mean(list(accs.values())))
+
+    m = summary["tasks"]["mmlu"]
+    mp = [json.loads(x) for x in (out / m["predictions"]).read_text().splitlines()]
+    assert m["n_examples"] == len(mp) == 8
+    per = {s: np.mean([p["correct"] for p in mp if p["subject"] == s]) for s in ("anatomy", "abstract_algebra")}
+    assert m["metrics"]["accuracy"] == pytest.approx(np.mean([p["correct"] for p in mp]))  # micro
+    assert m["metrics"]["accuracy_macro"] == pytest.approx(np.mean(list(per.values())))  # macro
+    assert m["metrics"]["subject/anatomy"] == pytest.approx(per["anatomy"])
+
+    # resume: finished tasks are not redone, new ones are added
+    capsys.readouterr()
+    assert run(setup, out, tasks="trec,sst2,mmlu,cr") == 0
+    log = capsys.readouterr().out
+    assert "trec: already in" in log and "cr (icl)" in log
+    assert set(read_summary(out / "summary.json")["tasks"]) == {"trec", "sst2", "mmlu", "cr"}
+
+
+def test_naive_and_continuation_switches(setup, tmp_path):
+    assert run(setup, tmp_path / "a", tasks="trec") == 0
+    assert run(setup, tmp_path / "b", "shared_prefix=false", tasks="trec") == 0
+    assert run(setup, tmp_path / "c", "scoring=continuation", tasks="trec") == 0
+    a, b, c = ([json.loads(x) for x in (tmp_path / k / "trec.predictions.jsonl").read_text().splitlines()]
+               for k in "abc")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(list(x["scores"].values()), list(y["scores"].values()), atol=1e-5)
+        assert x["prediction"] == y["prediction"]
+    assert read_summary(tmp_path / "c" / "summary.json")["tasks"]["trec"]["settings"]["scoring"] == "continuation"
+    assert a[0]["scores"] != c[0]["scores"]
+
+
+def test_bad_cli_input_exits_2_with_one_line(setup, tmp_path, capsys, monkeypatch):
+    assert run(setup, tmp_path / "o", "batch_size=0", tasks="trec") == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert run(setup, tmp_path / "o", "colour=blue", tasks="trec") == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+    assert run(setup, tmp_path / "o", tasks="no_such_task") == 2
+    assert "unknown task 'no_such_task'" in capsys.readouterr().err
+    assert emotune(["eval", "--model", str(tmp_path / "missing"), "--tasks", "trec", "--out", str(tmp_path)]) == 2
+    assert "--model" in capsys.readouterr().err
+    # a generation task dispatches to emotune.eval.generation; without that module: a clear error
+    gen = tmp_path / "gen.yaml"
+    gen.write_text("name: gen\nkind: generation\ndataset: {path: wikitext}\n")
+    monkeypatch.setitem(sys.modules, "emotune.eval.generation", None)
+    assert run(setup, tmp_path / "g", tasks=str(gen)) == 2
+    err = capsys.readouterr().err
+    assert "gen.yaml" in err and "emotune.eval.generation" in err and "Traceback" not in err
+
+
+def test_max_tokens_drops_the_least_similar_demos(setup, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(setup / "model"))
+    model = AutoModelForCausalLM.from_pretrained(str(setup / "model")).eval()
+    task = load_task("sst2")
+    full = run_icl_task(task, model, tok, tmp_path / "a", retriever=FixedRetriever(list(range(8))),
+                        data_dir=setup / "data", progress=False)
+    cut = run_icl_task(task, model, tok, tmp_path / "b", retriever=FixedRetriever(list(range(8))),
+                       data_dir=setup / "data", max_tokens=110, progress=False)
+    a = [json.loads(x) for x in (tmp_path / "a" / full.predictions).read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / cut.predictions).read_text().splitlines()]
+    assert all(len(r["demo_ids"]) == 8 for r in a)
+    for r in b:
+        assert 0 < len(r["demo_ids"]) < 8 and r["demo_ids"] == list(range(len(r["demo_ids"])))  # kept the first

@@ -1,0 +1,155 @@
+"""Task files and data loading: the shipped task YAMLs, local JSONL/CSV/parquet, split slices, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emotune.errors import EmotuneError
+from emotune.eval.tasks import (CONFIG_DIR, apply_slice, load_split, load_suite, load_task, load_task_file,
+                                parse_split, task_from_dict)
+
+PAPER = {  # EVAL.md section 1: hub id, config, label column, first template, number of labels
+    "tweet_eval": ("tweet_eval", "emotion", "label", "<X> It is anger.", 4),
+    "sst2": ("gpt3mix/sst2", None, "label", 'Review: "<X>" It is positive.', 2),
+    "trec": ("trec", None, "coarse_label", '"<X>" It is about abbreviation.', 6),
+    "subj": ("SetFit/subj", None, "label", "<X> It is objective.", 2),
+    "cr": ("SetFit/CR", None, "label", "Review: <X> It is positive.", 2),
+    "rotten_tomatoes": ("rotten_tomatoes", None, "label", "Review: <X> It is positive", 2),
+    "ag_news": ("ag_news", None, "label", '"<X>" It is about world.', 4),
+}
+
+
+def test_shipped_tasks_follow_the_protocol():
+    for name, (path, config, label_col, first, n) in PAPER.items():
+        t = load_task(name)
+        assert (t.kind, t.dataset["path"], t.dataset.get("name"), t.label_column) == ("icl", path, config, label_col)
+        assert t.templates[t.labels[0]] == first and len(t.labels) == n and t.ice_num == 8
+        assert t.input_columns == {"text": "<X>"} and t.test_split == "test"
+    assert load_task("cr").labels == [1, 0] and load_task("rotten_tomatoes").labels == [1, 0]  # 1 listed first
+    assert load_task("ag_news").index_split == "train[:30%]"
+    for script_based in ("sst2", "trec"):
+        assert load_task(script_based).dataset["revision"] == "refs/convert/parquet"
+    mmlu = load_task("mmlu")
+    assert (mmlu.kind, mmlu.dataset["path"], mmlu.index_split, mmlu.raw["shots"]) == ("mmlu", "cais/mmlu", "dev", 5)
+    assert [t.name for t in load_suite("icl")] == list(PAPER)
+    assert [t.name for t in load_suite("paper")] == [*PAPER, "mmlu"]
+    assert [t.name for t in load_suite("mmlu")] == ["mmlu"]
+
+
+def test_every_task_file_has_a_kind():
+    for f in (CONFIG_DIR / "tasks").glob("*.yaml"):
+        assert load_task_file(f).kind in ("icl", "mmlu", "generation", "oracle")
+
+
+ROWS = [{"text": f"row {i}", "label": i % 2} for i in range(10)]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
+def test_local_files_load_with_the_same_columns(tmp_path, suffix):
+    path = tmp_path / f"test.{suffix}"
+    if suffix == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    elif suffix == "csv":
+        import pandas as pd
+
+        pd.DataFrame(ROWS).to_csv(path, index=False)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    task = load_task("sst2")
+    assert load_split(task, "test", data_dir=tmp_path) == ROWS
+    # and through dataset.data_files in the task file
+    task.dataset["data_files"] = {"test": str(path)}
+    got = load_split(task, "test[2:5]")
+    assert got == ROWS[2:5]
+    assert [task.label_key(r["label"], "row") for r in got] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("spec", ["train[:30%]", "train[30%:]", "train[10%:45%]", "train[3:7]", "train[:-2]"])
+def test_split_slices_match_datasets(tmp_path, spec):
+    import datasets
+
+    rows = [{"text": f"t{i}", "label": i % 3} for i in range(37)]
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = datasets.load_dataset("json", data_files={"train": str(f)}, split=spec,
+                                     cache_dir=str(tmp_path / "hf")).to_list()
+    assert apply_slice(rows, parse_split(spec, "x", "k")[1]) == expected
+
+
+def write_task(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+GOOD = """name: t
+kind: icl
+dataset: {data_files: {train: DATA, test: DATA}}
+input_columns: [text]
+label_column: label
+templates:
+  0: "<X> It is bad."
+  1: "<X> It is good."
+"""
+
+
+def test_bad_task_files_name_the_file_and_key(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    good = GOOD.replace("DATA", str(data))
+    p = write_task(tmp_path, good.replace('1: "<X> It is good."', '1: "It is good."'))
+    with pytest.raises(EmotuneError, match=r"bad\.yaml.*templates\.1.*<X>"):
+        load_task_file(p)
+    p = write_task(tmp_path, good.replace("kind: icl", "kind: cloze"))
+    with pytest.raises(EmotuneError, match=r"bad\.yaml.*'kind'"):
+        load_task_file(p)
+    p = write_task(tmp_path, good.replace("input_columns: [text]\n", ""))
+    with pytest.raises(EmotuneError, match=r"bad\.yaml.*'input_columns'"):
+        load_task_file(p)
+    p = write_task(tmp_path, "name: [unclosed")
+    with pytest.raises(EmotuneError, match=r"bad\.yaml.*YAML"):
+        load_task_file(p)
+
+    from emotune.eval.icl import prepare
+
+    class NoRetrieval:
+        def retrieve(self, *a, **k):
+            raise AssertionError("data is checked before retrieval")
+
+    # missing column
+    task = load_task_file(write_task(tmp_path, good.replace("label_column: label", "label_column: stars")))
+    with pytest.raises(EmotuneError, match=r"bad\.yaml.*column 'stars'.*label_column"):
+        prepare(task, NoRetrieval())
+    # unknown label
+    task = load_task_file(write_task(tmp_path, good))  # templates for labels 0 and 1 only
+    rows3 = [{"text": "x", "label": 2}] + ROWS
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows3))
+    with pytest.raises(EmotuneError, match=r"label 2.*bad\.yaml.*'templates'"):
+        prepare(task, NoRetrieval())
+
+
+def test_bad_data_files_name_file_and_line(tmp_path):
+    f = tmp_path / "test.jsonl"
+    f.write_text('{"text": "a", "label": 0}\n{"text": broken}\n')
+    task = load_task("sst2")
+    with pytest.raises(EmotuneError, match=r"test\.jsonl:2"):
+        load_split(task, "test", data_dir=tmp_path)
+    with pytest.raises(EmotuneError, match=r"no train\.jsonl"):
+        load_split(task, "train", data_dir=tmp_path)
+    with pytest.raises(EmotuneError, match="cannot parse split"):
+        load_split(task, "train[:x]", data_dir=tmp_path)
+
+
+def test_hub_loading_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    task = task_from_dict({"name": "nope", "kind": "icl", "dataset": {"path": "emotune-test/does-not-exist"},
+                           "input_columns": ["text"], "templates": {0: "<X> a", 1: "<X> b"}}, "nope.yaml")
+    with pytest.raises(EmotuneError, match=r"nope\.yaml: cannot load dataset 'emotune-test/does-not-exist'"):
+        load_split(task, "test")

@@ -1,0 +1,91 @@
+"""Shared builders for the generation / MAUVE / LM-metric tests (no tests here): a BPE tokenizer trained
+on the spot, tiny LLaMA and GPT-2 models built from a config, and small corpora in two styles."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread for torch, faiss and BLAS. With two, OpenMP
+    barriers under load made a 32-wide forward pass ~300x slower (735 ms vs 2.6 ms side by side) and
+    an 80x384 SVD take 2 s."""
+    import faiss  # mauve-text's k-means
+    from threadpoolctl import threadpool_limits  # BLAS under sklearn's PCA (scikit-learn depends on it)
+
+    before, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before_faiss)
+
+
+SPORTS = ("the team won the final match in extra time after a late goal from the striker and the fans "
+          "sang in the stadium while the coach praised the defence and the keeper saved a penalty").split()
+MARKETS = ("stocks fell sharply as markets opened on monday and investors sold shares of banks while "
+           "oil prices rose and the central bank kept interest rates unchanged for another quarter").split()
+WORDS = sorted(set(SPORTS + MARKETS)) + [".", ",", "=", "Valkyria", "Chronicles"]
+
+
+def sentences(words: list[str], n: int, length: int, seed: int) -> list[str]:
+    """`n` texts of `length` words drawn from `words` (a fixed style per word list)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(length)) for _ in range(n)]
+
+
+def build_tokenizer(path: Path, vocab_size: int = 160):
+    """A LLaMA-style (Metaspace) BPE tokenizer that adds BOS and no EOS, saved to `path`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=list("abcdefghijklmnopqrstuvwxyzVC.,=- "))
+    tok.train_from_iterator(sentences(SPORTS, 40, 20, 1) + sentences(MARKETS, 40, 20, 2) + [" ".join(WORDS)], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def build_llama(path: Path | None, vocab_size: int, seed: int = 0, hidden: int = 32, scale: float = 4.0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # peakier distributions than the init, so models and seeds differ clearly
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(scale)
+    if path is not None:
+        model.save_pretrained(str(path))
+    return model
+
+
+def build_gpt2(path: Path, vocab_size: int, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1,
+                     eos_token_id=2)
+    model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(str(path))
+    return model
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
