@@ -174,16 +174,29 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys (`data.block_size=128`); a number indexes a list (`runs.1.matrix.seed=[0]`)."""
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
         node = data
         for part in path[:-1]:
-            if not isinstance(node.get(part, {}), dict):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, item)]
+                continue
+            if not isinstance(node.get(part, {}), (dict, list)):
                 raise EmotuneError(f"override {item!r}: {part!r} is not a section")
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, path[-1], item)] = value
+        else:
+            node[path[-1]] = value
     return data
+
+
+def _list_index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise EmotuneError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
 
 
 def _format_error(err: ValidationError, source: str) -> str:
