@@ -1,12 +1,10 @@
 """loss_step: the unfused path is the model's logits through the objective; the fused path is delegated."""
 
-import importlib.util
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from emotune.errors import EmotuneError
 from emotune.objectives import CostEmbedding, build_objective
 from emotune.pipeline.loss_step import loss_step
 
@@ -45,13 +43,6 @@ def test_num_items_in_batch_sets_the_divisor():
     assert "num_items_in_batch" not in b  # the caller's batch is not modified
 
 
-@pytest.mark.skipif(importlib.util.find_spec("emotune.pipeline.fused_head") is not None, reason="fused head present")
-def test_fused_without_module_is_a_clear_error():
-    with pytest.raises(EmotuneError, match="fused_loss=true needs emotune.pipeline.fused_head"):
-        loss_step(tiny(), batch(), build_objective("mle"), fused=True)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("emotune.pipeline.fused_head") is None, reason="fused head not written yet")
 def test_fused_branch_matches_unfused():
     model = tiny()
     objective = build_objective("emo", cost=CostEmbedding.frozen(model))

@@ -12,17 +12,12 @@ and takes the same batch.
 
 from __future__ import annotations
 
-from emotune.errors import EmotuneError
 from emotune.objectives import LossOutput
+from emotune.pipeline.fused_head import fused_causal_lm_loss
 
 
 def loss_step(model, batch: dict, objective, fused: bool) -> LossOutput:
     if fused:
-        try:
-            from emotune.pipeline.fused_head import fused_causal_lm_loss
-        except ImportError as err:
-            raise EmotuneError(f"fused_loss=true needs emotune.pipeline.fused_head, which is not available ({err}); "
-                               "set fused_loss=false") from None
         return fused_causal_lm_loss(model, batch, objective)
     batch = dict(batch)
     labels = batch.pop("labels")
