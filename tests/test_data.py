@@ -124,8 +124,6 @@ def test_cache_written_once_and_reused(tok, tmp_path):
 
 
 def test_instruction_splits_from_jsonl(tok, tmp_path):
-    with open(tmp_path / "train.txt", "w") as f:  # the name does not matter, the suffix does
-        pass
     path = tmp_path / "alpaca.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in alpaca_rows(20)))
     cfg = validate({"output_dir": str(tmp_path / "o"), "model": {"name_or_path": "m"},

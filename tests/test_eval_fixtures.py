@@ -3,11 +3,12 @@ tiny LLaMA built from a config, saved as a local Hugging Face checkpoint, plus s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
 
 
 @pytest.fixture(autouse=True)
@@ -67,12 +68,6 @@ def build_llama(path: Path | None, vocab_size: int, seed: int = 0, hidden: int =
     if path is not None:
         model.save_pretrained(str(path))
     return model
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 TRAIN_TEXTS = [

@@ -3,12 +3,13 @@ on the spot, tiny LLaMA and GPT-2 models built from a config, and small corpora 
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -83,9 +84,3 @@ def build_gpt2(path: Path, vocab_size: int, seed: int = 0):
     model = GPT2LMHeadModel(cfg).eval()
     model.save_pretrained(str(path))
     return model
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path

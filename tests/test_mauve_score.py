@@ -27,7 +27,6 @@ def tiny_gpt2(tmp_path_factory):
 
 def test_featurizer_equals_mauve_text_featurisation(tiny_gpt2):
     """Our features (last token, final hidden state, truncated to max_length) equal the library's."""
-    import torch
     from mauve.utils import featurize_tokens_from_model, get_model, get_tokenizer
 
     texts = sentences(SPORTS, 5, 30, 3) + ["goal"]

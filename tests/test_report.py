@@ -105,7 +105,6 @@ def test_report_renders_in_headless_chromium(tmp_path, runs):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     import matplotlib.image as mpimg
-    import numpy as np
 
     pixels = mpimg.imread(str(shot))[..., :3]
     assert pixels.shape[:2] == (4200, 1300)

@@ -10,7 +10,6 @@ it and when; the real `emotune eval` runs through the same job code in tests/tes
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 

@@ -1,7 +1,6 @@
 """loss_step: the unfused path is the model's logits through the objective; the fused path is delegated."""
 
 
-import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 

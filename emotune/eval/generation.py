@@ -28,9 +28,7 @@ the checkpoint can slip a repetition penalty or suppressed tokens into an "unbia
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.summary import TaskResult
 
@@ -303,24 +302,6 @@ def generate_samples(model, tokenizer, examples: Sequence[Example], runs: int, s
     return records
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 # ---------------------------------------------------------------- 4. the task
 
 def _options(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +408,7 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
     records = generate_samples(model, tokenizer, examples, opts["runs"], opts["seed"], spec.new_tokens,
                                opts["gen_batch_size"], bool(opts["progress"]))
     pred_name = f"{task.name}.generations.jsonl"
-    write_jsonl_atomic(out_dir / pred_name, records)
+    write_jsonl(out_dir / pred_name, records)
     by_run = [[r for r in records if r["run"] == run] for run in range(opts["runs"])]
     human = [ex.human_text for ex in examples]
 
@@ -503,4 +484,4 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
 
 
 __all__ = ["SUITE", "GenerationSpec", "Example", "spec_from_task", "select_prefixes", "row_seed", "sample_batch",
-           "generate_samples", "write_jsonl_atomic", "run_generation_task"]
+           "generate_samples", "run_generation_task"]

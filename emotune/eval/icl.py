@@ -8,13 +8,12 @@ predict the lowest score. Writes `<out_dir>/<task>.predictions.jsonl` and return
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from emotune.atomic import write_jsonl
 from emotune.eval.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.tasks import Task, check_columns, load_split
@@ -25,20 +24,6 @@ ICE_EOS = "\n"
 
 def build_ice(task: Task, index_rows: list[dict], demo_ids: list[int], index_labels: list[Any]) -> str:
     return ICE_SEPARATOR.join(task.fill(index_labels[i], index_rows[i]) for i in demo_ids) + ICE_EOS
-
-
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def tokenize_groups(tokenizer, prompts: list[list[str]]) -> list[list[list[int]]]:
@@ -106,7 +91,7 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
                         "prediction": pred, "gold": gold[i], "correct": bool(ok)})
     out_dir = Path(out_dir)
     pred_name = f"{task.name}.predictions.jsonl"
-    write_jsonl_atomic(out_dir / pred_name, records)
+    write_jsonl(out_dir / pred_name, records)
     n = len(test_rows)
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "ice_num": task.ice_num,
                 "index_split": task.index_split, "test_split": task.test_split, "limit": limit,

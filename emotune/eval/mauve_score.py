@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from emotune.atomic import atomic_open
 from emotune.errors import EmotuneError
 
 log = logging.getLogger("emotune.eval.mauve_score")
@@ -167,21 +167,6 @@ def texts_hash(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def cached_features(featurizer: Featurizer, texts: Sequence[str], cache_dir: str | os.PathLike | None,
                     dataset: str, split: str) -> tuple[np.ndarray, Path | None, bool]:
     """Features of `texts`, read from / written to the cache. Returns (features, cache file, was cached).
@@ -205,7 +190,8 @@ def cached_features(featurizer: Featurizer, texts: Sequence[str], cache_dir: str
         except (OSError, ValueError):
             pass  # a damaged cache file is recomputed and replaced
     feats = featurizer(texts)
-    _save_npy_atomic(path, feats)
+    with atomic_open(path, "wb") as f:
+        np.save(f, feats)
     sidecar = path.with_suffix(".json")
     tmp = sidecar.with_name(f".{sidecar.name}.tmp")
     tmp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")

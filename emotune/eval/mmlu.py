@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError
-from emotune.eval.icl import openicl_ignore_id, tokenize_groups, write_jsonl_atomic
+from emotune.atomic import write_jsonl
+from emotune.eval.icl import openicl_ignore_id, tokenize_groups
 from emotune.eval.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.tasks import Task, check_columns, load_split
@@ -123,7 +124,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
     pred_name = f"{task.name}.predictions.jsonl"
-    write_jsonl_atomic(Path(out_dir) / pred_name, records)
+    write_jsonl(Path(out_dir) / pred_name, records)
     total = sum(n for _, n in per_subject.values())
     metrics = {"accuracy": sum(c for c, _ in per_subject.values()) / total,
                "accuracy_macro": sum(c / n for c, n in per_subject.values()) / len(per_subject)}

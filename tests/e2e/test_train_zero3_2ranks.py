@@ -7,7 +7,6 @@ atol 1e-5 on every exported weight. Measured wall time of the 2-rank launch (4 s
 ~12 s on an idle machine, ~55 s while other test jobs shared the cores.
 """
 
-import json
 import os
 import subprocess
 import sys
