@@ -1,8 +1,8 @@
 """Peak memory and time of loss + backward: plain vs fused, MLE and EMO, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_fused_loss.py --threads 1           # N in {2048, 8192}, V=32000, H=512
-    .venv/bin/python benchmarks/bench_fused_loss.py --sizes 1024 --repeats 1   # quick look
-    .venv/bin/python benchmarks/bench_fused_loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
+    .venv/bin/python benchmarks/loss.py --threads 1           # N in {2048, 8192}, V=32000, H=512
+    .venv/bin/python benchmarks/loss.py --sizes 1024 --repeats 1   # quick look
+    .venv/bin/python benchmarks/loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
 
 Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
   plain_mle       logits = h Wᵀ, then emotune's mle (= F.cross_entropy) on the [N,V] logits
