@@ -25,7 +25,8 @@ COPY emotune/__init__.py emotune/__init__.py
 RUN pip install --no-cache-dir . && pip uninstall -y emotune
 COPY emotune emotune
 COPY configs configs
-RUN pip install --no-cache-dir --no-deps .
+# Editable, so the task and run configs under /opt/emotune/configs are found next to the code.
+RUN pip install --no-cache-dir --no-deps -e .
 COPY docker/entrypoint.sh /usr/local/bin/emotune-entrypoint
 
 # Non-root user; /runs holds run directories, /cache the Hugging Face cache (mount both).
