@@ -12,7 +12,7 @@ Everything lives in one short temporary directory (unix socket paths must fit in
 its own socket, slurmctld + slurmd on free loopback ports (two test sessions on one machine do not
 collide), `kill_invalid_depend` so that a failed parent cancels its `afterok` dependants. Only the
 daemons this fixture started are stopped, by their recorded PIDs. Without the binaries the tests
-skip, saying which package is missing. Recipe: shared/reference/SLURM.md.
+skip, saying which package is missing (in CI they fail: tests/system_programs.py). Recipe: shared/reference/SLURM.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from system_programs import require
 
 BINARIES = {"munged": "munge", "mungekey": "munge", "munge": "munge", "slurmctld": "slurm-wlm",
             "slurmd": "slurm-wlm", "sbatch": "slurm-wlm", "squeue": "slurm-wlm", "scontrol": "slurm-wlm",
@@ -130,10 +132,7 @@ def _wait_for(check, timeout: float, what: str) -> None:
 
 
 def start_cluster() -> SlurmCluster:
-    missing = missing_binaries()
-    if missing:
-        pytest.skip("the SLURM test cluster needs " + ", ".join(missing) +
-                    " (apt-get install -y slurm-wlm munge; CI installs them in .ci/run)")
+    require(missing_binaries(), "the SLURM test cluster", "apt-get install -y slurm-wlm munge; .ci/run installs them")
     d = Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))
     os.chmod(d, 0o755)  # munged insists that every folder above its socket is executable for all
     for sub in ("munge", "state", "spool", "log"):

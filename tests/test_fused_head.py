@@ -87,7 +87,8 @@ def test_head_with_bias_gpt2_tied():
 
 
 def _peft(model, **kw):
-    peft = pytest.importorskip("peft")
+    import peft
+
     cfg = peft.LoraConfig(r=4, lora_alpha=8, **kw)
     pm = peft.get_peft_model(model, cfg)
     torch.manual_seed(3)

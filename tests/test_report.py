@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from system_programs import require
 from scheduling_helpers import PY, env
 
 from emotune.eval.store import Store, default_store_path
@@ -83,8 +84,8 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`; CI installs it)")
 def test_report_renders_in_headless_chromium(tmp_path, runs):
+    require([] if CHROMIUM else ["chromium"], "the report's browser test")
     from emotune.eval.report import make_report
 
     out = tmp_path / "report"

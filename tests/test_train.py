@@ -91,7 +91,6 @@ def test_training_log_has_all_metrics(stage):
 
 
 def test_tensorboard_events_written(stage):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(stage["root"] / "full" / "runs"))

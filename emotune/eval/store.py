@@ -114,6 +114,15 @@ class Row:
         return d
 
 
+def _where(query: str, args: list[Any], **equal: Any) -> tuple[str, list[Any]]:
+    """`query` narrowed by `column=value` for every given (not None) value; column names are ours, values bound."""
+    for column, value in equal.items():
+        if value is not None:
+            query += f" AND {column}=?"
+            args = [*args, value]
+    return query, args
+
+
 def _row(r: sqlite3.Row) -> Row:
     d = dict(r)
     d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else None
@@ -182,13 +191,7 @@ class Store:
 
     def rows(self, run: str | None = None, status: str | tuple[str, ...] | None = None,
              suite: str | None = None) -> list[Row]:
-        q, args = "SELECT * FROM results WHERE 1=1", []
-        if run is not None:
-            q += " AND run=?"
-            args.append(run)
-        if suite is not None:
-            q += " AND suite=?"
-            args.append(suite)
+        q, args = _where("SELECT * FROM results WHERE 1=1", [], run=run, suite=suite)
         if status is not None:
             status = (status,) if isinstance(status, str) else tuple(status)
             q += f" AND status IN ({','.join('?' * len(status))})"
@@ -213,14 +216,8 @@ class Store:
         now = time.time()
         out = []
         with self.tx() as db:
-            q = ("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))")
-            args: list[Any] = [now]
-            if run is not None:
-                q += " AND run=?"
-                args.append(run)
-            if suite_version is not None:
-                q += " AND suite_version=?"
-                args.append(suite_version)
+            q, args = _where("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))",
+                             [now], run=run, suite_version=suite_version)
             q += " ORDER BY step, task, id"
             for r in db.execute(q, args).fetchall():
                 if len(out) >= limit:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sshd_fixture import free_port, local_sshd, missing_programs
+from system_programs import require
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/train/tiny-cpu.yaml"
@@ -58,8 +59,8 @@ def test_two_nodes_no_ssh_equal_one_node_two_ranks(tmp_path):
         assert x == pytest.approx(y, rel=1e-6, abs=1e-7)
 
 
-@pytest.mark.skipif(bool(missing_programs()), reason=f"needs Debian openssh-server and pdsh ({missing_programs()} missing); .ci/run installs them")
 def test_pdsh_launcher_over_real_sshd(tmp_path):
+    require(missing_programs(), "the pdsh launcher test", "Debian openssh-server and pdsh; .ci/run installs them")
     run = tmp_path / "pdsh"
     hostfile = tmp_path / "hosts"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two "nodes", both this machine
