@@ -54,19 +54,89 @@ def test_only_complete_checkpoints_are_listed_in_step_order(tmp_path):
         ckpt.verify_checkpoint(tmp_path / "checkpoint-200")
 
 
-def test_find_resume(tmp_path):
-    assert ckpt.find_resume(tmp_path, "latest") is None  # a fresh run starts from scratch
-    assert ckpt.find_resume(tmp_path, None) is None
-    for step, done in ((2, True), (4, True), (6, False)):  # step 6 crashed mid-save: no marker
-        d = tmp_path / "resume" / f"step-{step}"
-        d.mkdir(parents=True)
-        if done:
-            (d / ckpt.RESUMABLE).write_text("{}")
-    assert ckpt.find_resume(tmp_path, "latest").name == "step-4"
-    assert ckpt.find_resume(tmp_path, str(tmp_path / "resume" / "step-2")).name == "step-2"
-    assert ckpt.find_resume(tmp_path / "elsewhere", str(tmp_path)).name == "step-4"  # another run's directory
+def make_state(run, step, record=True, payload=b"shard"):
+    """A resume state as DeepSpeed lays it out (two shard files), recorded by the real save-time code."""
+    d = run / "resume" / f"step-{step}"
+    d.mkdir(parents=True)
+    (d / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(payload + bytes([step]) * 64)
+    (d / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"optim" + bytes([step]) * 64)
+    if record:
+        ckpt.record_state(run, d, step, 1, rank=0)
+    return d
+
+
+def test_resume_lookup(tmp_path):
+    assert ckpt.plan_resume(tmp_path, "latest", 0) == (None, [], None)  # a fresh run starts from scratch
+    assert ckpt.plan_resume(tmp_path, None, 0) == (None, [], None)
+    for step in (2, 4):
+        make_state(tmp_path, step)
+    (tmp_path / "resume" / "step-6").mkdir()  # step 6 was killed inside DeepSpeed's save: no marker
+    state, reexport, note = ckpt.plan_resume(tmp_path, "latest", 0)
+    assert state.name == "step-4" and note is None
+    assert [p.name for p in reexport] == ["step-2", "step-4"]  # neither was exported yet
+    make_ckpt(tmp_path, 2)
+    assert [p.name for p in ckpt.plan_resume(tmp_path, "latest", 0)[1]] == ["step-4"]
+    assert ckpt.plan_resume(tmp_path, str(tmp_path / "resume" / "step-2"), 0)[0].name == "step-2"
+    assert ckpt.plan_resume(tmp_path, str(tmp_path), 0)[0].name == "step-4"  # the run directory: its newest state
     with pytest.raises(EmotuneError, match="not a complete resumable state"):
-        ckpt.find_resume(tmp_path, str(tmp_path / "resume" / "step-6"))
+        ckpt.plan_resume(tmp_path, str(tmp_path / "resume" / "step-6"), 0)
+
+
+def test_truncated_newest_state_falls_back_with_one_line(tmp_path):
+    make_state(tmp_path, 2)
+    newest = make_state(tmp_path, 4)
+    shard = newest / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:10])  # RESUMABLE present, shard cut
+    state, _, note = ckpt.plan_resume(tmp_path, "latest", 0)
+    assert state.name == "step-2"
+    assert "\n" not in note and "step-4" in note and "resuming from step-2" in note
+    assert "zero_pp_rank_0_mp_rank_00_model_states.pt does not match the hash recorded when it was saved" in note
+    # nothing good left: one line, no OSError
+    shard2 = tmp_path / "resume" / "step-2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shard2.unlink()
+    with pytest.raises(EmotuneError, match="no resumable state in .* passes verification") as err:
+        ckpt.plan_resume(tmp_path, "latest", 0)
+    assert "\n" not in str(err.value)
+
+
+def test_states_this_run_did_not_write_are_refused_unless_trusted(tmp_path):
+    run, other = tmp_path / "run", tmp_path / "other"
+    make_state(run, 2)
+    foreign = make_state(other, 8)  # recorded in *other*'s ledger, not in run's
+    with pytest.raises(EmotuneError, match="not written by this run.*trust_resume_state=true"):
+        ckpt.plan_resume(run, str(foreign), 0)
+    assert ckpt.plan_resume(run, str(foreign), 0, trust=True)[0] == foreign  # the explicit opt-in
+    # copied into this run's resume folder, marker and all: still not in this run's ledger
+    import shutil
+
+    shutil.copytree(foreign, run / "resume" / "step-8")
+    state, _, note = ckpt.plan_resume(run, "latest", 0)
+    assert state.name == "step-2" and "step-8" in note and "not written by this run" in note
+    # a swapped shard (same size, other bytes) is refused, even with its marker rewritten to match
+    evil = run / "resume" / "step-2" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    evil.write_bytes(b"X" * len(evil.read_bytes()))
+    marker = json.loads((run / "resume" / "step-2" / ckpt.RESUMABLE).read_text())
+    marker["files"][evil.name] = ckpt.sha256_file(evil)
+    (run / "resume" / "step-2" / ckpt.RESUMABLE).write_text(json.dumps(marker))
+    assert "differs from the record" in ckpt.verify_state(run / "resume" / "step-2", run, 0)
+    # a file added after the save
+    (run / "resume" / "step-2" / ckpt.RESUMABLE).write_text(json.dumps(ckpt.read_ledger(run)["step-2"]))
+    evil.unlink()
+    assert "is missing" in ckpt.verify_state(run / "resume" / "step-2", run, 0)
+    make_state(run, 3)
+    (run / "resume" / "step-3" / "extra.pt").write_bytes(b"payload")
+    assert "extra.pt was not there when the state was saved" in ckpt.verify_state(run / "resume" / "step-3", run, 0)
+
+
+def test_clean_partial_removes_half_written_leftovers(tmp_path):
+    make_state(tmp_path, 2)
+    gone = make_state(tmp_path, 4)
+    (gone / ckpt.RESUMABLE).unlink()  # killed between the ledger and the marker
+    (tmp_path / ".checkpoint-4.tmp").mkdir()
+    (tmp_path / ".config.yaml.abc123.tmp").write_text("half")
+    removed = ckpt.clean_partial(tmp_path)
+    assert {p.name for p in removed} == {"step-4", ".checkpoint-4.tmp", ".config.yaml.abc123.tmp"}
+    assert sorted(ckpt.read_ledger(tmp_path)) == ["step-2"] and (tmp_path / "resume" / "step-2").is_dir()
 
 
 def test_gather_state_dict_plain_module_keeps_persistent_buffers():

@@ -136,6 +136,11 @@ class TrainConfig(_Strict):
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
     disable_tqdm: bool = False
     resume_from_checkpoint: str | None = Field(None, validation_alias=AliasChoices("resume", "resume_from_checkpoint"))
+    # Load a resume state this run did not write and verify (DeepSpeed unpickles it: it can run code).
+    trust_resume_state: bool = False
+    # The best checkpoint (the paper keeps the lowest validation loss): recorded in best.json and each manifest.
+    metric_for_best_model: Literal["eval_ce", "eval_ppl", "loss", "ce", "ppl"] = "eval_ce"
+    greater_is_better: bool = False  # every metric above is a loss: lower is better
     # --- emotune ---
     fused_loss: bool = True  # hidden states + LM head, never the [N, V] logits (emotune.pipeline.fused_head)
     export_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"  # auto: the model's dtype
@@ -155,7 +160,8 @@ class TrainConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of what determines the trained weights (not where logs go, not resume)."""
-        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to"})
+        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to", "trust_resume_state",
+                                                     "metric_for_best_model", "greater_is_better"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
+from emotune.atomic import AppendLog, read_json, write_yaml
 from emotune.errors import EmotuneError
 from emotune.pipeline.config import TrainConfig, load_config
 
@@ -165,7 +165,7 @@ def lr_lambda(total_steps: int, warmup_steps: int, kind: str):
 class Reporter:
     """Console + JSONL (+ TensorBoard when installed) on rank 0."""
 
-    def __init__(self, cfg: TrainConfig, rank: int):
+    def __init__(self, cfg: TrainConfig, rank: int, start_step: int = 0):
         self.rank = rank
         self.jsonl = None
         self.tb = None
@@ -173,7 +173,8 @@ class Reporter:
             return
         out = Path(cfg.output_dir)
         if "jsonl" in cfg.report_to:
-            self.jsonl = open(out / "train_log.jsonl", "a")
+            # Records of steps after the resumed one are dropped: the run is about to redo those steps.
+            self.jsonl = AppendLog(out / "train_log.jsonl", keep=lambda r: not isinstance(r.get("step"), int) or r["step"] <= start_step)
         if "tensorboard" in cfg.report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -186,8 +187,7 @@ class Reporter:
         if self.rank != 0:
             return
         if self.jsonl:
-            self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
+            self.jsonl.write(record)
         if self.tb:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -214,6 +214,8 @@ class TrainResult:
     tokens_seen: int
     checkpoints: list[Path] = field(default_factory=list)
     losses: dict[int, float] = field(default_factory=dict)
+    best: dict | None = None  # the best checkpoint so far: {"step", "checkpoint", "metric", "value", "greater_is_better"}
+    reexported: list[Path] = field(default_factory=list)  # exports a killed run never finished, written on resume
 
 
 def _target_count(batch: dict) -> int:
@@ -286,7 +288,6 @@ def _run(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.output_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
     barrier()
     torch.manual_seed(cfg.seed)
 
@@ -341,46 +342,94 @@ def _run(cfg: TrainConfig) -> TrainResult:
 
     # 7. resume ------------------------------------------------------------------------------
     step, tokens_seen = 0, 0
-    state = ckpt.find_resume(out, cfg.resume_from_checkpoint)
-    if state is not None:
-        saved = json.loads((state / ckpt.RESUMABLE).read_text())
-        if saved.get("world_size") not in (None, world):
-            raise EmotuneError(f"resume: {state} was written by {saved['world_size']} ranks, this run has {world}; "
-                               "ZeRO shards need the same world size (convert it with DeepSpeed's ds_to_universal first)")
-        _, client = engine.load_checkpoint(str(state.parent), tag=state.name)
-        if client is None:
-            raise EmotuneError(f"resume: DeepSpeed could not load {state}")
-        step, tokens_seen = int(client["step"]), int(client["tokens_seen"])
-        torch.set_rng_state(client["torch_rng"])
-        if client.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(client["cuda_rng"])
-        log.info("resumed from %s at step %d (%d tokens seen)", state, step, tokens_seen)
-        if client.get("config_hash") not in (None, cfg.config_hash()) and rank == 0:
-            log.warning("resuming with a config that differs from the one %s was trained with (hash %s, now %s)",
-                        state, client["config_hash"], cfg.config_hash())
-
     manifest_base = {"objective": {"name": objective.name, "params": objective.params, "cost": cfg.objective.cost},
                      "config_hash": cfg.config_hash(), "world_size": world, "model": cfg.model.name_or_path or "config",
                      "dtype": cfg.dtype_name}
     result = TrainResult(engine, tokenizer, objective, cost, step, tokens_seen)
+    export_dtype = None if cfg.export_dtype == "auto" else getattr(torch, cfg.export_dtype)
 
-    def save(step: int, metrics: dict) -> None:
+    def export(step: int, manifest: dict) -> Path | None:
+        return ckpt.export_checkpoint(engine.module, tokenizer, out, step, manifest, rank, barrier, export_dtype, cfg.lora)
+
+    def load_state(state: Path) -> dict:
+        saved = read_json(state / ckpt.RESUMABLE, "resumable marker")
+        if saved.get("world_size") not in (None, world):
+            raise EmotuneError(f"resume: {state} was written by {saved['world_size']} ranks, this run has {world}; "
+                               "ZeRO shards need the same world size (convert it with DeepSpeed's ds_to_universal first)")
+        _, client = engine.load_checkpoint(str(state.parent), tag=state.name)  # verified by plan_resume: unpickled
+        if client is None:
+            raise EmotuneError(f"resume: DeepSpeed could not load {state}")
+        return client
+
+    def export_again(state: Path, client: dict) -> None:
+        """The export of a resumable state that a killed run never completed, from that state's weights."""
+        n = int(client["step"])
+        manifest = client.get("export_manifest") or dict(manifest_base, tokens_seen=int(client["tokens_seen"]), metrics={},
+                                                          max_steps=total_steps, final=n >= total_steps)
+        path = export(n, manifest)
+        if path is not None:
+            result.reexported.append(path)
+            log.warning("resume: exported %s again from %s (the run was killed before its export completed)", path, state)
+
+    if rank == 0:
+        removed = ckpt.clean_partial(out)
+        if removed:
+            log.info("removed what an interrupted run left half-written: %s", ", ".join(str(p.name) for p in removed))
+    barrier()
+    state, reexport, note = ckpt.plan_resume(out, cfg.resume_from_checkpoint, rank, cfg.trust_resume_state)
+    if note and rank == 0:
+        log.warning("%s", note)
+    if state is not None and cfg.trust_resume_state and rank == 0:
+        log.warning("trust_resume_state=true: loading %s without checking that this run wrote it; DeepSpeed unpickles it, "
+                    "which runs any code it holds", state)
+    for older in reexport:
+        if older != state:
+            export_again(older, load_state(older))
+    if state is not None:
+        client = load_state(state)
+        step, tokens_seen = int(client["step"]), int(client["tokens_seen"])
+        result.step, result.tokens_seen, result.best = step, tokens_seen, client.get("best")
+        torch.set_rng_state(client["torch_rng"])
+        if client.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(client["cuda_rng"])
+        if state in reexport:
+            export_again(state, client)
+        log.info("resumed from %s at step %d (%d tokens seen)", state, step, tokens_seen)
+        if client.get("config_hash") not in (None, cfg.config_hash()) and rank == 0:
+            log.warning("resuming with a config that differs from the one %s was trained with (hash %s, now %s)",
+                        state, client["config_hash"], cfg.config_hash())
+        if rank == 0:
+            ckpt.write_best(out, result.best)  # a run killed between its export and best.json
+    if rank == 0:  # everything is validated and loaded: only now replace the record of what trains here
+        write_yaml(out / "config.yaml", cfg.model_dump(mode="json", by_alias=True))
+
+    def better(value: float, best: dict | None) -> bool:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best["value"] if cfg.greater_is_better else value < best["value"]
+
+    def save(step: int, metrics: dict, evaluated: bool) -> None:
+        metric = cfg.metric_for_best_model
+        value = metrics.get(metric) if evaluated or not metric.startswith("eval_") else None  # no stale validation value
+        if value is not None and better(value, result.best):
+            result.best = {"step": step, "checkpoint": f"checkpoint-{step}", "metric": metric, "value": value,
+                           "greater_is_better": cfg.greater_is_better}
+        manifest = dict(manifest_base, tokens_seen=result.tokens_seen, metrics=metrics, max_steps=total_steps,
+                        final=step >= total_steps, epoch=round(step / batches.steps_per_epoch, 4), best=result.best)
         client = {"step": step, "tokens_seen": result.tokens_seen, "world_size": world, "torch_rng": torch.get_rng_state(),
                   "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-                  "config_hash": cfg.config_hash()}
+                  "config_hash": cfg.config_hash(), "export_manifest": manifest, "best": result.best}
         ckpt.save_resumable(engine, out, step, client, rank, barrier, cfg.save_total_limit)
-        export_dtype = None if cfg.export_dtype == "auto" else getattr(torch, cfg.export_dtype)
-        path = ckpt.export_checkpoint(engine.module, tokenizer, out, step,
-                                      dict(manifest_base, tokens_seen=result.tokens_seen, metrics=metrics,
-                                           max_steps=total_steps, final=step >= total_steps,
-                                           epoch=round(step / batches.steps_per_epoch, 4)),
-                                      rank, barrier, export_dtype, cfg.lora)
+        path = export(step, manifest)
         if path is not None:
+            ckpt.write_best(out, result.best)
             result.checkpoints.append(path)
             log.info("saved %s", path)
 
     # 8. the loop ----------------------------------------------------------------------------
-    report = Reporter(cfg, rank)
+    report = Reporter(cfg, rank, step)
     if rank == 0:
         log.info("training %d steps (%d per epoch, global batch %d = %d x %d ranks x %d accumulation), warmup %d, objective %s %s",
                  total_steps, batches.steps_per_epoch, batches.global_batch, cfg.per_device_train_batch_size, world,
@@ -444,12 +493,13 @@ def _run(cfg: TrainConfig) -> TrainResult:
             report(record)
             last_metrics = {k: record[k] for k in ("loss", "ce", "ppl")}
             window, t_window, tokens_window = [0.0] * 6, time.time(), 0
-        if val_batches and (step % (cfg.eval_steps or cfg.save_steps) == 0 or step == total_steps):
+        evaluated = bool(val_batches) and (step % (cfg.eval_steps or cfg.save_steps) == 0 or step == total_steps)
+        if evaluated:
             ev = evaluate(engine, val_batches, objective, cfg.fused_loss)
             report({"step": step, **ev})
             last_metrics.update(ev)
         if step % cfg.save_steps == 0 or step == total_steps:
-            save(step, dict(last_metrics))
+            save(step, dict(last_metrics), evaluated)
     if progress is not None:
         progress.close()
     report.close()
