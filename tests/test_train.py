@@ -113,6 +113,7 @@ def test_resume_is_bit_identical(stage):
     resumed = root / "resumed"
     (resumed / "resume").mkdir(parents=True)
     shutil.copytree(full / "resume" / "step-4", resumed / "resume" / "step-4")
+    shutil.copy(full / "resume" / "ledger.json", resumed / "resume")  # the same run, killed after step 4
     cfg = validate(run_config(setup, resumed, save_steps=2, save_total_limit=2, resume="latest"))
     res = run(cfg)
     assert sorted(res.losses) == [5, 6]
@@ -187,7 +188,7 @@ def test_resume_with_another_world_size_is_refused(stage):
     shutil.copytree(root / "full" / "resume" / "step-4", other / "resume" / "step-4")
     (other / "resume" / "step-4" / ckpt.RESUMABLE).write_text(json.dumps({"step": 4, "world_size": 2}))
     with pytest.raises(EmotuneError, match="written by 2 ranks, this run has 1"):
-        run(validate(run_config(setup, other, resume="latest")))
+        run(validate(run_config(setup, other, resume="latest", trust_resume_state=True)))
 
 
 def test_bf16_run_exports_bf16_weights_with_the_engine_logits(stage):
@@ -206,3 +207,75 @@ def test_bf16_run_exports_bf16_weights_with_the_engine_logits(stage):
     with torch.no_grad():
         torch.testing.assert_close(res.engine(**batch).logits, model(**batch).logits, rtol=0, atol=0)
     assert res.cost.matrix().dtype == torch.float32  # the losses' math stays fp32
+
+
+def copy_resume(src, dst):
+    shutil.copytree(src / "resume", dst / "resume", ignore=shutil.ignore_patterns("latest", "*.py"))
+
+
+def test_truncated_newest_state_falls_back_and_exports_again(stage, caplog):
+    root, setup, full = stage["root"], stage["setup"], stage["root"] / "full"
+    out = root / "fallback"
+    copy_resume(full, out)  # step-4 and step-6, no exports: as if killed right after saving step 6's state
+    shard = next((out / "resume" / "step-6").glob("*model_states.pt"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    caplog.set_level("INFO", logger="emotune")
+    res = run(validate(run_config(setup, out, save_steps=2, save_total_limit=2, resume="latest")))
+    notes = [r.getMessage() for r in caplog.records if "passing over" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0] and "step-6" in notes[0] and "resuming from step-4" in notes[0]
+    assert sorted(res.losses) == [5, 6]
+    assert [p.name for p in res.reexported] == ["checkpoint-4"]  # its export was missing: written from step-4's state
+    for step in (4, 6):
+        assert (out / f"checkpoint-{step}" / "model.safetensors").read_bytes() == \
+            (full / f"checkpoint-{step}" / "model.safetensors").read_bytes()
+        ckpt.verify_checkpoint(out / f"checkpoint-{step}")
+    assert ckpt.read_ledger(out).keys() == {"step-4", "step-6"}
+
+
+def test_state_this_run_did_not_write_needs_the_opt_in(stage, caplog):
+    from emotune.errors import EmotuneError
+
+    root, setup, full = stage["root"], stage["setup"], stage["root"] / "full"
+    out = root / "foreign"
+    with pytest.raises(EmotuneError, match="was not written by this run.*trust_resume_state=true"):
+        run(validate(run_config(setup, out, resume=str(full / "resume" / "step-4"))))
+    assert not (out / "config.yaml").exists() and not (out / "resume").exists()
+    caplog.set_level("INFO", logger="emotune")
+    res = run(validate(run_config(setup, out, save_steps=2, resume=str(full / "resume" / "step-4"), trust_resume_state=True)))
+    assert any("trust_resume_state=true" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert sorted(res.losses) == [5, 6]
+    assert (out / "checkpoint-6" / "model.safetensors").read_bytes() == (full / "checkpoint-6" / "model.safetensors").read_bytes()
+
+
+def test_bad_rerun_leaves_the_recorded_run_untouched(stage, tmp_path, capsys):
+    root, setup, full = stage["root"], stage["setup"], stage["root"] / "full"
+    before = {p: p.read_bytes() for p in [full / "config.yaml", full / "train_log.jsonl", full / "best.json",
+                                           *full.glob("checkpoint-*/manifest.json"), *full.glob("resume/*/RESUMABLE")]}
+    assert yaml.safe_load(before[full / "config.yaml"])["output_dir"] == str(full)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run_config(setup, full, save_steps=2, save_total_limit=2)))
+    (tmp_path / "not-a-model").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    copy_resume(full, elsewhere)
+    (tmp_path / "empty.txt").write_text("")
+    for bad in (["model.name_or_path=" + str(tmp_path / "not-a-model"), "learning_rate=1"],
+                ["resume=" + str(elsewhere / "resume" / "step-4"), "learning_rate=1"],
+                ["data.train_files=[" + str(tmp_path / "empty.txt") + "]", "learning_rate=1"]):
+        capsys.readouterr()
+        assert cli_main(["train", str(cfg), *bad]) == 2, bad  # (the one-line wording is tests/test_bad_inputs.py's)
+        assert {p: p.read_bytes() for p in before} == before, bad
+
+
+def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
+    full = stage["root"] / "full"
+    evals = {r["step"]: r["eval_ce"] for r in (json.loads(l) for l in (full / "train_log.jsonl").read_text().splitlines())
+             if "eval_ce" in r}
+    assert sorted(evals) == [2, 4, 6]
+    for step in (2, 4, 6):  # each manifest: the best checkpoint up to and including itself
+        so_far = min((s for s in evals if s <= step), key=lambda s: evals[s])
+        best = ckpt.verify_checkpoint(full / f"checkpoint-{step}")["best"] if step != 2 else \
+            json.loads((full / "checkpoint-2" / "manifest.json").read_text())["best"]  # checkpoint-2 was tampered above
+        assert best == {"step": so_far, "checkpoint": f"checkpoint-{so_far}", "metric": "eval_ce", "value": evals[so_far],
+                        "greater_is_better": False}
+    overall = min(evals, key=lambda s: evals[s])
+    assert json.loads((full / "best.json").read_text())["step"] == overall == stage["result"].best["step"]
