@@ -25,6 +25,9 @@ import yaml
 
 from emotune.errors import EmotuneError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
@@ -33,6 +36,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give it the mode a plain open() would
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -115,3 +115,34 @@ def test_report_renders_in_headless_chromium(tmp_path, runs):
     keep = __import__("os").environ.get("EMOTUNE_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_best_checkpoint_marked_in_report_and_results(tmp_path, capsys):
+    from emotune.atomic import write_json
+    from emotune.eval.report import make_report
+    from emotune.launch.cli import main as cli_main
+
+    run = make_run(tmp_path, "emo", 0.05)
+    # before the run recorded a best checkpoint: no mark, and --best says why in one line
+    assert cli_main(["results", str(run)]) == 0
+    assert "*" not in capsys.readouterr().out
+    assert cli_main(["results", str(run), "--best"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "best.json" in err[0]
+    write_json(run / "best.json", {"step": 200, "checkpoint": "checkpoint-200", "metric": "eval_ce", "value": 0.2262,
+                                   "greater_is_better": False})  # the shape the training stage writes
+    assert cli_main(["results", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "best checkpoint: step 200 (eval_ce 0.2262)" in table
+    assert [l.split()[0] for l in table.splitlines() if l.strip()[:1].isdigit()] == ["100", "200*", "300", "400"]
+    assert cli_main(["results", str(run), "--best", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["step"] for r in rows} == {200} and len(rows) == len(TASKS) and all(r["best"] for r in rows)
+    out = make_report([str(run)], str(tmp_path / "report"))
+    page, md = out["html"].read_text(), out["markdown"].read_text()
+    assert "<tr class='best'><td>200 ★ best</td>" in page and page.count("★ best</td>") == 1
+    assert "EMO: step 200 (eval_ce 0.2262)" in md
+    (run / "best.json").write_text("{not json")
+    assert cli_main(["results", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "best.json" in err[0] and "not valid JSON" in err[0]

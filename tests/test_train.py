@@ -279,3 +279,12 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
                         "greater_is_better": False}
     overall = min(evals, key=lambda s: evals[s])
     assert json.loads((full / "best.json").read_text())["step"] == overall == stage["result"].best["step"]
+
+
+def test_report_labels_runs_by_the_objective_in_their_config_yaml(stage):
+    from emotune.eval.report import label_runs, load_run
+
+    runs = [load_run(str(stage["root"] / "full"), None, None)]  # no result store yet: only config.yaml names it
+    label_runs(runs)
+    assert (runs[0].objective, runs[0].label) == ("emo", "EMO")  # not the folder name "full"
+    assert runs[0].best["step"] == stage["result"].best["step"]

@@ -13,7 +13,6 @@ Hashing a 13 GB checkpoint takes a while, so a verified checkpoint is remembered
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -21,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emotune.atomic import read_json, read_yaml
+from emotune.errors import EmotuneError
+
 log = logging.getLogger("emotune.eval.discovery")
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
+BEST = "best.json"  # the run's best checkpoint, written by the training stage after each export
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -108,12 +111,12 @@ def read_checkpoint(path: str | os.PathLike, verify_hashes: bool = True) -> Chec
         raise BadCheckpoint("folder name is not checkpoint-STEP")
     if not (path / MARKER).is_file():
         raise BadCheckpoint(f"no {MARKER} marker (still being written, or the writer died)")
+    if not (path / MANIFEST).is_file():
+        raise BadCheckpoint(f"no {MANIFEST}")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BadCheckpoint(f"no {MANIFEST}") from None
-    except (OSError, ValueError) as err:
-        raise BadCheckpoint(f"{MANIFEST} is unreadable: {err}") from None
+        manifest = read_json(path / MANIFEST, "manifest")
+    except EmotuneError as err:
+        raise BadCheckpoint(str(err)) from None
     if not isinstance(manifest, dict):
         raise BadCheckpoint(f"{MANIFEST} is not a JSON object")
     step = manifest.get("step", int(m.group(1)))
@@ -195,3 +198,27 @@ class Discovery:
 
 def discover(run_dir: str | os.PathLike) -> list[Checkpoint]:
     return Discovery(run_dir).scan()
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The config the training stage recorded in RUN_DIR/config.yaml (YAML), None when there is none;
+    a damaged one is one EmotuneError naming the file."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = read_yaml(path, "run config")
+    if not isinstance(cfg, dict):
+        raise EmotuneError(f"run config {path}: not a mapping of keys to values")
+    return cfg
+
+
+def read_best(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's best checkpoint ({"step", "checkpoint", "metric", "value", ...}), None before the first
+    checkpoint with that metric; a damaged record is one EmotuneError naming the file."""
+    path = Path(run_dir) / BEST
+    if not path.is_file():
+        return None
+    best = read_json(path, "best-checkpoint record")
+    if not isinstance(best, dict) or not isinstance(best.get("step"), int) or isinstance(best.get("step"), bool):
+        raise EmotuneError(f"best-checkpoint record {path}: expected a JSON object with an integer \"step\"")
+    return best

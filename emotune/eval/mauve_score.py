@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from emotune.atomic import atomic_open
+from emotune.atomic import atomic_open, write_json
 from emotune.errors import EmotuneError
 
 log = logging.getLogger("emotune.eval.mauve_score")
@@ -192,10 +192,7 @@ def cached_features(featurizer: Featurizer, texts: Sequence[str], cache_dir: str
     feats = featurizer(texts)
     with atomic_open(path, "wb") as f:
         np.save(f, feats)
-    sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, sidecar)
+    write_json(path.with_suffix(".json"), key)
     return feats, path, False
 
 

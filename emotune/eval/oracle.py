@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.synthetic import SyntheticLanguage
 
@@ -151,7 +152,6 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     Task keys (all optional): `n_samples` (64), `max_new_tokens` (128), `seed` (0), `n_texts` (100,
     validation/test texts scored), `eps` (1e-6). Returns an emotune.eval.summary.TaskResult.
     """
-    import json
     import time
     from pathlib import Path
 
@@ -182,7 +182,7 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred = out / f"{task.name}.predictions.jsonl"
-    pred.write_text(json.dumps(metrics) + "\n")
+    write_jsonl(pred, [metrics])
     return TaskResult(task=task.name, kind="oracle", metrics=metrics, n_examples=len(valid) + len(test),
                       predictions=pred.name, seconds=time.time() - start,
                       settings={"eps": eps, "n_texts": n_texts, "data_dir": str(data)})

@@ -19,13 +19,13 @@ import argparse
 import base64
 import html
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emotune.atomic import write_bytes
+from emotune.atomic import read_jsonl, write_bytes
 from emotune.errors import EmotuneError
+from emotune.eval.discovery import read_best, read_run_config
 from emotune.eval.results_cli import MAIN_METRICS, main_metric
 from emotune.eval.store import Store, default_store_path
 
@@ -51,6 +51,7 @@ class RunData:
     problems: list[str] = field(default_factory=list)
     # task -> step -> every metric of that evaluation (oracle metrics, perplexities, ...)
     metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    best: dict | None = None  # the run's best checkpoint (best.json), marked in the tables
 
     def tasks(self) -> list[str]:
         return list(self.scores)
@@ -70,18 +71,23 @@ def read_train_log(path: Path) -> tuple[list[dict], list[dict]]:
     train, evals = [], []
     if not path.is_file():
         return train, evals
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:  # the last line of a log being written, or a torn write
-            log.warning("%s line %d: not JSON, skipped", path, i)
-            continue
-        if not isinstance(rec, dict) or "step" not in rec:
+    # a torn last line: the log of a run still writing (or killed mid-write) is read up to it
+    for rec in read_jsonl(path, on_bad_line=lambda i, _: log.warning("%s line %d: not a JSON record, skipped", path, i)):
+        if "step" not in rec:
             continue
         (train if "loss" in rec else evals if "eval_ce" in rec else []).append(rec)
     return train, evals
+
+
+def run_objective(run_dir: Path) -> str | None:
+    """The objective the run trained with, from the config.yaml the training stage wrote (YAML)."""
+    cfg = read_run_config(run_dir)
+    if cfg is None:
+        return None
+    name = (cfg.get("objective") or {}).get("name") if isinstance(cfg.get("objective"), dict) else None
+    if not isinstance(name, str):
+        raise EmotuneError(f"run config {run_dir / 'config.yaml'}: objective.name is missing or not a string")
+    return name
 
 
 def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData:
@@ -96,14 +102,8 @@ def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData
     train, evals = read_train_log(path / "train_log.jsonl")
     if not rows and not train:
         raise EmotuneError(f"{run_dir}: no evaluation results ({spath}) and no training log (train_log.jsonl)")
-    objective = next((r.objective for r in rows if r.objective), None)
-    if objective is None:
-        cfg = path / "config.yaml"
-        try:
-            objective = json.loads(cfg.read_text())["objective"]["name"]
-        except (OSError, ValueError, KeyError, TypeError):
-            objective = None
-    data = RunData(path, "", objective, train=train, evals=evals)
+    objective = next((r.objective for r in rows if r.objective), None) or run_objective(path)
+    data = RunData(path, "", objective, train=train, evals=evals, best=read_best(path))
     latest: dict[tuple[str, int], object] = {}
     for r in rows:  # the newest row per (task, step) — a re-exported step or a new suite version wins
         if r.status == "finished" and ((r.task, r.step) not in latest or r.created_at >= latest[(r.task, r.step)].created_at):
@@ -255,7 +255,18 @@ def markdown_table(runs: list[RunData], tasks: list[str]) -> str:
     steps = ", ".join(f"{r.label}: step {s}" if s is not None else f"{r.label}: incomplete" for r, s, _ in table)
     lines.append("")
     lines.append(f"Accuracy (%) of the last checkpoint evaluated on every task ({steps}); best per column in bold.")
+    note = best_line(runs)
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def best_line(runs: list[RunData]) -> str:
+    """Each run's best checkpoint as the training stage recorded it (the paper keeps the lowest validation loss)."""
+    parts = [f"{r.label}: step {r.best['step']} ({r.best.get('metric')} {r.best.get('value'):.4g})"
+             if isinstance(r.best.get("value"), (int, float)) else f"{r.label}: step {r.best['step']}"
+             for r in sorted(runs, key=_objective_rank) if r.best]
+    return f"Best checkpoint of each run, marked ★ in the per-checkpoint tables: {'; '.join(parts)}." if parts else ""
 
 
 def grouped_table(runs: list[RunData]) -> str:
@@ -312,12 +323,15 @@ def _md_to_html_table(md: str) -> str:
 def steps_table_html(r: RunData, tasks: list[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ["step", "tokens seen"] + [TASK_NAMES.get(t, t) for t in tasks] + ["Avg."])
     body = []
+    best = r.best["step"] if r.best else None
     for s in sorted(r.tokens):
         vals = [r.scores.get(t, {}).get(s, (None, None))[0] for t in tasks]
         avg = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
         tok = r.tokens.get(s)
-        cells = [str(s), f"{tok:,}" if tok is not None else "–"] + [f"{100 * v:.2f}" if v is not None else "–" for v in vals + [avg]]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        cells = [f"{s} ★ best" if s == best else str(s), f"{tok:,}" if tok is not None else "–"] + \
+            [f"{100 * v:.2f}" if v is not None else "–" for v in vals + [avg]]
+        row = "".join(f"<td>{c}</td>" for c in cells)
+        body.append(f"<tr class='best'>{row}</tr>" if s == best else f"<tr>{row}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
@@ -362,13 +376,15 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>emotune report</title>",
              "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-             "th{background:#eee}img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
+             "th{background:#eee}tr.best td{font-weight:bold;background:#fff6d5}img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
              ".problems{color:#a00}</style></head><body>",
              "<h1>emotune report</h1>",
              "<p>Runs: " + ", ".join(f"<b>{html.escape(r.label)}</b> (<code>{html.escape(str(r.path))}</code>)"
                                      for r in runs) + "</p>",
              "<h2>Results (paper layout)</h2>", _md_to_html_table(md),
-             "<p>" + html.escape(md.strip().splitlines()[-1]) + "</p>"]
+             "<p>" + html.escape(md.split("\n\n")[1].strip()) + "</p>"]
+    if best_line(runs):
+        parts.append("<p>" + html.escape(best_line(runs)) + "</p>")
     if grouped:
         parts += ["<h2>All metrics, runs of an objective pooled</h2>", _md_to_html_table(grouped),
                   "<p>" + html.escape(grouped.strip().splitlines()[-1]) + "</p>"]

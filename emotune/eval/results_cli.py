@@ -1,7 +1,9 @@
-"""`emotune results RUN_DIR [--json]`: what the result store holds for a run.
+"""`emotune results RUN_DIR [--json] [--best]`: what the result store holds for a run.
 
 The table has one line per checkpoint step and a column per task (the task's main metric), plus the
-average and the job states; `--json` prints every row (metrics, timings, host, status, error).
+average and the job states; `--json` prints every row (metrics, timings, host, status, error). The
+run's best checkpoint (best.json: lowest validation loss by default) is marked `*`; `--best` shows
+only its rows.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from emotune.errors import EmotuneError
+from emotune.eval.discovery import read_best
 from emotune.eval.store import Row, Store, default_store_path
 
 MAIN_METRICS = ("accuracy", "acc", "mauve", "accuracy_macro", "exact_match")
@@ -35,7 +38,7 @@ def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
     return Store(path), str(run.resolve())
 
 
-def table(rows: list[Row]) -> str:
+def table(rows: list[Row], best_step: int | None = None) -> str:
     if not rows:
         return "(no results)"
     tasks = sorted({r.task for r in rows})
@@ -48,7 +51,7 @@ def table(rows: list[Row]) -> str:
     head = ["step", "tokens"] + tasks + ["avg", "jobs"]
     lines = [head]
     for step, fp in steps:
-        cells, vals, states = [str(step)], [], {}
+        cells, vals, states = [f"{step}*" if step == best_step else str(step)], [], {}
         tok = next((latest[(step, fp, t)].tokens_seen for t in tasks if (step, fp, t) in latest), None)
         cells.append(f"{tok:,}" if tok is not None else "-")
         for t in tasks:
@@ -68,6 +71,8 @@ def table(rows: list[Row]) -> str:
     out = ["  ".join(c.rjust(w) if i < len(head) - 1 else c for i, (c, w) in enumerate(zip(row, widths)))
            for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
+    if best_step is not None and any(step == best_step for step, _ in steps):
+        out.append(f"* best checkpoint (step {best_step})")
     problems = [r for r in rows if r.status in ("failed", "blocked")]
     for r in problems:
         out.append(f"{r.status}: step {r.step} {r.task}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
@@ -80,16 +85,26 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
     ap.add_argument("--suite", help="only this suite")
     ap.add_argument("--json", action="store_true", help="every row as JSON")
+    ap.add_argument("--best", action="store_true",
+                    help="only the best checkpoint's rows (RUN_DIR/best.json: lowest validation loss unless the run chose another metric)")
     args = ap.parse_args(argv)
     store, run = open_store(args.run_dir, args.store)
     rows = store.rows(run, suite=args.suite)
+    best = read_best(args.run_dir)
+    if args.best:
+        if best is None:
+            raise EmotuneError(f"{Path(args.run_dir) / 'best.json'}: no best checkpoint recorded yet (the run writes it "
+                               "with each checkpoint once metric_for_best_model has a value)")
+        rows = [r for r in rows if r.step == best["step"]]
     try:
         if args.json:
-            json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)
+            json.dump([dict(r.to_dict(), best=best is not None and r.step == best["step"]) for r in rows], sys.stdout, indent=2)
             print()
         else:
             print(f"{run}  ({store.path})")
-            print(table(rows))
+            if best is not None:
+                print(f"best checkpoint: step {best['step']} ({best.get('metric')} {best.get('value')})")
+            print(table(rows, best["step"] if best else None))
         sys.stdout.flush()
     except BrokenPipeError:  # `emotune results RUN | head`
         sys.stdout = None  # type: ignore[assignment]  (nothing more to write; no error at exit)

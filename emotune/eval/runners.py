@@ -131,9 +131,11 @@ class _FileLink:
 
 
 def read_job_result(path: Path) -> dict | None:
+    from emotune.atomic import read_json
+
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = read_json(path)
+    except EmotuneError:
         return None
     return data if isinstance(data, dict) and data.get("status") in ("finished", "failed") else None
 
@@ -193,13 +195,15 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
         tail = log_path.read_text(errors="replace")[-1500:]
         link.fail(f"evaluator exited with status {rc}; end of {log_path}:\n{tail}", max_attempts)
         return 1
+    from emotune.eval.summary import read_summary
+
     try:
-        summary = json.loads((out / "summary.json").read_text())
+        summary = read_summary(out / "summary.json")
         tasks = summary["tasks"]
         # keyed by task name; an evaluator given a task file may key by what it was given
         result = tasks[row.task] if row.task in tasks else next(iter(tasks.values())) if len(tasks) == 1 else tasks[row.task]
         metrics = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (EmotuneError, OSError, ValueError, KeyError, TypeError) as err:
         link.fail(f"evaluator wrote no usable {out / 'summary.json'} for task {row.task}: {err!r}", max_attempts)
         return 1
     preds = result.get("predictions")
@@ -354,9 +358,9 @@ class SlurmRunner:
         depends_on = self.after
         self.script_dir.mkdir(parents=True, exist_ok=True)
         path = self.script_dir / f"row-{row.id}-attempt-{row.attempts}.sbatch"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.script(row, token, task_spec))
-        os.replace(tmp, path)
+        from emotune.atomic import write_text
+
+        write_text(path, self.script(row, token, task_spec))
         cmd = ["sbatch", "--parsable"]
         if depends_on:
             cmd.append(f"--dependency=afterok:{depends_on}")

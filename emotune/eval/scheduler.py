@@ -34,7 +34,7 @@ from typing import Callable
 import yaml
 
 from emotune.errors import EmotuneError
-from emotune.eval.discovery import Checkpoint, Discovery
+from emotune.eval.discovery import Checkpoint, Discovery, read_run_config
 from emotune.eval.runners import (DEFAULT_EVAL_COMMAND, RESULT_FILE, SLURM_ALIVE, SLURM_FAILED, LocalRunner,
                                   SlurmRunner, build_eval_command, job_output_dir, read_job_result, slurm_job_state)
 from emotune.eval.store import TERMINAL, Store, default_store_path
@@ -102,12 +102,12 @@ def training_finished(run_dir: Path, checkpoints: list[Checkpoint]) -> bool:
     """Has the run written its last checkpoint? (manifest `final`, or max_steps from the run's config)."""
     if any(c.final for c in checkpoints):
         return True
-    cfg_path = run_dir / "config.yaml"  # the training stage's resolved config (JSON, which YAML reads too)
     try:
-        cfg = yaml.safe_load(cfg_path.read_text())
-    except (OSError, yaml.YAMLError):
+        cfg = read_run_config(run_dir)  # the training stage's resolved config
+    except EmotuneError as err:
+        log.warning("%s", err)
         return False
-    max_steps = cfg.get("max_steps", -1) if isinstance(cfg, dict) else -1
+    max_steps = cfg.get("max_steps", -1) if cfg is not None else -1
     return isinstance(max_steps, int) and max_steps > 0 and any(c.step >= max_steps for c in checkpoints)
 
 

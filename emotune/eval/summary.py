@@ -11,13 +11,13 @@ store and the report read this format; keep fields additive.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emotune import __version__
+from emotune.atomic import read_json
 from emotune.atomic import write_json as write_json_atomic
 
 
@@ -47,5 +47,4 @@ def write_summary(out_dir: str | os.PathLike, model: str, suite: str, results: l
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path, "evaluation summary")

@@ -242,22 +242,28 @@ def train_sentencepiece_tokenizer(texts: list[str], out_dir, vocab_size: int = 7
     saved as a Hugging Face tokenizer in `out_dir` and returned. With a vocabulary a few times the
     number of words, every word of the language becomes one token (the oracle checks this)."""
     import io
+    import shutil
     from pathlib import Path
 
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
+    from emotune.atomic import publish_dir, write_bytes
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")  # built aside, then renamed into place whole
+    if tmp.exists():
+        shutil.rmtree(tmp)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         normalization_rule_name="identity", num_threads=1, minloglevel=2,
     )
-    (out / "tokenizer.model").write_bytes(buf.getvalue())
-    tokenizer = LlamaTokenizer.from_pretrained(str(out), add_bos_token=True, add_eos_token=False)
-    tokenizer.save_pretrained(str(out))
+    write_bytes(tmp / "tokenizer.model", buf.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(str(tmp), add_bos_token=True, add_eos_token=False)
+    tokenizer.save_pretrained(str(tmp))
+    publish_dir(tmp, out)
     return tokenizer
 
 
@@ -278,7 +284,6 @@ def write_demo_data(out_dir, seed: int = 0, shift_seed: int | None = None, n_pre
       tokenizer/                                       LLaMA-style sentencepiece, one token per word
       language.json                                    seeds and sizes: `load_demo_language` rebuilds the oracle
     """
-    import json
     from pathlib import Path
 
     out = Path(out_dir)
@@ -290,33 +295,34 @@ def write_demo_data(out_dir, seed: int = 0, shift_seed: int | None = None, n_pre
     texts = {"pretrain": [base.sample(rng)[0] for _ in range(n_pretrain)]}
     for name, n in {"finetune": n_finetune, "valid": n_valid, "test": n_test}.items():
         texts[name] = [domain.sample(rng)[0] for _ in range(n)]
+    from emotune.atomic import write_json, write_jsonl, write_text
+
     for name, lines in texts.items():
-        (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+        write_text(out / f"{name}.txt", "\n".join(lines) + "\n")
     (out / "synthetic_topic").mkdir(exist_ok=True)
     for name, n in (("train", n_icl_index), ("test", n_icl_test)):
         rows = [domain.sample(rng, summary=False) for _ in range(n)]
-        (out / "synthetic_topic" / f"{name}.jsonl").write_text(
-            "".join(json.dumps({"text": t, "label": k}) + "\n" for t, k in rows))
+        write_jsonl(out / "synthetic_topic" / f"{name}.jsonl", ({"text": t, "label": k} for t, k in rows))
     train_sentencepiece_tokenizer(texts["pretrain"] + texts["finetune"], out / "tokenizer", vocab_size)
     meta = {"seed": seed, "shift_seed": shift_seed, "topics": list(base.topics), "n_words": base.n_words,
             **{f"n_{k}": len(v) for k, v in texts.items()}}
-    (out / "language.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(out / "language.json", meta)
     return meta
 
 
 def load_demo_language(data_dir) -> SyntheticLanguage:
     """The fine-tuning domain's oracle, rebuilt from `data_dir/language.json`."""
-    import json
     from pathlib import Path
 
+    from emotune.atomic import read_json
     from emotune.errors import EmotuneError
 
     path = Path(data_dir) / "language.json"
+    if not path.is_file():
+        raise EmotuneError(f"{path}: not found (write it with emotune.eval.synthetic.write_demo_data)")
+    meta = read_json(path, "synthetic-language description")
     try:
-        meta = json.loads(path.read_text())
         base = SyntheticLanguage.build(seed=int(meta["seed"]))
         return base.shifted(int(meta["shift_seed"])) if meta.get("shift_seed") is not None else base
-    except FileNotFoundError:
-        raise EmotuneError(f"{path}: not found (write it with emotune.eval.synthetic.write_demo_data)") from None
     except (ValueError, KeyError, TypeError) as err:
         raise EmotuneError(f"{path}: not a synthetic-language description ({err})") from None

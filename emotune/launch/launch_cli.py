@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from emotune.atomic import write_text
 from emotune.errors import EmotuneError
 from emotune.launch.launcher import (
     LaunchPlan,
@@ -85,10 +86,10 @@ def main(argv: list[str]) -> int:
             return 0
         out.mkdir(parents=True, exist_ok=True)
         write_env_file(plan, out / ".deepspeed_env")
-        (out / "train.sbatch").write_text(train)
+        write_text(out / "train.sbatch", train)
         print(f"wrote {out / 'train.sbatch'}")
         if args.eval_command:
-            (out / "eval.sbatch").write_text(sbatch_eval_script(shlex.split(args.eval_command), str(out.resolve()), gpus=min(gpus, 1)))
+            write_text(out / "eval.sbatch", sbatch_eval_script(shlex.split(args.eval_command), str(out.resolve()), gpus=min(gpus, 1)))
             print(f"wrote {out / 'eval.sbatch'}  (submit with --dependency=afterok:<train job id>)")
         return 0
     cmd = build_command(plan)

@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emotune.atomic import write_text
 from emotune.errors import EmotuneError
 
 ENTRY_MODULE = "emotune.launch.train_entry"
@@ -86,9 +87,7 @@ def read_hostfile(path: str) -> list[tuple[str, int]]:
 
 
 def write_hostfile(path: str | os.PathLike, hosts: list[str], slots: int) -> Path:
-    path = Path(path)
-    path.write_text("".join(f"{h} slots={slots}\n" for h in hosts))
-    return path
+    return write_text(path, "".join(f"{h} slots={slots}\n" for h in hosts))
 
 
 def env_file_lines(plan: LaunchPlan) -> list[str]:
@@ -104,9 +103,7 @@ def env_file_lines(plan: LaunchPlan) -> list[str]:
 
 def write_env_file(plan: LaunchPlan, path: str | os.PathLike) -> Path:
     """The `.deepspeed_env` file (KEY=VALUE lines) whose variables the runner exports on every node."""
-    path = Path(path)
-    path.write_text("".join(line + "\n" for line in env_file_lines(plan)))
-    return path
+    return write_text(path, "".join(line + "\n" for line in env_file_lines(plan)))
 
 
 def entry_args(plan: LaunchPlan) -> list[str]:

@@ -7,7 +7,6 @@ paper's Table 2 are computed against it. Nothing is downloaded; the same seed gi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -25,13 +24,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--vocab-size", type=int, default=768, help="sentencepiece vocabulary (one token per word)")
     ap.add_argument("--force", action="store_true", help="rewrite the data even if OUT_DIR/language.json exists")
     args = ap.parse_args(argv)
+    from emotune.atomic import read_json
     from emotune.eval.synthetic import write_demo_data
 
     out = Path(args.out_dir)
     want = {"seed": args.seed, "shift_seed": args.seed + 100 if args.shift_seed is None else args.shift_seed}
     meta_file = out / "language.json"
     if meta_file.exists() and not args.force:
-        meta = json.loads(meta_file.read_text())
+        meta = read_json(meta_file, "synthetic-language description")
         if all(meta.get(k) == v for k, v in want.items()) and (out / "tokenizer").exists():
             print(f"emotune synth: {out} already holds this language (seed {args.seed}); --force rewrites it")
             return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -27,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from emotune.atomic import atomic_open
 from emotune.errors import EmotuneError
 from emotune.objectives.common import IGNORE_INDEX
 
@@ -248,9 +248,8 @@ class TokenizedSplit:
         lengths = np.asarray([len(x) for x in self.input_ids], dtype=np.int64)
         flat_ids = np.concatenate(self.input_ids) if self.input_ids else np.zeros(0, np.int64)
         flat_labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, lengths=lengths, ids=flat_ids, labels=flat_labels, stats=np.frombuffer(json.dumps(self.stats).encode(), np.uint8))
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            np.savez(f, lengths=lengths, ids=flat_ids, labels=flat_labels, stats=np.frombuffer(json.dumps(self.stats).encode(), np.uint8))
 
     @classmethod
     def load(cls, path: Path) -> "TokenizedSplit":

@@ -11,12 +11,12 @@ the *base* weights before the DeepSpeed state is loaded, so it never drifts with
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from emotune.atomic import publish_dir
 from emotune.errors import EmotuneError
 from emotune.objectives.cost import CostEmbedding
 
@@ -59,8 +59,7 @@ def load_tokenizer(cfg, rank: int = 0, barrier=lambda: None, texts_for_training=
                 tmp = path.with_name(".tokenizer.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
                 tok.save_pretrained(str(tmp))
-                shutil.rmtree(path, ignore_errors=True)  # an incomplete earlier attempt
-                os.replace(tmp, path)
+                publish_dir(tmp, path)  # replaces an incomplete earlier attempt
             finally:
                 barrier()
         else:

@@ -1,0 +1,98 @@
+"""kill -9 a 2-rank ZeRO-3 run at six moments of its saves, resume each time: the final weights are
+torch.equal to an uninterrupted run's, and every checkpoint-N of that run is there, complete and equal.
+
+The kills are deterministic: EMOTUNE_CRASH_AT=POINT:STEP[:RANK] makes the rank(s) SIGKILL themselves at a
+named point of the save (emotune/pipeline/crashpoint.py); the deepspeed launcher then kills the other
+rank, as a dead node would leave it. Every save (save_steps=1) also validates, prunes and exports.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from test_train_fixtures import free_port, losses_from_log, run_config, tiny_setup
+
+from emotune.pipeline import checkpoint as ckpt
+
+pytestmark = pytest.mark.e2e
+STEPS = 6
+
+
+def launch(cfg_path: Path, crash: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("EMOTUNE_CRASH_AT", None)
+    if crash:
+        env["EMOTUNE_CRASH_AT"] = crash
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           "--module", "emotune.pipeline.train", str(cfg_path)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail(f"launch {crash} hung:\n{out[-3000:]}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, "")
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_kill_at_six_moments_of_the_save_and_resume(tmp_path):
+    setup = tiny_setup(tmp_path / "setup")
+    common = dict(max_steps=STEPS, save_steps=1, save_total_limit=1, gradient_accumulation_steps=1, resume="latest")
+    cfgs = {}
+    for name in ("ref", "crashed"):
+        cfgs[name] = tmp_path / f"{name}.yaml"
+        cfgs[name].write_text(yaml.safe_dump(run_config(setup, tmp_path / name, **common)))
+    ref, out = tmp_path / "ref", tmp_path / "crashed"
+
+    r = launch(cfgs["ref"])
+    assert r.returncode == 0, r.stdout[-4000:]
+
+    # (point, what must be on disk right after the kill)
+    moments = [
+        ("deepspeed_save:2:1", lambda: (out / "resume/step-2").is_dir() and not (out / "resume/step-2/RESUMABLE").exists()
+         and not (out / "checkpoint-2").exists()),
+        ("before_resumable:3", lambda: (out / "resume/step-3").is_dir() and not (out / "resume/step-3/RESUMABLE").exists()
+         and "step-3" not in ckpt.read_ledger(out)),
+        ("after_resumable:3", lambda: (out / "resume/step-3/RESUMABLE").is_file() and not (out / "checkpoint-3").exists()),
+        ("export_tmp:4", lambda: (out / ".checkpoint-4.tmp/model.safetensors").is_file() and not (out / "checkpoint-4").exists()),
+        ("export_before_complete:5:0", lambda: (out / "checkpoint-5/manifest.json").is_file()
+         and not (out / "checkpoint-5/COMPLETE").exists()),
+        ("deepspeed_save:6:0", lambda: (out / "resume/step-6").is_dir() and not (out / "resume/step-6/RESUMABLE").exists()),
+    ]
+    for crash, on_disk in moments:
+        r = launch(cfgs["crashed"], crash)
+        assert r.returncode != 0, f"{crash}: the run was not killed\n{r.stdout[-3000:]}"
+        assert on_disk(), f"{crash}: not killed where expected\n{r.stdout[-3000:]}"
+    r = launch(cfgs["crashed"])
+    assert r.returncode == 0, r.stdout[-4000:]
+
+    final_ref, final_out = weights(ref / f"checkpoint-{STEPS}"), weights(out / f"checkpoint-{STEPS}")
+    assert final_ref.keys() == final_out.keys()
+    assert all(torch.equal(final_ref[k], final_out[k]) for k in final_ref)
+    ref_ckpts = [p.name for p in ckpt.complete_checkpoints(ref)]
+    assert ref_ckpts == [f"checkpoint-{n}" for n in range(1, STEPS + 1)]
+    for name in ref_ckpts:
+        m_ref, m_out = ckpt.verify_checkpoint(ref / name), ckpt.verify_checkpoint(out / name)
+        a, b = weights(ref / name), weights(out / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert {k: m_out[k] for k in ("step", "tokens_seen", "metrics", "best")} == \
+            {k: m_ref[k] for k in ("step", "tokens_seen", "metrics", "best")}, name
+    assert not list(out.glob(".checkpoint-*.tmp")) and not list(out.glob(".*.tmp"))
+    assert json.loads((out / "best.json").read_text()) == json.loads((ref / "best.json").read_text())
+    # the training log: every step once, the same losses
+    assert losses_from_log(out / "train_log.jsonl") == losses_from_log(ref / "train_log.jsonl")
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, STEPS + 1))
