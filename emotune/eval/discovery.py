@@ -116,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike, verify_hashes: bool = True) -> Chec
     try:
         manifest = read_json(path / MANIFEST, "manifest")
     except EmotuneError as err:
-        raise BadCheckpoint(str(err)) from None
+        raise BadCheckpoint(f"{MANIFEST} is unreadable ({str(err).rsplit(': ', 1)[-1]})") from None
     if not isinstance(manifest, dict):
         raise BadCheckpoint(f"{MANIFEST} is not a JSON object")
     step = manifest.get("step", int(m.group(1)))
