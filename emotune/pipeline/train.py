@@ -530,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     result = run(cfg)
     if result.checkpoints:
         print(f"emotune train: done at step {result.step}; last checkpoint {result.checkpoints[-1]}")
+    elif result.reexported:
+        print(f"emotune train: {cfg.output_dir} was already at step {result.step}; exported again what a crash cut short: "
+              + ", ".join(p.name for p in result.reexported))
     elif int(os.environ.get("RANK", "0")) == 0:
         print(f"emotune train: nothing to do, {cfg.output_dir} is already at step {result.step}")
     return 0

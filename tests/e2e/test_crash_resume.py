@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,11 @@ def launch(cfg_path: Path, crash: str | None = None) -> subprocess.CompletedProc
         env["EMOTUNE_CRASH_AT"] = crash
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            "--module", "emotune.pipeline.train", str(cfg_path)]
+    start = time.time()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = p.communicate(timeout=400)
+        print(f"launch {crash or 'to the end'}: exit {p.returncode}, {time.time() - start:.1f} s")
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
@@ -71,12 +74,19 @@ def test_kill_at_six_moments_of_the_save_and_resume(tmp_path):
          and not (out / "checkpoint-5/COMPLETE").exists()),
         ("deepspeed_save:6:0", lambda: (out / "resume/step-6").is_dir() and not (out / "resume/step-6/RESUMABLE").exists()),
     ]
+    logs = []
     for crash, on_disk in moments:
         r = launch(cfgs["crashed"], crash)
+        logs.append(r.stdout)
         assert r.returncode != 0, f"{crash}: the run was not killed\n{r.stdout[-3000:]}"
         assert on_disk(), f"{crash}: not killed where expected\n{r.stdout[-3000:]}"
     r = launch(cfgs["crashed"])
+    logs.append(r.stdout)
     assert r.returncode == 0, r.stdout[-4000:]
+    # the steps whose state was saved but whose export a kill cut short were exported on the next resume
+    reexported = sorted(int(line.split("checkpoint-")[1].split()[0]) for log in logs for line in log.splitlines()
+                        if "again from" in line and "checkpoint-" in line)
+    assert reexported == [3, 4, 5]
 
     final_ref, final_out = weights(ref / f"checkpoint-{STEPS}"), weights(out / f"checkpoint-{STEPS}")
     assert final_ref.keys() == final_out.keys()
