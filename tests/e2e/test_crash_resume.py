@@ -4,6 +4,9 @@ torch.equal to an uninterrupted run's, and every checkpoint-N of that run is the
 The kills are deterministic: EMOTUNE_CRASH_AT=POINT:STEP[:RANK] makes the rank(s) SIGKILL themselves at a
 named point of the save (emotune/pipeline/crashpoint.py); the deepspeed launcher then kills the other
 rank, as a dead node would leave it. Every save (save_steps=1) also validates, prunes and exports.
+
+Cost: 8 launches of 2 ranks (1 reference, 6 killed, 1 to the end), 6 steps each at most; about 3.2 CPU-minutes
+in all (measured: 11 min wall while other jobs held the 2 cores, 65-105 s a launch).
 """
 
 import json
