@@ -243,6 +243,7 @@ def test_state_this_run_did_not_write_needs_the_opt_in(stage, caplog):
     caplog.set_level("INFO", logger="emotune")
     res = run(validate(run_config(setup, out, save_steps=2, resume=str(full / "resume" / "step-4"), trust_resume_state=True)))
     assert any("trust_resume_state=true" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    assert "trust_resume_state" not in yaml.safe_load((out / "config.yaml").read_text())  # a one-time decision
     assert sorted(res.losses) == [5, 6]
     assert (out / "checkpoint-6" / "model.safetensors").read_bytes() == (full / "checkpoint-6" / "model.safetensors").read_bytes()
 

@@ -401,7 +401,8 @@ def _run(cfg: TrainConfig) -> TrainResult:
         if rank == 0:
             ckpt.write_best(out, result.best)  # a run killed between its export and best.json
     if rank == 0:  # everything is validated and loaded: only now replace the record of what trains here
-        write_yaml(out / "config.yaml", cfg.model_dump(mode="json", by_alias=True))
+        # (not the trust given to one resume: a re-run from this record must not inherit it)
+        write_yaml(out / "config.yaml", cfg.model_dump(mode="json", by_alias=True, exclude={"trust_resume_state"}))
 
     def better(value: float, best: dict | None) -> bool:
         if not isinstance(value, (int, float)) or not math.isfinite(value):
