@@ -6,12 +6,11 @@ average and the job states; `--json` prints every row (metrics, timings, host, s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.store import Row, Store, default_store_path
 
 MAIN_METRICS = ("accuracy", "acc", "mauve", "accuracy_macro", "exact_match")
@@ -32,7 +31,7 @@ def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
     if not path.is_file():
         raise EmotuneError(f"no result store at {path} (run `emotune watch {run_dir} --suite NAME` first, "
                            f"or pass --store)")
-    return Store(path), str(run.resolve())
+    return Store(path, create=False), str(run.resolve())
 
 
 def table(rows: list[Row]) -> str:
@@ -75,7 +74,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
+    ap = ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
     ap.add_argument("run_dir")
     ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
     ap.add_argument("--suite", help="only this suite")

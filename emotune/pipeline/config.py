@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, yaml_error
 from emotune.objectives.registry import resolve
 
 
@@ -227,11 +227,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise EmotuneError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a run config is YAML") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise EmotuneError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise yaml_error(path, err) from None
     if not isinstance(data, dict):
         raise EmotuneError(f"{path}: a run config must be a mapping of keys to values")
     return data
