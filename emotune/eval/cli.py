@@ -19,7 +19,7 @@ import yaml
 
 from emotune.errors import ArgumentParser, EmotuneError, one_line
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.tasks import Task, load_suite, load_task
+from emotune.eval.tasks import Task, check_task_data, load_suite, load_task
 
 # key=value overrides and their defaults
 DEFAULTS: dict[str, Any] = {
@@ -208,6 +208,8 @@ def main(argv: list[str]) -> int:
     for task in tasks:
         if task.name in done:
             print(f"[eval] {task.name}: already in {summary_path}, skipped")
+    for task in todo:  # bad task data fails here, before the model is loaded
+        check_task_data(task, opts["data_dir"])
     if todo:
         model, tokenizer = load_model(args.model, opts["dtype"], opts["device"], opts["trust_remote_code"])
     retriever = []

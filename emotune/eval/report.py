@@ -386,6 +386,10 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
 
 
 def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: str | None = None) -> dict[str, Path]:
+    if Path(out).exists() and not Path(out).is_dir():
+        raise EmotuneError(f"--out {out}: is a file, not a folder for the report")
+    if store is not None and not Path(store).is_file():
+        raise EmotuneError(f"--store {store}: no result store there")
     runs = [load_run(d, store, suite) for d in run_dirs]
     label_runs(runs)
     return write_report(runs, Path(out))

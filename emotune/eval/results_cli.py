@@ -81,7 +81,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--json", action="store_true", help="every row as JSON")
     args = ap.parse_args(argv)
     store, run = open_store(args.run_dir, args.store)
-    rows = store.rows(run, suite=args.suite)
+    with store:  # closed even when the store turns out damaged: no -wal / -shm left behind
+        rows = store.rows(run, suite=args.suite)
     try:
         if args.json:
             json.dump([r.to_dict() for r in rows], sys.stdout, indent=2)

@@ -313,3 +313,16 @@ def check_columns(task: Task, rows: list[dict], split: str, columns: list[str]) 
         if missing:
             raise EmotuneError(f"{task.source}: split {split!r} row {n} of {len(rows)} has no column {missing[0]!r} "
                                f"(key 'input_columns'/'label_column'; columns present: {sorted(k for k in row if row[k] is not None)})")
+
+
+def check_task_data(task: Task, data_dir: str | Path | None = None) -> None:
+    """Read an ICL task's splits and check every row (columns, labels) before any model is loaded, so bad
+    data is one line in a second rather than after loading a 13B model. Other kinds check their own."""
+    if task.kind != "icl":
+        return
+    needed = [*task.input_columns, task.label_column]
+    for key, spec in (("index_split", task.index_split), ("test_split", task.test_split)):
+        rows = load_split(task, spec, data_dir, key=key)
+        check_columns(task, rows, spec, needed)
+        for i, row in enumerate(rows):
+            task.label_key(row[task.label_column], f"split {spec!r} row {i + 1}")

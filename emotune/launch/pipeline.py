@@ -204,8 +204,11 @@ def main(argv: list[str]) -> int:
     from emotune.eval.scheduler import check_scheduler_args, make_scheduler
     from emotune.pipeline.config import load_config
 
-    runs = expand_runs(cfg)
-    check_scheduler_args(scheduler_args(cfg.eval))
+    try:  # name the pipeline file: these settings come from it
+        runs = expand_runs(cfg)
+        check_scheduler_args(scheduler_args(cfg.eval))
+    except EmotuneError as err:
+        raise EmotuneError(f"{args.config}: {err}") from None
     for run in runs:  # fail early, before anything runs ({run:...} references are filled later)
         overrides = [o for o in run.train.overrides if "{run:" not in o]
         load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))

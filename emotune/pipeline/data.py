@@ -118,6 +118,24 @@ def _read_local(path: str, d=None) -> list[dict]:
     raise EmotuneError(f"data file {path}: unsupported type {suffix!r} (use .txt, .jsonl, .json or .parquet)")
 
 
+def check_local_files(cfg) -> None:
+    """Read and check every record of the local data files (UTF-8, JSON, the fields the format needs),
+    one file at a time, keeping nothing: bad data fails before any process group or model exists."""
+    d = cfg.data
+    if not d.train_files:
+        return
+    n_train = 0
+    for f in d.train_files + (d.validation_files or []):
+        p = Path(f)
+        if p.suffix.lower() in TEXT_SUFFIXES and d.format == "text":
+            n = len(_decode(p).splitlines()) if p.is_file() else 0  # plain text: every line is a record
+        else:
+            n = len(_read_local(f, d))
+        n_train += n if f in d.train_files else 0
+    if n_train == 0:
+        raise EmotuneError(f"data.train_files ({', '.join(d.train_files)}): the training data is empty (no records)")
+
+
 def check_record(row: dict, d, where: str) -> None:
     """Every record (not only the first) has the fields its format needs, as strings: a record without
     its text or response would otherwise train as an empty document, silently."""

@@ -294,8 +294,10 @@ def preflight(cfg: TrainConfig) -> None:
         for f in files or []:
             if not Path(f).is_file():
                 raise EmotuneError(f"{key}: data file {f} not found")
+    from emotune.pipeline.data import check_local_files
     from emotune.pipeline.model import check_model_config
 
+    check_local_files(cfg)  # every record of every local file, with file and line
     check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
     if cfg.objective.cost == "external":
         from emotune.pipeline.cost import check_cost_source
