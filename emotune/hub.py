@@ -41,7 +41,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Can this process reach the hub endpoint? False under HF_HUB_OFFLINE; else one TCP connect, cached."""
     if hub_offline_env():
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     url = urlparse(endpoint)
     try:
         with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
