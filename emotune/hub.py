@@ -85,7 +85,7 @@ def resolve(source: str, key: str, revision: str | None = None, need_tokenizer: 
             check_weights_dir(path, key)
         return {}
     if looks_like_path(source):
-        raise EmotuneError(f"{key}: directory {source} not found")
+        raise EmotuneError(f"{key}: model directory {source} not found")
     return hub_kwargs(source, key, revision, filename)
 
 

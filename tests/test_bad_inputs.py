@@ -222,6 +222,16 @@ CASES += [
 ]
 
 
+@case("train-resume-missing")
+def _(w, d):
+    return ["train", str(w.good_train), f"resume={d}/no-state"], ["resume_from_checkpoint", "no-state"]
+
+
+@case("train-output-dir-is-file")
+def _(w, d):
+    return ["train", str(w.good_train), f"output_dir={w.good_train}"], ["output_dir", str(w.good_train)]
+
+
 @case("train-override-not-kv")
 def _(w, d):
     return ["train", str(w.good_train), "learning_rate"], ["learning_rate"]
@@ -800,3 +810,24 @@ def test_bad_input_real_entry_point(world, name):
     res = subprocess.run([sys.executable, "-m", "emotune", *argv], capture_output=True, text=True, cwd=world.root,
                          env=env, timeout=300)
     check_outcome(res.returncode, res.stderr, argv[0], names, before, snapshot(world.root))
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, monkeypatch):
+    """No HF_HUB_OFFLINE, but no route to the hub: one line at once, not a minute of retries."""
+    from emotune import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    hub.hub_reachable.cache_clear()
+    try:
+        argv = (["train", str(world.good_train), "model.name_or_path=nobody-xyz/no-such-model"] if command == "train" else
+                ["eval", "--model", "nobody-xyz/no-such-model", "--tasks", str(world.good_task), "--out", str(world.root / "o")])
+        before, t0 = snapshot(world.root), time.time()
+        rc = cli_main(argv)
+        seconds = time.time() - t0
+    finally:
+        hub.hub_reachable.cache_clear()
+    _, err = capfd.readouterr()
+    check_outcome(rc, err, command, ["nobody-xyz/no-such-model", "unreachable"], before, snapshot(world.root))
+    assert seconds < 10

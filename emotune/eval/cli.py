@@ -208,7 +208,11 @@ def main(argv: list[str]) -> int:
     for task in tasks:
         if task.name in done:
             print(f"[eval] {task.name}: already in {summary_path}, skipped")
-    for task in todo:  # bad task data fails here, before the model is loaded
+    if todo:  # the model's files, then every task's data: bad input fails here, before the model is loaded
+        from emotune.hub import resolve
+
+        resolve(args.model, "--model", need_tokenizer=True, need_weights=True)
+    for task in todo:
         check_task_data(task, opts["data_dir"])
     if todo:
         model, tokenizer = load_model(args.model, opts["dtype"], opts["device"], opts["trust_remote_code"])
