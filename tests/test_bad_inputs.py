@@ -795,7 +795,7 @@ def test_corpus_size():
 
 
 # A few through the real entry point: a fresh interpreter, nothing captured in-process.
-SUBPROCESS_CASES = ["data-txt-binary", "eval-model-truncated-safetensors", "watch-jobs-negative",
+SUBPROCESS_CASES = ["data-txt-binary", "ds-zero-stage-word", "eval-model-truncated-safetensors", "watch-jobs-negative",
                     "results-store-zero-bytes", "train-yaml-syntax"]
 
 

@@ -176,7 +176,7 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         if first["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in first:
             msg += f" (got {first['input']!r})"
         raise EmotuneError(f"{path}: {loc}: {msg}") from None

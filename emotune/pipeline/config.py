@@ -202,7 +202,7 @@ def _list_index(node: list, part: str, item: str) -> int:
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling and section)"
     elif first["type"] == "missing":

@@ -17,6 +17,7 @@ are summed and divided by the step's number of target tokens, so 1 rank x 2 accu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -171,12 +172,14 @@ def check_deepspeed_shape(ds, path: Path) -> None:
 def check_deepspeed(ds: dict, source: str) -> None:
     """Let DeepSpeed's own config parser judge the rest (ZeRO stage, unknown keys, value types), before any
     process group exists. train_batch_size is left out: it depends on the world size, checked at start."""
-    from deepspeed.runtime.config import DeepSpeedConfig
     from pydantic import ValidationError
 
     trial = {k: v for k, v in ds.items() if k != "train_batch_size"}
     try:
-        DeepSpeedConfig(trial)
+        with _held_deepspeed_logs():
+            from deepspeed.runtime.config import DeepSpeedConfig
+
+            DeepSpeedConfig(trial)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
@@ -184,6 +187,26 @@ def check_deepspeed(ds: dict, source: str) -> None:
         raise EmotuneError(f"{source}: {section}.{loc}: {first['msg']} (got {first.get('input')!r})") from None
     except Exception as err:  # noqa: BLE001 - DeepSpeed raises AssertionError, TypeError, ValueError...
         raise EmotuneError(f"{source}: DeepSpeed rejects it: {one_line(err)}") from None
+
+
+@contextlib.contextmanager
+def _held_deepspeed_logs():
+    """Hold back what DeepSpeed logs while it is imported and parses the config (its accelerator notice):
+    replayed when the check passes, dropped when it fails, so a bad config stays one line on stderr."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    ds_log = logging.getLogger("DeepSpeed")  # deepspeed.utils.logging's logger, filters survive its setup
+    ds_log.addFilter(hold)
+    try:
+        yield
+    finally:
+        ds_log.removeFilter(hold)
+    for record in held:  # reached only when the block succeeded
+        ds_log.handle(record)
 
 
 def _walk(d: dict, prefix: str = ""):
