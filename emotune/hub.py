@@ -99,7 +99,9 @@ def check_weights_dir(path: Path, key: str) -> None:
     """config.json parses; every safetensors file (or the index's shards) has a readable header covering it."""
     config = path / "config.json"
     if not config.is_file():
-        raise EmotuneError(f"{key}: {path} has no config.json (not a Hugging Face model directory)")
+        hint = f"; a LoRA checkpoint keeps its merged model in {path / 'merged'}" if (path / "merged" / "config.json").is_file() \
+            else ""
+        raise EmotuneError(f"{key}: {path} has no config.json (not a Hugging Face model directory){hint}")
     try:
         if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
             raise ValueError("not a JSON object")

@@ -448,6 +448,12 @@ CASES += [
 ]
 
 
+@case("data-train-files-empty-list")
+def _(w, d):
+    path = w.train_cfg(d, lambda c: c["data"].update(train_files=[]))
+    return ["train", str(path)], [str(path), "data.train_files"]
+
+
 @case("data-file-missing")
 def _(w, d):
     path = w.train_cfg(d, lambda c: c["data"].update(train_files=[str(d / "gone.txt")]))
@@ -479,6 +485,10 @@ CASES += [
                                               ["--model", str(d / "model")])),
     ("eval-model-no-config", lambda w, d: (_eval_model(w, d, lambda m: (m / "config.json").unlink()),
                                            ["--model", "config.json"])),
+    ("eval-model-lora-adapter-dir", lambda w, d: (
+        _eval_model(w, d, lambda m: (shutil.copytree(m, d / "merged"), (m / "config.json").unlink(),
+                                     shutil.move(str(d / "merged"), str(m / "merged")))),
+        ["--model", "config.json", "merged"])),
     ("eval-model-hub-id-offline", lambda w, d: (["eval", "--model", "nobody-xyz/no-such-model", "--tasks", str(w.good_task),
                                                  "--out", str(d / "o")], ["--model", "nobody-xyz/no-such-model"])),
     ("eval-device-missing-gpu", lambda w, d: (ev("device=cuda:999")(w), ["device", "cuda:999"])),
@@ -668,6 +678,7 @@ CASES += [
     ("report-out-is-file", lambda w, d: (["report", str(w.run), "--out", str(w.good_train)], [str(w.good_train)])),
     ("report-no-results", lambda w, d: (["report", str(d), "--out", str(d / "rep")], [str(d)])),
     ("report-missing-out", lambda w, d: (["report", str(w.run)], ["--out"])),
+    ("report-unknown-option", lambda w, d: (["report", str(w.run), "--out", str(d / "rep"), "--sute", "x"], ["--sute"])),
 ]
 
 
@@ -831,3 +842,13 @@ def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, m
     _, err = capfd.readouterr()
     check_outcome(rc, err, command, ["nobody-xyz/no-such-model", "unreachable"], before, snapshot(world.root))
     assert seconds < 10
+
+
+def test_a_damaged_training_log_is_skipped_line_by_line(tmp_path):
+    """The log may be being written (a torn last line) or damaged: its readable lines count, the rest is skipped."""
+    from emotune.eval.report import read_train_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_bytes(json.dumps({"step": 1, "loss": 2.0}).encode() + b"\n" + BINARY + b"\n" + b'{"step": 2, "lo')
+    train, evals = read_train_log(log)
+    assert train == [{"step": 1, "loss": 2.0}] and evals == []

@@ -69,7 +69,8 @@ def read_train_log(path: Path) -> tuple[list[dict], list[dict]]:
     train, evals = [], []
     if not path.is_file():
         return train, evals
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    # a torn or damaged line is skipped below, whatever its bytes (the log may be being written)
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:

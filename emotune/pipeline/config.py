@@ -57,7 +57,7 @@ class DataConfig(_Strict):
     dataset_config_name: str | None = None  # ... and its config (e.g. wikitext-103-raw-v1)
     train_split: str = "train"
     validation_split: str | None = "validation"  # hub split name, if the dataset has one
-    train_files: list[str] | None = None  # local .txt / .jsonl / .json / .parquet
+    train_files: list[str] | None = Field(None, min_length=1)  # local .txt / .jsonl / .json / .parquet
     validation_files: list[str] | None = None
     validation_split_percentage: float = Field(0.0, ge=0, lt=100)  # carve validation from train if no other source
     text_column: str = "text"
