@@ -90,7 +90,8 @@ def resolve(source: str, key: str, revision: str | None = None, need_tokenizer: 
 
 
 def check_tokenizer_dir(path: Path, key: str) -> None:
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    others = ("*.model", "*.tiktoken", "vocab.*")  # other families' vocabulary files: let transformers judge them
+    if not any((path / name).is_file() for name in TOKENIZER_FILES) and not any(any(path.glob(g)) for g in others):
         raise EmotuneError(f"{key}: {path} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES[:3])}, "
                            "vocab.json + merges.txt, ...)")
 

@@ -392,8 +392,8 @@ def _main(argv: list[str]) -> int:
     j.add_argument("--ttl", type=float, required=True)
     j.add_argument("--eval-command", default=DEFAULT_EVAL_COMMAND)
     j.add_argument("--task", help="what {task} becomes (a task name or task file); default: the row's task")
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         if args.store:
             link = _StoreLink(args.store, args.id, args.token, args.ttl)
         elif args.row_json:
