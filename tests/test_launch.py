@@ -91,12 +91,16 @@ def test_train_entry_accepts_the_launchers_local_rank():
 
 def test_launch_cli_dry_run_and_bad_input(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model_name_or_path: x\n")
+    shutil.copy(REPO / "configs/train/tiny-cpu.yaml", cfg)  # launch validates the run config first
     emotune = [sys.executable, "-m", "emotune"]
     out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True)
     assert out.returncode == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in out.stdout
     bad = subprocess.run([*emotune, "launch", str(tmp_path / "missing.yaml"), "--dry-run"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "missing.yaml does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "missing.yaml not found" in bad.stderr and "Traceback" not in bad.stderr
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model_name_or_path: x\n")  # a config that cannot train fails here, not on every rank
+    bad = subprocess.run([*emotune, "launch", str(wrong), "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and f"{wrong}: " in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_docker_entrypoint_outside_docker(tmp_path):

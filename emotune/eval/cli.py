@@ -10,7 +10,6 @@ task, so an interrupted run resumes where it stopped: finished tasks of the same
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError, one_line
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.tasks import Task, load_suite, load_task
+from emotune.eval.tasks import Task, check_task_data, load_suite, load_task
 
 # key=value overrides and their defaults
 DEFAULTS: dict[str, Any] = {
@@ -88,21 +87,47 @@ def resolve_dtype(name: str, device: str):
     return table[name]
 
 
-def load_model(path: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
+def resolve_device(name: str | None) -> str:
+    """The device to evaluate on; one that does not exist here is an error naming it, not a crash later."""
     import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise EmotuneError(f"argument device={name!r}: not a device (use cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise EmotuneError(f"argument device={name!r}: no CUDA device is available here (use device=cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise EmotuneError(f"argument device={name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EmotuneError(f"argument device={name!r}: MPS is not available here (use device=cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise EmotuneError(f"argument device={name!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps)")
+    return str(dev)
+
+
+def load_model(path: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from emotune.hub import resolve
+
+    device = resolve_device(device)
     torch_dtype = resolve_dtype(str(dtype), device)
+    extra = resolve(path, "--model", need_tokenizer=True, need_weights=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                         **extra)
         except TypeError:  # transformers < 4.56 calls it torch_dtype
             model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype,
-                                                         trust_remote_code=trust_remote_code)
+                                                         trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as err:
-        raise EmotuneError(f"--model {path}: cannot load a causal LM and its tokenizer ({err})") from None
+        raise EmotuneError(f"--model {path}: cannot load a causal LM and its tokenizer ({one_line(err)})") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -138,7 +163,7 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0],
+    ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0],
                                  epilog="overrides (key=value): " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
@@ -152,6 +177,7 @@ def main(argv: list[str]) -> int:
         return int(exit_.code or 0)
     files = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
     opts = parse_overrides([a for a in args.overrides if a not in files])
+    opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
     if args.suite:
         tasks = load_suite(args.suite)
     else:
@@ -182,6 +208,12 @@ def main(argv: list[str]) -> int:
     for task in tasks:
         if task.name in done:
             print(f"[eval] {task.name}: already in {summary_path}, skipped")
+    if todo:  # the model's files, then every task's data: bad input fails here, before the model is loaded
+        from emotune.hub import resolve
+
+        resolve(args.model, "--model", need_tokenizer=True, need_weights=True)
+    for task in todo:
+        check_task_data(task, opts["data_dir"])
     if todo:
         model, tokenizer = load_model(args.model, opts["dtype"], opts["device"], opts["trust_remote_code"])
     retriever = []

@@ -349,7 +349,7 @@ def _dataset_id(task) -> str:
 
 
 def _load_rows(task, split: str, data_dir, column: str) -> list[dict]:
-    from emotune.eval.tasks import load_split
+    from emotune.eval.tasks import check_columns, load_split
 
     try:
         rows = load_split(task, split, data_dir, key="test_split" if split == task.test_split else "ce_split")
@@ -358,11 +358,7 @@ def _load_rows(task, split: str, data_dir, column: str) -> list[dict]:
             raise EmotuneError(f"{err} (task {task.name!r}: key 'dataset.data_files' in {task.source}; "
                                "put the file there or pass data_dir=DIR)") from None
         raise
-    if not rows:
-        raise EmotuneError(f"{task.source}: split {split!r} of task {task.name!r} has no rows")
-    if column not in rows[0]:
-        raise EmotuneError(f"{task.source}: split {split!r} has no column {column!r} (key 'text_column'; "
-                           f"columns present: {sorted(rows[0])})")
+    check_columns(task, rows, split, [column])  # every row, not only the first (key 'text_column')
     return rows
 
 

@@ -15,7 +15,6 @@ Runs are labelled by their objective (MLE, TaiLr, MixCE, EMO), so EMO vs MLE vs 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emotune.atomic import read_jsonl, write_bytes
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.discovery import read_best, read_run_config
 from emotune.eval.results_cli import MAIN_METRICS, main_metric
 from emotune.eval.store import Store, default_store_path
@@ -97,7 +96,7 @@ def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData
     spath = Path(store_path) if store_path else default_store_path(path)
     rows = []
     if spath.is_file():
-        with Store(spath) as store:
+        with Store(spath, create=False) as store:
             rows = store.rows(str(path), suite=suite)
     train, evals = read_train_log(path / "train_log.jsonl")
     if not rows and not train:
@@ -403,13 +402,17 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
 
 
 def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: str | None = None) -> dict[str, Path]:
+    if Path(out).exists() and not Path(out).is_dir():
+        raise EmotuneError(f"--out {out}: is a file, not a folder for the report")
+    if store is not None and not Path(store).is_file():
+        raise EmotuneError(f"--store {store}: no result store there")
     runs = [load_run(d, store, suite) for d in run_dirs]
     label_runs(runs)
     return write_report(runs, Path(out))
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune report", description="Plots, an HTML page and the paper's table.")
+    ap = ArgumentParser(prog="emotune report", description="Plots, an HTML page and the paper's table.")
     ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--store", help="one shared result database for all runs (default: each RUN_DIR/eval/results.sqlite)")

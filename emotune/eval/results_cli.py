@@ -8,12 +8,11 @@ only its rows.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.discovery import read_best
 from emotune.eval.store import Row, Store, default_store_path
 
@@ -35,7 +34,7 @@ def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
     if not path.is_file():
         raise EmotuneError(f"no result store at {path} (run `emotune watch {run_dir} --suite NAME` first, "
                            f"or pass --store)")
-    return Store(path), str(run.resolve())
+    return Store(path, create=False), str(run.resolve())
 
 
 def table(rows: list[Row], best_step: int | None = None) -> str:
@@ -80,7 +79,7 @@ def table(rows: list[Row], best_step: int | None = None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
+    ap = ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
     ap.add_argument("run_dir")
     ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
     ap.add_argument("--suite", help="only this suite")
@@ -89,7 +88,8 @@ def main(argv: list[str]) -> int:
                     help="only the best checkpoint's rows (RUN_DIR/best.json: lowest validation loss unless the run chose another metric)")
     args = ap.parse_args(argv)
     store, run = open_store(args.run_dir, args.store)
-    rows = store.rows(run, suite=args.suite)
+    with store:  # closed even when the store turns out damaged: no -wal / -shm left behind
+        rows = store.rows(run, suite=args.suite)
     best = read_best(args.run_dir)
     if args.best:
         if best is None:

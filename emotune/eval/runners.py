@@ -20,7 +20,6 @@ the training processes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -33,8 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.store import Row, Store
+from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
 
 DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint")
@@ -52,7 +52,9 @@ def build_eval_command(template: str | list[str], **values: str) -> list[str]:
 
 
 def job_output_dir(run_dir: str | Path, row: Row) -> Path:
-    return Path(run_dir) / "eval" / row.suite / f"step-{row.step}-{row.fingerprint[:8]}" / row.task
+    # suite and task become directory names: one path component each, whatever the store holds
+    return (Path(run_dir) / "eval" / path_component(row.suite, "suite name") / f"step-{row.step}-{row.fingerprint[:8]}"
+            / path_component(row.task, "task name"))
 
 
 def _set_pdeathsig() -> None:
@@ -328,7 +330,7 @@ class SlurmRunner:
                  setup: list[str] | None = None):
         self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
         self.script_dir = Path(script_dir)
-        self.sbatch_args = list(sbatch_args or [])
+        self.sbatch_args = check_sbatch_args(list(sbatch_args or []))
         self.after = after
         self.max_queued = max_queued
         self.setup = list(setup or [])  # shell lines run before the job (module load, conda activate...)
@@ -343,11 +345,16 @@ class SlurmRunner:
         job = [sys.executable, "-m", "emotune.eval.runners", "job", "--row-json", json.dumps(info),
                "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
                "--task", task_spec or row.task]
+        # #SBATCH lines are read by sbatch, not a shell: every value is checked to stay on its line.
+        output = check_line_value(f"{self.script_dir.resolve()}/row-{row.id}-attempt-{row.attempts}-%j.out",
+                                  "eval script directory")
+        for line in self.setup:
+            check_line_value(line, "--setup")
         lines = ["#!/bin/bash",
-                 f"#SBATCH --job-name=emotune-eval-{row.step}-{row.task}"[:200],
-                 f"#SBATCH --output={self.script_dir.resolve()}/row-{row.id}-attempt-{row.attempts}-%j.out",
+                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}')}",
+                 f"#SBATCH --output={output}",
                  "#SBATCH --ntasks=1",
-                 *[f"#SBATCH {a}" for a in self.sbatch_args],
+                 *[f"#SBATCH {a}" for a in check_sbatch_args(self.sbatch_args)],
                  "set -euo pipefail",
                  *self.setup,
                  f"cd {shlex.quote(str(Path.cwd()))}",
@@ -363,6 +370,7 @@ class SlurmRunner:
         write_text(path, self.script(row, token, task_spec))
         cmd = ["sbatch", "--parsable"]
         if depends_on:
+            check_line_value(str(depends_on), "--after")
             cmd.append(f"--dependency=afterok:{depends_on}")
         res = _slurm(cmd + [str(path)])
         job_id = res.stdout.strip().split(";")[0]
@@ -378,7 +386,7 @@ class SlurmRunner:
 # ---------------------------------------------------------------------------------------------- entry
 
 def _main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emotune.eval.runners")
+    ap = ArgumentParser(prog="python -m emotune.eval.runners")
     sub = ap.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("job", help="run one leased evaluation job (started by a runner)")
     j.add_argument("--store", help="result database: the job records its own result (local runner)")
@@ -388,8 +396,8 @@ def _main(argv: list[str]) -> int:
     j.add_argument("--ttl", type=float, required=True)
     j.add_argument("--eval-command", default=DEFAULT_EVAL_COMMAND)
     j.add_argument("--task", help="what {task} becomes (a task name or task file); default: the row's task")
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         if args.store:
             link = _StoreLink(args.store, args.id, args.token, args.ttl)
         elif args.row_json:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -33,7 +34,7 @@ from typing import Callable
 
 import yaml
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError, yaml_error
 from emotune.eval.discovery import Checkpoint, Discovery, read_run_config
 from emotune.eval.runners import (DEFAULT_EVAL_COMMAND, RESULT_FILE, SLURM_ALIVE, SLURM_FAILED, LocalRunner,
                                   SlurmRunner, build_eval_command, job_output_dir, read_job_result, slurm_job_state)
@@ -59,9 +60,11 @@ def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Sui
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         try:
-            members = yaml.safe_load(path.read_text())
+            members = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
         except yaml.YAMLError as err:
-            raise EmotuneError(f"{path}: not valid YAML ({err})") from None
+            raise yaml_error(path, err) from None
         if isinstance(members, dict) and "tasks" in members:
             members = members["tasks"]
         if not isinstance(members, list) or not members:
@@ -301,6 +304,34 @@ def add_scheduler_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-queued", type=int, default=64, help="slurm: this run's eval jobs in the queue at most")
 
 
+def check_scheduler_args(args) -> None:
+    """Every number and list of the scheduler's options, before anything is created."""
+    for name, value, low in (("--lease-ttl", args.lease_ttl, 0.0), ("--poll", args.poll, 0.0)):
+        if not value > low:  # also catches nan
+            raise EmotuneError(f"{name} {value}: must be > 0 seconds")
+    for name, value, low in (("--max-attempts", args.max_attempts, 1), ("--jobs", args.jobs, 0),
+                             ("--max-queued", args.max_queued, 1)):
+        if value < low:
+            raise EmotuneError(f"{name} {value}: must be at least {low}")
+    if args.devices is not None:
+        entries = args.devices.split(";" if ";" in args.devices else ",")
+        if not all(e.strip() for e in entries):
+            raise EmotuneError(f"--devices {args.devices!r}: an empty entry (use e.g. '0,1' or '0,1;2,3' or 'cpu')")
+        for entry in entries:
+            for dev in entry.strip().split(",") if ";" in args.devices else [entry.strip()]:
+                if dev.strip().lower() != "cpu" and not dev.strip().isdigit():
+                    raise EmotuneError(f"--devices {args.devices!r}: {dev.strip()!r} is not a GPU index or 'cpu'")
+    if args.runner == "slurm":
+        from emotune.sbatch import check_sbatch_args
+
+        check_sbatch_args(args.sbatch_arg, "--sbatch-arg")
+        if args.after is not None and not re.fullmatch(r"\d+(_\d+)?", str(args.after)):
+            raise EmotuneError(f"--after {args.after!r}: not a SLURM job id")
+    for line in args.setup:
+        if "\n" in line or "\r" in line or "\x00" in line:
+            raise EmotuneError(f"--setup {line!r}: one shell line per --setup (no newlines)")
+
+
 def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
     run = Path(run_dir)
     if not run.is_dir():
@@ -311,8 +342,7 @@ def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
 
         eval_command = eval_command + " " + shlex.join(args.eval_arg)
     build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c")  # validate
-    if args.lease_ttl <= 0 or args.poll <= 0 or args.max_attempts < 1:
-        raise EmotuneError("--lease-ttl and --poll must be > 0 and --max-attempts >= 1")
+    check_scheduler_args(args)
     suite = resolve_suite(suite_name, args.eval_arg)
     store_path = str(Path(args.store or default_store_path(run)).resolve())
     store = Store(store_path)
@@ -322,7 +352,7 @@ def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune watch",
+    ap = ArgumentParser(prog="emotune watch",
                                  description="Evaluate every checkpoint of a run as it lands (each checkpoint x task once).")
     ap.add_argument("run_dir", help="the training run's output_dir (holds checkpoint-STEP/ folders)")
     ap.add_argument("--suite", required=True, help="suite name (configs/eval/suites.yaml) or a YAML list of tasks")

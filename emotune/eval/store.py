@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, one_line
 
 SCHEMA_VERSION = 1
 DEFAULT_NAME = "results.sqlite"
@@ -129,18 +129,59 @@ def _row(r: sqlite3.Row) -> Row:
     return Row(**d)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path, create: bool) -> bool:
+    """Whether the store exists; an existing file that is not an SQLite database (0 bytes, garbage) is an
+    error, never silently re-created as an empty store over the results someone may still recover."""
+    if not path.exists():
+        if not create:
+            raise EmotuneError(f"no result store at {path}")
+        return False
+    if not path.is_file():
+        raise EmotuneError(f"{path}: is a directory, not a result store")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    wal = path.with_name(path.name + "-wal")
+    # SQLite writes the header within moments of creating the file; an old 0-byte file is not a store
+    # being created by another scheduler right now.
+    if not head and not (wal.is_file() and wal.stat().st_size) and time.time() - path.stat().st_mtime > 5:
+        raise EmotuneError(f"{path}: not a usable result store (an empty 0-byte file); move it away or restore it")
+    if head and head != SQLITE_MAGIC:
+        raise EmotuneError(f"{path}: not a usable result store (not an SQLite database: corrupt, or another file); "
+                           "move it away or restore it")
+    return True
+
+
 class Store:
     """A handle on one result database. Cheap to open; open one per process (or thread)."""
 
-    def __init__(self, path: str | os.PathLike, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike, timeout: float = 60.0, create: bool = True):
         self.path = Path(path)
+        existed = check_store_file(self.path, create)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        except sqlite3.DatabaseError as err:
+            raise EmotuneError(f"{self.path}: not a usable result store ({err})") from None
+        try:
+            self._open(existed, timeout)
+        except BaseException:
+            self.db.close()  # no -wal / -shm left beside a file we refused
+            raise
+
+    def _open(self, existed: bool, timeout: float) -> None:
+        try:
             self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
+            # Before anything that writes (journal mode, schema): an existing file must be our store.
+            if existed and self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='results'"
+                                           ).fetchone() is None:
+                raise EmotuneError(f"{self.path}: not a usable result store (an SQLite database without emotune's "
+                                   "results table); refusing to add tables to it (give another --store)")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
             with self.tx():
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
@@ -156,6 +197,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
 
     def __enter__(self):
         return self
@@ -197,7 +239,10 @@ class Store:
             q += f" AND status IN ({','.join('?' * len(status))})"
             args += list(status)
         q += " ORDER BY run, step, task, id"
-        return [_row(r) for r in self.db.execute(q, args)]
+        try:
+            return [_row(r) for r in self.db.execute(q, args)]
+        except (sqlite3.DatabaseError, ValueError, TypeError) as err:  # a damaged page or a hand-edited row
+            raise EmotuneError(f"{self.path}: result store is damaged ({one_line(err)}); restore it from a copy") from None
 
     def get(self, row_id: int) -> Row | None:
         r = self.db.execute("SELECT * FROM results WHERE id=?", (row_id,)).fetchone()

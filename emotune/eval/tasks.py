@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, one_line, yaml_error
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
 KINDS = ("icl", "mmlu", "generation", "oracle")
@@ -142,11 +142,13 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
 def load_task_file(path: str | Path) -> Task:
     path = Path(path)
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except OSError as err:
         raise EmotuneError(f"{path}: cannot read task file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a task file is YAML") from None
     except yaml.YAMLError as err:
-        raise EmotuneError(f"{path}: not valid YAML ({err})") from None
+        raise yaml_error(path, err) from None
     return task_from_dict(cfg, str(path))
 
 
@@ -166,8 +168,10 @@ def load_suite(name: str, config_dir: Path = CONFIG_DIR) -> list[Task]:
     path = config_dir / "suites.yaml"
     try:
         suites = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise EmotuneError(f"{path}: cannot read suites ({err})") from None
+    except OSError as err:
+        raise EmotuneError(f"{path}: cannot read suites ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
     if name not in suites:
         raise EmotuneError(f"{path}: unknown suite {name!r} (known: {', '.join(suites)})")
     members = suites[name]
@@ -221,12 +225,21 @@ def read_local(path: str | Path) -> list[dict[str, Any]]:
         raise EmotuneError(f"{path}: data file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        text = path.read_text()
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise EmotuneError(f"{path}:{line}: not UTF-8 text (a binary file?)") from None
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
-                return list(json.loads(text))
+                rows = list(json.loads(text))
             except json.JSONDecodeError as err:
-                raise EmotuneError(f"{path}: not valid JSON ({err})") from None
+                raise EmotuneError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+            for n, row in enumerate(rows, 1):
+                if not isinstance(row, dict):
+                    raise EmotuneError(f"{path}: record {n} is not a JSON object")
+            return rows
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -245,14 +258,14 @@ def read_local(path: str | Path) -> list[dict[str, Any]]:
         try:
             return pd.read_csv(path, keep_default_na=False).to_dict("records")
         except Exception as err:  # pandas raises many types for malformed files
-            raise EmotuneError(f"{path}: cannot read CSV ({err})") from None
+            raise EmotuneError(f"{path}: cannot read CSV ({one_line(err)})") from None
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
             return pq.read_table(path).to_pylist()
         except Exception as err:
-            raise EmotuneError(f"{path}: cannot read parquet ({err})") from None
+            raise EmotuneError(f"{path}: cannot read parquet ({one_line(err)})") from None
     raise EmotuneError(f"{path}: unsupported data file type (use {', '.join(LOCAL_SUFFIXES)})")
 
 
@@ -266,7 +279,7 @@ def _load_hub(task: Task, split: str) -> list[dict[str, Any]]:
         data = datasets.load_dataset(ds["path"], ds.get("name"), split=split, revision=ds.get("revision"))
     except Exception as err:  # offline, unknown id, missing split ...: one clear line, no traceback
         raise EmotuneError(f"{task.source}: cannot load dataset {ds['path']!r} (config {ds.get('name')!r}, "
-                           f"split {split!r}, revision {ds.get('revision')!r}): {type(err).__name__}: {err}. "
+                           f"split {split!r}, revision {ds.get('revision')!r}): {type(err).__name__}: {one_line(err)}. "
                            "Offline, give local files with dataset.data_files or data_dir=DIR") from None
     return data.to_list()
 
@@ -295,7 +308,21 @@ def load_split(task: Task, spec: str, data_dir: str | Path | None = None, key: s
 def check_columns(task: Task, rows: list[dict], split: str, columns: list[str]) -> None:
     if not rows:
         raise EmotuneError(f"{task.source}: split {split!r} of task {task.name!r} has no rows")
-    missing = [c for c in columns if c not in rows[0]]
-    if missing:
-        raise EmotuneError(f"{task.source}: split {split!r} has no column {missing[0]!r} "
-                           f"(key 'input_columns'/'label_column'; columns present: {sorted(rows[0])})")
+    for n, row in enumerate(rows, 1):  # every row: a later row without a column must not crash mid-run
+        missing = [c for c in columns if c not in row or row[c] is None]
+        if missing:
+            raise EmotuneError(f"{task.source}: split {split!r} row {n} of {len(rows)} has no column {missing[0]!r} "
+                               f"(key 'input_columns'/'label_column'; columns present: {sorted(k for k in row if row[k] is not None)})")
+
+
+def check_task_data(task: Task, data_dir: str | Path | None = None) -> None:
+    """Read an ICL task's splits and check every row (columns, labels) before any model is loaded, so bad
+    data is one line in a second rather than after loading a 13B model. Other kinds check their own."""
+    if task.kind != "icl":
+        return
+    needed = [*task.input_columns, task.label_column]
+    for key, spec in (("index_split", task.index_split), ("test_split", task.test_split)):
+        rows = load_split(task, spec, data_dir, key=key)
+        check_columns(task, rows, spec, needed)
+        for i, row in enumerate(rows):
+            task.label_key(row[task.label_column], f"split {spec!r} row {i + 1}")

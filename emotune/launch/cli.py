@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(rest) or 0)
     except EmotuneError as err:
-        print(f"emotune {name}: error: {err}", file=sys.stderr)
+        # One line whatever the message: a stray newline would split it (or inject a fake line).
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"emotune {name}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"emotune {name}: interrupted", file=sys.stderr)

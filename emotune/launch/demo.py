@@ -8,10 +8,9 @@ repository root; extra arguments are pipeline overrides.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.objectives import describe
 
 DEMO_CONFIG = Path("configs/pipeline/demo.yaml")
@@ -29,6 +28,6 @@ def main(argv: list[str]) -> int:
 
 
 def list_losses(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="emotune losses", description="list the training objectives").parse_args(argv)
+    ArgumentParser(prog="emotune losses", description="list the training objectives").parse_args(argv)
     print(describe())
     return 0

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from emotune.atomic import write_text
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.launch.launcher import (
     LaunchPlan,
     build_command,
@@ -29,7 +29,7 @@ from emotune.launch.launcher import (
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
-    ap = argparse.ArgumentParser(prog="emotune launch", description=__doc__.splitlines()[0],
+    ap = ArgumentParser(prog="emotune launch", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
     ap.add_argument("config", help="training run config (YAML)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
@@ -57,8 +57,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
         if not sep or not key:
             raise EmotuneError(f"--env expects KEY=VALUE, got {item!r}")
         env[key] = value
-    if not Path(args.config).is_file():
-        raise EmotuneError(f"config file {args.config} does not exist")
+    from emotune.pipeline.config import load_config
+
+    load_config(args.config, args.overrides)  # a bad run config fails here, not on every rank of every node
+    if args.gpus_per_node is not None and args.gpus_per_node < 0:
+        raise EmotuneError(f"--gpus-per-node {args.gpus_per_node}: must be 0 or more")
     plan = LaunchPlan(config=args.config, overrides=args.overrides, launcher=args.launcher, nodes=args.nodes,
                       procs_per_node=args.procs_per_node, hostfile=args.hostfile, node_rank=args.node_rank,
                       master_addr=args.master_addr, master_port=args.master_port, ssh_port=args.ssh_port, ssh_check=not args.no_ssh_check,

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from emotune.atomic import write_text
 from emotune.errors import EmotuneError
+from emotune.sbatch import check_line_value, check_sbatch_args
+from emotune.sbatch import job_name as safe_job_name
 
 ENTRY_MODULE = "emotune.launch.train_entry"
 # Forwarded to remote ranks when set here (cluster network and cache settings).
@@ -62,6 +64,11 @@ class LaunchPlan:
             raise EmotuneError("several nodes with the deepspeed launcher need --hostfile (or use --launcher torchrun)")
         if not 1 <= self.master_port <= 65535:
             raise EmotuneError(f"--master-port {self.master_port} is not a port number")
+        if self.ssh_port is not None and not 1 <= self.ssh_port <= 65535:
+            raise EmotuneError(f"--ssh-port {self.ssh_port} is not a port number")
+        if self.timeout_minutes is not None and self.timeout_minutes < 1:
+            raise EmotuneError(f"--timeout-minutes {self.timeout_minutes}: must be at least 1")
+        check_line_value(self.master_addr, "--master-addr")
 
 
 def read_hostfile(path: str) -> list[tuple[str, int]]:
@@ -179,17 +186,18 @@ def _gpu_line(gpus: int) -> str:
 
 
 def _extra(lines: list[str]) -> str:
-    return "".join(f"#SBATCH {x}\n" for x in lines)
+    return "".join(f"#SBATCH {x}\n" for x in check_sbatch_args(lines, "extra #SBATCH line"))
 
 
 def sbatch_train_script(plan: LaunchPlan, run_dir: str, gpus_per_node: int, job_name: str = "emotune-train",
                         workdir: str | None = None, extra: list[str] | None = None, python: str | None = None) -> str:
     """A training sbatch script for `plan` (nodes x procs_per_node); the hostfile is made from SLURM's node list."""
     plan.validate(slurm=True)
+    check_line_value(run_dir, "--sbatch directory")  # it goes into the #SBATCH --output line
     env_file = str(Path(run_dir) / ".deepspeed_env")
     launcher = "deepspeed" if python is None else f"{python} -m deepspeed.launcher.runner"
     return SBATCH_TRAIN.format(
-        job_name=job_name, nodes=plan.nodes, gpu_line=_gpu_line(gpus_per_node), log_dir=shlex.quote(run_dir),
+        job_name=safe_job_name(job_name), nodes=plan.nodes, gpu_line=_gpu_line(gpus_per_node), log_dir=shlex.quote(run_dir),
         extra=_extra(extra or []), workdir=shlex.quote(workdir or os.getcwd()), master_port=plan.master_port,
         env_file=shlex.quote(env_file), run_dir=shlex.quote(run_dir), procs_per_node=plan.procs_per_node,
         launcher=launcher, entry=ENTRY_MODULE, args=" ".join(shlex.quote(a) for a in entry_args(plan)),
@@ -199,6 +207,7 @@ def sbatch_train_script(plan: LaunchPlan, run_dir: str, gpus_per_node: int, job_
 def sbatch_eval_script(command: list[str], log_dir: str, gpus: int = 1, job_name: str = "emotune-eval",
                        workdir: str | None = None, extra: list[str] | None = None) -> str:
     """An evaluation sbatch script running `command` (an argv list, quoted here)."""
-    return SBATCH_EVAL.format(job_name=job_name, gpu_line=_gpu_line(gpus), log_dir=shlex.quote(log_dir),
+    check_line_value(log_dir, "--sbatch directory")
+    return SBATCH_EVAL.format(job_name=safe_job_name(job_name), gpu_line=_gpu_line(gpus), log_dir=shlex.quote(log_dir),
                               extra=_extra(extra or []), workdir=shlex.quote(workdir or os.getcwd()),
                               command=shlex.join(command))

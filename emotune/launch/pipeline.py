@@ -51,10 +51,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError
 
 log = logging.getLogger("emotune.pipeline")
 
@@ -66,7 +66,7 @@ class _Strict(BaseModel):
 class TrainPart(_Strict):
     config: str
     overrides: list[str] = Field(default_factory=list)
-    command: list[str] | None = None
+    command: list[str] | None = Field(None, min_length=1)
 
 
 class EvalPart(_Strict):
@@ -98,7 +98,7 @@ class RunPart(_Strict):
 class PipelineConfig(_Strict):
     train: TrainPart | None = None
     runs: list[RunPart] = Field(default_factory=list)
-    prepare: list[list[str]] = Field(default_factory=list)
+    prepare: list[Annotated[list[str], Field(min_length=1)]] = Field(default_factory=list)
     run_dir: str | None = None
     eval: EvalPart
     report: ReportPart = Field(default_factory=ReportPart)
@@ -176,7 +176,9 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        if first["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in first:
+            msg += f" (got {first['input']!r})"
         raise EmotuneError(f"{path}: {loc}: {msg}") from None
 
 
@@ -190,7 +192,7 @@ def scheduler_args(ev: EvalPart) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
+    ap = ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
                                  "lands, and write the report — one command.")
     ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")
     ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, train.overrides=[...])")
@@ -199,17 +201,21 @@ def main(argv: list[str]) -> int:
     cfg = load_pipeline_config(args.config, args.overrides)
 
     from emotune.eval.report import make_report
-    from emotune.eval.scheduler import make_scheduler
+    from emotune.eval.scheduler import check_scheduler_args, make_scheduler
     from emotune.pipeline.config import load_config
 
-    runs = expand_runs(cfg)
+    try:  # name the pipeline file: these settings come from it
+        runs = expand_runs(cfg)
+        check_scheduler_args(scheduler_args(cfg.eval))
+    except EmotuneError as err:
+        raise EmotuneError(f"{args.config}: {err}") from None
+    for run in runs:  # fail early, before anything runs ({run:...} references are filled later)
+        overrides = [o for o in run.train.overrides if "{run:" not in o]
+        load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))
     for command in cfg.prepare:
         log.info("prepare: %s", " ".join(command))
         if subprocess.run(resolve_command(command)).returncode != 0:
             raise EmotuneError(f"pipeline prepare step {' '.join(command)!r} failed")
-    for run in runs:  # fail early, before any training starts ({run:...} references are filled later)
-        overrides = [o for o in run.train.overrides if "{run:" not in o]
-        load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))
 
     schedulers, done, failed = [], {}, None
     for run in runs:

@@ -6,12 +6,13 @@ paper's Table 2 are computed against it. Nothing is downloaded; the same seed gi
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from emotune.errors import ArgumentParser
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="emotune synth", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="emotune synth", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0, help="the base (pre-training) language")
     ap.add_argument("--shift-seed", type=int, default=None, help="the fine-tuning domain (default seed+100)")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, yaml_error
 from emotune.objectives.registry import resolve
 
 
@@ -57,7 +57,7 @@ class DataConfig(_Strict):
     dataset_config_name: str | None = None  # ... and its config (e.g. wikitext-103-raw-v1)
     train_split: str = "train"
     validation_split: str | None = "validation"  # hub split name, if the dataset has one
-    train_files: list[str] | None = None  # local .txt / .jsonl / .json / .parquet
+    train_files: list[str] | None = Field(None, min_length=1)  # local .txt / .jsonl / .json / .parquet
     validation_files: list[str] | None = None
     validation_split_percentage: float = Field(0.0, ge=0, lt=100)  # carve validation from train if no other source
     text_column: str = "text"
@@ -208,7 +208,7 @@ def _list_index(node: list, part: str, item: str) -> int:
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check its spelling and section)"
     elif first["type"] == "missing":
@@ -233,11 +233,11 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise EmotuneError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a run config is YAML") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise EmotuneError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise yaml_error(path, err) from None
     if not isinstance(data, dict):
         raise EmotuneError(f"{path}: a run config must be a mapping of keys to values")
     return data

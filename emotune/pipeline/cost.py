@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, one_line
+from emotune.hub import check_safetensors, hub_kwargs, resolve, safetensors_files
 from emotune.objectives.cost import CostEmbedding
 
 # Where causal LMs keep the output embedding; tied models keep only the input one.
@@ -32,26 +33,53 @@ def _fetch(source: str, filename: str) -> Path | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import EntryNotFoundError
 
-        return Path(hf_hub_download(source, filename))
+        return Path(hf_hub_download(source, filename, **hub_kwargs(source, KEY, filename=filename)))
     except EntryNotFoundError:
         return None
+    except EmotuneError:
+        raise
     except Exception as err:  # offline, unknown repo, gated...
-        raise EmotuneError(f"cost checkpoint {source!r} is neither a local directory nor reachable on the hub: {err}") from None
+        raise EmotuneError(f"{KEY}: cost checkpoint {source!r} is neither a local directory nor reachable on the hub: "
+                           f"{one_line(err)}") from None
+
+
+KEY = "objective.cost_source"
+
+
+def check_cost_source(source: str) -> None:
+    """Cheap checks before training starts: the folder exists and its safetensors headers read (a hub id:
+    reachable or cached)."""
+    resolve(source, KEY)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = safetensors_files(path, KEY)
+        if not files:
+            raise EmotuneError(f"{KEY}: {source} holds no model.safetensors (only safetensors weights are read)")
+        for file in files:
+            check_safetensors(file)
 
 
 def load_lm_head(source: str) -> torch.Tensor:
     """The `[V, H]` output embedding of the checkpoint at `source` (directory or hub id)."""
+    check_cost_source(source)
     index_file = _fetch(source, "model.safetensors.index.json")
     if index_file is not None:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
+        try:
+            weight_map = dict(json.loads(index_file.read_text())["weight_map"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise EmotuneError(f"{index_file}: not a valid safetensors index ({one_line(err)})") from None
     else:
         single = _fetch(source, "model.safetensors")
         if single is None:
             raise EmotuneError(f"cost checkpoint {source}: no model.safetensors(.index.json) found (only safetensors weights are read)")
+        check_safetensors(single)
         with safe_open(str(single), "pt") as f:
             weight_map = {k: "model.safetensors" for k in f.keys()}
     config_file = _fetch(source, "config.json")
-    tied = json.loads(config_file.read_text()).get("tie_word_embeddings", True) if config_file else True
+    try:
+        tied = json.loads(config_file.read_text()).get("tie_word_embeddings", True) if config_file else True
+    except (ValueError, AttributeError) as err:
+        raise EmotuneError(f"{config_file}: not a valid model config ({one_line(err)})") from None
     keys = HEAD_KEYS + (TIED_KEYS if tied or not any(k in weight_map for k in HEAD_KEYS) else ())
     key = next((k for k in keys if k in weight_map), None)
     if key is None:
@@ -59,8 +87,12 @@ def load_lm_head(source: str) -> torch.Tensor:
     shard = _fetch(source, weight_map[key])
     if shard is None:
         raise EmotuneError(f"cost checkpoint {source}: shard {weight_map[key]} named by the index is missing")
-    with safe_open(str(shard), "pt") as f:
-        return f.get_tensor(key)
+    check_safetensors(shard)
+    try:
+        with safe_open(str(shard), "pt") as f:
+            return f.get_tensor(key)
+    except Exception as err:  # noqa: BLE001 - a shard cut inside the tensor data
+        raise EmotuneError(f"{shard}: cannot read tensor {key} ({one_line(err)})") from None
 
 
 def external_cost(source: str, vocab_size: int) -> CostEmbedding:

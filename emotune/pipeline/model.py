@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from emotune.atomic import publish_dir
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, one_line
+from emotune.hub import resolve
 from emotune.objectives.cost import CostEmbedding
 
 log = logging.getLogger("emotune.model")
@@ -65,13 +66,22 @@ def load_tokenizer(cfg, rank: int = 0, barrier=lambda: None, texts_for_training=
         else:
             barrier()
         return AutoTokenizer.from_pretrained(str(path))
-    source = m.tokenizer_name_or_path or m.name_or_path
-    if source is None:
-        raise EmotuneError("model.config builds a fresh model: set model.tokenizer_name_or_path or model.train_tokenizer_vocab_size")
+    source, key = tokenizer_source(cfg)
+    extra = resolve(source, key, m.revision, need_tokenizer=True, filename="tokenizer_config.json")
     try:
-        return AutoTokenizer.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, revision=m.revision, trust_remote_code=m.trust_remote_code, **extra)
     except Exception as err:
-        raise EmotuneError(f"model.tokenizer_name_or_path: cannot load a tokenizer from {source!r}: {err}") from None
+        raise EmotuneError(f"{key}: cannot load a tokenizer from {source!r}: {one_line(err)}") from None
+
+
+def tokenizer_source(cfg) -> tuple[str, str]:
+    """(where the tokenizer comes from, the config key naming it)."""
+    m = cfg.model
+    if m.tokenizer_name_or_path:
+        return m.tokenizer_name_or_path, "model.tokenizer_name_or_path"
+    if m.name_or_path is None:
+        raise EmotuneError("model.config builds a fresh model: set model.tokenizer_name_or_path or model.train_tokenizer_vocab_size")
+    return m.name_or_path, "model.name_or_path"
 
 
 def ensure_pad_token(tokenizer, how: str) -> bool:
@@ -97,7 +107,7 @@ def load_model(cfg, tokenizer):
 
     Call it while an `HfDeepSpeedConfig` for ZeRO-3 is alive to get a partitioned (zero.Init) model.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     m = cfg.model
     dtype = DTYPES[cfg.dtype_name]
@@ -105,27 +115,20 @@ def load_model(cfg, tokenizer):
     if m.attn_implementation:
         kwargs["attn_implementation"] = m.attn_implementation
     if m.name_or_path is not None:
-        path = Path(m.name_or_path)
-        if not path.exists() and (m.name_or_path.startswith((".", "/")) or m.name_or_path.count("/") > 1):
-            raise EmotuneError(f"model.name_or_path: model directory {m.name_or_path} not found")
+        kwargs.update(resolve(m.name_or_path, "model.name_or_path", m.revision, need_weights=True))
         try:
             model = AutoModelForCausalLM.from_pretrained(m.name_or_path, revision=m.revision, **kwargs)
         except EmotuneError:
             raise
         except (OSError, ValueError) as err:
-            raise EmotuneError(f"model.name_or_path: cannot load a causal LM from {m.name_or_path!r}: {err}") from None
+            raise EmotuneError(f"model.name_or_path: cannot load a causal LM from {m.name_or_path!r}: {one_line(err)}") from None
     else:
-        params = dict(m.config)
-        model_type = params.pop("model_type")
-        params.setdefault("vocab_size", len(tokenizer))
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            params.setdefault(key, getattr(tokenizer, key))
-        try:
-            config = AutoConfig.for_model(model_type, **params)
-        except (ValueError, TypeError) as err:
-            raise EmotuneError(f"model.config: {err}") from None
+        config = fresh_config(cfg, tokenizer)
         torch.manual_seed(cfg.seed)  # the fresh model is the same on every rank and every run
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=m.trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=m.trust_remote_code)
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise EmotuneError(f"model.config: cannot build a {config.model_type} model: {one_line(err)}") from None
     added = ensure_pad_token(tokenizer, m.pad_token)
     resize_embeddings(model, tokenizer, m.pad_to_multiple_of, mean_init=added)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -133,6 +136,73 @@ def load_model(cfg, tokenizer):
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False
     return model
+
+
+def fresh_config(cfg, tokenizer=None):
+    """The transformers config of `model.config` (tokenizer: fills vocab size and special ids), validated:
+    sizes that do not fit (hidden size vs heads, ...) are one EmotuneError naming the key."""
+    from transformers import AutoConfig
+
+    params = dict(cfg.model.config)
+    model_type = params.pop("model_type")
+    if tokenizer is not None:
+        params.setdefault("vocab_size", len(tokenizer))
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            params.setdefault(key, getattr(tokenizer, key))
+    try:
+        config = AutoConfig.for_model(model_type, **params)
+    except Exception as err:  # noqa: BLE001 - ValueError, TypeError, huggingface_hub's StrictDataclassError...
+        raise EmotuneError(f"model.config: {one_line(err)}") from None
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    kv = getattr(config, "num_key_value_heads", None)
+    for name in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
+        value = getattr(config, name, None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise EmotuneError(f"model.config.{name}: must be a positive integer (got {value!r})")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise EmotuneError(f"model.config: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    if isinstance(heads, int) and isinstance(kv, int) and kv > 0 and heads % kv:
+        raise EmotuneError(f"model.config: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
+    return config
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a transformers config allows (None: no limit recorded)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_model_config(cfg) -> None:
+    """What can be checked from the model's config alone, before anything is written: it builds, and the
+    data's sequences (data.block_size / data.max_length) fit its position embeddings."""
+    from transformers import AutoConfig
+
+    m = cfg.model
+    if m.config is not None:
+        config = fresh_config(cfg)
+    else:
+        extra = resolve(m.name_or_path, "model.name_or_path", m.revision, need_weights=True)
+        try:
+            config = AutoConfig.from_pretrained(m.name_or_path, revision=m.revision,
+                                                trust_remote_code=m.trust_remote_code, **extra)
+        except EmotuneError:
+            raise
+        except Exception as err:  # noqa: BLE001 - OSError, ValueError, JSON errors: one line
+            raise EmotuneError(f"model.name_or_path: cannot load a model config from {m.name_or_path!r}: "
+                               f"{one_line(err)}") from None
+    if not m.train_tokenizer_vocab_size:
+        source, key = tokenizer_source(cfg)
+        resolve(source, key, m.revision, need_tokenizer=True, filename="tokenizer_config.json")
+    limit = max_positions(config)
+    key = "data.block_size" if cfg.data.format == "text" else "data.max_length"
+    length = cfg.data.block_size if cfg.data.format == "text" else cfg.data.max_length
+    if limit is not None and length > limit:
+        raise EmotuneError(f"{key}={length} is longer than the model's {limit} position embeddings "
+                           f"(max_position_embeddings); lower {key}")
 
 
 def resize_embeddings(model, tokenizer, pad_to_multiple_of: int | None = None, mean_init: bool = True) -> None:

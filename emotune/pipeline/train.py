@@ -17,6 +17,7 @@ are summed and divided by the step's number of target tokens, so 1 rank x 2 accu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 from emotune.atomic import AppendLog, read_json, write_yaml
-from emotune.errors import EmotuneError
+from emotune.errors import ArgumentParser, EmotuneError, one_line
 from emotune.pipeline.config import TrainConfig, load_config
 
 log = logging.getLogger("emotune.train")
@@ -97,9 +98,12 @@ def deepspeed_config(cfg: TrainConfig, world_size: int | None, hidden_size: int 
     if not path.is_file():
         raise EmotuneError(f"deepspeed: DeepSpeed config {cfg.deepspeed} not found")
     try:
-        ds = json.loads(path.read_text())
+        ds = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise EmotuneError(f"{path}: line {err.lineno}: invalid JSON: {err.msg}") from None
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8)") from None
+    check_deepspeed_shape(ds, path)
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     h = hidden_size or 1024
     fill = {
@@ -134,6 +138,75 @@ def deepspeed_config(cfg: TrainConfig, world_size: int | None, hidden_size: int 
     if leftover:
         raise EmotuneError(f"{path}: cannot fill \"auto\" for {leftover[0]}")
     return ds
+
+
+# Sections that must be JSON objects, and keys that must be numbers (or "auto"), in a DeepSpeed config.
+_DS_SECTIONS = ("zero_optimization", "optimizer", "optimizer.params", "bf16", "fp16", "scheduler", "activation_checkpointing",
+                "zero_optimization.offload_param", "zero_optimization.offload_optimizer", "flops_profiler", "comms_logger")
+_DS_INTS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "steps_per_print")
+_DS_NUMBERS = ("gradient_clipping",)
+
+
+def check_deepspeed_shape(ds, path: Path) -> None:
+    """The shape and types our filling relies on, so a wrong one is a line naming the key, not a crash."""
+    if not isinstance(ds, dict):
+        raise EmotuneError(f"{path}: a DeepSpeed config must be a JSON object, not {type(ds).__name__}")
+    for dotted in _DS_SECTIONS:
+        node, parts = ds, dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and parts[-1] in node and not isinstance(node[parts[-1]], dict):
+            raise EmotuneError(f"{path}: {dotted} must be a JSON object, not {type(node[parts[-1]]).__name__}")
+    for key in _DS_INTS + _DS_NUMBERS:
+        value = ds.get(key)
+        if value is None or value == "auto":
+            continue
+        ok = isinstance(value, int) and value >= 1 if key in _DS_INTS else isinstance(value, (int, float)) and value >= 0
+        if isinstance(value, bool) or not ok:
+            raise EmotuneError(f"{path}: {key} must be \"auto\" or a {'positive integer' if key in _DS_INTS else 'number >= 0'}"
+                               f" (got {value!r})")
+    if "optimizer" in ds and not isinstance(ds["optimizer"].get("type"), str):
+        raise EmotuneError(f"{path}: optimizer.type must be a string (e.g. \"AdamW\")")
+
+
+def check_deepspeed(ds: dict, source: str) -> None:
+    """Let DeepSpeed's own config parser judge the rest (ZeRO stage, unknown keys, value types), before any
+    process group exists. train_batch_size is left out: it depends on the world size, checked at start."""
+    from pydantic import ValidationError
+
+    trial = {k: v for k, v in ds.items() if k != "train_batch_size"}
+    try:
+        with _held_deepspeed_logs():
+            from deepspeed.runtime.config import DeepSpeedConfig
+
+            DeepSpeedConfig(trial)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        section = {"DeepSpeedZeroConfig": "zero_optimization"}.get(err.title, err.title)
+        raise EmotuneError(f"{source}: {section}.{loc}: {first['msg']} (got {first.get('input')!r})") from None
+    except Exception as err:  # noqa: BLE001 - DeepSpeed raises AssertionError, TypeError, ValueError...
+        raise EmotuneError(f"{source}: DeepSpeed rejects it: {one_line(err)}") from None
+
+
+@contextlib.contextmanager
+def _held_deepspeed_logs():
+    """Hold back what DeepSpeed logs while it is imported and parses the config (its accelerator notice):
+    replayed when the check passes, dropped when it fails, so a bad config stays one line on stderr."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    ds_log = logging.getLogger("DeepSpeed")  # deepspeed.utils.logging's logger, filters survive its setup
+    ds_log.addFilter(hold)
+    try:
+        yield
+    finally:
+        ds_log.removeFilter(hold)
+    for record in held:  # reached only when the block succeeded
+        ds_log.handle(record)
 
 
 def _walk(d: dict, prefix: str = ""):
@@ -246,14 +319,24 @@ def preflight(cfg: TrainConfig) -> None:
         for f in files or []:
             if not Path(f).is_file():
                 raise EmotuneError(f"{key}: data file {f} not found")
-    name = cfg.model.name_or_path
-    if name is not None and not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise EmotuneError(f"model.name_or_path: model directory {name} not found")
+    from emotune.pipeline.checkpoint import find_resume
+    from emotune.pipeline.data import check_local_files
+    from emotune.pipeline.model import check_model_config
+
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise EmotuneError(f"output_dir: {out} is a file, not a run directory")
+    spec = cfg.resume_from_checkpoint
+    if spec is not None and str(spec).lower() not in ("latest", "true", "auto", "none", "false", ""):
+        find_resume(out, spec)  # an explicit state must exist and be complete
+
+    check_local_files(cfg)  # every record of every local file, with file and line
+    check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
     if cfg.objective.cost == "external":
-        src = cfg.objective.cost_source
-        if src.startswith((".", "/", "~")) and not Path(src).is_dir():
-            raise EmotuneError(f"objective.cost_source: checkpoint directory {src} not found")
-    deepspeed_config(cfg, None, None)  # the DeepSpeed JSON exists, parses and agrees with the run config
+        from emotune.pipeline.cost import check_cost_source
+
+        check_cost_source(cfg.objective.cost_source)
+    check_deepspeed(deepspeed_config(cfg, None, None), cfg.deepspeed)  # exists, parses, agrees with the run config
     if cfg.fused_loss:
         try:
             importlib.import_module("emotune.pipeline.fused_head")
@@ -301,11 +384,15 @@ def _run(cfg: TrainConfig) -> TrainResult:
     if cfg.model.config is not None:
         hidden = cfg.model.config.get("hidden_size") or cfg.model.config.get("n_embd")
     else:
+        from emotune.hub import resolve
+
+        extra = resolve(cfg.model.name_or_path, "model.name_or_path", cfg.model.revision)
         try:
             mc = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision,
-                                            trust_remote_code=cfg.model.trust_remote_code)
+                                            trust_remote_code=cfg.model.trust_remote_code, **extra)
         except (OSError, ValueError) as err:
-            raise EmotuneError(f"model.name_or_path: cannot load a model config from {cfg.model.name_or_path!r}: {err}") from None
+            raise EmotuneError(f"model.name_or_path: cannot load a model config from {cfg.model.name_or_path!r}: "
+                               f"{one_line(err)}") from None
         hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", None)
     ds_config = deepspeed_config(cfg, world, hidden)
     hf_ds = HfDeepSpeedConfig(ds_config)  # noqa: F841  (must stay alive: from_pretrained partitions via zero.Init)
@@ -512,7 +599,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
 # CLI
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="emotune train", description="Fine-tune a causal LM with EMO (or MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3.",
+    ap = ArgumentParser(prog="emotune train", description="Fine-tune a causal LM with EMO (or MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3.",
                                  epilog="Example: emotune train configs/train/tiny-cpu.yaml max_steps=20 objective.name=mle")
     ap.add_argument("config", help="run config (YAML)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for sections (data.block_size=128)")
