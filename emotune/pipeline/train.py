@@ -319,7 +319,7 @@ def preflight(cfg: TrainConfig) -> None:
         for f in files or []:
             if not Path(f).is_file():
                 raise EmotuneError(f"{key}: data file {f} not found")
-    from emotune.pipeline.checkpoint import find_resume
+    from emotune.pipeline.checkpoint import locate_state
     from emotune.pipeline.data import check_local_files
     from emotune.pipeline.model import check_model_config
 
@@ -328,7 +328,7 @@ def preflight(cfg: TrainConfig) -> None:
         raise EmotuneError(f"output_dir: {out} is a file, not a run directory")
     spec = cfg.resume_from_checkpoint
     if spec is not None and str(spec).lower() not in ("latest", "true", "auto", "none", "false", ""):
-        find_resume(out, spec)  # an explicit state must exist and be complete
+        locate_state(spec)  # an explicit state must exist and be complete
 
     check_local_files(cfg)  # every record of every local file, with file and line
     check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
