@@ -13,7 +13,7 @@ from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_tokenizer, one_tor
 
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory):
-    return TopkRetriever(None, cache_dir=tmp_path_factory.mktemp("cache"))
+    return TopkRetriever(None, cache_dir=tmp_path_factory.mktemp("cache"), roundtrip_tokenizer=None)  # raw text
 
 
 def test_topk_matches_float64_brute_force(retriever):
@@ -50,12 +50,12 @@ def test_index_embeddings_are_cached_per_task_encoder_and_data(tmp_path, retriev
             calls.append(len(texts))
             return super().embed(texts)
 
-    r1 = Counting(None, cache_dir=tmp_path)
+    r1 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)
     r1._model = retriever.model  # load the encoder once per module
     first = r1.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2")
     assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS)]
     assert len(list(tmp_path.glob("sst2-*.npy"))) == 1
-    r2 = Counting(None, cache_dir=tmp_path)  # a new run (another checkpoint): index read from disk
+    r2 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)  # a new run (another checkpoint): index read from disk
     r2._model = retriever.model
     assert r2.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2") == first
     assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS), len(TEST_TEXTS)]

@@ -19,7 +19,7 @@ from typing import Any
 
 from emotune.errors import EmotuneError
 from emotune.atomic import write_jsonl
-from emotune.eval.icl import openicl_ignore_id, tokenize_groups
+from emotune.eval.icl import openicl_ignore_id, prompt_record, tokenize_groups
 from emotune.eval.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.tasks import Task, check_columns, load_split
@@ -114,12 +114,12 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress)
         correct = 0
-        for (i, r), scores, pred in zip(items, scored.scores, scored.predictions):
+        for (i, r), scores, pred, cands in zip(items, scored.scores, scored.predictions, prompts):
             gold = answer_index(r["answer"], f"test row {i}")
             correct += pred == gold
             records.append({"id": i, "subject": subject, "input": r["question"],
                             "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
-                            "gold": LETTERS[gold], "correct": pred == gold})
+                            "gold": LETTERS[gold], "correct": pred == gold, **prompt_record(cands, list(LETTERS))})
         per_subject[subject] = (correct, len(items))
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
