@@ -174,3 +174,26 @@ def test_openicl_templates_render_as_openicl(tmp_path_factory, shims, tmp_path):
     result = run_icl_task(task, model, tokenizer, tmp_path / "ours", progress=False,
                           retriever=TopkRetriever(None, cache_dir=tmp_path / "cache"))
     assert_predictions_file_matches(tmp_path / "ours", result, log, [0, 1], predictions, ids)
+
+
+@pytest.mark.parametrize("templates, tokens", [
+    ({0: "</E>Review: <X> It is positive.", 1: "</E>Review: <X> It is negative."}, {"text": "<X>"}),
+    ({0: "Task.\n</E>Q: </text>\nA: yes", 1: "Task.\n</E>Q: </text>\nA: no"}, {"text": "</text>"}),
+    ({0: "</q> means yes</E>", 1: "</q> means no</E>"}, {"text": "</q>"}),  # demos at the end
+    ({0: "</E><X1>? Yes, <X2>", 1: "</E><X1>? No, <X2>"}, {"premise": "<X1>", "hypothesis": "<X2>"}),
+    ({0: "Review: <X> It is positive.", 1: "Review: <X> It is negative."}, {"text": "<X>"}),  # our short form
+])
+def test_template_rendering_is_openicls(templates, tokens):
+    """Demos and candidate prompts as OpenICL's PromptTemplate renders them, data holding placeholders too."""
+    from openicl import PromptTemplate
+
+    keys = {"column_token_map": tokens} if len(tokens) > 1 or "<X>" not in tokens.values() else {}
+    task = task_from_dict({"name": "t", "kind": "icl", "templates": templates,
+                           **(keys or {"input_columns": list(tokens)})})
+    ported = {k: v if "</E>" in v else "</E>" + v for k, v in templates.items()}
+    reference = PromptTemplate(ported, tokens, ice_token="</E>")
+    row = {c: f"value of {c} with {t} inside" for c, t in tokens.items()}  # OpenICL replaces those too
+    ice = "a demo quoting " + " and ".join(tokens.values()) + "\n"
+    for label in templates:
+        assert task.fill(label, row) == reference.generate_ice_item(row, label)
+        assert task.prompt(label, row, ice) == reference.generate_label_prompt_item(row, ice, label)
