@@ -117,6 +117,8 @@ def test_eval_command_writes_predictions_and_summary(setup, tmp_path, capsys):
     assert m["metrics"]["accuracy"] == pytest.approx(np.mean([p["correct"] for p in mp]))  # micro
     assert m["metrics"]["accuracy_macro"] == pytest.approx(np.mean(list(per.values())))  # macro
     assert m["metrics"]["subject/anatomy"] == pytest.approx(per["anatomy"])
+    for p in mp:  # every candidate prompt recorded: the common text once, the letters after it
+        assert p["prompt_prefix"].endswith("\nAnswer: ") and p["prompt_endings"] == {x: x for x in "ABCD"}
 
     # resume: finished tasks are not redone, new ones are added
     capsys.readouterr()
@@ -172,3 +174,94 @@ def test_max_tokens_drops_the_least_similar_demos(setup, tmp_path):
     assert all(len(r["demo_ids"]) == 8 for r in a)
     for r in b:
         assert 0 < len(r["demo_ids"]) < 8 and r["demo_ids"] == list(range(len(r["demo_ids"])))  # kept the first
+
+
+def task_file(path, data, ice_num=8, template='Review: "<X>" It is positive.'):
+    path.write_text(f"name: my_task\nkind: icl\ndataset: {{data_files: {{train: {data / 'sst2' / 'train.jsonl'}, "
+                    f"test: {data / 'sst2' / 'test.jsonl'}}}}}\ninput_columns: [text]\nice_num: {ice_num}\n"
+                    f"templates:\n  0: '{template}'\n  1: 'Review: \"<X>\" It is negative.'\n")
+    return path
+
+
+def test_documented_form_and_every_prompt_in_the_predictions_file(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from emotune.eval.retriever import TopkRetriever
+
+    task = task_file(tmp_path / "my_task.yaml", setup / "data")
+    out = tmp_path / "out"
+    # the task file first, options in between, settings last: as docs/evaluation.md shows it
+    assert emotune(["eval", str(task), "--model", str(setup / "model"), "--out", str(out), "limit=3",
+                    f"cache_dir={setup / 'cache'}", "progress=false"]) == 0
+    result = read_summary(out / "summary.json")["tasks"]["my_task"]
+    assert result["n_examples"] == 3 and result["settings"]["roundtrip_tokenizer"] == "model"
+    records = [json.loads(x) for x in (out / result["predictions"]).read_text().splitlines()]
+    # the prompts the model saw, rebuilt independently of the evaluation run
+    tok = AutoTokenizer.from_pretrained(str(setup / "model"))
+    _, _, ids, prompts, _ = prepare(load_task(str(task)), TopkRetriever(None, cache_dir=setup / "cache"), limit=3,
+                                    tokenizer=tok)
+    assert [r["demo_ids"] for r in records] == ids
+    for r, cands in zip(records, prompts):
+        assert [r["prompt_prefix"] + r["prompt_endings"][k] for k in ("0", "1")] == cands
+        assert r["prompt_endings"] == {"0": "positive.", "1": "negative."}  # the common text is stored once
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def test_resume_only_with_the_same_settings(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(setup / "model", model)
+    task = task_file(tmp_path / "my_task.yaml", setup / "data")
+
+    def again(*extra, ok=True):
+        capsys.readouterr()
+        rc = emotune(["eval", str(task), "--model", str(model), "--out", str(out), "limit=2",
+                      f"cache_dir={setup / 'cache'}", "progress=false", *extra])
+        return rc, capsys.readouterr()
+
+    assert again()[0] == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, cap = again("batch_size=3", "shared_prefix=false")  # speed only: the same results, skipped
+    assert rc == 0 and "my_task: already in" in cap.out
+    assert (out / "my_task.predictions.jsonl").read_bytes() == files["my_task.predictions.jsonl"]
+    entry = read_summary(out / "summary.json")["tasks"]["my_task"]
+
+    def refused(setting, *extra):
+        rc, cap = again(*extra)
+        assert rc == 2 and cap.err.count("\n") == 1 and "Traceback" not in cap.err, cap.err
+        assert "my_task" in cap.err and f"with {setting}=" in cap.err and "summary.json" in cap.err, cap.err
+        assert read_summary(out / "summary.json")["tasks"]["my_task"] == entry  # nothing lost
+        assert (out / "my_task.predictions.jsonl").read_bytes() == files["my_task.predictions.jsonl"]
+
+    refused("limit", "limit=3")
+    refused("scoring", "scoring=continuation")
+    refused("roundtrip_tokenizer", "roundtrip_tokenizer=none")
+    refused("encoder", "encoder=all-mpnet-base-v2")
+    refused("dtype", "dtype=bfloat16")
+    task_file(task, setup / "data", ice_num=4)
+    refused("ice_num")
+    task_file(task, setup / "data", template='Review: "<X>" It was positive.')
+    refused("task_definition")
+    task_file(task, setup / "data")
+    weights = (model / "model.safetensors").read_bytes()
+    build_llama(model, len(load_tokenizer(model)), seed=11)  # other weights in the same folder
+    refused("model")
+    (model / "model.safetensors").write_bytes(weights)  # the original weights again: skipped
+    rc, cap = again()
+    assert rc == 0 and "already in" in cap.out
+    # resume=false evaluates again with the new settings
+    rc, cap = again("limit=3", "resume=false")
+    assert rc == 0 and read_summary(out / "summary.json")["tasks"]["my_task"]["n_examples"] == 3
+    # a result that records no settings (an older emotune) is not trusted
+    summary = read_summary(out / "summary.json")
+    del summary["tasks"]["my_task"]["settings"]["resume_key"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    rc, cap = again("limit=3")
+    assert rc == 2 and "records no settings" in cap.err and cap.err.count("\n") == 1
