@@ -197,3 +197,19 @@ def test_template_rendering_is_openicls(templates, tokens):
     for label in templates:
         assert task.fill(label, row) == reference.generate_ice_item(row, label)
         assert task.prompt(label, row, ice) == reference.generate_label_prompt_item(row, ice, label)
+
+
+def test_multiple_choice_templates_show_only_their_own_answer():
+    """OpenICL's commonsense_qa style: each template holds the question and one answer's placeholder."""
+    from openicl import PromptTemplate
+
+    tokens = {"question": "</Q>", "A": "</Ans1>", "B": "</Ans2>"}
+    templates = {"A": "</E>Answer the following question:\n</Q>\nAnswer: </Ans1>",
+                 "B": "</E>Answer the following question:\n</Q>\nAnswer: </Ans2>"}
+    task = task_from_dict({"name": "csqa", "kind": "icl", "column_token_map": tokens, "templates": templates,
+                           "label_column": "answerKey"})
+    reference = PromptTemplate(templates, tokens, ice_token="</E>")
+    row = {"question": "Where do fish live?", "A": "water", "B": "trees"}
+    for label in templates:
+        assert task.fill(label, row) == reference.generate_ice_item(row, label)
+        assert task.prompt(label, row, "demo\n") == reference.generate_label_prompt_item(row, "demo\n", label)

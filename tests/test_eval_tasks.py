@@ -204,3 +204,8 @@ def test_task_names_must_be_safe_for_directories_and_job_names(tmp_path, name):
 def test_safe_task_names_pass(tmp_path):
     for name in ("ag_news", "generation-ptb", "v1.2", "MMLU_5shot"):
         assert load_task_file(write_task(tmp_path, GOOD.replace("name: t", f"name: {name}"))).name == name
+
+
+def test_a_template_without_any_placeholder_is_refused():
+    with pytest.raises(EmotuneError, match=r"templates\.1' has none of the placeholders <X1>, <X2>"):
+        icl({0: "<X1> yes", 1: "It is no."}, column_token_map={"premise": "<X1>", "hypothesis": "<X2>"})

@@ -163,9 +163,11 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
 
 def check_templates(templates: dict, placeholders: dict[str, str], ice_token: Any, source: str,
                     key: str = "input_columns") -> None:
-    """Reject what cannot render as meant: a missing placeholder, placeholders that overlap (replacing one
-    would eat into another), an ice token in some templates only or twice in one, and placeholder-like
-    tokens that nothing replaces (OpenICL's `</E>` or `</text>` would stay in every prompt as text)."""
+    """Reject what cannot render as meant: a template without any placeholder (the test input would not be
+    in it), placeholders that overlap (replacing one would eat into another), an ice token in some
+    templates only or twice in one, and placeholder-like tokens that nothing replaces (OpenICL's `</E>` or
+    `</text>` would stay in every prompt as text). As in OpenICL, a template need not hold every
+    placeholder (a multiple-choice template shows only its own answer's column)."""
     if not isinstance(ice_token, str) or not ice_token.strip():
         raise EmotuneError(f"{source}: key 'ice_token' must be a non-empty string (OpenICL's is {ICE_TOKEN!r})")
     tokens = list(placeholders.values())
@@ -183,9 +185,9 @@ def check_templates(templates: dict, placeholders: dict[str, str], ice_token: An
     for label, template in templates.items():
         if not isinstance(template, str):
             raise EmotuneError(f"{source}: key 'templates.{label}' must be a string")
-        for token in tokens:
-            if token not in template:
-                raise EmotuneError(f"{source}: key 'templates.{label}' has no {token} placeholder: {template!r}")
+        if not any(token in template for token in tokens):  # the test input would not be in the prompt
+            which = f"no {tokens[0]} placeholder" if len(tokens) == 1 else f"none of the placeholders {', '.join(tokens)}"
+            raise EmotuneError(f"{source}: key 'templates.{label}' has {which}: {template!r}")
         n = template.count(ice_token)
         if n > 1:
             raise EmotuneError(f"{source}: key 'templates.{label}' holds the ice token {ice_token!r} {n} times "
