@@ -265,3 +265,15 @@ def test_resume_only_with_the_same_settings(setup, tmp_path, capsys):
     (out / "summary.json").write_text(json.dumps(summary))
     rc, cap = again("limit=3")
     assert rc == 2 and "records no settings" in cap.err and cap.err.count("\n") == 1
+
+
+def test_positional_arguments_are_task_files_or_settings(setup, tmp_path, capsys):
+    model = ["--model", str(setup / "model")]
+    assert emotune(["eval", "sst2", *model, "--out", str(tmp_path / "o")]) == 2  # a task name, not a file
+    err = capsys.readouterr().err
+    assert "'sst2'" in err and "--tasks" in err and err.count("\n") == 1
+    (tmp_path / "file").write_text("x")
+    assert emotune(["eval", *model, "--tasks", "sst2", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a folder" in err and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "x"

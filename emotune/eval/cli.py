@@ -165,16 +165,19 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     files = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
+    for a in args.overrides:
+        if "=" not in a and a not in files:
+            raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
+                               "--tasks a,b")
     opts = parse_overrides([a for a in args.overrides if a not in files])
-    if args.suite:
-        tasks = load_suite(args.suite)
-    else:
-        names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
-        tasks = [load_task(t) for t in names]
+    names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
+    tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
     if not tasks:
         raise EmotuneError("no task given: use --suite NAME, --tasks a,b or a task YAML file")
     suite = args.suite or "custom"
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
     summary_path = out_dir / "summary.json"
 
     names = [t.name for t in tasks]
