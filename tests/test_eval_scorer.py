@@ -143,7 +143,12 @@ def test_a_bos_that_is_eos_is_left_out_like_openicl(tmp_path):
     nll = np.arange(1.0, len(ids))  # NLL of tokens 1..T-1
     assert rule_scores([ids], [nll], "full", ignore_id=openicl_ignore_id(opt)) == pytest.approx(
         [nll.sum() / (len(ids) - 1)])
+    # MMLU follows OpenCompass, which leaves out the pad token and pads with EOS only where there is none
+    from emotune.eval.mmlu import opencompass_ignore_id
+
+    assert opencompass_ignore_id(opt) == opt.pad_token_id != opt.eos_token_id  # OPT's BOS counts there
     gpt2 = build_gpt2_tokenizer(tmp_path / "gpt2")  # BOS == EOS too, but nothing is prepended: T counts all
+    assert gpt2.pad_token_id is None and opencompass_ignore_id(gpt2) == gpt2.eos_token_id
     ids = gpt2("the movie was great")["input_ids"]
     nll = np.arange(1.0, len(ids))
     assert rule_scores([ids], [nll], "full", ignore_id=openicl_ignore_id(gpt2)) == pytest.approx([nll.sum() / len(ids)])
