@@ -277,3 +277,23 @@ def test_positional_arguments_are_task_files_or_settings(setup, tmp_path, capsys
     err = capsys.readouterr().err
     assert "--out" in err and "not a folder" in err and err.count("\n") == 1
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_model_fingerprint_is_the_weights_not_the_folder(setup, tmp_path):
+    import shutil
+
+    from emotune.eval.resume import model_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(setup / "model", a)
+    shutil.copytree(setup / "model", b)
+    assert model_fingerprint(str(a)) == model_fingerprint(str(b))  # moved or copied: the same model
+    (a / "summary.json").write_text("{}")  # `--out` may be the model folder itself
+    (a / "sst2.predictions.jsonl").write_text("")
+    assert model_fingerprint(str(a)) == model_fingerprint(str(b))
+    (b / "config.json").write_text((b / "config.json").read_text().replace("}", ', "note": 1}', 1))
+    assert model_fingerprint(str(a)) != model_fingerprint(str(b))
+    # an emotune checkpoint: its manifest's hashes, not a re-hash of the weights
+    (a / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": "ab" * 32}}))
+    assert model_fingerprint(str(a)).startswith("manifest:")
+    assert model_fingerprint("no-such-org/no-such-model") == "hub:no-such-org/no-such-model"

@@ -42,12 +42,23 @@ def _digest(items: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:24]
 
 
+# what transformers loads from a model folder: weights, configs, tokenizer files, remote code, templates
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken", ".py", ".jinja")
+# ... but not an evaluation's own outputs (`--out` may be the model folder) nor Trainer state
+_NOT_MODEL = {"summary.json", "job-result.json", "training_args.bin", "trainer_state.json"}
+
+
+def _model_file(f: Path) -> bool:
+    return f.suffix in _MODEL_SUFFIXES and f.name not in _NOT_MODEL
+
+
 def model_fingerprint(model: str) -> str:
     """What identifies the weights behind `--model`.
 
     An emotune checkpoint: a hash over its manifest's file hashes (the same weights give the same value
-    wherever the folder lives). Another local folder: a hash over its top-level files' contents (a
-    Hugging Face model folder is flat; results written into a subfolder do not count). A hub id: the
+    wherever the folder lives). Another local folder: a hash over the contents of its top-level model files
+    (weights, configs, tokenizer; a Hugging Face model folder is flat, and evaluation outputs or optimizer
+    states there do not count). A hub id: the
     cached snapshot's commit where there is one, else the id.
     """
     path = Path(model)
@@ -62,7 +73,7 @@ def model_fingerprint(model: str) -> str:
             except (OSError, ValueError, BadCheckpoint):
                 pass  # not an emotune manifest: hash the files
         try:
-            files = [(f.name, _sha256_file(f)) for f in path.iterdir() if f.is_file()]
+            files = [(f.name, _sha256_file(f)) for f in sorted(path.iterdir()) if f.is_file() and _model_file(f)]
         except OSError as err:
             raise EmotuneError(f"--model {model}: cannot read its files ({err.strerror})") from None
         return "sha256:" + _digest(files)
