@@ -171,6 +171,8 @@ def test_openicl_templates_are_accepted_and_put_the_demos_at_the_ice_token():
     assert ported.prompt(1, row, "D1\nD2\n") == "Sentiment.\nD1\nD2\nReview: fine bad"
     native = icl({0: "<X> good", 1: "<X> bad"})  # no ice token: the demos go in front
     assert native.prompt(0, {"text": "x"}, "D\n") == "D\nx good"
+    markup = icl({0: "<b>Review</b>: <X> good </s>", 1: "<b>Review</b>: <X> bad </s>"})  # not placeholders
+    assert markup.fill(0, {"text": "x"}) == "<b>Review</b>: x good </s>"
     other = icl({0: "[ICE]<X> good", 1: "[ICE]<X> bad"}, ice_token="[ICE]")
     assert other.prompt(1, {"text": "x"}, "D\n") == "D\nx bad" and "[ICE]" not in other.fill(0, {"text": "x"})
 

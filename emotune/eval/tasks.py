@@ -39,8 +39,16 @@ KINDS = ("icl", "mmlu", "generation", "oracle")
 ICE_TOKEN = "</E>"  # OpenICL's ice token: where a template wants the in-context examples
 # a task name becomes a directory name, a file name and part of a SLURM job name
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
-# placeholder-like tokens: OpenICL's `</name>` convention and our `<X>`, `<X1>` ... (`</s>` is a real token)
-_TOKEN_LIKE = re.compile(r"</(?!s>)[A-Za-z_][\w-]*>|<X\d*>")
+# placeholder-like tokens: OpenICL's `</name>` convention and our `<X>`, `<X1>` ... (`</s>` is a real token,
+# and a `</b>` after a `<b>` is markup)
+_TOKEN_LIKE = re.compile(r"</(?!s>)([A-Za-z_][\w-]*)>|<X\d*>")
+
+
+def _stray_token(text: str) -> str | None:
+    for m in _TOKEN_LIKE.finditer(text):
+        if m.group(1) is None or f"<{m.group(1)}" not in text:
+            return m.group()
+    return None
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -196,9 +204,9 @@ def check_templates(templates: dict, placeholders: dict[str, str], ice_token: An
         rest = template.replace(ice_token, "")
         for token in tokens:
             rest = rest.replace(token, "")
-        stray = _TOKEN_LIKE.search(rest)
+        stray = _stray_token(rest)
         if stray:
-            raise EmotuneError(f"{source}: key 'templates.{label}': {stray.group()!r} is neither a placeholder of "
+            raise EmotuneError(f"{source}: key 'templates.{label}': {stray!r} is neither a placeholder of "
                                f"{key!r} ({', '.join(tokens)}) nor the ice token {ice_token!r}, so it would stay "
                                f"in every prompt as text: {template!r}")
     if any(with_ice) and not all(with_ice):
