@@ -297,3 +297,26 @@ def test_model_fingerprint_is_the_weights_not_the_folder(setup, tmp_path):
     (a / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": "ab" * 32}}))
     assert model_fingerprint(str(a)).startswith("manifest:")
     assert model_fingerprint("no-such-org/no-such-model") == "hub:no-such-org/no-such-model"
+
+
+def test_one_summary_holds_one_model(setup, tmp_path, capsys):
+    import shutil
+
+    out, moved, other = tmp_path / "out", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(setup / "model", moved)
+    shutil.copytree(setup / "model", other)
+    build_llama(other, len(load_tokenizer(other)), seed=7)
+    assert run(setup, out, "limit=2", tasks="sst2") == 0
+    before = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    # the same weights in another folder: the same model, its results are reused
+    assert emotune(["eval", "--model", str(moved), "--tasks", "sst2", "--out", str(out), "limit=2",
+                    f"data_dir={setup / 'data'}", f"cache_dir={setup / 'cache'}", "progress=false"]) == 0
+    assert "sst2: already in" in capsys.readouterr().out
+    # other weights: not mixed into this summary, even for a task it does not hold yet
+    assert emotune(["eval", "--model", str(other), "--tasks", "cr", "--out", str(out), "limit=2",
+                    f"data_dir={setup / 'data'}", f"cache_dir={setup / 'cache'}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "another model" in err and "'sst2'" in err and err.count("\n") == 1
+    assert not (out / "cr.predictions.jsonl").exists()
+    assert read_summary(out / "summary.json")["tasks"] == json.loads(before)["tasks"]

@@ -198,15 +198,18 @@ def main(argv: list[str]) -> int:
                 raise ValueError("tasks is not a mapping")
         except (OSError, ValueError, AttributeError):
             raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
-        if old.get("model") != args.model:
-            raise EmotuneError(f"{summary_path}: holds results of model {old.get('model')!r}, not {args.model!r}; "
-                               "use another --out")
         for name, r in old_tasks.items():
             try:
                 result = TaskResult(**r)
             except TypeError:
                 raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
                                    "file away or pass resume=false") from None
+            old_key = (result.settings or {}).get("resume_key")
+            # one summary, one model: by its weights where recorded (a moved folder is the same model)
+            same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == args.model
+            if name not in keys and not same_model:
+                raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
+                                   f"{name!r}), not of {args.model!r}; use another --out")
             if result.predictions is None or (out_dir / result.predictions).exists():
                 if name in keys:  # a task of this run: reused only if made with the same settings
                     check_reusable(summary_path, name, result.settings or {}, keys[name])
