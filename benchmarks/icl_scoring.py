@@ -74,7 +74,7 @@ def icl_prompts(task, rng, lexicon, n_examples):
                  for _ in range(task.ice_num)]
         ice = "\n".join(demos) + "\n"
         row = {"text": sentence(rng, lexicon, WORDS[task.name])}
-        out.append([ice + task.fill(label, row) for label in task.labels])
+        out.append([task.prompt(label, row, ice) for label in task.labels])  # as the evaluator renders it
     return out
 
 

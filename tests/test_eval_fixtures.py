@@ -94,3 +94,103 @@ TEMPLATES = {
         2: '"<X>" It is about description and abstract concept.', 3: '"<X>" It is about human being.',
         4: '"<X>" It is about location.', 5: '"<X>" It is about numeric value.'},
 }
+
+
+# ---------------------------------------------------------------- three tokenizer families (the OpenICL cross-check)
+
+def build_sentencepiece_tokenizer(path: Path, vocab_size: int = 400):
+    """LLaMA-style: a sentencepiece BPE model (byte fallback) loaded as LlamaTokenizer; BOS <s> != EOS </s>."""
+    from emotune.eval.synthetic import train_sentencepiece_tokenizer
+
+    return train_sentencepiece_tokenizer(CORPUS, path, vocab_size=vocab_size)
+
+
+def _byte_level_bpe(special_tokens: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def build_gpt2_tokenizer(path: Path, vocab_size: int = 400):
+    """GPT-2-style byte-level BPE: nothing prepended, BOS == EOS == <|endoftext|>, and decoding cleans up
+    spaces before punctuation (what GPT-2's tokenizer did under transformers 4.x, OpenICL's era)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _byte_level_bpe(["<|endoftext|>"], vocab_size)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", clean_up_tokenization_spaces=True)
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def build_opt_tokenizer(path: Path, vocab_size: int = 400):
+    """OPT-style byte-level BPE: `</s>` prepended to every text and BOS == EOS == `</s>` (ids as in OPT:
+    <s> 0, <pad> 1, </s> 2, <unk> 3)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>"], vocab_size)
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def _sharpen(model):
+    with torch.no_grad():  # larger weights than the init so that scores differ clearly between labels
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8.0)
+    return model
+
+
+def build_gpt2(path: Path | None, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=hidden, n_layer=layers, n_head=4,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     tie_word_embeddings=False)
+    model = _sharpen(GPT2LMHeadModel(cfg).eval())
+    if path is not None:
+        model.save_pretrained(str(path))
+    return model
+
+
+def build_opt(path: Path | None, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=len(tokenizer), hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=4, word_embed_proj_dim=hidden, max_position_embeddings=1024,
+                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = _sharpen(OPTForCausalLM(cfg).eval())
+    if path is not None:
+        model.save_pretrained(str(path))
+    return model
+
+
+def build_family(path: Path, family: str, seed: int = 3):
+    """A tokenizer + tiny causal LM of one family saved to `path`: llama | gpt2 | opt."""
+    if family == "llama":
+        tok = build_sentencepiece_tokenizer(path)
+        build_llama(path, len(tok), seed=seed)
+    elif family == "gpt2":
+        tok = build_gpt2_tokenizer(path)
+        build_gpt2(path, tok, seed=seed)
+    elif family == "opt":
+        tok = build_opt_tokenizer(path)
+        build_opt(path, tok, seed=seed)
+    else:
+        raise ValueError(family)
+    return tok

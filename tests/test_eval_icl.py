@@ -117,6 +117,8 @@ def test_eval_command_writes_predictions_and_summary(setup, tmp_path, capsys):
     assert m["metrics"]["accuracy"] == pytest.approx(np.mean([p["correct"] for p in mp]))  # micro
     assert m["metrics"]["accuracy_macro"] == pytest.approx(np.mean(list(per.values())))  # macro
     assert m["metrics"]["subject/anatomy"] == pytest.approx(per["anatomy"])
+    for p in mp:  # every candidate prompt recorded: the common text once, the letters after it
+        assert p["prompt_prefix"].endswith("\nAnswer: ") and p["prompt_endings"] == {x: x for x in "ABCD"}
 
     # resume: finished tasks are not redone, new ones are added
     capsys.readouterr()
@@ -172,3 +174,149 @@ def test_max_tokens_drops_the_least_similar_demos(setup, tmp_path):
     assert all(len(r["demo_ids"]) == 8 for r in a)
     for r in b:
         assert 0 < len(r["demo_ids"]) < 8 and r["demo_ids"] == list(range(len(r["demo_ids"])))  # kept the first
+
+
+def task_file(path, data, ice_num=8, template='Review: "<X>" It is positive.'):
+    path.write_text(f"name: my_task\nkind: icl\ndataset: {{data_files: {{train: {data / 'sst2' / 'train.jsonl'}, "
+                    f"test: {data / 'sst2' / 'test.jsonl'}}}}}\ninput_columns: [text]\nice_num: {ice_num}\n"
+                    f"templates:\n  0: '{template}'\n  1: 'Review: \"<X>\" It is negative.'\n")
+    return path
+
+
+def test_documented_form_and_every_prompt_in_the_predictions_file(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from emotune.eval.retriever import TopkRetriever
+
+    task = task_file(tmp_path / "my_task.yaml", setup / "data")
+    out = tmp_path / "out"
+    # the task file first, options in between, settings last: as docs/evaluation.md shows it
+    assert emotune(["eval", str(task), "--model", str(setup / "model"), "--out", str(out), "limit=3",
+                    f"cache_dir={setup / 'cache'}", "progress=false"]) == 0
+    result = read_summary(out / "summary.json")["tasks"]["my_task"]
+    assert result["n_examples"] == 3 and result["settings"]["roundtrip_tokenizer"] == "model"
+    records = [json.loads(x) for x in (out / result["predictions"]).read_text().splitlines()]
+    # the prompts the model saw, rebuilt independently of the evaluation run
+    tok = AutoTokenizer.from_pretrained(str(setup / "model"))
+    _, _, ids, prompts, _ = prepare(load_task(str(task)), TopkRetriever(None, cache_dir=setup / "cache"), limit=3,
+                                    tokenizer=tok)
+    assert [r["demo_ids"] for r in records] == ids
+    for r, cands in zip(records, prompts):
+        assert [r["prompt_prefix"] + r["prompt_endings"][k] for k in ("0", "1")] == cands
+        assert r["prompt_endings"] == {"0": "positive.", "1": "negative."}  # the common text is stored once
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def test_resume_only_with_the_same_settings(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(setup / "model", model)
+    task = task_file(tmp_path / "my_task.yaml", setup / "data")
+
+    def again(*extra, ok=True):
+        capsys.readouterr()
+        rc = emotune(["eval", str(task), "--model", str(model), "--out", str(out), "limit=2",
+                      f"cache_dir={setup / 'cache'}", "progress=false", *extra])
+        return rc, capsys.readouterr()
+
+    assert again()[0] == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, cap = again("batch_size=3", "shared_prefix=false")  # speed only: the same results, skipped
+    assert rc == 0 and "my_task: already in" in cap.out
+    assert (out / "my_task.predictions.jsonl").read_bytes() == files["my_task.predictions.jsonl"]
+    entry = read_summary(out / "summary.json")["tasks"]["my_task"]
+
+    def refused(setting, *extra):
+        rc, cap = again(*extra)
+        assert rc == 2 and cap.err.count("\n") == 1 and "Traceback" not in cap.err, cap.err
+        assert "my_task" in cap.err and f"with {setting}=" in cap.err and "summary.json" in cap.err, cap.err
+        assert read_summary(out / "summary.json")["tasks"]["my_task"] == entry  # nothing lost
+        assert (out / "my_task.predictions.jsonl").read_bytes() == files["my_task.predictions.jsonl"]
+
+    refused("limit", "limit=3")
+    refused("scoring", "scoring=continuation")
+    refused("roundtrip_tokenizer", "roundtrip_tokenizer=none")
+    refused("encoder", "encoder=all-mpnet-base-v2")
+    refused("dtype", "dtype=bfloat16")
+    task_file(task, setup / "data", ice_num=4)
+    refused("ice_num")
+    task_file(task, setup / "data", template='Review: "<X>" It was positive.')
+    refused("task_definition")
+    task_file(task, setup / "data")
+    weights = (model / "model.safetensors").read_bytes()
+    build_llama(model, len(load_tokenizer(model)), seed=11)  # other weights in the same folder
+    refused("model")
+    (model / "model.safetensors").write_bytes(weights)  # the original weights again: skipped
+    rc, cap = again()
+    assert rc == 0 and "already in" in cap.out
+    # resume=false evaluates again with the new settings
+    rc, cap = again("limit=3", "resume=false")
+    assert rc == 0 and read_summary(out / "summary.json")["tasks"]["my_task"]["n_examples"] == 3
+    # a result that records no settings (an older emotune) is not trusted
+    summary = read_summary(out / "summary.json")
+    del summary["tasks"]["my_task"]["settings"]["resume_key"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    rc, cap = again("limit=3")
+    assert rc == 2 and "records no settings" in cap.err and cap.err.count("\n") == 1
+
+
+def test_positional_arguments_are_task_files_or_settings(setup, tmp_path, capsys):
+    model = ["--model", str(setup / "model")]
+    assert emotune(["eval", "sst2", *model, "--out", str(tmp_path / "o")]) == 2  # a task name, not a file
+    err = capsys.readouterr().err
+    assert "'sst2'" in err and "--tasks" in err and err.count("\n") == 1
+    (tmp_path / "file").write_text("x")
+    assert emotune(["eval", *model, "--tasks", "sst2", "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a folder" in err and err.count("\n") == 1
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_model_fingerprint_is_the_weights_not_the_folder(setup, tmp_path):
+    import shutil
+
+    from emotune.eval.resume import model_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(setup / "model", a)
+    shutil.copytree(setup / "model", b)
+    assert model_fingerprint(str(a)) == model_fingerprint(str(b))  # moved or copied: the same model
+    (a / "summary.json").write_text("{}")  # `--out` may be the model folder itself
+    (a / "sst2.predictions.jsonl").write_text("")
+    assert model_fingerprint(str(a)) == model_fingerprint(str(b))
+    (b / "config.json").write_text((b / "config.json").read_text().replace("}", ', "note": 1}', 1))
+    assert model_fingerprint(str(a)) != model_fingerprint(str(b))
+    # an emotune checkpoint: its manifest's hashes, not a re-hash of the weights
+    (a / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": "ab" * 32}}))
+    assert model_fingerprint(str(a)).startswith("manifest:")
+    assert model_fingerprint("no-such-org/no-such-model") == "hub:no-such-org/no-such-model"
+
+
+def test_one_summary_holds_one_model(setup, tmp_path, capsys):
+    import shutil
+
+    out, moved, other = tmp_path / "out", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(setup / "model", moved)
+    shutil.copytree(setup / "model", other)
+    build_llama(other, len(load_tokenizer(other)), seed=7)
+    assert run(setup, out, "limit=2", tasks="sst2") == 0
+    before = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+    # the same weights in another folder: the same model, its results are reused
+    assert emotune(["eval", "--model", str(moved), "--tasks", "sst2", "--out", str(out), "limit=2",
+                    f"data_dir={setup / 'data'}", f"cache_dir={setup / 'cache'}", "progress=false"]) == 0
+    assert "sst2: already in" in capsys.readouterr().out
+    # other weights: not mixed into this summary, even for a task it does not hold yet
+    assert emotune(["eval", "--model", str(other), "--tasks", "cr", "--out", str(out), "limit=2",
+                    f"data_dir={setup / 'data'}", f"cache_dir={setup / 'cache'}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "another model" in err and "'sst2'" in err and err.count("\n") == 1
+    assert not (out / "cr.predictions.jsonl").exists()
+    assert read_summary(out / "summary.json")["tasks"] == json.loads(before)["tasks"]

@@ -13,7 +13,7 @@ from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_tokenizer, one_tor
 
 @pytest.fixture(scope="module")
 def retriever(tmp_path_factory):
-    return TopkRetriever(None, cache_dir=tmp_path_factory.mktemp("cache"))
+    return TopkRetriever(None, cache_dir=tmp_path_factory.mktemp("cache"), roundtrip_tokenizer=None)  # raw text
 
 
 def test_topk_matches_float64_brute_force(retriever):
@@ -50,12 +50,12 @@ def test_index_embeddings_are_cached_per_task_encoder_and_data(tmp_path, retriev
             calls.append(len(texts))
             return super().embed(texts)
 
-    r1 = Counting(None, cache_dir=tmp_path)
+    r1 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)
     r1._model = retriever.model  # load the encoder once per module
     first = r1.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2")
     assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS)]
     assert len(list(tmp_path.glob("sst2-*.npy"))) == 1
-    r2 = Counting(None, cache_dir=tmp_path)  # a new run (another checkpoint): index read from disk
+    r2 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)  # a new run (another checkpoint): index read from disk
     r2._model = retriever.model
     assert r2.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2") == first
     assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS), len(TEST_TEXTS)]
@@ -85,3 +85,35 @@ def test_encoder_choice_and_errors():
         TopkRetriever("/nonexistent/encoder-dir").embed(["x"])
     with pytest.raises(EmotuneError, match="ice_num=20"):
         TopkRetriever(None).retrieve(TRAIN_TEXTS, TEST_TEXTS, 20)
+
+
+def test_default_round_trip_is_the_evaluated_models_tokenizer(tmp_path, retriever):
+    tok = build_tokenizer(tmp_path / "tok")
+    default = TopkRetriever(None, cache_dir=tmp_path / "cache")
+    assert default.settings()["roundtrip_tokenizer"] == "model"
+    with pytest.raises(EmotuneError, match="for_model"):  # never silently the raw text
+        default.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3)
+    default._model = retriever.model  # the module's encoder, loaded once
+    bound = default.for_model(tok)
+    assert bound is not default and default.roundtrip_tokenizer is None
+    assert retriever.for_model(tok) is retriever  # the raw-text retriever has nothing to bind
+    text = "naïve café ☕ ?"
+    decoded = tok.decode(tok(text)["input_ids"], skip_special_tokens=True)
+    np.testing.assert_allclose(bound.embed([text]), retriever.embed([decoded]), atol=1e-6)
+    assert default.for_model(tok).model is bound.model is default.model  # one encoder for every model
+
+
+def test_index_cache_is_keyed_on_the_texts_as_embedded(tmp_path, retriever):
+    tok = build_tokenizer(tmp_path / "tok")
+    assert all(tok.decode(tok(t)["input_ids"], skip_special_tokens=True) == t for t in TRAIN_TEXTS)
+    plain = TopkRetriever(None, cache_dir=tmp_path / "c", roundtrip_tokenizer=None)
+    rt = TopkRetriever(None, cache_dir=tmp_path / "c").for_model(tok)
+    for r in (plain, rt):
+        r._model = retriever.model
+    plain.index_embeddings(TRAIN_TEXTS, "t")
+    rt.index_embeddings(TRAIN_TEXTS, "t")  # the round trip changes nothing here: the same file serves both
+    assert len(list((tmp_path / "c").glob("t-*.npy"))) == 1
+    lossy = TRAIN_TEXTS + ["naïve café ☕ ?"]
+    np.testing.assert_allclose(rt.index_embeddings(lossy, "t")[-1], plain.embed([tok.decode(tok(lossy[-1])["input_ids"], skip_special_tokens=True)])[0], atol=1e-6)
+    plain.index_embeddings(lossy, "t")  # other texts embedded: another file, never the round-tripped one
+    assert len(list((tmp_path / "c").glob("t-*.npy"))) == 3

@@ -130,3 +130,25 @@ def test_score_groups_shared_and_naive_give_same_predictions(tiny):
     b = score_groups(model, groups, shared_prefix=False, batch_size=4)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-5, rtol=0)
     assert a.predictions == b.predictions
+
+
+def test_a_bos_that_is_eos_is_left_out_like_openicl(tmp_path):
+    """OPT prepends `</s>`, its EOS: OpenICL pads with EOS and counts `ids != pad`, so T excludes that BOS."""
+    from emotune.eval.icl import openicl_ignore_id
+    from test_eval_fixtures import build_gpt2_tokenizer, build_opt_tokenizer
+
+    opt = build_opt_tokenizer(tmp_path / "opt")
+    ids = opt("the movie was great")["input_ids"]
+    assert ids[0] == opt.bos_token_id == opt.eos_token_id == openicl_ignore_id(opt)
+    nll = np.arange(1.0, len(ids))  # NLL of tokens 1..T-1
+    assert rule_scores([ids], [nll], "full", ignore_id=openicl_ignore_id(opt)) == pytest.approx(
+        [nll.sum() / (len(ids) - 1)])
+    # MMLU follows OpenCompass, which leaves out the pad token and pads with EOS only where there is none
+    from emotune.eval.mmlu import opencompass_ignore_id
+
+    assert opencompass_ignore_id(opt) == opt.pad_token_id != opt.eos_token_id  # OPT's BOS counts there
+    gpt2 = build_gpt2_tokenizer(tmp_path / "gpt2")  # BOS == EOS too, but nothing is prepended: T counts all
+    assert gpt2.pad_token_id is None and opencompass_ignore_id(gpt2) == gpt2.eos_token_id
+    ids = gpt2("the movie was great")["input_ids"]
+    nll = np.arange(1.0, len(ids))
+    assert rule_scores([ids], [nll], "full", ignore_id=openicl_ignore_id(gpt2)) == pytest.approx([nll.sum() / len(ids)])

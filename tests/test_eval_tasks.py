@@ -153,3 +153,61 @@ def test_hub_loading_offline_is_one_clear_error(monkeypatch):
                            "input_columns": ["text"], "templates": {0: "<X> a", 1: "<X> b"}}, "nope.yaml")
     with pytest.raises(EmotuneError, match=r"nope\.yaml: cannot load dataset 'emotune-test/does-not-exist'"):
         load_split(task, "test")
+
+
+def icl(templates, **keys):
+    cfg = {"name": "t", "kind": "icl", "input_columns": ["text"], "templates": templates, **keys}
+    if "column_token_map" in keys and "input_columns" not in keys:
+        del cfg["input_columns"]
+    return task_from_dict(cfg, "my_task.yaml")
+
+
+def test_openicl_templates_are_accepted_and_put_the_demos_at_the_ice_token():
+    ported = icl({0: "Sentiment.\n</E>Review: </text> good", 1: "Sentiment.\n</E>Review: </text> bad"},
+                 column_token_map={"text": "</text>"})
+    row = {"text": "fine"}
+    assert ported.input_columns == {"text": "</text>"}
+    assert ported.fill(0, row) == "Sentiment.\nReview: fine good"  # a demo: the ice token removed
+    assert ported.prompt(1, row, "D1\nD2\n") == "Sentiment.\nD1\nD2\nReview: fine bad"
+    native = icl({0: "<X> good", 1: "<X> bad"})  # no ice token: the demos go in front
+    assert native.prompt(0, {"text": "x"}, "D\n") == "D\nx good"
+    markup = icl({0: "<b>Review</b>: <X> good </s>", 1: "<b>Review</b>: <X> bad </s>"})  # not placeholders
+    assert markup.fill(0, {"text": "x"}) == "<b>Review</b>: x good </s>"
+    other = icl({0: "[ICE]<X> good", 1: "[ICE]<X> bad"}, ice_token="[ICE]")
+    assert other.prompt(1, {"text": "x"}, "D\n") == "D\nx bad" and "[ICE]" not in other.fill(0, {"text": "x"})
+
+
+@pytest.mark.parametrize("templates, keys, match", [
+    ({0: "</E><X> good", 1: "<X> bad"}, {}, r"templates\.1' has no ice token '</E>'"),
+    ({0: "</E><X> </E>good", 1: "</E><X> bad"}, {}, r"templates\.0' holds the ice token '</E>' 2 times"),
+    ({0: "</E>Review: <X> </label>", 1: "</E>Review: <X> bad"}, {}, r"templates\.0': '</label>' is neither"),
+    ({0: "</E><X> good", 1: "</E><X> bad"}, {"ice_token": "[ICE]"}, r"'</E>' is neither a placeholder"),
+    ({0: "Review: </text> <X> good", 1: "<X> bad"}, {}, r"'</text>' is neither a placeholder"),
+    ({0: "<A> <A><B> a", 1: "<A> <A><B> b"}, {"column_token_map": {"a": "<A>", "b": "<A><B>"}}, "overlaps"),
+    ({0: "</E> a", 1: "</E> b"}, {"column_token_map": {"text": "</E>"}}, "overlaps the ice token"),
+    ({0: "a", 1: "b"}, {"column_token_map": {"text": ""}}, "placeholder of column 'text' is empty"),
+    ({0: "<X> a", 1: "<X> b"}, {"ice_token": ""}, "'ice_token' must be a non-empty string"),
+    ({0: "<X> a", 1: "<X> b"}, {"column_token_map": {"text": "<X>"}, "input_columns": ["text"]}, "not both"),
+])
+def test_templates_that_cannot_be_right_are_refused_in_one_line(templates, keys, match):
+    with pytest.raises(EmotuneError, match=match) as err:
+        icl(templates, **keys)
+    assert str(err.value).startswith("my_task.yaml: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["bad name", "a\nb", "x/y", "..", ".", "", "tâche", "a;rm -rf"])
+def test_task_names_must_be_safe_for_directories_and_job_names(tmp_path, name):
+    p = write_task(tmp_path, GOOD.replace("name: t", f"name: {json.dumps(name)}"))
+    with pytest.raises(EmotuneError, match=r"bad\.yaml: key 'name'") as err:
+        load_task_file(p)
+    assert "\n" not in str(err.value)
+
+
+def test_safe_task_names_pass(tmp_path):
+    for name in ("ag_news", "generation-ptb", "v1.2", "MMLU_5shot"):
+        assert load_task_file(write_task(tmp_path, GOOD.replace("name: t", f"name: {name}"))).name == name
+
+
+def test_a_template_without_any_placeholder_is_refused():
+    with pytest.raises(EmotuneError, match=r"templates\.1' has none of the placeholders <X1>, <X2>"):
+        icl({0: "<X1> yes", 1: "It is no."}, column_token_map={"premise": "<X1>", "hypothesis": "<X2>"})

@@ -4,8 +4,10 @@
     emotune eval --model PATH --tasks sst2,trec,my_task.yaml --out DIR [key=value ...]
     emotune eval my_task.yaml --model PATH --out DIR [key=value ...]
 
-Writes `DIR/<task>.predictions.jsonl` per task and `DIR/summary.json` (emotune.eval.summary) after every
-task, so an interrupted run resumes where it stopped: finished tasks of the same model are not redone.
+Task files, options and key=value settings mix in any order. Writes `DIR/<task>.predictions.jsonl` per
+task and `DIR/summary.json` (emotune.eval.summary) after every task, so an interrupted run resumes where it
+stopped: a finished task is not redone when it was made with the same settings (emotune.eval.resume), and
+a run with other settings is refused rather than mixed with it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any
 import yaml
 
 from emotune.errors import ArgumentParser, EmotuneError, one_line
+from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.tasks import Task, check_task_data, load_suite, load_task
 
 # key=value overrides and their defaults
 DEFAULTS: dict[str, Any] = {
     "encoder": "default",  # sentence-transformers model for retrieval; "all-mpnet-base-v2" is the paper's
-    "roundtrip_tokenizer": None,  # "model" or a tokenizer path: OpenICL's tokenize/decode before embedding
+    "roundtrip_tokenizer": "model",  # OpenICL's tokenize/decode before embedding: model | a tokenizer path | none
     "scoring": None,  # full (OpenICL) | continuation; None = the task file's options.scoring or full
     "shared_prefix": True,
     "batch_size": 8,  # test inputs per model call
@@ -66,11 +69,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             opts[key] = yaml.safe_load(value) if value != "" else None
         except yaml.YAMLError:
             opts[key] = value
+    if opts["roundtrip_tokenizer"] in (None, False, "none", "raw"):  # embed the raw text
+        opts["roundtrip_tokenizer"] = None
+    elif not isinstance(opts["roundtrip_tokenizer"], str):
+        raise EmotuneError(f"argument roundtrip_tokenizer={opts['roundtrip_tokenizer']!r}: use model, none or a "
+                           "tokenizer path")
     for key in ("batch_size", "limit", "max_tokens", "retriever_batch_size"):
         v = opts[key]
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise EmotuneError(f"argument {key}={v!r}: must be a positive integer")
     return opts
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolve_dtype(name: str, device: str):
@@ -135,9 +149,9 @@ def make_retriever(opts: dict[str, Any], tokenizer):
     from emotune.eval.retriever import TopkRetriever
 
     cache = opts["cache_dir"] or Path(os.environ.get("EMOTUNE_CACHE", Path.home() / ".cache" / "emotune")) / "retriever"
-    rt = opts["roundtrip_tokenizer"]
+    # roundtrip_tokenizer "model" binds to the evaluated model's tokenizer in run_icl_task (for_model)
     return TopkRetriever(opts["encoder"], batch_size=opts["retriever_batch_size"], cache_dir=cache,
-                         roundtrip_tokenizer=tokenizer if rt == "model" else rt, device=opts["device"])
+                         roundtrip_tokenizer=opts["roundtrip_tokenizer"], device=opts["device"])
 
 
 def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], retriever_factory) -> TaskResult:
@@ -171,51 +185,74 @@ def main(argv: list[str]) -> int:
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
-    try:
-        args = ap.parse_args(argv)
+    try:  # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
+        args = ap.parse_intermixed_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     files = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
+    for a in args.overrides:
+        if "=" not in a and a not in files:
+            raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
+                               "--tasks a,b")
     opts = parse_overrides([a for a in args.overrides if a not in files])
     opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
-    if args.suite:
-        tasks = load_suite(args.suite)
-    else:
-        names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
-        tasks = [load_task(t) for t in names]
+    names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
+    tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
     if not tasks:
         raise EmotuneError("no task given: use --suite NAME, --tasks a,b or a task YAML file")
     suite = args.suite or "custom"
     out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
     summary_path = out_dir / "summary.json"
+
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise EmotuneError(f"task name {dup!r} is given twice (its results would overwrite each other)")
+    from emotune.hub import resolve
+
+    resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
+    model_fp = model_fingerprint(args.model)
+    device = opts["device"] or ("cuda" if _cuda_available() else "cpu")
+    dtype = str(resolve_dtype(str(opts["dtype"]), device)).replace("torch.", "")
+    keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
 
     done: dict[str, TaskResult] = {}
     if summary_path.exists() and opts["resume"]:
         try:
             old = read_summary(summary_path)
-        except ValueError:
+            old_tasks = old.get("tasks", {})
+            if not isinstance(old_tasks, dict):
+                raise ValueError("tasks is not a mapping")
+        except (OSError, ValueError, AttributeError):
             raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
-        if old.get("model") != args.model:
-            raise EmotuneError(f"{summary_path}: holds results of model {old.get('model')!r}, not {args.model!r}; "
-                               "use another --out")
-        for name, r in old.get("tasks", {}).items():
-            pred = r.get("predictions")
-            if pred is None or (out_dir / pred).exists():
-                done[name] = TaskResult(**r)
+        for name, r in old_tasks.items():
+            try:
+                result = TaskResult(**r)
+            except TypeError:
+                raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
+                                   "file away or pass resume=false") from None
+            old_key = (result.settings or {}).get("resume_key")
+            # one summary, one model: by its weights where recorded (a moved folder is the same model)
+            same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == args.model
+            if name not in keys and not same_model:
+                raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
+                                   f"{name!r}), not of {args.model!r}; use another --out")
+            if result.predictions is None or (out_dir / result.predictions).exists():
+                if name in keys:  # a task of this run: reused only if made with the same settings
+                    check_reusable(summary_path, name, result.settings or {}, keys[name])
+                done[name] = result
 
     results = dict(done)
     todo = [t for t in tasks if t.name not in done]
     for task in tasks:
         if task.name in done:
-            print(f"[eval] {task.name}: already in {summary_path}, skipped")
-    if todo:  # the model's files, then every task's data: bad input fails here, before the model is loaded
-        from emotune.hub import resolve
-
-        resolve(args.model, "--model", need_tokenizer=True, need_weights=True)
-    for task in todo:
+            print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
+    for task in todo:  # every task's data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
     if todo:
-        model, tokenizer = load_model(args.model, opts["dtype"], opts["device"], opts["trust_remote_code"])
+        model, tokenizer = load_model(args.model, opts["dtype"], device, opts["trust_remote_code"])
     retriever = []
 
     def retriever_factory():
@@ -227,6 +264,7 @@ def main(argv: list[str]) -> int:
         print(f"[eval] {task.name} ({task.kind}) ...", flush=True)
         result = run_task(task, model, tokenizer, out_dir, opts, retriever_factory)
         result.settings.setdefault("dtype", str(next(model.parameters()).dtype).replace("torch.", ""))
+        result.settings["resume_key"] = keys[task.name]
         results[task.name] = result
         save_summary(out_dir, args.model, suite, results)
         print(f"[eval] {task.name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()

@@ -6,7 +6,8 @@ Per subject: demos = the first `shots` dev rows of that subject, each
 hint + demos + `{question}\\nA. ...\\nD. {D}\\nAnswer: X`, scored with the same PPL rule as the ICL tasks.
 The hint and demos are common to every candidate of a subject, so the scorer computes them once per
 subject (its level-0 prefix). Reported: micro accuracy (all questions), macro accuracy (mean over
-subjects) and the accuracy of every subject.
+subjects) and the accuracy of every subject. Tokens equal to the pad token (EOS where there is none) are
+left out of the score's sum and length, as OpenCompass does.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from typing import Any
 
 from emotune.errors import EmotuneError
 from emotune.atomic import write_jsonl
-from emotune.eval.icl import openicl_ignore_id, tokenize_groups
+from emotune.eval.icl import prompt_record, tokenize_groups
 from emotune.eval.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.tasks import Task, check_columns, load_split
 
 LETTERS = "ABCD"
 COLUMNS = ["subject", "question", "choices", "answer"]
+
+
+def opencompass_ignore_id(tokenizer) -> int | None:
+    """OpenCompass' PPL leaves the pad token out of the NLL sum and the length, and pads with EOS only when
+    the tokenizer has no pad token. Unlike OpenICL (always EOS), a BOS that is EOS (OPT, which has <pad>)
+    thus counts in T here."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def hint(subject: str) -> str:
@@ -101,7 +109,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
             raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
         tests = OrderedDict((s, tests[s]) for s in wanted)
     records, per_subject = [], {}
-    ignore = openicl_ignore_id(tokenizer)
+    ignore = opencompass_ignore_id(tokenizer)
     for subject, items in tests.items():
         if limit is not None:
             items = items[:limit]
@@ -114,12 +122,12 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress)
         correct = 0
-        for (i, r), scores, pred in zip(items, scored.scores, scored.predictions):
+        for (i, r), scores, pred, cands in zip(items, scored.scores, scored.predictions, prompts):
             gold = answer_index(r["answer"], f"test row {i}")
             correct += pred == gold
             records.append({"id": i, "subject": subject, "input": r["question"],
                             "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
-                            "gold": LETTERS[gold], "correct": pred == gold})
+                            "gold": LETTERS[gold], "correct": pred == gold, **prompt_record(cands, list(LETTERS))})
         per_subject[subject] = (correct, len(items))
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
@@ -130,6 +138,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
                "accuracy_macro": sum(c / n for c, n in per_subject.values()) / len(per_subject)}
     metrics.update({f"subject/{s}": c / n for s, (c, n) in per_subject.items()})
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots, "subjects": len(per_subject),
-                "prompt": "opencompass mmlu_ppl", "limit_per_subject": limit, "task_file": task.source}
+                "prompt": "opencompass mmlu_ppl", "limit_per_subject": limit, "task_file": task.source,
+                "ignore_token_id": ignore}
     return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=total, predictions=pred_name,
                       seconds=round(time.time() - start, 3), settings=settings)

@@ -4,7 +4,8 @@ Every test input has L candidate prompts (one per label), each tokenised on its 
 Two rules turn the per-token NLLs into one score per candidate; the prediction is the argmin, ties
 going to the first label in template order:
 
-    full          OpenICL's rule: sum of NLL of tokens 1..T-1 of the whole prompt / T (T counts BOS)
+    full          OpenICL's rule: sum of NLL of tokens 1..T-1 of the whole prompt / T (T counts BOS,
+                  tokens equal to EOS are left out of both: see rule_scores)
     continuation  lm-eval style: sum of NLL of the tokens after the candidates' common token prefix
 
 Two ways compute the same per-token NLLs:
@@ -222,7 +223,8 @@ def rule_scores(cands: list[list[int]], nlls: list[np.ndarray], rule: str = "ful
     """One score per candidate (lower is better) from its per-token NLLs (tokens 1..T-1).
 
     `ignore_id` reproduces OpenICL's padding rule: it pads with EOS and ignores every token equal to
-    it, both in the NLL sum and in the count T (only matters if a prompt contains the EOS token).
+    it, both in the NLL sum and in the count T. That matters when a prompt holds the EOS token, and for
+    every prompt of a tokenizer whose BOS is EOS (OPT): T then does not count the BOS.
     """
     if rule not in RULES:
         raise EmotuneError(f"key 'scoring' must be one of {', '.join(RULES)} (got {rule!r})")
