@@ -37,7 +37,7 @@ def test_hostfile_pdsh_and_per_node_commands(tmp_path):
     assert "--ssh_port" in pdsh and "--no_ssh" not in pdsh
     per_node = build_command(LaunchPlan("c.yaml", nodes=2, procs_per_node=8, hostfile=str(hosts), node_rank=1, master_addr="node-a"))
     assert per_node[per_node.index("--node_rank") + 1] == "1" and "--no_ssh" in per_node
-    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=4, node_rank=1))
+    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=4, node_rank=1, master_addr="node-a"))
     assert torchrun[:3] == ["torchrun", "--nnodes", "2"] and torchrun[-3:] == ["-m", ENTRY_MODULE, "c.yaml"]
     with pytest.raises(EmotuneError, match="lists 2 hosts but --nodes is 3"):
         build_command(LaunchPlan("c.yaml", nodes=3, hostfile=str(hosts)))
@@ -57,6 +57,8 @@ def test_bad_plans_are_refused():
         build_command(LaunchPlan("c.yaml", nodes=2))
     with pytest.raises(EmotuneError, match="outside 0..1"):
         build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, node_rank=2))
+    with pytest.raises(EmotuneError, match="need --master-addr"):  # never a silent loopback rendezvous
+        build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, node_rank=1))
 
 
 def test_env_file_forwards_cluster_variables(monkeypatch):

@@ -34,9 +34,9 @@ import yaml
 
 from emotune.errors import EmotuneError
 from emotune.pipeline.config import TrainConfig, load_config
+from emotune.resources import resolve as resolve_file
 
 log = logging.getLogger("emotune.train")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,9 +91,7 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 # DeepSpeed config: "auto" values filled from the run config
 
 def deepspeed_config(cfg: TrainConfig, world_size: int | None, hidden_size: int | None) -> dict:
-    path = Path(cfg.deepspeed)
-    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-        path = REPO_ROOT / path
+    path = resolve_file(cfg.deepspeed, "deepspeed")  # the user's file, else a shipped one
     if not path.is_file():
         raise EmotuneError(f"deepspeed: DeepSpeed config {cfg.deepspeed} not found")
     try:

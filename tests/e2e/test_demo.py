@@ -8,19 +8,16 @@ checkpoint, the report) is the real demo.
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
 def test_reduced_demo_end_to_end(tmp_path):
-    shutil.copytree(REPO / "configs", tmp_path / "configs")  # the demo's paths are relative to the working directory
     overrides = [
         'prepare.0=[emotune, synth, runs/demo/data, --n-pretrain, "1500", --n-finetune, "400", --n-valid, "40",'
         ' --n-test, "40", --n-icl-index, "100", --n-icl-test, "24"]',
@@ -28,7 +25,7 @@ def test_reduced_demo_end_to_end(tmp_path):
         "runs.1.matrix.seed=[0]",
         "eval.eval_args=[data_dir=runs/demo/data, limit=24, progress=false]",
     ]
-    res = subprocess.run([sys.executable, "-m", "emotune", "pipeline", "configs/pipeline/demo.yaml", *overrides],
+    res = subprocess.run([sys.executable, "-m", "emotune", "demo", *overrides],  # shipped config, empty cwd
                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
