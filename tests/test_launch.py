@@ -69,6 +69,62 @@ def test_env_file_forwards_cluster_variables(monkeypatch):
         env_file_lines(LaunchPlan("c.yaml", env={"BAD KEY": "1"}))
 
 
+def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path):
+    for key, value in {"HF_HOME": "/shared/hf", "HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": "hf_secret2",
+                       "NCCL_IB_HCA": "mlx5", "AWS_SECRET_ACCESS_KEY": "s3", "TOKENIZERS_PARALLELISM": "false",
+                       "EMOTUNE_CACHE": "/shared/cache", "WANDB_API_KEY": "w"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = dict(line.split("=", 1) for line in env_file_lines(LaunchPlan("c.yaml")))
+    assert env["HF_HOME"] == "/shared/hf" and env["NCCL_IB_HCA"] == "mlx5" and env["EMOTUNE_CACHE"] == "/shared/cache"
+    assert env["TOKENIZERS_PARALLELISM"] == "false"
+    assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"} & set(env)
+    # the remote login shell finds this venv's python / deepspeed / emotune first
+    assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    # a secret goes only when the user names it, and the launcher says what it exports
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: x\n")
+    out = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "HF_TOKEN", "--dry-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "#   HF_TOKEN=hf_secret" in out.stdout and "WANDB_API_KEY" not in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "NOT_SET_ANYWHERE", "--dry-run"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "NOT_SET_ANYWHERE" in bad.stderr
+
+
+def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path):
+    """Off loopback: every node must rendezvous at the first host, never at its own 127.0.0.1."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("gpu-node-017.cluster slots=8\ngpu-node-018.cluster slots=8\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: x\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    base = [sys.executable, "-m", "emotune", "launch", str(cfg), "--nodes", "2", "--procs-per-node", "8",
+            "--hostfile", str(hosts), "--dry-run"]
+    for extra in ([], ["--node-rank", "1"]):
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "--master_addr gpu-node-017.cluster" in out.stdout and "127.0.0.1" not in out.stdout
+    given = subprocess.run([*base, "--master-addr", "10.1.2.3"], capture_output=True, text=True, env=env)
+    assert "--master_addr 10.1.2.3" in given.stdout
+    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=8,
+                                        hostfile=str(hosts), node_rank=1))
+    assert torchrun[torchrun.index("--master_addr") + 1] == "gpu-node-017.cluster"
+    one_node = build_command(LaunchPlan("c.yaml", launcher="torchrun", procs_per_node=8))
+    assert one_node[one_node.index("--master_addr") + 1] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv", [["--local_rank=1", "losses"], ["--local_rank", "1", "losses"],
+                                  ["losses", "--local-rank=1"]])
+def test_cli_takes_the_launchers_local_rank_wherever_it_lands(argv):
+    """`deepspeed --module emotune train CFG` and `deepspeed $(which emotune) train CFG` put it first."""
+    res = subprocess.run([sys.executable, "-m", "emotune", *argv], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"})
+    assert res.returncode == 0 and "emo" in res.stdout, res.stderr
+    bad = subprocess.run([sys.executable, "-m", "emotune", "--local_rank=x", "losses"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--local_rank" in bad.stderr
+
+
 def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):
     plan = LaunchPlan("my config.yaml", ["output_dir=runs/a b"], nodes=2, procs_per_node=8)
     script = sbatch_train_script(plan, str(tmp_path), gpus_per_node=8)

@@ -1,0 +1,138 @@
+"""emotune as users get it: a wheel built from a copy of the source in a temp dir, installed (not editable)
+into a fresh venv, every command run from an empty directory with no source tree anywhere on the path.
+
+The venv reuses this test venv's third-party packages through a .pth file (no downloads); emotune itself
+comes only from the wheel, which the first test checks before anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emotune.eval.tasks import load_suite
+from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("installed")
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LOCAL_RANK")}
+    src = root / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "emotune", src / "emotune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300, env=clean)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = next((root / "dist").glob("emotune-*.whl"))
+
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # Third-party packages from the test venv, after the new venv's own site-packages.
+    (Path(purelib) / "_test_venv_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # --ignore-installed: the test venv's own (editable) emotune is visible through the .pth
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--ignore-installed",
+                              "--no-build-isolation", "--no-index", "-q", str(wheel)],
+                             capture_output=True, text=True, timeout=300, env=clean)
+    assert install.returncode == 0, install.stderr[-3000:]
+
+    work = root / "empty"
+    work.mkdir()
+    env = dict(clean)
+    env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMOTUNE_CACHE=str(root / "cache"))
+
+    def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+
+    run.venv, run.work, run.root, run.purelib = venv, work, root, Path(purelib)
+    return run
+
+
+def test_the_wheel_is_what_runs_and_ships_its_files(installed):
+    where = installed("python", "-c", "import emotune, emotune.resources as r; print(emotune.__file__); print(r.shipped_root())")
+    assert where.returncode == 0, where.stderr
+    module, shipped = where.stdout.split()
+    assert module.startswith(str(installed.purelib)) and shipped.startswith(str(installed.purelib))
+    for rel in ("py.typed", "configs/eval/suites.yaml", "configs/deepspeed/zero3-bf16.json", "configs/pipeline/demo.yaml",
+                "configs/train/tiny-cpu.yaml", "configs/train/data/tiny_corpus.txt", "configs/eval/tasks/mmlu.yaml"):
+        assert (installed.purelib / "emotune" / rel).is_file(), rel
+    assert not any(installed.purelib.glob("__editable__*emotune*"))
+    assert installed("emotune", "--help").returncode == 0
+
+
+def test_train_by_shipped_name_and_old_spelling_from_an_empty_directory(installed):
+    out = installed.root / "run"
+    # The shipped name finds the run config, its data files and its DeepSpeed JSON.
+    res = installed("emotune", "train", "tiny-cpu", "max_steps=2", "save_steps=2", f"output_dir={out}")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert (out / "checkpoint-2" / "COMPLETE").exists()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["deepspeed"] == "configs/deepspeed/zero3-cpu-test.json"  # as the shipped config spells it
+    assert all(f.startswith(str(installed.purelib)) for f in config["data"]["train_files"])
+    # The source-tree spelling of the README works too, and a file of the user's own wins.
+    dry = installed("emotune", "launch", "configs/train/tiny-cpu.yaml", "--procs-per-node", "2", "--dry-run")
+    assert dry.returncode == 0 and "--num_gpus 2" in dry.stdout, dry.stderr
+    own = installed.work / "configs" / "train"
+    own.mkdir(parents=True)
+    (own / "tiny-cpu.yaml").write_text("not: [valid\n")
+    mine = installed("emotune", "train", "configs/train/tiny-cpu.yaml")
+    shutil.rmtree(installed.work / "configs")
+    assert mine.returncode == 2 and "configs/train/tiny-cpu.yaml" in mine.stderr and "Traceback" not in mine.stderr
+    missing = installed("emotune", "train", "no-such-config")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-config" in missing.stderr
+
+
+def test_eval_paper_suite_finds_its_eight_tasks(installed):
+    root = installed.root / "eval"
+    tok = build_tokenizer(root / "model")
+    build_llama(root / "model", len(tok))
+    data = root / "data"
+    tasks = [t for t in load_suite("paper") if t.kind == "icl"]  # the task definitions give the labels
+    names = [t.name for t in tasks]
+    for task in tasks:
+        n = len(task.labels)
+        for split, texts in (("train", TRAIN_TEXTS * 2), ("test", TEST_TEXTS[:2])):
+            write_jsonl(data / task.name / f"{split}.jsonl",
+                        [{"text": t, task.label_column: task.labels[i % n]} for i, t in enumerate(texts)])
+    rows = [{"subject": "virology", "question": f"{t} ?", "choices": ["one", "two", "three", "four"], "answer": i % 4}
+            for i, t in enumerate(TEST_TEXTS[:4])]
+    for split in ("test", "dev"):
+        write_jsonl(data / "mmlu" / f"{split}.jsonl", rows)
+    res = installed("emotune", "eval", "--model", str(root / "model"), "--suite", "paper", "--out", str(root / "out"),
+                    f"data_dir={data}", "progress=false")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    assert summary["suite"] == "paper" and sorted(summary["tasks"]) == sorted(names + ["mmlu"])
+
+
+def test_demo_runs_from_an_empty_directory(installed):
+    """A reduced `emotune demo`: the shipped pipeline config, every stage, seconds instead of minutes."""
+    overrides = [
+        'prepare.0=[emotune, synth, runs/demo/data, --n-pretrain, "300", --n-finetune, "100", --n-valid, "20",'
+        ' --n-test, "16", --n-icl-index, "40", --n-icl-test, "8"]',
+        "runs.0.train.overrides=[max_steps=3]",
+        "runs.1.matrix={objective.name: [emo], seed: [0]}",
+        "runs.1.train.overrides=[model.name_or_path={run:pretrain}, max_steps=2, save_steps=2]",
+        "eval.eval_args=[data_dir=runs/demo/data, limit=8, progress=false]",
+    ]
+    res = installed("emotune", "demo", *overrides, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
+    assert (installed.work / "runs/demo/report/report.html").is_file()
+    assert "emotune pipeline: report runs/demo/report/report.html" in res.stdout
