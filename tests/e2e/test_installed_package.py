@@ -112,7 +112,7 @@ def test_eval_paper_suite_finds_its_eight_tasks(installed):
             write_jsonl(data / task.name / f"{split}.jsonl",
                         [{"text": t, task.label_column: task.labels[i % n]} for i, t in enumerate(texts)])
     rows = [{"subject": "virology", "question": f"{t} ?", "choices": ["one", "two", "three", "four"], "answer": i % 4}
-            for i, t in enumerate(TEST_TEXTS[:4])]
+            for i, t in enumerate(TEST_TEXTS[:5])]  # 5-shot: 5 dev rows
     for split in ("test", "dev"):
         write_jsonl(data / "mmlu" / f"{split}.jsonl", rows)
     res = installed("emotune", "eval", "--model", str(root / "model"), "--suite", "paper", "--out", str(root / "out"),
