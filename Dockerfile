@@ -45,12 +45,15 @@ ENV TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0"
 WORKDIR /opt/emotune
 # Dependencies first (a layer that changes rarely), then the package itself, installed (not editable):
 # the task files, suites, DeepSpeed JSONs and example configs ship inside it (emotune/configs).
-COPY pyproject.toml README.md ./
+# (An empty README.md stands in for the real one here, so editing the README keeps this layer cached.)
+COPY pyproject.toml ./
 COPY emotune/__init__.py emotune/__init__.py
-RUN pip install --no-cache-dir --upgrade "setuptools>=68" "wheel>=0.40" \
+RUN touch README.md \
+ && pip install --no-cache-dir --upgrade "setuptools>=68" "wheel>=0.40" \
  && DS_BUILD_FUSED_ADAM=$DS_BUILD_OPS DS_BUILD_CPU_ADAM=$DS_BUILD_OPS PIP_NO_BUILD_ISOLATION=0 \
     pip install --no-cache-dir . \
  && pip uninstall -y emotune
+COPY README.md ./
 COPY emotune emotune
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
  && rm -rf /opt/emotune/build

@@ -35,7 +35,7 @@ from emotune.errors import EmotuneError
 ENTRY_MODULE = "emotune.launch.train_entry"
 # Forwarded to remote ranks when set here: these names, and every name with one of the prefixes
 # (cluster network, hub and cache settings). Secret-looking names are never forwarded unasked.
-FORWARD_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
+FORWARD_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME",
                "OMP_NUM_THREADS", "XDG_CACHE_HOME", "TORCH_EXTENSIONS_DIR", "TORCH_HOME", "TRITON_CACHE_DIR",
                "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR")
 FORWARD_PREFIXES = ("HF_", "HUGGINGFACE_", "NCCL_", "GLOO_", "EMOTUNE_", "DS_BUILD_", "FI_", "UCX_")

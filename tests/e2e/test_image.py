@@ -49,13 +49,21 @@ def image():
     return TAG
 
 
-def test_help_and_a_bad_argument(image):
+def test_help_a_bad_argument_and_the_default_owner(image, tmp_path):
     ok = podman_run(image, "--help")
     assert ok.returncode == 0 and ok.stdout.startswith("usage: emotune COMMAND"), ok.stderr
     bad = podman_run(image, "no-such-command")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown command" in bad.stderr, bad.stderr
     missing = podman_run(image, "train", "/runs/missing.yaml")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "missing.yaml" in missing.stderr
+    # Without --user the image's own user (uid 1000) writes, as docs/cluster.md says.
+    host = tmp_path / "runs"
+    host.mkdir()
+    os.chown(host, 1000, 1000)
+    res = podman_run("-v", f"{host}:/runs", image, "bash", "-c", "mkdir /runs/data && id -u > /runs/data/uid")
+    assert res.returncode == 0, res.stderr[-2000:]
+    written = [host / "data", host / "data" / "uid"]
+    assert (host / "data" / "uid").read_text().strip() == "1000" and {p.stat().st_uid for p in written} == {1000}
 
 
 def test_train_two_ranks_and_eval_in_the_container(image, tmp_path):

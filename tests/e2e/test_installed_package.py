@@ -129,7 +129,7 @@ def test_demo_runs_from_an_empty_directory(installed):
         ' --n-test, "16", --n-icl-index, "40", --n-icl-test, "8"]',
         "runs.0.train.overrides=[max_steps=3]",
         "runs.1.matrix={objective.name: [emo], seed: [0]}",
-        "runs.1.train.overrides=[model.name_or_path={run:pretrain}, max_steps=2, save_steps=2]",
+        'runs.1.train.overrides=["model.name_or_path={run:pretrain}", max_steps=2, save_steps=2]',
         "eval.eval_args=[data_dir=runs/demo/data, limit=8, progress=false]",
     ]
     res = installed("emotune", "demo", *overrides, timeout=900)
