@@ -11,7 +11,8 @@ A name is resolved in this order:
    given kind, as a bare name (`tiny-cpu` for kind "train", `zero3-bf16` for kind "deepspeed").
 
 When neither exists the name comes back unchanged, so the caller's "not found" message names what the
-user typed.
+user typed. The shipped configs name their data files and DeepSpeed JSONs in the same `configs/...`
+spelling, so those resolve the same way; a suite file's members are relative to the suite file.
 """
 
 from __future__ import annotations
