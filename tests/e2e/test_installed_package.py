@@ -1,68 +1,24 @@
-"""emotune as users get it: a wheel built from a copy of the source in a temp dir, installed (not editable)
-into a fresh venv, every command run from an empty directory with no source tree anywhere on the path.
-
-The venv reuses this test venv's third-party packages through a .pth file (no downloads); emotune itself
-comes only from the wheel, which the first test checks before anything else.
-"""
+"""emotune as users get it (tests/installed_venv.py): a wheel installed into a fresh venv, every command run
+from an empty directory with no source tree on the path. The demo runs the same way in test_demo.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import site
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from emotune.eval.tasks import load_suite
+from installed_venv import install_wheel
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("installed")
-    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LOCAL_RANK")}
-    src = root / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "emotune", src / "emotune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-q", "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300, env=clean)
-    assert build.returncode == 0, build.stderr[-3000:]
-    wheel = next((root / "dist").glob("emotune-*.whl"))
-
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    # Third-party packages from the test venv, after the new venv's own site-packages.
-    (Path(purelib) / "_test_venv_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    # --ignore-installed: the test venv's own (editable) emotune is visible through the .pth
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--ignore-installed",
-                              "--no-build-isolation", "--no-index", "-q", str(wheel)],
-                             capture_output=True, text=True, timeout=300, env=clean)
-    assert install.returncode == 0, install.stderr[-3000:]
-
-    work = root / "empty"
-    work.mkdir()
-    env = dict(clean)
-    env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMOTUNE_CACHE=str(root / "cache"))
-
-    def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-
-    run.venv, run.work, run.root, run.purelib = venv, work, root, Path(purelib)
-    return run
+    return install_wheel(tmp_path_factory.mktemp("installed"))
 
 
 def test_the_wheel_is_what_runs_and_ships_its_files(installed):
@@ -120,19 +76,3 @@ def test_eval_paper_suite_finds_its_eight_tasks(installed):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     summary = json.loads((root / "out" / "summary.json").read_text())
     assert summary["suite"] == "paper" and sorted(summary["tasks"]) == sorted(names + ["mmlu"])
-
-
-def test_demo_runs_from_an_empty_directory(installed):
-    """A reduced `emotune demo`: the shipped pipeline config, every stage, seconds instead of minutes."""
-    overrides = [
-        'prepare.0=[emotune, synth, runs/demo/data, --n-pretrain, "300", --n-finetune, "100", --n-valid, "20",'
-        ' --n-test, "16", --n-icl-index, "40", --n-icl-test, "8"]',
-        "runs.0.train.overrides=[max_steps=3]",
-        "runs.1.matrix={objective.name: [emo], seed: [0]}",
-        'runs.1.train.overrides=["model.name_or_path={run:pretrain}", max_steps=2, save_steps=2]',
-        "eval.eval_args=[data_dir=runs/demo/data, limit=8, progress=false]",
-    ]
-    res = installed("emotune", "demo", *overrides, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
-    assert (installed.work / "runs/demo/report/report.html").is_file()
-    assert "emotune pipeline: report runs/demo/report/report.html" in res.stdout
