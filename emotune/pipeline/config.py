@@ -25,6 +25,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from emotune.errors import EmotuneError
 from emotune.objectives.registry import resolve
+from emotune.resources import names as shipped_names
 from emotune.resources import resolve as resolve_file
 
 
@@ -239,7 +240,7 @@ def read_yaml(path: str | Path, kind: str = "train") -> dict:
     path = resolve_file(path, kind)
     if not path.is_file():
         path = Path(given)
-        raise EmotuneError(f"config file {path} not found")
+        raise EmotuneError(f"config file {path} not found (shipped {kind} configs: {', '.join(shipped_names(kind))})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
