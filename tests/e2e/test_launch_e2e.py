@@ -76,7 +76,7 @@ def test_pdsh_launcher_over_real_sshd(tmp_path):
         res = launch([f"output_dir={run}", "--nodes", "2", "--procs-per-node", "1", "--hostfile", str(hostfile),
                       "--master-port", str(free_port()), "--ssh-port", str(sshd.port),
                       "--no-ssh-check", "--env-file", str(tmp_path / "env"), "--env", "HF_HUB_OFFLINE=1"],
-                     env={**env, **sshd.client_env()}, base_env=env)
+                     env=sshd.client_env(), base_env=env)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = res.stdout + res.stderr
     assert "pdsh" in out and f"--master_addr={names[0]}" in out, out[-3000:]
