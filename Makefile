@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/emotune pipeline configs/pipeline/demo.yaml
+	$(BIN)/emotune demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -40,8 +40,23 @@ class LocalSshd:
         return {"PDSH_RCMD_TYPE": "ssh", "PDSH_SSH_ARGS_APPEND": f"-F {self.ssh_config}"}
 
 
+def local_addresses(names: list[str]) -> list[str] | None:
+    """The IPv4 addresses `names` resolve to, if every one is an address of this machine (else None)."""
+    out = []
+    for name in names:
+        try:
+            addr = socket.gethostbyname(name)
+            with socket.socket() as s:
+                s.bind((addr, 0))  # only an address of this machine can be bound
+        except OSError:
+            return None
+        out.append(addr)
+    return sorted(set(out))
+
+
 @contextmanager
-def local_sshd(workdir: Path):
+def local_sshd(workdir: Path, listen: list[str] | None = None):
+    listen = listen or ["127.0.0.1"]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "client_key"):
@@ -49,7 +64,7 @@ def local_sshd(workdir: Path):
     (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
     port = free_port()
     (workdir / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {workdir / 'host_key'}\n"
+        f"Port {port}\n" + "".join(f"ListenAddress {a}\n" for a in listen) + f"HostKey {workdir / 'host_key'}\n"
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPidFile {workdir / 'sshd.pid'}\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nMaxStartups 50\n"
@@ -67,7 +82,7 @@ def local_sshd(workdir: Path):
             if proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(workdir / 'sshd.log').read_text()}")
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection((listen[0], port), timeout=0.5).close()
                 break
             except OSError:
                 if time.time() > deadline:

@@ -34,6 +34,7 @@ from test_train_fixtures import REPO, alpaca_rows, make_tiny_llama, make_tokeniz
 from emotune.eval.store import Store
 from emotune.eval.summary import TaskResult, write_summary
 from emotune.launch.cli import main as cli_main
+from emotune.resources import shipped
 
 # ---------------------------------------------------------------------------------------------- the good run
 
@@ -103,7 +104,7 @@ def world(tmp_path_factory) -> World:
     (data / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(16)))
     run = root / "run"
     setup = {"model": str(root / "model"), "train": str(data / "train.txt"), "valid": str(data / "valid.txt")}
-    cfg = run_config(setup, run, deepspeed=str(REPO / "configs/deepspeed/zero3-cpu-test.json"))
+    cfg = run_config(setup, run, deepspeed=str(shipped("deepspeed/zero3-cpu-test.json")))
     good_train = root / "good-train.yaml"
     good_train.write_text(yaml.safe_dump(cfg))
     run.mkdir()
@@ -135,7 +136,7 @@ def world(tmp_path_factory) -> World:
     suite.write_text(yaml.safe_dump([str(good_task)]))
     (root / "cases").mkdir()
     return World(root, root / "model", data / "train.txt", data / "valid.txt", data / "alpaca.jsonl", run,
-                 store_path, evalout, good_task, suite, good_train, REPO / "configs/deepspeed/zero3-cpu-test.json")
+                 store_path, evalout, good_task, suite, good_train, shipped("deepspeed/zero3-cpu-test.json"))
 
 
 def snapshot(root: Path) -> dict[str, str]:

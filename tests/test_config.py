@@ -9,9 +9,10 @@ from emotune.errors import EmotuneError
 from emotune.launch.cli import main as cli_main
 from emotune.pipeline.config import TrainConfig, apply_overrides, load_config, validate
 from emotune.pipeline.train import deepspeed_config, lr_lambda
+from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((REPO / "configs/train").glob("*.yaml"))
+SHIPPED = sorted(shipped("train").glob("*.yaml"))
 
 MINIMAL = {"output_dir": "out", "model": {"name_or_path": "m"}, "data": {"train_files": ["a.txt"]}}
 
@@ -34,15 +35,15 @@ def test_shipped_configs_validate():
 
 
 def test_paper_recipes_in_shipped_configs():
-    c = load_config(REPO / "configs/train/llama7b-alpaca-gpt4-emo.yaml")
+    c = load_config(shipped("train/llama7b-alpaca-gpt4-emo.yaml"))
     assert c.data.format == "instruction" and c.data.max_length == 512 and c.learning_rate == 2e-5
     assert c.lr_scheduler_type == "cosine" and c.warmup_ratio == 0.03 and c.num_train_epochs == 3 and c.bf16
     assert c.per_device_train_batch_size * c.gradient_accumulation_steps * 8 == 128  # global batch 128 on 8 GPUs
-    c13 = load_config(REPO / "configs/train/llama13b-alpaca-gpt4-emo.yaml")
+    c13 = load_config(shipped("train/llama13b-alpaca-gpt4-emo.yaml"))
     assert c13.learning_rate == 1e-5
-    w = load_config(REPO / "configs/train/llama7b-wikitext103-emo.yaml")
+    w = load_config(shipped("train/llama7b-wikitext103-emo.yaml"))
     assert w.data.block_size == 256 and w.learning_rate == 2e-5 and w.warmup_ratio == 0.03 and w.objective.cost == "frozen"
-    assert load_config(REPO / "configs/train/llama7b-wikitext103-mle.yaml").objective.name == "mle"
+    assert load_config(shipped("train/llama7b-wikitext103-mle.yaml")).objective.name == "mle"
 
 
 def test_overrides_nested_and_typed(tmp_path):
@@ -109,15 +110,15 @@ def test_cli_reports_one_line_exit_2(tmp_path, capsys):
 def test_deepspeed_auto_filled(tmp_path):
     cfg = validate(apply_overrides(MINIMAL, ["per_device_train_batch_size=4", "gradient_accumulation_steps=8",
                                              "learning_rate=2e-5", "bf16=true", "max_grad_norm=0.5", "weight_decay=0.1",
-                                             f"deepspeed={REPO}/configs/deepspeed/zero3-bf16.json"]))
+                                             f"deepspeed={shipped('deepspeed/zero3-bf16.json')}"]))
     ds = deepspeed_config(cfg, 4, 4096)
     assert ds["train_batch_size"] == 128 and ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 8
     assert ds["bf16"]["enabled"] is True and ds["gradient_clipping"] == 0.5
     assert ds["optimizer"]["params"] == {"lr": 2e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.1}
     assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["reduce_bucket_size"] == 4096 ** 2
-    cpu = deepspeed_config(cfg.model_copy(update={"deepspeed": str(REPO / "configs/deepspeed/zero3-cpu-test.json"), "bf16": False}), 2, 64)
+    cpu = deepspeed_config(cfg.model_copy(update={"deepspeed": str(shipped("deepspeed/zero3-cpu-test.json")), "bf16": False}), 2, 64)
     assert cpu["optimizer"]["params"]["torch_adam"] is True and cpu["zero_optimization"]["stage3_param_persistence_threshold"] == 0
-    off = deepspeed_config(cfg.model_copy(update={"deepspeed": str(REPO / "configs/deepspeed/zero3-offload.json")}), 2, 64)
+    off = deepspeed_config(cfg.model_copy(update={"deepspeed": str(shipped("deepspeed/zero3-offload.json"))}), 2, 64)
     assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 

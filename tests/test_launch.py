@@ -37,7 +37,7 @@ def test_hostfile_pdsh_and_per_node_commands(tmp_path):
     assert "--ssh_port" in pdsh and "--no_ssh" not in pdsh
     per_node = build_command(LaunchPlan("c.yaml", nodes=2, procs_per_node=8, hostfile=str(hosts), node_rank=1, master_addr="node-a"))
     assert per_node[per_node.index("--node_rank") + 1] == "1" and "--no_ssh" in per_node
-    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=4, node_rank=1))
+    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=4, node_rank=1, master_addr="node-a"))
     assert torchrun[:3] == ["torchrun", "--nnodes", "2"] and torchrun[-3:] == ["-m", ENTRY_MODULE, "c.yaml"]
     with pytest.raises(EmotuneError, match="lists 2 hosts but --nodes is 3"):
         build_command(LaunchPlan("c.yaml", nodes=3, hostfile=str(hosts)))
@@ -57,6 +57,8 @@ def test_bad_plans_are_refused():
         build_command(LaunchPlan("c.yaml", nodes=2))
     with pytest.raises(EmotuneError, match="outside 0..1"):
         build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, node_rank=2))
+    with pytest.raises(EmotuneError, match="need --master-addr"):  # never a silent loopback rendezvous
+        build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, node_rank=1))
 
 
 def test_env_file_forwards_cluster_variables(monkeypatch):
@@ -65,6 +67,62 @@ def test_env_file_forwards_cluster_variables(monkeypatch):
     assert "NCCL_SOCKET_IFNAME=ib0" in lines and "WANDB_MODE=offline" in lines and "DEEPSPEED_TIMEOUT=90" in lines
     with pytest.raises(EmotuneError, match="cannot be forwarded"):
         env_file_lines(LaunchPlan("c.yaml", env={"BAD KEY": "1"}))
+
+
+def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path):
+    for key, value in {"HF_HOME": "/shared/hf", "HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": "hf_secret2",
+                       "NCCL_IB_HCA": "mlx5", "AWS_SECRET_ACCESS_KEY": "s3", "TOKENIZERS_PARALLELISM": "false",
+                       "EMOTUNE_CACHE": "/shared/cache", "WANDB_API_KEY": "w"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = dict(line.split("=", 1) for line in env_file_lines(LaunchPlan("c.yaml")))
+    assert env["HF_HOME"] == "/shared/hf" and env["NCCL_IB_HCA"] == "mlx5" and env["EMOTUNE_CACHE"] == "/shared/cache"
+    assert env["TOKENIZERS_PARALLELISM"] == "false"
+    assert not {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"} & set(env)
+    # the remote login shell finds this venv's python / deepspeed / emotune first
+    assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    # a secret goes only when the user names it, and the launcher says what it exports
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: x\n")
+    out = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "HF_TOKEN", "--dry-run"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "#   HF_TOKEN=hf_secret" in out.stdout and "WANDB_API_KEY" not in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "NOT_SET_ANYWHERE", "--dry-run"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "NOT_SET_ANYWHERE" in bad.stderr
+
+
+def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path):
+    """Off loopback: every node must rendezvous at the first host, never at its own 127.0.0.1."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("gpu-node-017.cluster slots=8\ngpu-node-018.cluster slots=8\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model_name_or_path: x\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    base = [sys.executable, "-m", "emotune", "launch", str(cfg), "--nodes", "2", "--procs-per-node", "8",
+            "--hostfile", str(hosts), "--dry-run"]
+    for extra in ([], ["--node-rank", "1"]):
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "--master_addr gpu-node-017.cluster" in out.stdout and "127.0.0.1" not in out.stdout
+    given = subprocess.run([*base, "--master-addr", "10.1.2.3"], capture_output=True, text=True, env=env)
+    assert "--master_addr 10.1.2.3" in given.stdout
+    torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=8,
+                                        hostfile=str(hosts), node_rank=1))
+    assert torchrun[torchrun.index("--master_addr") + 1] == "gpu-node-017.cluster"
+    one_node = build_command(LaunchPlan("c.yaml", launcher="torchrun", procs_per_node=8))
+    assert one_node[one_node.index("--master_addr") + 1] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv", [["--local_rank=1", "losses"], ["--local_rank", "1", "losses"],
+                                  ["losses", "--local-rank=1"]])
+def test_cli_takes_the_launchers_local_rank_wherever_it_lands(argv):
+    """`deepspeed --module emotune train CFG` and `deepspeed $(which emotune) train CFG` put it first."""
+    res = subprocess.run([sys.executable, "-m", "emotune", *argv], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"})
+    assert res.returncode == 0 and "emo" in res.stdout, res.stderr
+    bad = subprocess.run([sys.executable, "-m", "emotune", "--local_rank=x", "losses"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--local_rank" in bad.stderr
 
 
 def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):

@@ -8,6 +8,7 @@ from test_train_fixtures import REPO, make_tiny_llama, make_tokenizer, single_ra
 from emotune.errors import EmotuneError
 from emotune.pipeline.config import validate
 from emotune.pipeline.model import build_cost, ensure_pad_token, load_model, output_vocab_size
+from emotune.resources import shipped
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def zero3_config():
     from emotune.pipeline.train import deepspeed_config
 
     cfg = validate({"output_dir": "o", "model": {"name_or_path": "m"}, "data": {"train_files": ["x"]},
-                    "deepspeed": str(REPO / "configs/deepspeed/zero3-cpu-test.json")})
+                    "deepspeed": str(shipped("deepspeed/zero3-cpu-test.json"))})
     return deepspeed_config(cfg, 1, 32)
 
 

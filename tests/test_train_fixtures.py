@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import torch
+from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the river town bridge old new north south winter summer built mapped visited quiet harbour library road "
@@ -83,7 +84,7 @@ def run_config(setup: dict, output_dir: Path, **overrides) -> dict:
         "objective": {"name": "emo"},
         "learning_rate": 3e-3, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 6,
         "warmup_steps": 1, "lr_scheduler_type": "linear", "logging_steps": 1, "save_steps": 3, "save_total_limit": 1,
-        "seed": 7, "deepspeed": str(REPO / "configs/deepspeed/zero3-cpu-test.json"), "report_to": ["jsonl"],
+        "seed": 7, "deepspeed": str(shipped("deepspeed/zero3-cpu-test.json")), "report_to": ["jsonl"],
         "disable_tqdm": True, "per_device_eval_batch_size": 4,
     }
     for key, value in overrides.items():

@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
                                  epilog="overrides (key=value): " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--suite", help="suite name from configs/eval/suites.yaml (icl, mmlu, paper)")
+    group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper)")
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")

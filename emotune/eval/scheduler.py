@@ -56,8 +56,9 @@ class Suite:
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
     """A suite of configs/eval/suites.yaml, or a YAML file listing task names / task file paths."""
     from emotune.eval.tasks import load_suite, load_task
+    from emotune.resources import resolve as resolve_file
 
-    path = Path(name)
+    path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         try:
             members = yaml.safe_load(path.read_bytes().decode("utf-8"))

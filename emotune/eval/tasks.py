@@ -1,4 +1,5 @@
-"""Evaluation tasks as data: `configs/eval/tasks/<name>.yaml`, grouped into suites by `configs/eval/suites.yaml`.
+"""Evaluation tasks as data: `configs/eval/tasks/<name>.yaml`, grouped into suites by `configs/eval/suites.yaml`
+(shipped inside the package, emotune/configs/eval; a task file of your own is given by its path).
 
 A task file says *what* to evaluate (dataset, splits, columns, templates); the code in icl.py / mmlu.py /
 generation.py says *how*. Every task has a `kind`:
@@ -33,8 +34,9 @@ from typing import Any
 import yaml
 
 from emotune.errors import EmotuneError, one_line, yaml_error
+from emotune.resources import resolve, shipped
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"
+CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)
 KINDS = ("icl", "mmlu", "generation", "oracle")
 ICE_TOKEN = "</E>"  # OpenICL's ice token: where a template wants the in-context examples
 # a task name becomes a directory name, a file name and part of a SLURM job name
@@ -232,7 +234,7 @@ def load_task(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Task:
     """A task by name (`configs/eval/tasks/<name>.yaml`) or by the path of a YAML file."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
-        return load_task_file(p)
+        return load_task_file(resolve(p, "task"))  # the user's file, else a shipped one of that path
     candidate = config_dir / "tasks" / f"{name_or_path}.yaml"
     if not candidate.exists():
         known = sorted(f.stem for f in (config_dir / "tasks").glob("*.yaml"))

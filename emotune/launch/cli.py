@@ -8,6 +8,7 @@ only when their command runs, so `emotune --help` stays fast. Bad user input rai
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from emotune.errors import EmotuneError
@@ -35,8 +36,38 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def take_local_rank(argv: list[str]) -> list[str]:
+    """Drop the `--local_rank=N` (or `--local_rank N`, `--local-rank`) a launcher adds, wherever it lands.
+
+    `deepspeed --module emotune train CFG` and `deepspeed $(which emotune) train CFG` put it *before* the
+    command; `deepspeed --module emotune.launch.train_entry CFG` after it. The rank goes to LOCAL_RANK,
+    which is where torchrun puts it and where the training stage reads it.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, sep, value = arg.partition("=")
+        if name in ("--local_rank", "--local-rank"):
+            if not sep:
+                if i + 1 >= len(argv):
+                    raise EmotuneError(f"{name} needs a value")
+                value, i = argv[i + 1], i + 1
+            if not value.isdigit():
+                raise EmotuneError(f"{name}: expected a rank number, got {value!r}")
+            os.environ.setdefault("LOCAL_RANK", value)
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = take_local_rank(argv)
+    except EmotuneError as err:
+        print(f"emotune: error: {err}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -47,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"emotune: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"emotune: error: unknown command {name!r} (commands: {', '.join(COMMANDS)}; see emotune --help)",
+              file=sys.stderr)
         return 2
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")

@@ -38,13 +38,15 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
     ap.add_argument("--procs-per-node", type=int, default=1, help="GPUs per node (processes per node on CPU)")
     ap.add_argument("--hostfile", help="DeepSpeed hostfile: 'HOST slots=N' lines")
     ap.add_argument("--node-rank", type=int, help="start only this node's ranks (deepspeed --no_ssh / torchrun)")
-    ap.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR", "127.0.0.1"))
+    ap.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR"),
+                    help="rendezvous host (default: the hostfile's first host; 127.0.0.1 on one node)")
     ap.add_argument("--master-port", type=int, default=int(os.environ.get("MASTER_PORT", "29500")))
     ap.add_argument("--ssh-port", type=int, help="ssh port of the other nodes (pdsh)")
     ap.add_argument("--no-ssh-check", action="store_true",
                     help="skip DeepSpeed's plain-ssh probe (when ssh options come through PDSH_SSH_ARGS_APPEND)")
     ap.add_argument("--timeout-minutes", type=int, help="process-group timeout (DEEPSPEED_TIMEOUT)")
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra variable for every rank")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY[=VALUE]",
+                    help="extra variable for every rank; KEY alone forwards its value from here (e.g. --env HF_TOKEN)")
     ap.add_argument("--env-file", default=".emotune/deepspeed_env", help="where the .deepspeed_env file is written")
     ap.add_argument("--sbatch", metavar="DIR", help="write train.sbatch (and eval.sbatch) to DIR instead of running")
     ap.add_argument("--gpus-per-node", type=int, help="for --sbatch: GPUs to request per node (0 on CPU clusters)")
@@ -54,12 +56,16 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EmotuneError(f"--env expects KEY=VALUE, got {item!r}")
+        if not key:
+            raise EmotuneError(f"--env expects KEY=VALUE or KEY, got {item!r}")
+        if not sep:  # forward this variable's value, secret or not: the user asked for it by name
+            if key not in os.environ:
+                raise EmotuneError(f"--env {key}: no such variable is set here")
+            value = os.environ[key]
         env[key] = value
     from emotune.pipeline.config import load_config
 
-    load_config(args.config, args.overrides)  # a bad run config fails here, not on every rank of every node
+    load_config(args.config, args.overrides)  # a bad run config (yours or a shipped one) fails here, not on every rank
     if args.gpus_per_node is not None and args.gpus_per_node < 0:
         raise EmotuneError(f"--gpus-per-node {args.gpus_per_node}: must be 0 or more")
     plan = LaunchPlan(config=args.config, overrides=args.overrides, launcher=args.launcher, nodes=args.nodes,
@@ -104,5 +110,8 @@ def main(argv: list[str]) -> int:
         return 0
     env_path.parent.mkdir(parents=True, exist_ok=True)
     write_env_file(plan, env_path)
+    names = ", ".join(line.split("=", 1)[0] for line in env_file_lines(plan))
+    print(f"emotune launch: {env_path} exports to every rank: {names or 'nothing'} "
+          "(no secrets unless named with --env KEY)", file=sys.stderr)
     env = dict(os.environ, DS_ENV_FILE=str(env_path), **plan.env)
     return subprocess.run(executable(cmd), env=env).returncode

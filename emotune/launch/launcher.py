@@ -10,8 +10,14 @@ Every path starts the same per-rank entry point (`python -m emotune.launch.train
 - SLURM:               one srun task per node running the `--no_ssh` form with R = $SLURM_NODEID
                        (DeepSpeed's own `--launcher slurm` needs mpi4py and sets no RANK; see DEEPSPEED.md)
 
+The rendezvous address defaults to the hostfile's first host (DeepSpeed's runner picks the same node),
+127.0.0.1 on one node only: a loopback master on a real cluster would make every other node wait on itself.
+
 Variables the remote ranks need travel in a `.deepspeed_env` file (KEY=VALUE lines) that the
-DeepSpeed runner reads through DS_ENV_FILE. DEEPSPEED_TIMEOUT (minutes) sets the process-group timeout.
+DeepSpeed runner reads through DS_ENV_FILE: PATH with this interpreter's bin/ first (so the remote
+shells find the same venv), the Hugging Face / NCCL / Gloo / cache / DeepSpeed settings the user set,
+and `--env` items. Anything that looks like a secret (token, password, key) is left out unless the user
+names it with `--env KEY` or `--env KEY=VALUE`. DEEPSPEED_TIMEOUT (minutes) sets the process-group timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +35,13 @@ from emotune.sbatch import check_line_value, check_sbatch_args
 from emotune.sbatch import job_name as safe_job_name
 
 ENTRY_MODULE = "emotune.launch.train_entry"
-# Forwarded to remote ranks when set here (cluster network and cache settings).
-FORWARD_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TORCH_EXTENSIONS_DIR",
-               "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_DEBUG", "GLOO_SOCKET_IFNAME", "OMP_NUM_THREADS",
-               "DS_ACCELERATOR", "CUDA_HOME", "LD_LIBRARY_PATH", "PATH", "PYTHONPATH")
+# Forwarded to remote ranks when set here: these names, and every name with one of the prefixes
+# (cluster network, hub and cache settings). Secret-looking names are never forwarded unasked.
+FORWARD_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME",
+               "OMP_NUM_THREADS", "XDG_CACHE_HOME", "TORCH_EXTENSIONS_DIR", "TORCH_HOME", "TRITON_CACHE_DIR",
+               "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE", "TOKENIZERS_PARALLELISM", "DS_ACCELERATOR")
+FORWARD_PREFIXES = ("HF_", "HUGGINGFACE_", "NCCL_", "GLOO_", "EMOTUNE_", "DS_BUILD_", "FI_", "UCX_")
+SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|(^|_)(API_)?KEY($|_)|AUTH", re.IGNORECASE)
 LAUNCHERS = ("deepspeed", "torchrun")
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+)\s+slots=(?P<slots>[1-9][0-9]*)$")
 
@@ -45,7 +55,7 @@ class LaunchPlan:
     procs_per_node: int = 1
     hostfile: str | None = None
     node_rank: int | None = None  # set: run this node's share only (--no_ssh / torchrun per node)
-    master_addr: str = "127.0.0.1"
+    master_addr: str | None = None  # None: the hostfile's first host, else 127.0.0.1 (one node)
     master_port: int = 29500
     ssh_port: int | None = None
     ssh_check: bool = True  # DeepSpeed's plain-ssh reachability probe of the first host
@@ -68,7 +78,18 @@ class LaunchPlan:
             raise EmotuneError(f"--ssh-port {self.ssh_port} is not a port number")
         if self.timeout_minutes is not None and self.timeout_minutes < 1:
             raise EmotuneError(f"--timeout-minutes {self.timeout_minutes}: must be at least 1")
-        check_line_value(self.master_addr, "--master-addr")
+        if self.master_addr is not None:
+            check_line_value(self.master_addr, "--master-addr")
+        if self.nodes > 1 and not self.master_addr and not self.hostfile and not slurm:
+            raise EmotuneError("several nodes need --master-addr (the first node's name) or a --hostfile whose first host it is")
+
+    def rendezvous(self) -> str:
+        """The master's address: as given, else the hostfile's first host, else loopback (one node)."""
+        if self.master_addr:
+            return self.master_addr
+        if self.hostfile:
+            return read_hostfile(self.hostfile)[0][0]
+        return "127.0.0.1"
 
 
 def read_hostfile(path: str) -> list[tuple[str, int]]:
@@ -97,8 +118,22 @@ def write_hostfile(path: str | os.PathLike, hosts: list[str], slots: int) -> Pat
     return write_text(path, "".join(f"{h} slots={slots}\n" for h in hosts))
 
 
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What the remote ranks inherit from here: see FORWARD_ENV / FORWARD_PREFIXES; no secrets."""
+    environ = dict(os.environ if environ is None else environ)
+    env = {k: v for k, v in environ.items()
+           if k in FORWARD_ENV or (k.startswith(FORWARD_PREFIXES) and not SECRET.search(k))}
+    # Remote shells start with the login PATH: put this interpreter's bin/ (the venv) first, so
+    # `python`, `deepspeed` and `emotune` there are the ones that started the job.
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if venv_bin not in path.split(os.pathsep):
+        env["PATH"] = venv_bin + (os.pathsep + path if path else "")
+    return env
+
+
 def env_file_lines(plan: LaunchPlan) -> list[str]:
-    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env = forwarded_env()
     env.update(plan.env)
     if plan.timeout_minutes:
         env["DEEPSPEED_TIMEOUT"] = str(plan.timeout_minutes)
@@ -122,7 +157,7 @@ def build_command(plan: LaunchPlan) -> list[str]:
     plan.validate()
     if plan.launcher == "torchrun":
         cmd = ["torchrun", "--nnodes", str(plan.nodes), "--nproc_per_node", str(plan.procs_per_node),
-               "--master_addr", plan.master_addr, "--master_port", str(plan.master_port)]
+               "--master_addr", plan.rendezvous(), "--master_port", str(plan.master_port)]
         if plan.nodes > 1:
             cmd += ["--node_rank", str(plan.node_rank or 0)]
         return cmd + ["-m", ENTRY_MODULE, *entry_args(plan)]
@@ -131,7 +166,7 @@ def build_command(plan: LaunchPlan) -> list[str]:
         hosts = read_hostfile(plan.hostfile)
         if len(hosts) != plan.nodes:
             raise EmotuneError(f"hostfile {plan.hostfile} lists {len(hosts)} hosts but --nodes is {plan.nodes}")
-        cmd += ["--hostfile", plan.hostfile, "--master_addr", plan.master_addr]
+        cmd += ["--hostfile", plan.hostfile, "--master_addr", plan.rendezvous()]
         if plan.node_rank is not None:
             cmd += ["--no_ssh", "--node_rank", str(plan.node_rank)]
         else:

@@ -170,7 +170,7 @@ def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
 def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
     from emotune.pipeline.config import apply_overrides, read_yaml
 
-    data = apply_overrides(read_yaml(path), overrides)
+    data = apply_overrides(read_yaml(path, kind="pipeline"), overrides)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:

@@ -2,6 +2,9 @@
 
     cfg = load_config("configs/train/tiny-cpu.yaml", ["learning_rate=1e-4", "data.block_size=64"])
 
+A config is a file path or the name of a shipped config (`tiny-cpu`, `train/tiny-cpu.yaml`, or the
+source-tree spelling above): see emotune.resources. The user's own file always wins.
+
 Top-level field names follow Hugging Face `TrainingArguments` wherever one exists (learning_rate,
 per_device_train_batch_size, gradient_accumulation_steps, num_train_epochs / max_steps, warmup_ratio,
 lr_scheduler_type, weight_decay, bf16, gradient_checkpointing, save_steps, logging_steps, seed...);
@@ -22,6 +25,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from emotune.errors import EmotuneError, yaml_error
 from emotune.objectives.registry import resolve
+from emotune.resources import names as shipped_names
+from emotune.resources import resolve as resolve_file
 
 
 class _Strict(BaseModel):
@@ -73,6 +78,13 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(None, ge=1)  # blocks (text) or examples (instruction)
     max_eval_samples: int | None = Field(None, ge=1)
     cache_dir: str | None = None  # tokenised data cache; default <output_dir>/data-cache
+
+    @field_validator("train_files", "validation_files")
+    @classmethod
+    def _shipped_files(cls, files: list[str] | None) -> list[str] | None:
+        # The user's file wins; a name that exists only among the shipped configs (the examples'
+        # `configs/train/data/...`) becomes the installed file's path, so every reader sees one path.
+        return None if files is None else [str(resolve_file(f)) for f in files]
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -228,10 +240,13 @@ def validate(data: dict, source: str = "config") -> TrainConfig:
         raise EmotuneError(f"{source}: objective: {err}") from None
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+def read_yaml(path: str | Path, kind: str = "train") -> dict:
+    """A YAML mapping from the user's file, or a shipped config of that name (emotune.resources)."""
+    given = path
+    path = resolve_file(path, kind)
     if not path.is_file():
-        raise EmotuneError(f"config file {path} not found")
+        path = Path(given)
+        raise EmotuneError(f"config file {path} not found (shipped {kind} configs: {', '.join(shipped_names(kind))})")
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:

@@ -35,9 +35,9 @@ import torch
 from emotune.atomic import AppendLog, read_json, write_yaml
 from emotune.errors import ArgumentParser, EmotuneError, one_line
 from emotune.pipeline.config import TrainConfig, load_config
+from emotune.resources import resolve as resolve_file
 
 log = logging.getLogger("emotune.train")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,9 +92,7 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 # DeepSpeed config: "auto" values filled from the run config
 
 def deepspeed_config(cfg: TrainConfig, world_size: int | None, hidden_size: int | None) -> dict:
-    path = Path(cfg.deepspeed)
-    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-        path = REPO_ROOT / path
+    path = resolve_file(cfg.deepspeed, "deepspeed")  # the user's file, else a shipped one
     if not path.is_file():
         raise EmotuneError(f"deepspeed: DeepSpeed config {cfg.deepspeed} not found")
     try:

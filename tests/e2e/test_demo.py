@@ -6,21 +6,18 @@ checkpoint, the report) is the real demo.
 """
 
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from installed_venv import install_wheel
+
 pytestmark = pytest.mark.e2e
 
 
 def test_reduced_demo_end_to_end(tmp_path):
-    shutil.copytree(REPO / "configs", tmp_path / "configs")  # the demo's paths are relative to the working directory
+    """`emotune demo` of the installed wheel (tests/installed_venv.py), from an empty directory."""
+    emotune = install_wheel(tmp_path)
     overrides = [
         'prepare.0=[emotune, synth, runs/demo/data, --n-pretrain, "1500", --n-finetune, "400", --n-valid, "40",'
         ' --n-test, "40", --n-icl-index, "100", --n-icl-test, "24"]',
@@ -28,13 +25,11 @@ def test_reduced_demo_end_to_end(tmp_path):
         "runs.1.matrix.seed=[0]",
         "eval.eval_args=[data_dir=runs/demo/data, limit=24, progress=false]",
     ]
-    res = subprocess.run([sys.executable, "-m", "emotune", "pipeline", "configs/pipeline/demo.yaml", *overrides],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    res = emotune("emotune", "demo", *overrides, timeout=900)  # the shipped config, an empty working directory
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     out = res.stdout
     assert "emotune pipeline: report runs/demo/report/report.html" in out
-    assert (tmp_path / "runs/demo/report/report.html").stat().st_size > 10_000
+    assert (emotune.work / "runs/demo/report/report.html").stat().st_size > 10_000
     # The pooled table: one row per objective, every oracle metric measured and finite.
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (MLE|EMO) \| 1 \|.*$", out, re.M)}
     assert set(rows) == {"MLE", "EMO"}, out[-3000:]
@@ -48,4 +43,4 @@ def test_reduced_demo_end_to_end(tmp_path):
     # Both fine-tuning runs started from the pre-trained checkpoint and were evaluated at every checkpoint.
     for run in ("mle-seed0", "emo-seed0"):
         assert "model.name_or_path=runs/demo/pretrain/checkpoint-" in res.stderr
-        assert list((tmp_path / "runs/demo" / run).glob("checkpoint-*/COMPLETE"))
+        assert list((emotune.work / "runs/demo" / run).glob("checkpoint-*/COMPLETE"))

@@ -5,13 +5,15 @@ Each runs the tiny CPU config for a few steps through `emotune launch` (DeepSpee
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sshd_fixture import free_port, local_sshd, missing_programs
+from sshd_fixture import free_port, local_addresses, local_sshd, missing_programs
 from system_programs import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,9 +22,9 @@ STEPS = 4
 pytestmark = pytest.mark.e2e
 
 
-def launch(args: list[str], env: dict | None = None, wait: bool = True):
+def launch(args: list[str], env: dict | None = None, wait: bool = True, base_env: dict | None = None):
     cmd = [sys.executable, "-m", "emotune", "launch", CONFIG, f"max_steps={STEPS}", "save_steps=4", "logging_steps=1", *args]
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = dict(os.environ if base_env is None else base_env, PYTHONUNBUFFERED="1", **(env or {}))
     if wait:
         return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
     return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,15 +62,38 @@ def test_two_nodes_no_ssh_equal_one_node_two_ranks(tmp_path):
 
 
 def test_pdsh_launcher_over_real_sshd(tmp_path):
+    """Two "nodes" by name (this machine's hostname first, then localhost), no --master-addr: the
+    rendezvous defaults to the hostfile's first host, as on a real cluster."""
     require(missing_programs(), "the pdsh launcher test", "Debian openssh-server and pdsh; .ci/run installs them")
+    names = [socket.gethostname(), "localhost"]
+    listen = local_addresses(names)
+    assert listen, f"{names} must resolve to this machine"
     run = tmp_path / "pdsh"
     hostfile = tmp_path / "hosts"
-    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")  # two "nodes", both this machine
-    with local_sshd(tmp_path / "sshd") as sshd:
+    hostfile.write_text("".join(f"{n} slots=1\n" for n in names))
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    with local_sshd(tmp_path / "sshd", listen) as sshd:
         res = launch([f"output_dir={run}", "--nodes", "2", "--procs-per-node", "1", "--hostfile", str(hostfile),
-                      "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--ssh-port", str(sshd.port),
+                      "--master-port", str(free_port()), "--ssh-port", str(sshd.port),
                       "--no-ssh-check", "--env-file", str(tmp_path / "env"), "--env", "HF_HUB_OFFLINE=1"],
-                     env=sshd.client_env())
+                     env=sshd.client_env(), base_env=env)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    assert "pdsh" in (res.stdout + res.stderr)
+    out = res.stdout + res.stderr
+    assert "pdsh" in out and f"--master_addr={names[0]}" in out, out[-3000:]
     assert finished(run) and len(losses(run)) == STEPS
+    forwarded = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines())
+    assert forwarded["PATH"].split(":")[0] == str(Path(sys.executable).parent) and forwarded["HF_HUB_OFFLINE"] == "1"
+
+
+def test_deepspeed_launcher_forms_users_type_first(tmp_path):
+    """`deepspeed --num_gpus 2 --module emotune train CFG` and `deepspeed --num_gpus 2 $(which emotune) train
+    CFG`: the runner puts --local_rank=N before the command; both train for real on 2 ranks."""
+    script = shutil.which("emotune") or str(Path(sys.executable).parent / "emotune")
+    for i, form in enumerate((["--module", "emotune"], [script])):
+        run = tmp_path / f"form{i}"
+        res = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                              str(free_port()), *form, "train", CONFIG, "max_steps=2", "save_steps=2", f"output_dir={run}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        out = res.stdout + res.stderr
+        assert res.returncode == 0 and "unknown command" not in out, out[-3000:]
+        assert (run / "checkpoint-2" / "COMPLETE").exists()
