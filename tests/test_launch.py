@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from emotune.errors import EmotuneError
+from emotune.resources import shipped
 from emotune.launch.launcher import (
     ENTRY_MODULE,
     LaunchPlan,
@@ -82,8 +83,7 @@ def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path):
     # the remote login shell finds this venv's python / deepspeed / emotune first
     assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/bin:/bin"
     # a secret goes only when the user names it, and the launcher says what it exports
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("model_name_or_path: x\n")
+    cfg = "configs/train/tiny-cpu.yaml"  # launch validates the run config first: a real one
     out = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "HF_TOKEN", "--dry-run"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "#   HF_TOKEN=hf_secret" in out.stdout and "WANDB_API_KEY" not in out.stdout
@@ -97,7 +97,7 @@ def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("gpu-node-017.cluster slots=8\ngpu-node-018.cluster slots=8\n")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model_name_or_path: x\n")
+    shutil.copy(shipped("train/tiny-cpu.yaml"), cfg)  # launch validates the run config first
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
     base = [sys.executable, "-m", "emotune", "launch", str(cfg), "--nodes", "2", "--procs-per-node", "8",
             "--hostfile", str(hosts), "--dry-run"]
@@ -149,7 +149,7 @@ def test_train_entry_accepts_the_launchers_local_rank():
 
 def test_launch_cli_dry_run_and_bad_input(tmp_path):
     cfg = tmp_path / "c.yaml"
-    shutil.copy(REPO / "configs/train/tiny-cpu.yaml", cfg)  # launch validates the run config first
+    shutil.copy(shipped("train/tiny-cpu.yaml"), cfg)  # launch validates the run config first
     emotune = [sys.executable, "-m", "emotune"]
     out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True)
     assert out.returncode == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in out.stdout
