@@ -172,3 +172,14 @@ def test_checkpoint_corrupted_after_queueing_is_never_evaluated(tmp_path):
     (row,) = store.rows()
     assert row.status == "failed" and row.attempts == 1 and "not evaluated" in row.error and "SHA-256" in row.error
     assert read_invocations(log) == []
+
+
+def test_suite_version_follows_the_evaluator_protocol(monkeypatch):
+    """Results stored under an older scoring protocol (another default) are not current for the scheduler."""
+    import emotune.eval.tasks as tasks
+    from emotune.eval.scheduler import resolve_suite
+
+    now = resolve_suite("icl").version
+    assert resolve_suite("icl").version == now  # deterministic
+    monkeypatch.setattr(tasks, "PROTOCOL", tasks.PROTOCOL + 1)
+    assert resolve_suite("icl").version != now

@@ -55,7 +55,7 @@ class Suite:
 
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
     """A suite of configs/eval/suites.yaml, or a YAML file listing task names / task file paths."""
-    from emotune.eval.tasks import load_suite, load_task
+    from emotune.eval.tasks import PROTOCOL, load_suite, load_task
     from emotune.resources import resolve as resolve_file
 
     path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
@@ -82,8 +82,9 @@ def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Sui
         tasks = load_suite(name)
         specs = [t.name for t in tasks]
         suite_name = name
-    # What the scores depend on: the task definitions and the evaluator's extra settings (not paths/commands).
-    digest = hashlib.sha256(json.dumps({"tasks": [t.raw for t in tasks], "eval_args": list(eval_args)},
+    # What the scores depend on: the task definitions, the evaluator's extra settings (not paths/commands)
+    # and its scoring protocol (a changed default is a new suite version).
+    digest = hashlib.sha256(json.dumps({"tasks": [t.raw for t in tasks], "eval_args": list(eval_args), "protocol": PROTOCOL},
                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):

@@ -38,6 +38,10 @@ from emotune.resources import resolve, shipped
 
 CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)
 KINDS = ("icl", "mmlu", "generation", "oracle")
+# The evaluator's scoring protocol: bump it when a default that changes scores changes, so that the
+# scheduler re-evaluates what an older protocol stored (2: OpenICL's tokenizer round trip before
+# retrieval by default, tokens equal to EOS left out of the score also when BOS is EOS).
+PROTOCOL = 2
 ICE_TOKEN = "</E>"  # OpenICL's ice token: where a template wants the in-context examples
 # a task name becomes a directory name, a file name and part of a SLURM job name
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
