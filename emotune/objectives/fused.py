@@ -34,6 +34,8 @@ element-wise work through `torch.compile` (opt-in; the eager CPU path is the ref
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -156,28 +158,53 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
         ce_all[s:e] = ce
         return q, k
 
+    # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
+    # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
+    # product overflow, and unscaled in float32 after the matmul. bf16 has float32's range: factor 1.
+    # (grad_W in fp16 is a float32 product: it sums over chunks, and fp16 partial sums would each round.)
+    prescale = mm_dtype == torch.float16
+    amax_h = float(h_mm.abs().amax()) if prescale and n else 1.0
+    amax_m = max([float(w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in lora_mm]) if prescale else 1.0
+
+    def factor(g) -> float:
+        if not prescale:
+            return 1.0
+        ag = g.abs()
+        amax, rowsum, colsum = float(ag.amax()), float(ag.sum(-1).amax()), float(ag.sum(0).amax())
+        if amax == 0.0:
+            return 1.0
+        limit = 2.0 ** 14  # a quarter of fp16's max: room for the matmuls' rounding
+        f = min(1.0 / amax, limit / max(rowsum * amax_m, 1e-30), limit / max(colsum * amax_h, 1e-30))
+        return 2.0 ** math.floor(math.log2(f))
+
     def backprop(s, e, q, k, a, b):
         g = logit_grad_(q, y[s:e], a, b, k, None if d_all is None else d_all_raw[s:e])
         if grad_b is not None:
             grad_b.add_(g.sum(0).to(grad_b.dtype))
-        g = g.to(mm_dtype)
+        g32, f = g, factor(g)
+        g = (g * f if f != 1.0 else g).to(mm_dtype)
+        inv = 1.0 / f
         hs = h_mm[s:e]
         if grad_h is not None:
             grad_h[s:e] = g @ w_mm
+            if inv != 1.0:
+                grad_h[s:e] *= inv
         if grad_w is not None:
             if g.dtype == grad_w.dtype:
                 grad_w.addmm_(g.T, hs)
-            else:  # bf16/fp16 matmul, float32 accumulation across chunks
+            elif prescale:  # fp16: one fp16 rounding per chunk would add up over the chunks; fp32 product instead
+                grad_w.addmm_(g32.T, hs.to(grad_w.dtype))
+            else:  # bf16 matmul, float32 accumulation across chunks
                 grad_w.add_(g.T @ hs)
         for i, (a_, b_, sc) in enumerate(lora_mm):
             u = hs @ a_.T                      # [c, r]
-            gu = (g @ b_) * sc                 # dL/du
+            gu = g @ b_                        # dL/du / (sc f)
             if grad_h is not None:
-                grad_h[s:e] += (gu @ a_).to(grad_h.dtype)
+                grad_h[s:e] += (gu @ a_).to(grad_h.dtype) * (sc * inv)
             if grad_lora[2 * i] is not None:
-                grad_lora[2 * i].add_(gu.T @ hs)
+                grad_lora[2 * i].add_(gu.T @ hs, alpha=sc * inv)
             if grad_lora[2 * i + 1] is not None:
-                grad_lora[2 * i + 1].add_((g.T @ u) * sc)
+                grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)
 
     loss = torch.zeros((), dtype=cdt, device=h.device)
     weights = []
