@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from emotune.objectives.common import IGNORE_INDEX, LossOutput, compute_dtype
-from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
 from emotune.objectives.cost import CostEmbedding, as_matrix, check_vocab, normalize_rows
 from emotune.objectives.losses import EMO_VARIANTS, WEIGHTINGS, mix_mle_demd, mixce_weight, tailr_weight
 from emotune.objectives.registry import Objective
+from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
 
 # Default chunk: as many tokens as keep one chunk x V float32 buffer at 2^24 floats (64 MB), at least 16.
 DEFAULT_CHUNK_FLOATS = 1 << 24
@@ -55,10 +55,6 @@ def default_chunk_size(vocab_size: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # The objective on per-token (ce, demd) vectors: the reference's own helpers, nothing re-derived.
-
-
-def _needs_demd(objective: Objective) -> bool:
-    return objective.name == "emo"
 
 
 def _token_wise(objective: Objective) -> bool:
