@@ -25,10 +25,10 @@ def test_precision_matrix(name, params, dtype_name):
         assert finite, path
         assert loss_err < tol_loss and gh_err < tol_grad and gw_err < tol_grad, (path, loss_err, gh_err, gw_err)
     # fused never worse than plain. Both errors are the max over entries of sums of many roundings made in
-    # different places (chunked vs one matmul), so they differ by noise: 15% of the plain error plus one
-    # unit roundoff. The defects this guards against were 2-5x, or inf.
+    # different places (chunked vs one matmul, chunk partial sums of the loss), so they differ by noise: 15%
+    # of the plain error plus two unit roundoffs. The defects this guards against were 2-5x, or inf.
     for plain_err, fused_err in zip(errs["plain"][:3], errs["fused"][:3]):
-        assert fused_err <= 1.15 * plain_err + u, (errs["plain"], errs["fused"])
+        assert fused_err <= 1.15 * plain_err + 2 * u, (errs["plain"], errs["fused"])
 
 
 def _head_problem(dtype, seed=0, N=300, H=48, V=256):

@@ -145,14 +145,14 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
         z = z.to(cdt)
         for a_, b_, sc in lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
             z.add_(((hs @ a_.T) @ b_.T).to(cdt), alpha=sc)
-        ce, q, _, _ = softmax_ce_(z, y[s:e])
+        ce, ez, _, norm = softmax_ce_(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
         k = None
         if e_hat is not None:
-            k, d = demd_terms(q, y[s:e], e_hat, k_self)
+            k, d = demd_terms(ez, norm, y[s:e], e_hat, k_self)
             d_all[s:e] = d
-            qy_all[s:e] = q.gather(-1, y[s:e, None]).squeeze(-1)
+            qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
         ce_all[s:e] = ce
-        return q, k
+        return (ez, norm), k
 
     # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
     # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
@@ -174,7 +174,8 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
         return 2.0 ** math.floor(math.log2(f))
 
     def backprop(s, e, q, k, a, b):
-        g = logit_grad_(q, y[s:e], a, b, k, None if d_all is None else d_all_raw[s:e])
+        ez, norm = q
+        g = logit_grad_(ez, norm, y[s:e], a, b, k, None if d_all is None else d_all_raw[s:e])
         if grad_b is not None:
             grad_b.add_(g.sum(0).to(grad_b.dtype))
         g32, f = g, factor(g)

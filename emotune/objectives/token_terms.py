@@ -64,7 +64,8 @@ def self_cost(e_hat: Tensor) -> Tensor:
 
 
 def softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """In place: float32 logits z become q = softmax(z). Returns (ce, q, zmax, norm) with q = exp(z - zmax) / norm."""
+    """In place: float32 logits z become e = exp(z - zmax). Returns (ce, e, zmax, norm); q = e / norm is never
+    formed (the division is folded into the per-row coefficients downstream: one pass over c x V fewer)."""
     zmax, imax = z.max(dim=-1, keepdim=True)
     z.sub_(zmax)
     z_y = z.gather(-1, y[:, None]).squeeze(-1)
@@ -73,30 +74,34 @@ def softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     rest = z.sum(-1)
     z.scatter_(-1, imax, 1.0)
     ce = torch.log1p(rest) - z_y
-    norm = 1.0 + rest
-    z.div_(norm[:, None])
-    return ce, z, zmax.squeeze(-1), norm
+    return ce, z, zmax.squeeze(-1), 1.0 + rest
 
 
-def softmax_again(z: Tensor, zmax: Tensor, norm: Tensor) -> Tensor:
-    """In place: q from the logits and the forward's saved (zmax, norm), bit-identical to `softmax_ce`'s q."""
-    return z.sub_(zmax[:, None]).exp_().div_(norm[:, None])
+def softmax_again(z: Tensor, zmax: Tensor) -> Tensor:
+    """In place: e = exp(z - zmax) from the logits and the forward's saved row max, bit-identical to `softmax_ce`'s."""
+    return z.sub_(zmax[:, None]).exp_()
 
 
-def demd_terms(q: Tensor, y: Tensor, e_hat: Tensor, k_self: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk; `k` is a fresh buffer (or `out`)."""
-    k = torch.mm(e_hat[y], e_hat.T, out=out).neg_().add_(1.0)
+def demd_terms(e: Tensor, norm: Tensor, y: Tensor, e_hat: Tensor, k_self: Tensor,
+               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk, q = e / norm; `k` is a fresh buffer (or `out`)."""
+    k = torch.mm(e_hat[y], e_hat.T, out=out)
+    torch.sub(torch.ones((), dtype=k.dtype, device=k.device), k, out=k)  # 1 - cos in one pass, in place
     k.scatter_(-1, y[:, None], k_self[y][:, None])  # the target's own cost exactly (0), not 1 - (1 ± ulp)
-    demd = torch.bmm(q[:, None, :], k[:, :, None]).view(-1)  # row-wise dot without a c x V temporary
+    demd = torch.bmm(e[:, None, :], k[:, :, None]).view(-1) / norm  # row-wise dot without a c x V temporary
     return k, demd
 
 
-def logit_grad(q: Tensor, y: Tensor, a: Tensor, b: Tensor | None, k: Tensor | None, demd: Tensor | None) -> Tensor:
-    """dL/dz = q ⊙ (a + b (k - demd)) - a onehot(y), in place on `k` (or on `q` without DEMD)."""
+def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, k: Tensor | None,
+               demd: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """dL/dz = q ⊙ (a + b (k - demd)) - a onehot(y), q = e / norm: in `out`, else in place on `k` (or on `e`
+    without DEMD). Two passes with DEMD (addcmul, multiply), one without."""
+    inv = 1.0 / norm
     if b is None:
-        g = q.mul_(a[:, None])
+        g = torch.mul(e, (a * inv)[:, None], out=out) if out is not None else e.mul_((a * inv)[:, None])
     else:
-        g = k.sub_(demd[:, None]).mul_(b[:, None]).add_(a[:, None]).mul_(q)
+        g = torch.addcmul(((a - b * demd) * inv)[:, None], k, (b * inv)[:, None], out=k if out is None else out)
+        g.mul_(e)
     return g.scatter_add_(-1, y[:, None], -a[:, None])
 
 
@@ -148,10 +153,10 @@ class PlainTerms(torch.autograd.Function):
             for s, e, r in blocks:
                 z = buf[: e - s]
                 z.copy_(flat[r: r + e - s])
-                ce[s:e], q, zmax[s:e], norm[s:e] = softmax_ce(z, y[s:e])
+                ce[s:e], ez, zmax[s:e], norm[s:e] = softmax_ce(z, y[s:e])
                 if has_demd:
-                    _, demd[s:e] = demd_terms(q, y[s:e], e_hat, k_self, out=k_all[s:e])
-                    q_y[s:e] = q.gather(-1, y[s:e, None]).squeeze(-1)
+                    _, demd[s:e] = demd_terms(ez, norm[s:e], y[s:e], e_hat, k_self, out=k_all[s:e])
+                    q_y[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm[s:e]
         ctx.save_for_backward(flat, y, zmax, norm, demd, k_all)
         ctx.blocks, ctx.chunk, ctx.has_demd = blocks, chunk, has_demd
         ctx.mark_non_differentiable(q_y)
@@ -174,16 +179,12 @@ class PlainTerms(torch.autograd.Function):
             for s, e, r in ctx.blocks:
                 z = buf[: e - s]
                 z.copy_(flat[r: r + e - s])
-                q = softmax_again(z, zmax[s:e], norm[s:e])
-                a = a_all[s:e]
+                ez = softmax_again(z, zmax[s:e])
                 rows_out = grad[r: r + e - s]
-                if b_all is None:
-                    g = torch.mul(q, a[:, None], out=rows_out) if direct else q.mul_(a[:, None])
-                else:  # q ⊙ (a - b demd + b k), read from the saved k without modifying it
-                    b = b_all[s:e]
-                    g = torch.addcmul((a - b * demd[s:e])[:, None], k_all[s:e], b[:, None],
-                                      out=rows_out if direct else tmp[: e - s]).mul_(q)
-                g.scatter_add_(-1, y[s:e, None], -a[:, None])
+                # the saved k is read, never modified (a retained graph may run this backward again)
+                out = rows_out if direct else (tmp[: e - s] if ctx.has_demd else None)
+                g = logit_grad(ez, norm[s:e], y[s:e], a_all[s:e], None if b_all is None else b_all[s:e],
+                               k_all[s:e] if ctx.has_demd else None, demd[s:e] if ctx.has_demd else None, out=out)
                 if not direct:
                     rows_out.copy_(g)
         return grad, None, None, None, None, None
