@@ -139,16 +139,26 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
     qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
     token_wise = _token_wise(objective)
 
+    # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
+    # a fresh mapping (page faults, zeroing) on the CPU.
+    rows = min(chunk_size, max(n, 1))
+    zbuf = torch.empty(rows, weight.shape[0], dtype=cdt, device=h.device)
+    kbuf = torch.empty_like(zbuf) if e_hat is not None else None
+    bias_mm = None if bias is None else bias.to(mm_dtype)
+
     def chunk(s, e):
         hs = h_mm[s:e]
-        z = hs @ w_mm.T if bias is None else torch.addmm(bias.to(mm_dtype), hs, w_mm.T)
-        z = z.to(cdt)
+        z = zbuf[: e - s]
+        if mm_dtype == cdt:
+            torch.mm(hs, w_mm.T, out=z) if bias is None else torch.addmm(bias_mm, hs, w_mm.T, out=z)
+        else:
+            z.copy_(hs @ w_mm.T if bias is None else torch.addmm(bias_mm, hs, w_mm.T))
         for a_, b_, sc in lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
             z.add_(((hs @ a_.T) @ b_.T).to(cdt), alpha=sc)
         ce, ez, _, norm = softmax_ce_(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
         k = None
         if e_hat is not None:
-            k, d = demd_terms(ez, norm, y[s:e], e_hat, k_self)
+            k, d = demd_terms(ez, norm, y[s:e], e_hat, k_self, out=kbuf[: e - s])
             d_all[s:e] = d
             qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
         ce_all[s:e] = ce
