@@ -9,7 +9,8 @@
   overflows on purpose: those steps must be skipped by DeepSpeed, logged by us, retried on the same
   data and not counted as progress (step, tokens, LR schedule).
 
-The bf16 test launches this file under `torchrun --nproc_per_node 2`; the worker half is `main()` below.
+The bf16 test launches this file under `torchrun --nproc_per_node 2` (worker: `main()`), the fp16 test as one
+process (worker: `fp16_worker()`).
 """
 
 from __future__ import annotations
@@ -45,21 +46,17 @@ def _fp16_ds_config(path: Path, initial_scale_power: int) -> Path:
     return path
 
 
-def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path, monkeypatch):
-    from deepspeed.accelerator import get_accelerator
-    from test_train_fixtures import run_config, single_rank, tiny_setup
-
-    from emotune.pipeline.config import validate
-    from emotune.pipeline.train import run
-
-    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: True)
-    setup = tiny_setup(tmp_path / "setup")
-    ds = _fp16_ds_config(tmp_path / "ds.json", initial_scale_power=24)
-    with single_rank():
-        cfg = validate(run_config(setup, tmp_path / "out", fp16=True, deepspeed=str(ds), max_steps=3, save_steps=3,
-                                  warmup_steps=0, lr_scheduler_type="linear", model__torch_dtype="float16",
-                                  data__validation_files=None))
-        res = run(cfg)
+def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path):
+    # its own process: DeepSpeed keeps process-group state that a later in-process run must not inherit
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
+               MASTER_PORT=str(_free_port()))
+    env.pop("DS_ACCELERATOR", None)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, __file__, "fp16", str(tmp_path), str(tmp_path / "res.json")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    res = json.loads((tmp_path / "res.json").read_text())
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     skips = [r for r in log if r.get("skipped_step")]
     steps = [r for r in log if "loss" in r]
@@ -67,13 +64,32 @@ def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path, monkeypatc
     assert all(r["step"] == 0 for r in skips)  # before the first applied step: no progress counted
     scales = [r["loss_scale"] for r in skips]
     assert scales == [2.0 ** 23 / 2 ** i for i in range(len(skips))], scales
-    assert [r["step"] for r in steps] == [1, 2, 3] and res.step == 3
+    assert [r["step"] for r in steps] == [1, 2, 3] and res["step"] == 3
     # the LR schedule (linear decay over 3 steps, no warmup) did not advance on the skipped steps
     assert [r["lr"] for r in steps] == pytest.approx([3e-3, 2e-3, 1e-3])
-    assert steps[0]["tokens_seen"] * 3 == steps[-1]["tokens_seen"] == res.tokens_seen  # skips carried no tokens
+    assert steps[0]["tokens_seen"] * 3 == steps[-1]["tokens_seen"] == res["tokens_seen"]  # skips carried no tokens
     assert all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e3 for r in steps)
     manifest = json.loads((tmp_path / "out" / "checkpoint-3" / "manifest.json").read_text())
     assert manifest["dtype"] == "float16"
+
+
+def fp16_worker(tmp: str, out_path: str) -> None:
+    """One rank, fp16 ZeRO-3: the CPU accelerator's fp16 capability check switched off, nothing else."""
+    from deepspeed.accelerator import get_accelerator
+    from test_train_fixtures import run_config, tiny_setup
+
+    from emotune.pipeline.config import validate
+    from emotune.pipeline.train import run
+
+    type(get_accelerator()).is_fp16_supported = lambda self: True
+    tmp = Path(tmp)
+    setup = tiny_setup(tmp / "setup")
+    ds = _fp16_ds_config(tmp / "ds.json", initial_scale_power=24)
+    cfg = validate(run_config(setup, tmp / "out", fp16=True, deepspeed=str(ds), max_steps=3, save_steps=3,
+                              warmup_steps=0, lr_scheduler_type="linear", model__torch_dtype="float16",
+                              data__validation_files=None))
+    res = run(cfg)
+    Path(out_path).write_text(json.dumps({"step": res.step, "tokens_seen": res.tokens_seen}))
 
 
 @pytest.mark.e2e
@@ -148,4 +164,7 @@ def main(tmp: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "fp16":
+        fp16_worker(sys.argv[2], sys.argv[3])
+    else:
+        main(sys.argv[1], sys.argv[2])
