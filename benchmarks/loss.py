@@ -1,20 +1,27 @@
-"""Peak memory and time of loss + backward: plain vs fused, MLE and EMO, side by side in one run.
+"""Peak memory and time of loss + backward: plain vs fused, MLE and EMO, and our plain loss vs the library's
+F.cross_entropy, side by side in one run.
 
-    .venv/bin/python benchmarks/loss.py --threads 1           # N in {2048, 8192}, V=32000, H=512
-    .venv/bin/python benchmarks/loss.py --sizes 1024 --repeats 1   # quick look
+    .venv/bin/python benchmarks/loss.py --threads 1           # N in {1024, 8192}, V=32000, H=512, fp32 + bf16
+    .venv/bin/python benchmarks/loss.py --sizes 1024 --repeats 1 --dtypes fp32   # quick look
     .venv/bin/python benchmarks/loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
 
 Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
-  plain_mle       logits = h Wᵀ, then emotune's mle (= F.cross_entropy) on the [N,V] logits
+  torch_ce        logits = h Wᵀ, then F.cross_entropy as transformers' causal-LM loss calls it (float logits,
+                  labels shifted by padding, ignore_index=-100): the library baseline
+  plain_mle       logits = h Wᵀ, then emotune's mle on the [1, N+1, V] logits
   fused_mle       emotune.objectives.fused.fused_loss, objective mle
   plain_emo       EMO as the original code (DRSY/EMO) lays it out: logits, softmax, a dense one-hot,
                   q Ê and onehot Ê products, gt-detach, token weighting: several [N,V] tensors
   plain_emo_ours  emotune.objectives.emo on the [N,V] logits (gather, no one-hot)
   fused_emo       fused_loss, objective emo (EMO-1, token weighting, frozen cost Ê [V,H])
+  ce_only_torch   the loss alone: logits [1, N+1, V] in, their gradient out, F.cross_entropy as above
+  ce_only_mle     the loss alone, emotune's mle
+fp32 runs every method; bf16 (h, W and the logits in bfloat16, loss math float32) the plain ones.
 Each (method, N, repeat) runs in its own process so its peak RSS is its own: peak = VmHWM after one
 loss+backward minus VmRSS before it (inputs already allocated). Time of the same call: process CPU
 time with --threads 1 (robust on a shared machine), wall time otherwise; the minimum over the
-interleaved repeats is reported. Last line: one JSON object with the ratios at the largest N.
+interleaved repeats is reported. Last line: one JSON object: the fused ratios at the largest N (float32), and
+for every N and dtype plain MLE / F.cross_entropy (with the head, and the loss alone) and plain EMO / plain MLE.
 `--step`: training-step time (fused loss + backward + AdamW) of a tiny LLaMA, EMO over MLE.
 """
 
@@ -27,7 +34,9 @@ import subprocess
 import sys
 import time
 
-METHODS = ("plain_mle", "fused_mle", "plain_emo", "plain_emo_ours", "fused_emo")
+METHODS = ("torch_ce", "plain_mle", "fused_mle", "plain_emo", "plain_emo_ours", "fused_emo", "ce_only_torch", "ce_only_mle")
+LOW_PRECISION_METHODS = ("torch_ce", "plain_mle", "plain_emo_ours", "ce_only_torch", "ce_only_mle")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def _status_kb(key: str) -> int:
@@ -47,7 +56,8 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, threads: int | None) -> dict:
+def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, threads: int | None,
+           dtype_name: str = "fp32") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -56,20 +66,28 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
 
     if threads:
         torch.set_num_threads(threads)
+    dtype = getattr(torch, DTYPES[dtype_name])
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(n, hidden, generator=g).requires_grad_(True)
-    w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).requires_grad_(True)
+    h = torch.randn(n, hidden, generator=g).to(dtype).requires_grad_(True)
+    w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype).requires_grad_(True)
     y = torch.randint(0, vocab, (n,), generator=g)
     cost = CostEmbedding(torch.randn(vocab, hidden, generator=g))
     e_hat = cost.matrix()
     chunk = chunk or default_chunk_size(vocab)
     # the plain paths take HF-shaped [1, N+1, V] logits / [1, N+1] labels: row t predicts label t+1
     labels = torch.cat([torch.tensor([-100]), y])[None]
-    pad = torch.zeros(1, hidden)
+    pad = torch.zeros(1, hidden, dtype=dtype)
+    logits_leaf = None
+    if method.startswith("ce_only"):
+        logits_leaf = (torch.cat([h, pad]) @ w.T).detach()[None].requires_grad_(True)
 
     def plain(objective):
         logits = (torch.cat([h, pad]) @ w.T)[None]
         return objective(logits, labels).loss
+
+    def library_ce(logits):  # transformers' ForCausalLMLoss: upcast, shift the labels by padding, mean
+        shift = F.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
+        return F.cross_entropy(logits.float().view(-1, vocab), shift, ignore_index=-100)
 
     def original_emo():  # the official code's layout: dense one-hot, q Ê and onehot Ê, gt-detach
         logits = h @ w.T
@@ -85,6 +103,9 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
 
     mle_obj, emo_obj = build_objective("mle"), build_objective("emo", {}, cost)
     run = {
+        "torch_ce": lambda: library_ce((torch.cat([h, pad]) @ w.T)[None]),
+        "ce_only_torch": lambda: library_ce(logits_leaf),
+        "ce_only_mle": lambda: mle_obj(logits_leaf, labels).loss,
         "plain_mle": lambda: plain(mle_obj),
         "fused_mle": lambda: fused_loss(h, w, y, mle_obj, chunk_size=chunk).loss,
         "plain_emo": original_emo,
@@ -92,16 +113,17 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
         "fused_emo": lambda: fused_loss(h, w, y, emo_obj, chunk_size=chunk).loss,
     }[method]
 
+    wrt = (logits_leaf,) if logits_leaf is not None else (h, w)
     torch.autograd.grad((h[:8] @ w.T).sum(), (h, w))  # one-time BLAS / autograd start-up, outside the peak
     base = _status_kb("VmRSS")
     exact = _reset_peak()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    torch.autograd.grad(run(), (h, w))
+    torch.autograd.grad(run(), wrt)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak_kb = _status_kb("VmHWM") - (base if exact else 0)
     # With --threads 1 the process's CPU time is the cost itself, unaffected by other jobs queueing for the
     # cores of a shared machine (wall time is not); with several threads only wall time means anything.
-    return {"method": method, "n": n, "peak_mb": peak_kb / 1024, "time_s": cpu if threads == 1 else wall,
+    return {"method": method, "n": n, "dtype": dtype_name, "peak_mb": peak_kb / 1024, "time_s": cpu if threads == 1 else wall,
             "wall_s": wall, "cpu_s": cpu, "chunk": chunk, "peak_exact": exact}
 
 
@@ -152,7 +174,8 @@ def step_benchmark(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="2048,8192", help="comma-separated token counts N")
+    ap.add_argument("--sizes", default="1024,8192", help="comma-separated token counts N")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32 (every method), bf16 (plain ones)")
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk (default: 2^24 / V tokens)")
@@ -167,61 +190,72 @@ def main() -> None:
     ap.add_argument("--step-layers", type=int, default=8)
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-seq", type=int, default=256)
-    ap.add_argument("--worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.step:
         step_benchmark(args)
         return
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.vocab, args.hidden, args.chunk_size,
-                                args.threads)))
+                                args.threads, args.worker[2])))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
+    dtypes = args.dtypes.split(",")
     methods = args.methods.split(",")
+    plan = {d: [m for m in methods if d == "fp32" or m in LOW_PRECISION_METHODS] for d in dtypes}
     # A fixed mmap threshold: every large tensor is its own mapping, returned on free, so peak RSS is exact.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    runs: dict[tuple[str, int], list[dict]] = {}
-    print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight); float32; CPU threads="
-          f"{args.threads or 'default'}; {args.repeats} interleaved repeat(s), one process each; time = "
-          f"{'process CPU time (1 thread)' if args.threads == 1 else 'wall time'}")
-    # Interleaved (rep -> N -> method) so that load drifting on a shared machine hits every method alike.
+    runs: dict[tuple[str, int, str], list[dict]] = {}
+    print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight) (ce_only_*: wrt the logits); "
+          f"dtypes {dtypes}; CPU threads={args.threads or 'default'}; {args.repeats} interleaved repeat(s), one "
+          f"process each; time = {'process CPU time (1 thread)' if args.threads == 1 else 'wall time'}")
+    # Interleaved (rep -> N -> dtype -> method) so that load drifting on a shared machine hits every method alike.
     for rep in range(args.repeats):
         for n in sizes:
-            for m in methods:
-                cmd = [sys.executable, __file__, "--worker", m, str(n), "--vocab", str(args.vocab), "--hidden",
-                       str(args.hidden)]
-                cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
-                cmd += ["--threads", str(args.threads)] if args.threads else []
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                runs.setdefault((m, n), []).append(r)
-                print(f"  rep {rep} N={n} {m}: {r['peak_mb']:.1f} MB, cpu {r['cpu_s']:.2f} s, wall {r['wall_s']:.2f} s",
-                      flush=True)
+            for d in dtypes:
+                for m in plan[d]:
+                    cmd = [sys.executable, __file__, "--worker", m, str(n), d, "--vocab", str(args.vocab), "--hidden",
+                           str(args.hidden)]
+                    cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+                    cmd += ["--threads", str(args.threads)] if args.threads else []
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    runs.setdefault((m, n, d), []).append(r)
+                    print(f"  rep {rep} N={n} {d} {m}: {r['peak_mb']:.1f} MB, cpu {r['cpu_s']:.2f} s, "
+                          f"wall {r['wall_s']:.2f} s", flush=True)
     # min over repeats: on a shared machine the least-disturbed run is the best estimate of the cost itself
     rows = {k: {"peak_mb": max(r["peak_mb"] for r in v), "time_s": min(r["time_s"] for r in v)}
             for k, v in runs.items()}
-    print(f"{'N':>6} {'method':>15} {'peak MB':>10} {'time s':>8}")
+    print(f"{'N':>6} {'dtype':>5} {'method':>15} {'peak MB':>10} {'time s':>8}")
     for n in sizes:
-        for m in methods:
-            print(f"{n:>6} {m:>15} {rows[(m, n)]['peak_mb']:>10.1f} {rows[(m, n)]['time_s']:>8.2f}")
-    ratio = lambda key, a, b, n: rows[(a, n)][key] / rows[(b, n)][key]  # noqa: E731
-    headline = {}
+        for d in dtypes:
+            for m in plan[d]:
+                print(f"{n:>6} {d:>5} {m:>15} {rows[(m, n, d)]['peak_mb']:>10.1f} {rows[(m, n, d)]['time_s']:>8.2f}")
+    ratio = lambda key, a, b, n, d="fp32": rows[(a, n, d)][key] / rows[(b, n, d)][key]  # noqa: E731
+    headline: dict = {}
     for n in sizes:
-        have = {m for m, k in rows if k == n}
-        pairs = [("mem", "peak_mb"), ("time", "time_s")]
+        have = {m for m, k, d in rows if k == n and d == "fp32"}
         line = {}
-        for short, key in pairs:
-            if {"fused_emo", "fused_mle"} <= have:
-                line[f"{short}_fused_emo_over_fused_mle"] = ratio(key, "fused_emo", "fused_mle", n)
-            if {"fused_emo", "plain_emo"} <= have:
-                line[f"{short}_fused_emo_over_plain_emo"] = ratio(key, "fused_emo", "plain_emo", n)
-            if {"fused_emo", "plain_emo_ours"} <= have:
-                line[f"{short}_fused_emo_over_plain_emo_ours"] = ratio(key, "fused_emo", "plain_emo_ours", n)
-            if {"fused_mle", "plain_mle"} <= have:
-                line[f"{short}_fused_mle_over_plain_mle"] = ratio(key, "fused_mle", "plain_mle", n)
-        print(f"N={n} ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in line.items()))
-        headline = {"n": n, **{k: round(v, 4) for k, v in line.items()}}
-    print(json.dumps(headline))
+        for short, key in (("mem", "peak_mb"), ("time", "time_s")):
+            for a, b in (("fused_emo", "fused_mle"), ("fused_emo", "plain_emo"), ("fused_emo", "plain_emo_ours"),
+                         ("fused_mle", "plain_mle")):
+                if {a, b} <= have:
+                    line[f"{short}_{a}_over_{b}"] = ratio(key, a, b, n)
+        if line:
+            print(f"N={n} fp32 fused ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in line.items()))
+            headline = {"n": n, **{k: round(v, 4) for k, v in line.items()}}
+    plain_line = {}
+    for n in sizes:
+        for d in dtypes:
+            have = {m for m, k, dd in rows if k == n and dd == d}
+            for a, b, label in (("plain_mle", "torch_ce", "plain_mle_over_torch_ce"),
+                                ("ce_only_mle", "ce_only_torch", "loss_only_mle_over_torch_ce"),
+                                ("plain_emo_ours", "plain_mle", "plain_emo_over_plain_mle")):
+                if {a, b} <= have:
+                    plain_line[f"time_{label}_{d}_n{n}"] = round(ratio("time_s", a, b, n, d), 4)
+    if plain_line:
+        print("plain ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in plain_line.items()))
+    print(json.dumps({**headline, **plain_line}))
 
 
 if __name__ == "__main__":

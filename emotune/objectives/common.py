@@ -1,9 +1,9 @@
 """What every objective shares: the HF label shift, the -100 mask, float32 math, the token mean.
 
-Conventions (EMO.md section 1): `logits [B,T,V]`, `labels [B,T]` *not* shifted; position t's
-logits predict `labels[:, t+1]`; `-100` marks a position that is not a target. Ignored rows are
-dropped before any softmax, so they cost nothing and can never produce a NaN (an fp16 row full of
-inf in a padded position is simply never read), and they receive an exact zero gradient.
+Conventions: `logits [B,T,V]`, `labels [B,T]` *not* shifted; position t's logits predict
+`labels[:, t+1]`; `-100` marks a position that is not a target. Ignored rows are never read (no
+softmax, no copy), so they cost nothing and can never produce a NaN (an fp16 row full of inf in a
+padded position is simply skipped), and they receive an exact zero gradient.
 """
 
 from __future__ import annotations
@@ -13,54 +13,52 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from emotune.objectives.token_terms import PlainTerms, compute_dtype, plain_chunk_rows, self_cost
+
 IGNORE_INDEX = -100
 # Every ratio guards its denominator with this (EMO.md section 4).
 RATIO_EPS = 1e-8
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for any model dtype (bf16/fp16/fp32); float64 stays float64 (reference tests)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def select_targets(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Shift, mask and upcast: returns `(z [N,V], y [N])` for the N target tokens of the batch."""
+def target_rows(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor, Tensor]:
+    """`(flat [B*T, V], rows [N], y [N])`: the logits as rows (a view, no copy) and, for each of the N
+    target tokens, the row that predicts it (position t predicts `labels[:, t+1]`) and its label."""
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(f"expected logits [B,T,V] and labels [B,T], got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    z = logits[:, :-1, :]
+    B, T, V = logits.shape
     y = labels[:, 1:]
     keep = y != ignore_index
-    z = z[keep].to(compute_dtype(logits.dtype))
-    y = y[keep]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]):
-        raise ValueError(f"label ids must lie in [0, {logits.shape[-1]}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
-    return z, y
+    bt = keep.nonzero()
+    rows = (bt[:, 0] * T + bt[:, 1]).to(logits.device)
+    y = y[keep].to(logits.device)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= V):
+        raise ValueError(f"label ids must lie in [0, {V}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
+    return logits.reshape(B * T, V), rows, y
 
 
-def token_ce_and_probs(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token cross-entropy `mle_t` and the softmax `q`, both computed stably.
-
-    `mle_t = (zmax - z_y) + log sum_i exp(z_i - zmax)`, with the sum taken without its largest
-    term and put through log1p: for a confident token `lse - z_y` would cancel to exactly 0 in
-    float32, and EMO-2 divides by `mle_t`.
-    """
-    zmax, imax = z.max(dim=-1, keepdim=True)
-    shifted = z - zmax
-    rest = shifted.exp().scatter(-1, imax, 0.0).sum(-1)  # every term but the (first) max, which is exp(0)=1
-    log_norm = torch.log1p(rest)
-    z_y = shifted.gather(-1, y[:, None]).squeeze(-1)
-    mle = log_norm - z_y
-    q = (shifted - log_norm[:, None]).exp()
-    return mle, q
+def token_terms(logits: Tensor, labels: Tensor, e_hat: Tensor | None = None,
+                ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per-token `(ce, demd, sg(q_y))` of the N target tokens, float32 (float64 stays float64), differentiable
+    w.r.t. the logits; `demd` and `q_y` are None without a cost matrix Ê. See `token_terms.py` for the math."""
+    flat, rows, y = target_rows(logits, labels, ignore_index)
+    cdt = compute_dtype(logits.dtype)
+    k_self = None
+    if e_hat is not None:
+        e_hat = e_hat.detach().to(device=logits.device, dtype=cdt)
+        k_self = self_cost(e_hat)
+    ce, demd, q_y = PlainTerms.apply(flat, rows, y, e_hat, k_self, plain_chunk_rows(logits.shape[-1], logits.device, e_hat is not None))
+    return (ce, None, None) if e_hat is None else (ce, demd, q_y)
 
 
 def token_mean(per_token: Tensor, num_items: int | Tensor | None = None) -> Tensor:
     """`sum / max(count, 1)`; with `num_items` (HF `num_items_in_batch`) the sum is divided by it instead,
-    so gradient accumulation over micro-batches equals one large batch."""
-    denom = per_token.new_tensor(float(per_token.numel())) if num_items is None else torch.as_tensor(
-        num_items, dtype=per_token.dtype, device=per_token.device
-    )
-    return per_token.sum() / denom.clamp_min(1.0)
+    so gradient accumulation over micro-batches equals one large batch. A divisor below 1 is legitimate
+    (a step with fewer targets than ranks x accumulation steps: train.py clamps the *count*); only a
+    divisor <= 0 is replaced by 1 (the sum is 0 then anyway)."""
+    if num_items is None:
+        return per_token.sum() / max(per_token.numel(), 1)
+    denom = torch.as_tensor(num_items, dtype=per_token.dtype, device=per_token.device)
+    return per_token.sum() / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
 @dataclass

@@ -10,26 +10,31 @@ inside the forward pass (a `torch.autograd.Function`, as Liger-Kernel's fused li
 does), so only two chunk x V float32 buffers are ever alive. The backward just scales the saved
 gradients by the incoming one.
 
-The algebra, per token with q = softmax(z), c_k = ê_k·ê_y (one matmul Ê[y] Êᵀ per chunk), c̄ = <q, c>:
-    ce  = (zmax - z_y) + log1p(sum_{k != argmax} exp(z_k - zmax))   (no lse - z_y cancellation)
-    demd = 1 - c̄ (+ sg(q_y) with gt_detach),   d ce/dz = q - onehot(y),   d demd/dz = q ⊙ (c̄ - c)
-    dL/dz = a (q - onehot(y)) + b q ⊙ (c̄ - c) = q ⊙ (a + b c̄ - b c) - a onehot(y)
-with a = dL/d ce_t and b = dL/d demd_t the stop-gradient coefficients of the objective. They are
-obtained by running the objective's own mixing helpers (`emotune.objectives.losses`) under autograd on
-the per-token vectors (ce, demd) only, so the fused path cannot drift from the reference semantics:
+The algebra, per token with q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y (one matmul Ê[y] Êᵀ per chunk):
+    ce   = (zmax - z_y) + log1p(sum_{i != argmax} exp(z_i - zmax))   (no lse - z_y cancellation)
+    demd = sum_{i != y} q_i k_i + q_y k_yy, k_yy exact (0)            (no 1 - c̄ cancellation)
+    dL/dz = a (q - onehot(y)) + b q ⊙ (k - demd)
+with a = dL/d ce_t and b = dL/d demd_t the stop-gradient coefficients of the objective. The chunk kernel
+is `emotune.objectives.token_terms`, the very functions the plain path runs, and a, b are obtained by
+running the objective's own mixing helpers (`emotune.objectives.losses`) under autograd on the per-token
+vectors (ce, demd) only, so the fused path cannot drift from the reference semantics:
 - token weighting (MLE, TaiLr, MixCE, EMO with `weighting: token`): a_t, b_t depend on token t only and
   are known inside the chunk: one pass.
 - batch weighting (EMO `weighting: batch`): the ratio needs every token's ce and demd, so a first
   no-grad pass collects them (N floats each) and a second pass builds the gradients.
-grad_hidden = g W and grad_W += gᵀ h per chunk; matmuls run in the input dtype (bf16 stays bf16, as
-the plain model's lm_head would), everything else in float32 (float64 stays float64), and grad_W is
-accumulated across chunks in float32.
+grad_hidden = g W and grad_W += gᵀ h per chunk; the head's matmuls run in its own dtype (bf16 stays bf16,
+as the plain model's lm_head would; under autocast, autocast's dtype), everything else in float32 with
+autocast off (float64 stays float64). Every saved gradient is float32: the backward multiplies it by the
+incoming gradient (loss scale, 1/accumulation) in float32 and casts once. LoRA adapters on the head are
+applied as `h Wᵀ + s (h Aᵀ) Bᵀ` and get their own gradients.
 
 Ignored (-100) positions are dropped before the projection. On CUDA `compile=True` runs the chunk's
 element-wise work through `torch.compile` (opt-in; the eager CPU path is the reference it must equal).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -38,6 +43,7 @@ from emotune.objectives.common import IGNORE_INDEX, LossOutput, compute_dtype
 from emotune.objectives.cost import CostEmbedding, as_matrix, check_vocab, normalize_rows
 from emotune.objectives.losses import EMO_VARIANTS, WEIGHTINGS, mix_mle_demd, mixce_weight, tailr_weight
 from emotune.objectives.registry import Objective
+from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
 
 # Default chunk: as many tokens as keep one chunk x V float32 buffer at 2^24 floats (64 MB), at least 16.
 DEFAULT_CHUNK_FLOATS = 1 << 24
@@ -49,10 +55,6 @@ def default_chunk_size(vocab_size: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # The objective on per-token (ce, demd) vectors: the reference's own helpers, nothing re-derived.
-
-
-def _needs_demd(objective: Objective) -> bool:
-    return objective.name == "emo"
 
 
 def _token_wise(objective: Objective) -> bool:
@@ -98,37 +100,7 @@ def _coefficients(objective, ce, demd, q_y, denom):
 
 
 # ---------------------------------------------------------------------------------------------------
-# One chunk: logits -> (ce, demd) -> dL/dz, all in place on two chunk x V buffers.
-
-
-def _softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """In place: z (float32 logits) becomes q = softmax(z); returns per-token ce (as common.token_ce_and_probs)."""
-    zmax, imax = z.max(dim=-1, keepdim=True)
-    z.sub_(zmax)
-    z_y = z.gather(-1, y[:, None]).squeeze(-1)
-    z.exp_()
-    z.scatter_(-1, imax, 0.0)  # sum every term but the (first) max, which is exp(0) = 1: log1p keeps tiny sums
-    rest = z.sum(-1)
-    z.scatter_(-1, imax, 1.0)
-    ce = torch.log1p(rest) - z_y
-    z.div_((1.0 + rest)[:, None])
-    return ce, z
-
-
-def _demd(q: Tensor, y: Tensor, e_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(cos [c,V] = Ê[y] Êᵀ, c̄ = <q, cos>, demd = 1 - c̄) for one chunk; `cos` is a fresh buffer."""
-    cos = e_hat[y] @ e_hat.T
-    cbar = torch.bmm(q[:, None, :], cos[:, :, None]).view(-1)  # row-wise dot without a c x V temporary
-    return cos, cbar, 1.0 - cbar
-
-
-def _logit_grad(q: Tensor, y: Tensor, a: Tensor, b: Tensor | None, cos: Tensor | None, cbar: Tensor | None) -> Tensor:
-    """dL/dz = q ⊙ (a + b c̄ - b c) - a onehot(y), in place on `cos` (or on `q` without DEMD)."""
-    if b is None:
-        g = q.mul_(a[:, None])
-    else:
-        g = cos.mul_(-b[:, None]).add_((a + b * cbar)[:, None]).mul_(q)
-    return g.scatter_add_(-1, y[:, None], -a[:, None])
+# All chunks: logits -> (ce, demd) -> dL/dz -> gradients of h, W, bias and LoRA factors.
 
 
 _COMPILED: dict = {}
@@ -143,109 +115,173 @@ def _maybe_compiled(fn, use: bool):
     return _COMPILED[fn]
 
 
-def _run(h, weight, bias, y, e_hat, objective, denom, chunk_size, want, compile_):
-    """All chunks. `want` = (grad_h, grad_W, grad_b) flags. Returns (loss, stats, grads)."""
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype):
+    """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...).
+    Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
     n, cdt = h.shape[0], compute_dtype(h.dtype)
     use_compile = compile_ and h.is_cuda
-    softmax_ce = _maybe_compiled(_softmax_ce, use_compile)
-    logit_grad = _maybe_compiled(_logit_grad, use_compile)
+    softmax_ce_ = _maybe_compiled(softmax_ce, use_compile)
+    logit_grad_ = _maybe_compiled(logit_grad, use_compile)
     any_grad = any(want)
-    grad_h = torch.empty_like(h) if want[0] else None
-    grad_w = torch.zeros(weight.shape, dtype=torch.float32 if weight.dtype != torch.float64 else torch.float64,
-                         device=weight.device) if want[1] else None
-    grad_b = torch.zeros(bias.shape, dtype=grad_w.dtype if grad_w is not None else cdt,
-                         device=bias.device) if want[2] else None
-    w_mm = weight  # matmuls in the input dtype, as the model's own lm_head
+    acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
+    grad_h, grad_w = acc(h, want[0]), acc(weight, want[1])
+    grad_b = acc(bias, want[2]) if bias is not None else None
+    grad_lora = [acc(t, f) for (a_, b_, _), f2 in zip(lora, zip(want[3::2], want[4::2])) for t, f in ((a_, f2[0]), (b_, f2[1]))]
+    # matmuls in the head's own dtype (bf16 stays bf16, as the model's lm_head would; under autocast, its dtype)
+    h_mm, w_mm = h.to(mm_dtype), weight.to(mm_dtype)
+    lora_mm = [(a_.to(mm_dtype), b_.to(mm_dtype), sc) for a_, b_, sc in lora]
     ce_all = torch.empty(n, dtype=cdt, device=h.device)
     d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
     qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
     token_wise = _token_wise(objective)
 
-    def chunk(s, e):
-        z = h[s:e] @ w_mm.T if bias is None else torch.addmm(bias.to(h.dtype), h[s:e], w_mm.T)
-        z = z.to(cdt)
-        ce, q = softmax_ce(z, y[s:e])
-        cos = cbar = None
-        if e_hat is not None:
-            cos, cbar, d = _demd(q, y[s:e], e_hat)
-            d_all[s:e] = d
-            qy_all[s:e] = q.gather(-1, y[s:e, None]).squeeze(-1)
-        ce_all[s:e] = ce
-        return q, cos, cbar
+    # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
+    # a fresh mapping (page faults, zeroing) on the CPU.
+    rows = min(chunk_size, max(n, 1))
+    zbuf = torch.empty(rows, weight.shape[0], dtype=cdt, device=h.device)
+    kbuf = torch.empty_like(zbuf) if e_hat is not None else None
+    bias_mm = None if bias is None else bias.to(mm_dtype)
 
-    def backprop(s, e, q, cos, cbar, a, b):
-        g = logit_grad(q, y[s:e], a, b, cos, cbar)
+    def chunk(s, e):
+        hs = h_mm[s:e]
+        z = zbuf[: e - s]
+        if mm_dtype == cdt:
+            torch.mm(hs, w_mm.T, out=z) if bias is None else torch.addmm(bias_mm, hs, w_mm.T, out=z)
+        else:
+            z.copy_(hs @ w_mm.T if bias is None else torch.addmm(bias_mm, hs, w_mm.T))
+        for a_, b_, sc in lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
+            z.add_(((hs @ a_.T) @ b_.T).to(cdt), alpha=sc)
+        ce, ez, _, norm = softmax_ce_(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
+        k = None
+        if e_hat is not None:
+            k, d = demd_terms(ez, norm, y[s:e], e_hat, k_self, out=kbuf[: e - s])
+            d_all[s:e] = d
+            qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
+        ce_all[s:e] = ce
+        return (ez, norm), k
+
+    # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
+    # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
+    # product overflow, and unscaled in float32 after the matmul. bf16 has float32's range: factor 1.
+    # (grad_W in fp16 is a float32 product: it sums over chunks, and fp16 partial sums would each round.)
+    prescale = mm_dtype == torch.float16
+    amax_h = float(h_mm.abs().amax()) if prescale and n else 1.0
+    amax_m = max([float(w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in lora_mm]) if prescale else 1.0
+
+    def factor(g) -> float:
+        if not prescale:
+            return 1.0
+        ag = g.abs()
+        amax, rowsum, colsum = float(ag.amax()), float(ag.sum(-1).amax()), float(ag.sum(0).amax())
+        if amax == 0.0:
+            return 1.0
+        limit = 2.0 ** 14  # a quarter of fp16's max: room for the matmuls' rounding
+        f = min(1.0 / amax, limit / max(rowsum * amax_m, 1e-30), limit / max(colsum * amax_h, 1e-30))
+        return 2.0 ** math.floor(math.log2(f))
+
+    def backprop(s, e, q, k, a, b):
+        ez, norm = q
+        g = logit_grad_(ez, norm, y[s:e], a, b, k, None if d_all is None else d_all_raw[s:e])
         if grad_b is not None:
             grad_b.add_(g.sum(0).to(grad_b.dtype))
-        g = g.to(h.dtype)
+        g32, f = g, factor(g)
+        g = (g * f if f != 1.0 else g).to(mm_dtype)
+        inv = 1.0 / f
+        hs = h_mm[s:e]
         if grad_h is not None:
-            torch.mm(g, w_mm, out=grad_h[s:e])
+            grad_h[s:e] = g @ w_mm
+            if inv != 1.0:
+                grad_h[s:e] *= inv
         if grad_w is not None:
             if g.dtype == grad_w.dtype:
-                grad_w.addmm_(g.T, h[s:e])
-            else:  # bf16/fp16 matmul, float32 accumulation across chunks
-                grad_w.add_(g.T @ h[s:e])
+                grad_w.addmm_(g.T, hs)
+            elif prescale:  # fp16: one fp16 rounding per chunk would add up over the chunks; fp32 product instead
+                grad_w.addmm_(g32.T, hs.to(grad_w.dtype))
+            else:  # bf16 matmul, float32 accumulation across chunks
+                grad_w.add_(g.T @ hs)
+        for i, (a_, b_, sc) in enumerate(lora_mm):
+            u = hs @ a_.T                      # [c, r]
+            gu = g @ b_                        # dL/du / (sc f)
+            if grad_h is not None:
+                grad_h[s:e] += (gu @ a_).to(grad_h.dtype) * (sc * inv)
+            if grad_lora[2 * i] is not None:
+                grad_lora[2 * i].add_(gu.T @ hs, alpha=sc * inv)
+            if grad_lora[2 * i + 1] is not None:
+                grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)
 
     loss = torch.zeros((), dtype=cdt, device=h.device)
     weights = []
     starts = range(0, n, chunk_size) if n else [0]  # no target: one empty chunk, so diagnostics match the plain path
+    d_all_raw = d_all  # the kernel's <q, k>, which the gradient needs (gt_detach only shifts the logged value)
     if token_wise:
+        d_logged_all = None if d_all is None else torch.empty_like(d_all)
         for s in starts:
             e = min(s + chunk_size, n)
-            q, cos, cbar = chunk(s, e)
+            q, k = chunk(s, e)
             part, weight_t, d_logged, a, b = _coefficients(
                 objective, ce_all[s:e], None if d_all is None else d_all[s:e],
                 None if qy_all is None else qy_all[s:e], denom)
             loss = loss + part
             if d_logged is not None:
-                d_all[s:e] = d_logged
+                d_logged_all[s:e] = d_logged
             if weight_t is not None:
                 weights.append(weight_t)
             if any_grad:
-                backprop(s, e, q, cos, cbar, a, b)
-            del q, cos
+                backprop(s, e, q, k, a, b)
+            del q, k
         weight_all = torch.cat(weights) if weights else None
+        d_out = d_logged_all
     else:  # batch weighting: values first, then gradients with the batch-level coefficients
         for s in starts:
             chunk(s, min(s + chunk_size, n))
-        loss, weight_all, d_logged, a_all, b_all = _coefficients(objective, ce_all, d_all, qy_all, denom)
+        loss, weight_all, d_out, a_all, b_all = _coefficients(objective, ce_all, d_all, qy_all, denom)
         if any_grad:
             for s in starts:
                 e = min(s + chunk_size, n)
-                q, cos, cbar = chunk(s, e)
-                backprop(s, e, q, cos, cbar, a_all[s:e], b_all[s:e])
-                del q, cos
-        d_all = d_logged  # after the second pass: chunk() writes the raw demd into d_all
-    stats = {"ce": ce_all, "demd": d_all, "weight": weight_all}
-    grads = (grad_h,
-             None if grad_w is None else grad_w.to(weight.dtype),
-             None if grad_b is None else grad_b.to(bias.dtype))
-    return loss, stats, grads
+                q, k = chunk(s, e)
+                backprop(s, e, q, k, a_all[s:e], b_all[s:e])
+                del q, k
+    stats = {"ce": ce_all, "demd": d_out, "weight": weight_all}
+    return loss, stats, (grad_h, grad_w, grad_b, *grad_lora)
 
 
 class _FusedLinearObjective(torch.autograd.Function):
-    """Forward computes the loss and its gradients; backward scales them by the incoming gradient."""
+    """Forward computes the loss and its gradients (float32); backward scales them by the incoming gradient
+    in float32 and casts once to each input's dtype. (Scaling in the input dtype overflows: fp16's loss
+    scale 65536 is inf in fp16; bf16 rounds an accumulation factor 1/3 by 0.18%.)"""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, y, e_hat, objective, denom, chunk_size, compile_, stats_out):
-        want = (h.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
-        loss, stats, grads = _run(h, weight, bias, y, e_hat, objective, denom, chunk_size, want, compile_)
+    def forward(ctx, h, weight, bias, y, e_hat, k_self, objective, denom, chunk_size, compile_, mm_dtype, scales,
+                stats_out, *lora_tensors):
+        lora = [(lora_tensors[2 * i], lora_tensors[2 * i + 1], sc) for i, sc in enumerate(scales)]
+        want = (h.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad,
+                *[t.requires_grad for t in lora_tensors])
+        with no_autocast(h.device):
+            loss, stats, grads = _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want,
+                                      compile_, mm_dtype)
         stats_out.update(stats)
+        inputs = (h, weight, bias, *lora_tensors)
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.present = tuple(g is not None for g in grads)
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in inputs)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         out = []
-        for g, present in zip(ctx.saved_tensors, ctx.present):
-            if not present:
-                out.append(None)
-            elif torch.equal(grad_loss, torch.ones_like(grad_loss)):
-                out.append(g)
-            else:
-                out.append(g * grad_loss.to(g.dtype))
-        return (*out, None, None, None, None, None, None, None)
+        with no_autocast(grad_loss.device):
+            unit = bool(torch.equal(grad_loss, torch.ones_like(grad_loss)))
+            for g, present, dtype in zip(ctx.saved_tensors, ctx.present, ctx.dtypes):
+                if not present:
+                    out.append(None)
+                else:
+                    out.append((g if unit else g * grad_loss.to(g.dtype)).to(dtype))
+        h_grad, w_grad, b_grad, *lora_grads = out
+        return (h_grad, w_grad, b_grad, *([None] * 10), *lora_grads)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,14 +300,26 @@ def cost_matrix_for(objective: Objective, vocab_size: int, device, live_head: Te
     return as_matrix(cost, vocab_size, device)
 
 
+def _matmul_dtype(weight: Tensor) -> torch.dtype:
+    """The head's matmul dtype: the weight's, or ambient autocast's for a float32 weight (what the model's
+    own lm_head would do under autocast). Only the head's matmuls: the loss math is float32 regardless."""
+    kind = weight.device.type
+    if weight.dtype == torch.float32 and kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
 def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Objective, chunk_size: int | None = None,
                num_items_in_batch=None, bias: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-               live_head: Tensor | None = None, compile: bool = False) -> LossOutput:
+               live_head: Tensor | None = None, compile: bool = False,
+               lora: list[tuple[Tensor, Tensor, float]] | None = None) -> LossOutput:
     """`objective(hidden @ weight.T + bias, labels)` without the [N, V] logits; same value, gradients, diagnostics.
 
     - `hidden [B,T,H]` with `labels [B,T]` (HF convention: unshifted, shifted here), or `hidden [N,H]` with
       `labels [N]` already aligned (row i predicts labels[i]). `-100` rows are dropped before the projection.
     - `weight [V,H]` is the LM-head weight (for tied embeddings, the input embedding); `bias [V]` optional.
+    - `lora`: LoRA adapters on the head, `[(A [r,H], B [V,r], scale)]`: logits `h Wᵀ + scale (h Aᵀ) Bᵀ`, the
+      adapter term computed on its own (folding `scale B A` into a bf16 W would round small deltas away).
     - `chunk_size`: tokens per chunk (default: 2^24 / V). Peak extra memory ~ 2 x chunk x V float32.
     - `live_head`: the weight an adaptive cost is read from (default: the cost embedding's own).
     - `compile`: on CUDA, run the element-wise chunk work through torch.compile (ignored on CPU).
@@ -288,6 +336,11 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     vocab, width = weight.shape
     if h.shape[-1] != width:
         raise ValueError(f"hidden size {h.shape[-1]} does not match the lm-head weight {tuple(weight.shape)}")
+    lora = list(lora or [])
+    for a_, b_, _ in lora:
+        if a_.dim() != 2 or b_.dim() != 2 or a_.shape[1] != width or b_.shape != (vocab, a_.shape[0]):
+            raise ValueError(f"LoRA factors must be A [r,{width}] and B [{vocab},r], got {tuple(a_.shape)} and {tuple(b_.shape)}")
+    mm_dtype = _matmul_dtype(weight)
     keep = y != ignore_index
     h, y = h[keep], y[keep]
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab):
@@ -295,22 +348,32 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
     cdt = compute_dtype(weight.dtype)
-    e_hat = cost_matrix_for(objective, vocab, weight.device, live_head)
-    e_hat = None if e_hat is None else e_hat.to(device=h.device, dtype=cdt)
+    with no_autocast(weight.device):
+        e_hat = cost_matrix_for(objective, vocab, weight.device, live_head)
+        e_hat = None if e_hat is None else e_hat.to(device=h.device, dtype=cdt)
+        k_self = None if e_hat is None else self_cost(e_hat)
     n = y.numel()
-    denom = torch.as_tensor(float(n) if num_items_in_batch is None else num_items_in_batch,
-                            dtype=cdt, device=h.device).clamp_min(1.0)
+    # The divisor: the local count clamped to >= 1, or the caller's num_items_in_batch as given (a step with
+    # fewer targets than ranks x accumulation steps has a divisor below 1); only <= 0 is replaced by 1.
+    if num_items_in_batch is None:
+        denom = torch.tensor(float(max(n, 1)), dtype=cdt, device=h.device)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, dtype=cdt, device=h.device)
+        denom = torch.where(denom > 0, denom, torch.ones_like(denom))
     chunk = int(chunk_size or default_chunk_size(vocab))
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     stats: dict = {}
-    needs_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad))
+    lora_tensors = [t for a_, b_, _ in lora for t in (a_, b_)]
+    scales = [float(sc) for _, _, sc in lora]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias, *lora_tensors) if t is not None)
     if needs_grad:
-        loss = _FusedLinearObjective.apply(h, weight, bias, y, e_hat, objective, denom, chunk, compile, stats)
+        loss = _FusedLinearObjective.apply(h, weight, bias, y, e_hat, k_self, objective, denom, chunk, compile, mm_dtype,
+                                           scales, stats, *lora_tensors)
     else:
-        with torch.no_grad():
-            loss, stats, _ = _run(h, weight, bias, y, e_hat, objective, denom, chunk, (False, False, False), compile)
+        with torch.no_grad(), no_autocast(h.device):
+            loss, stats, _ = _run(h, weight, bias, [(a_, b_, sc) for a_, b_, sc in lora], y, e_hat, k_self, objective,
+                                  denom, chunk, (False,) * (3 + len(lora_tensors)), compile, mm_dtype)
     return _output(loss, stats, n, h.device)
 
 

@@ -2,7 +2,9 @@
 
 Every function returns a `LossOutput`: the token-mean loss to optimise plus plain CE, mean DEMD and
 mean weight for logging. `num_items_in_batch` (as passed by HF Trainer) replaces the local token
-count in the mean, so accumulated micro-batches equal one large batch.
+count in the mean, so accumulated micro-batches equal one large batch. The per-token terms come from
+`common.token_terms` (float32, autocast off, no copy of the logits, only what the objective needs); the
+mixing below is ordinary autograd on N-vectors.
 """
 
 from __future__ import annotations
@@ -10,17 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from emotune.objectives.common import (
-    IGNORE_INDEX,
-    RATIO_EPS,
-    LossOutput,
-    make_output,
-    select_targets,
-    token_ce_and_probs,
-    token_mean,
-)
+from emotune.objectives.common import IGNORE_INDEX, RATIO_EPS, LossOutput, make_output, token_mean, token_terms
 from emotune.objectives.cost import CostEmbedding, as_matrix
-from emotune.objectives.demd import demd_one_hot
+from emotune.objectives.token_terms import no_autocast
 
 EMO_VARIANTS = ("emo1", "emo2", "demd")
 WEIGHTINGS = ("token", "batch")
@@ -28,9 +22,9 @@ WEIGHTINGS = ("token", "batch")
 
 def mle(logits: Tensor, labels: Tensor, num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
     """Maximum likelihood: `mle_t = -log q_t[y_t]`."""
-    z, y = select_targets(logits, labels, ignore_index)
-    ce, _ = token_ce_and_probs(z, y)
-    return make_output(token_mean(ce, num_items_in_batch), ce)
+    with no_autocast(logits.device):
+        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
+        return make_output(token_mean(ce, num_items_in_batch), ce)
 
 
 def tailr_weight(p: Tensor, gamma: float, min_weight: float) -> Tensor:
@@ -42,10 +36,10 @@ def tailr_weight(p: Tensor, gamma: float, min_weight: float) -> Tensor:
 def tailr(logits: Tensor, labels: Tensor, gamma: float = 0.1, min_weight: float = 0.2, num_items_in_batch=None,
           ignore_index: int = IGNORE_INDEX) -> LossOutput:
     """TaiLr (official fairseq code): `sg(w_t) * mle_t`."""
-    z, y = select_targets(logits, labels, ignore_index)
-    ce, _ = token_ce_and_probs(z, y)
-    w = tailr_weight(torch.exp(-ce), gamma, min_weight)
-    return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+    with no_autocast(logits.device):
+        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
+        w = tailr_weight(torch.exp(-ce), gamma, min_weight)
+        return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
 
 
 def mixce_weight(p: Tensor, eta: float) -> Tensor:
@@ -56,10 +50,10 @@ def mixce_weight(p: Tensor, eta: float) -> Tensor:
 def mixce(logits: Tensor, labels: Tensor, eta: float = 0.8, num_items_in_batch=None,
           ignore_index: int = IGNORE_INDEX) -> LossOutput:
     """MixCE (official approximation): `(η + (1-η) sg(p_t)) * mle_t`; η = 1 is MLE."""
-    z, y = select_targets(logits, labels, ignore_index)
-    ce, _ = token_ce_and_probs(z, y)
-    w = mixce_weight(torch.exp(-ce), eta)
-    return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+    with no_autocast(logits.device):
+        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
+        w = mixce_weight(torch.exp(-ce), eta)
+        return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
 
 
 def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | None) -> tuple[Tensor, Tensor | None]:
@@ -96,17 +90,16 @@ def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: s
         raise ValueError(f"emo variant must be one of {EMO_VARIANTS}, got {variant!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    z, y = select_targets(logits, labels, ignore_index)
-    e_hat = as_matrix(cost, logits.shape[-1], logits.device)
-    ce, q = token_ce_and_probs(z, y)
-    d = demd_one_hot(q, y, e_hat)
-    if gt_detach:
-        d = d + q.gather(-1, y[:, None]).squeeze(-1).detach()
-    if weighting == "token":
-        per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
-        loss = token_mean(per_token, num_items_in_batch)
-    else:
-        mean_ce, mean_d = token_mean(ce, num_items_in_batch), token_mean(d, num_items_in_batch)
-        loss, ratio = mix_mle_demd(mean_ce, mean_d, variant, ratio_clamp)
-        ratio = None if ratio is None else ratio.expand(ce.shape)
-    return make_output(loss, ce, demd=d, weight=ratio)
+    with no_autocast(logits.device):
+        e_hat = as_matrix(cost, logits.shape[-1], logits.device)
+        ce, d, q_y = token_terms(logits, labels, e_hat, ignore_index)
+        if gt_detach:
+            d = d + q_y
+        if weighting == "token":
+            per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
+            loss = token_mean(per_token, num_items_in_batch)
+        else:
+            mean_ce, mean_d = token_mean(ce, num_items_in_batch), token_mean(d, num_items_in_batch)
+            loss, ratio = mix_mle_demd(mean_ce, mean_d, variant, ratio_clamp)
+            ratio = None if ratio is None else ratio.expand(ce.shape)
+        return make_output(loss, ce, demd=d, weight=ratio)

@@ -138,6 +138,7 @@ class TrainConfig(_Strict):
     adam_epsilon: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(1.0, ge=0)  # 0 disables clipping
     bf16: bool = False
+    fp16: bool = False  # GPUs without bf16 (V100, T4): DeepSpeed's dynamic loss scaling; skipped steps are retried
     gradient_checkpointing: bool = False
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1)  # default: save_steps
@@ -164,11 +165,17 @@ class TrainConfig(_Strict):
             return []
         return [v] if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _one_precision(self):
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true: choose one mixed-precision mode")
+        return self
+
     @property
     def dtype_name(self) -> str:
         if self.model.torch_dtype != "auto":
             return self.model.torch_dtype
-        return "bfloat16" if self.bf16 else "float32"
+        return "bfloat16" if self.bf16 else "float16" if self.fp16 else "float32"
 
     def config_hash(self) -> str:
         """Hash of what determines the trained weights (not where logs go, not resume)."""

@@ -12,7 +12,7 @@ loss, its backward hooks re-gather it, and the gradient the fused loss returns f
 on ZeRO's partitioned parameter and is reduce-scattered like any other.
 
 Heads handled: `nn.Linear` (with or without bias), tied input embeddings (the same Parameter), PEFT
-LoRA on the LM head (effective weight W + s·B·A per active adapter, gradients reach A and B),
+LoRA on the LM head (logits h Wᵀ + s (h Aᵀ) Bᵀ per active adapter, gradients reach A and B),
 PEFT `modules_to_save` copies. Under ZeRO-3 the parameters of such nested head modules are
 registered as external parameters of the head, so they are gathered for its forward and backward.
 Models whose logits are transformed after the head (soft-capping, logit scales) and LoRA heads with
@@ -82,8 +82,9 @@ def _peft_classes():
     return (LoraLayer,), (ModulesToSaveWrapper,)
 
 
-def _head_parts(head: nn.Module, compute: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(W, bias, base weight) with head(x) == x @ W.T + bias; the base weight feeds an adaptive cost
+def _head_parts(head: nn.Module, compute: bool = True) -> tuple[Tensor, Tensor | None, Tensor, list]:
+    """(W, bias, base weight, LoRA [(A, B, scale)]) with head(x) == x @ W.T + bias + sum scale (x Aᵀ) Bᵀ.
+    The adapters stay separate factors (W + scale B A rounded into a bf16 W loses small deltas). The base weight feeds an adaptive cost
     (as `output_embedding(model).weight` does on the plain path). Raises Unfusable. `compute=False` only
     checks (outside forward, where ZeRO-3 parameters are placeholders)."""
     lora_types, save_types = _peft_classes()
@@ -92,9 +93,9 @@ def _head_parts(head: nn.Module, compute: bool = True) -> tuple[Tensor, Tensor |
             return _head_parts(head.original_module, compute)
         return _head_parts(head.modules_to_save[head.active_adapters[0]], compute)
     if lora_types and isinstance(head, lora_types):
-        weight, bias, base = _head_parts(head.get_base_layer(), compute)
+        weight, bias, base, lora = _head_parts(head.get_base_layer(), compute)
         if head.disable_adapters or head.merged:
-            return weight, bias, base
+            return weight, bias, base, lora
         for name in head.active_adapters:
             if name not in head.lora_A.keys():
                 continue
@@ -106,13 +107,13 @@ def _head_parts(head: nn.Module, compute: bool = True) -> tuple[Tensor, Tensor |
             if not compute:
                 continue
             a, b, scale = head.lora_A[name], head.lora_B[name], head.scaling[name]
-            weight = weight + ((b.weight @ a.weight) * scale).to(weight.dtype)
+            lora = [*lora, (a.weight, b.weight, scale)]
             if b.bias is not None:
                 extra = (b.bias * scale).to(weight.dtype)
                 bias = extra if bias is None else bias + extra
-        return weight, bias, base
+        return weight, bias, base, lora
     if isinstance(head, nn.Linear):
-        return head.weight, head.bias, head.weight
+        return head.weight, head.bias, head.weight, []
     raise Unfusable(f"LM head of type {type(head).__name__} is not a linear layer the fused loss knows")
 
 
@@ -131,9 +132,9 @@ def _register_nested_params(head: nn.Module) -> None:
 @contextmanager
 def _head_returns_loss(head: nn.Module, labels: Tensor, objective: Objective, num_items, chunk_size, box: dict):
     def forward(hidden: Tensor, *args, **kwargs) -> Tensor:
-        weight, bias, base = _head_parts(head)
+        weight, bias, base, lora = _head_parts(head)
         out = fused_loss(hidden, weight, labels.to(hidden.device), objective, chunk_size=chunk_size,
-                         num_items_in_batch=num_items, bias=bias, live_head=base.detach())
+                         num_items_in_batch=num_items, bias=bias, live_head=base.detach(), lora=lora)
         box["out"] = out
         return out.loss
 

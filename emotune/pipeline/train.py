@@ -115,11 +115,13 @@ def deepspeed_config(cfg: TrainConfig, world_size: int | None, hidden_size: int 
             ds[key] = value
         elif key in ds and key != "gradient_clipping" and ds[key] != value and (world_size or key != "train_batch_size"):
             raise EmotuneError(f"{path}: {key}={ds[key]} disagrees with the run config ({value}); set it to \"auto\"")
-    for section, enabled in (("bf16", cfg.bf16), ("fp16", False)):
+    for section, enabled in (("bf16", cfg.bf16), ("fp16", cfg.fp16)):
         if isinstance(ds.get(section), dict) and ds[section].get("enabled") == "auto":
             ds[section]["enabled"] = enabled
-    if cfg.bf16 and not (ds.get("bf16") or {}).get("enabled"):
-        ds["bf16"] = {"enabled": True}
+        if enabled and not (ds.get(section) or {}).get("enabled"):
+            ds[section] = {**(ds.get(section) or {}), "enabled": True}
+    if (ds.get("bf16") or {}).get("enabled") and (ds.get("fp16") or {}).get("enabled"):
+        raise EmotuneError(f"{path}: bf16 and fp16 are both enabled; set one of them to \"auto\"")
     opt = ds.get("optimizer", {}).get("params", {})
     for key, value in (("lr", cfg.learning_rate), ("betas", [cfg.adam_beta1, cfg.adam_beta2]), ("eps", cfg.adam_epsilon),
                        ("weight_decay", cfg.weight_decay)):
@@ -287,6 +289,31 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     best: dict | None = None  # the best checkpoint so far: {"step", "checkpoint", "metric", "value", "greater_is_better"}
     reexported: list[Path] = field(default_factory=list)  # exports a killed run never finished, written on resume
+
+
+class SkippedSteps:
+    """fp16 dynamic loss scaling: when the scaled gradients overflow, DeepSpeed skips the update (no parameter
+    change, no LR-scheduler step) and halves the scale. Such a step is logged and retried on the same data;
+    it is not progress (no step, no tokens counted). Many in a row means the scale is stuck at its floor."""
+
+    def __init__(self, limit: int = 40):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def applied(self, engine, step: int, report) -> bool:
+        was_applied = getattr(engine, "was_step_applied", None)
+        if was_applied is None or was_applied():
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        self.in_a_row += 1
+        scale = getattr(getattr(engine, "optimizer", None), "cur_scale", None)
+        report({"step": step, "skipped_step": True, "loss_scale": None if scale is None else float(scale),
+                "skipped_total": self.total})
+        if self.in_a_row >= self.limit:
+            raise RuntimeError(f"{self.in_a_row} optimizer steps in a row skipped for fp16 overflow at step {step} "
+                               f"(loss scale {scale}): the loss or the gradients are not finite; lower the learning "
+                               "rate, or train in bf16 / fp32")
+        return False
 
 
 def _target_count(batch: dict) -> int:
@@ -528,6 +555,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     window: list[float] = [0.0] * 6  # loss, ce*n, demd*n, weight*n, n targets, steps
     t_window, tokens_window = time.time(), 0
     last_metrics: dict = {}
+    skipped = SkippedSteps()
     engine.train()
     while step < total_steps:
         micro = batches.micro_batches(step, rank)
@@ -550,6 +578,8 @@ def _run(cfg: TrainConfig) -> TrainResult:
             sums[2] += (float(out_.demd) * n) if out_.demd is not None else 0.0
             sums[3] += (float(out_.weight) * n) if out_.weight is not None else 0.0
             sums[4] += n
+        if not skipped.applied(engine, step, report):  # fp16 overflow: same data again at the lower scale
+            continue
         loss_sum, ce_sum, demd_sum, w_sum, n_sum = all_reduce_sum(sums)
         step += 1
         step_loss = loss_sum / (world * cfg.gradient_accumulation_steps)

@@ -1,0 +1,190 @@
+"""Per-token CE and DEMD of a block of logit rows, and their logit gradient: the one kernel behind both paths.
+
+The plain path (`losses.py`, on materialised logits) and the fused path (`fused.py`, from hidden states)
+both walk the target rows in chunks and call these three functions on a chunk x V float32 buffer, so the
+two paths share every rounding decision. With q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y:
+
+    ce   = (zmax - z_y) + log1p(sum_{i != argmax} exp(z_i - zmax))   no `lse - z_y` cancellation
+    demd = sum_{i != y} q_i k_i  (+ q_y k_yy, k_yy exact: 0 for a unit row)   no `1 - c̄` cancellation
+    dL/dz = a (q - onehot(y)) + b q ⊙ (k - demd)  with a = dL/d ce_t, b = dL/d demd_t
+
+`1 - c̄` (the textbook form) loses everything in float32 for a confident token: c̄ = 1 - 5e-11 rounds to 1,
+demd to ~1e-7 noise of either sign, and EMO-2's weight demd / ce becomes garbage. Summing q_i k_i with the
+target's own term taken exactly keeps the relative accuracy of every term.
+
+`PlainTerms` is the plain path's autograd function: its forward keeps two floats per row (the row max and
+the softmax normaliser) and, for DEMD, the chunk's k; the backward recomputes q from the logits autograd
+already holds. No copy of the full logits is made for the mask (rows are read by index, chunk by chunk),
+no probabilities are built for an objective that does not use them, and ignored rows get an exact zero.
+Everything runs with autocast disabled: the math is float32 (float64 stays float64) whatever the context.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+# Plain path chunk: a few cache-sized rows on CPU (every pass after the first read stays in cache);
+# on an accelerator the launch count matters more, so much larger blocks.
+CPU_CHUNK_FLOATS = 1 << 18
+CPU_DEMD_CHUNK_FLOATS = 1 << 23
+DEVICE_CHUNK_FLOATS = 1 << 24
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for any model dtype (bf16/fp16/fp32); float64 stays float64 (reference tests)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextmanager
+def no_autocast(device: torch.device | str):
+    """Ambient autocast (HF Trainer / TRL with bf16) would run the DEMD matmul in bf16: switch it off here."""
+    kind = torch.device(device).type
+    if kind in ("cpu", "cuda", "xpu", "mps", "hpu") and torch.is_autocast_enabled(kind):
+        with torch.autocast(device_type=kind, enabled=False):
+            yield
+    else:
+        yield
+
+
+def plain_chunk_rows(vocab: int, device: torch.device, demd: bool = False) -> int:
+    """Rows per block. DEMD's C[:, y] is a matmul that wants a few hundred rows to run at full speed."""
+    cpu = torch.device(device).type == "cpu"
+    floats = (CPU_DEMD_CHUNK_FLOATS if demd else CPU_CHUNK_FLOATS) if cpu else DEVICE_CHUNK_FLOATS
+    return max(1, floats // max(vocab, 1))
+
+
+def self_cost(e_hat: Tensor) -> Tensor:
+    """k_yy = C[y, y] per token id, exactly: 0 for a unit row (a token is at distance 0 from itself), and
+    `1 - |ê|²` for the rows the eps policy shrank (a zero row has cost 1 to every token, itself included)."""
+    sq = (e_hat * e_hat).sum(-1)
+    return torch.where((sq - 1.0).abs() < 1e-4, torch.zeros_like(sq), 1.0 - sq)
+
+
+def softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """In place: float32 logits z become e = exp(z - zmax). Returns (ce, e, zmax, norm); q = e / norm is never
+    formed (the division is folded into the per-row coefficients downstream: one pass over c x V fewer)."""
+    zmax, imax = z.max(dim=-1, keepdim=True)
+    z.sub_(zmax)
+    z_y = z.gather(-1, y[:, None]).squeeze(-1)
+    z.exp_()
+    z.scatter_(-1, imax, 0.0)  # sum every term but the (first) max, which is exp(0) = 1: log1p keeps tiny sums
+    rest = z.sum(-1)
+    z.scatter_(-1, imax, 1.0)
+    ce = torch.log1p(rest) - z_y
+    return ce, z, zmax.squeeze(-1), 1.0 + rest
+
+
+def softmax_again(z: Tensor, zmax: Tensor) -> Tensor:
+    """In place: e = exp(z - zmax) from the logits and the forward's saved row max, bit-identical to `softmax_ce`'s."""
+    return z.sub_(zmax[:, None]).exp_()
+
+
+def demd_terms(e: Tensor, norm: Tensor, y: Tensor, e_hat: Tensor, k_self: Tensor,
+               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk, q = e / norm; `k` is a fresh buffer (or `out`)."""
+    k = torch.mm(e_hat[y], e_hat.T, out=out)
+    torch.sub(torch.ones((), dtype=k.dtype, device=k.device), k, out=k)  # 1 - cos in one pass, in place
+    k.scatter_(-1, y[:, None], k_self[y][:, None])  # the target's own cost exactly (0), not 1 - (1 ± ulp)
+    demd = torch.bmm(e[:, None, :], k[:, :, None]).view(-1) / norm  # row-wise dot without a c x V temporary
+    return k, demd
+
+
+def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, k: Tensor | None,
+               demd: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """dL/dz = q ⊙ (a + b (k - demd)) - a onehot(y), q = e / norm: in `out`, else in place on `k` (or on `e`
+    without DEMD). Two passes with DEMD (addcmul, multiply), one without."""
+    inv = 1.0 / norm
+    if b is None:
+        g = torch.mul(e, (a * inv)[:, None], out=out) if out is not None else e.mul_((a * inv)[:, None])
+    else:
+        g = torch.addcmul(((a - b * demd) * inv)[:, None], k, (b * inv)[:, None], out=k if out is None else out)
+        g.mul_(e)
+    return g.scatter_add_(-1, y[:, None], -a[:, None])
+
+
+def row_blocks(rows: Tensor, chunk: int) -> list[tuple[int, int, int]]:
+    """(s, e, first row) blocks of at most `chunk` targets whose rows are consecutive in the flat logits,
+    so each block is a plain slice `flat[r : r + e - s]` (no index_select, no gather of the logits)."""
+    n = rows.numel()
+    if n == 0:
+        return []
+    r = rows.tolist()
+    blocks, s = [], 0
+    for i in range(1, n + 1):
+        if i == n or r[i] != r[i - 1] + 1 or i - s == chunk:
+            blocks.append((s, i, r[s]))
+            s = i
+    return blocks
+
+
+def unused_ranges(blocks: list[tuple[int, int, int]], total: int) -> list[tuple[int, int]]:
+    """Row ranges of the flat logits that predict no target (they get an exact zero gradient)."""
+    out, nxt = [], 0
+    for s, e, r in blocks:
+        if r > nxt:
+            out.append((nxt, r))
+        nxt = r + e - s
+    if nxt < total:
+        out.append((nxt, total))
+    return out
+
+
+class PlainTerms(torch.autograd.Function):
+    """(ce [N], demd [N] or empty, q_y [N]) for the logit rows `flat[rows]`; backward -> d/d flat."""
+
+    @staticmethod
+    def forward(ctx, flat, rows, y, e_hat, k_self, chunk):
+        with no_autocast(flat.device):
+            cdt = compute_dtype(flat.dtype)
+            n, vocab = rows.numel(), flat.shape[-1]
+            blocks = row_blocks(rows, chunk)
+            ce = torch.empty(n, dtype=cdt, device=flat.device)
+            zmax = torch.empty_like(ce)
+            norm = torch.empty_like(ce)
+            has_demd = e_hat is not None
+            demd = torch.empty(n if has_demd else 0, dtype=cdt, device=flat.device)
+            q_y = torch.empty_like(demd)
+            # k = C[:, y] for every target: the backward needs it (keeping it costs N x V floats, recomputing a matmul)
+            k_all = torch.empty((n, vocab) if has_demd else (0,), dtype=cdt, device=flat.device)
+            buf = torch.empty(min(chunk, max(n, 1)), vocab, dtype=cdt, device=flat.device)
+            for s, e, r in blocks:
+                z = buf[: e - s]
+                z.copy_(flat[r: r + e - s])
+                ce[s:e], ez, zmax[s:e], norm[s:e] = softmax_ce(z, y[s:e])
+                if has_demd:
+                    _, demd[s:e] = demd_terms(ez, norm[s:e], y[s:e], e_hat, k_self, out=k_all[s:e])
+                    q_y[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm[s:e]
+        ctx.save_for_backward(flat, y, zmax, norm, demd, k_all)
+        ctx.blocks, ctx.chunk, ctx.has_demd = blocks, chunk, has_demd
+        ctx.mark_non_differentiable(q_y)
+        return ce, demd, q_y
+
+    @staticmethod
+    def backward(ctx, g_ce, g_demd, _g_qy):
+        flat, y, zmax, norm, demd, k_all = ctx.saved_tensors
+        with no_autocast(flat.device):
+            cdt = compute_dtype(flat.dtype)
+            grad = torch.empty_like(flat)
+            for a, b in unused_ranges(ctx.blocks, flat.shape[0]):
+                grad[a:b].zero_()
+            a_all = torch.zeros_like(zmax) if g_ce is None else g_ce.to(cdt)
+            b_all = None if not ctx.has_demd else (torch.zeros_like(zmax) if g_demd is None else g_demd.to(cdt))
+            vocab = flat.shape[-1]
+            buf = torch.empty(min(ctx.chunk, max(zmax.numel(), 1)), vocab, dtype=cdt, device=flat.device)
+            direct = grad.dtype == cdt  # write the gradient straight into its rows; else one cast per block
+            tmp = None if direct or not ctx.has_demd else torch.empty_like(buf)  # low-precision logits
+            for s, e, r in ctx.blocks:
+                z = buf[: e - s]
+                z.copy_(flat[r: r + e - s])
+                ez = softmax_again(z, zmax[s:e])
+                rows_out = grad[r: r + e - s]
+                # the saved k is read, never modified (a retained graph may run this backward again)
+                out = rows_out if direct else (tmp[: e - s] if ctx.has_demd else None)
+                g = logit_grad(ez, norm[s:e], y[s:e], a_all[s:e], None if b_all is None else b_all[s:e],
+                               k_all[s:e] if ctx.has_demd else None, demd[s:e] if ctx.has_demd else None, out=out)
+                if not direct:
+                    rows_out.copy_(g)
+        return grad, None, None, None, None, None
