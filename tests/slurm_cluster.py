@@ -12,7 +12,7 @@ Everything lives in one short temporary directory (unix socket paths must fit in
 its own socket, slurmctld + slurmd on free loopback ports (two test sessions on one machine do not
 collide), `kill_invalid_depend` so that a failed parent cancels its `afterok` dependants. Only the
 daemons this fixture started are stopped, by their recorded PIDs. Without the binaries the tests
-skip, saying which package is missing (in CI they fail: tests/system_programs.py). Recipe: shared/reference/SLURM.md.
+skip, saying which package is missing (in CI they fail: tests/system_programs.py). The recipe is this module.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from emotune.errors import EmotuneError
 from emotune.eval.tasks import (CONFIG_DIR, apply_slice, load_split, load_suite, load_task, load_task_file,
                                 parse_split, task_from_dict)
 
-PAPER = {  # EVAL.md section 1: hub id, config, label column, first template, number of labels
+PAPER = {  # docs/evaluation.md, paper's tasks: hub id, config, label column, first template, number of labels
     "tweet_eval": ("tweet_eval", "emotion", "label", "<X> It is anger.", 4),
     "sst2": ("gpt3mix/sst2", None, "label", 'Review: "<X>" It is positive.', 2),
     "trec": ("trec", None, "coarse_label", '"<X>" It is about abbreviation.', 6),

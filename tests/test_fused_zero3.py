@@ -64,7 +64,7 @@ def main(out_path: str) -> None:
     from emotune.objectives import CostEmbedding, build_objective
     from emotune.pipeline.loss_step import loss_step
 
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # see DEEPSPEED.md
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # docs/training.md
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     vocab, hidden = 211, 32

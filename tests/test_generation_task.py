@@ -16,7 +16,7 @@ from test_generation_fixtures import one_thread  # noqa: F401 (autouse: one torc
 from test_generation_fixtures import (MARKETS, SPORTS, build_gpt2, build_llama, build_tokenizer, sentences,
                                       write_jsonl)
 
-# EVAL.md section 5: dataset -> (text column, prefix words, generation length)
+# docs/generation-eval.md, *Task files*: dataset -> (text column, prefix words, generation length)
 PAPER = {"generation-wikitext2": ("text", 20, 80), "generation-wikitext103": ("text", 20, 80),
          "generation-webtext": ("text", 20, 80), "generation-ptb": ("sentence", 5, 25),
          "generation-writingprompts": ("text", 35, 80), "generation-agnews": ("text", 10, 30)}

@@ -23,7 +23,7 @@ def saved(tmp_path_factory):
     return root, tok
 
 
-def unit(w):  # EMO.md: e / max(|e|, 1e-6), so the zero pad row stays zero
+def unit(w):  # docs/objectives.md, *DEMD*: e / max(|e|, 1e-6), so the zero pad row stays zero
     return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 

@@ -1,4 +1,4 @@
-"""DEMD and the cost embedding against float64 references and an exact OT solver (EMO.md sections 3, 6)."""
+"""DEMD and the cost embedding against float64 references and an exact OT solver (docs/objectives.md)."""
 
 import numpy as np
 import ot

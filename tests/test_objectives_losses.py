@@ -1,4 +1,4 @@
-"""MLE, TaiLr, MixCE and EMO against float64 references (EMO.md sections 2, 4, 5, 6)."""
+"""MLE, TaiLr, MixCE and EMO against float64 references (docs/objectives.md)."""
 
 import numpy as np
 import pytest

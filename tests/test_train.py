@@ -84,7 +84,7 @@ def test_training_log_has_all_metrics(stage):
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "ce", "ppl", "demd", "weight", "lr", "grad_norm", "tokens_per_s", "tokens_seen"):
         assert all(r[key] is not None for r in train), key
-    assert all(abs(r["loss"] - r["ce"]) < 1e-5 for r in train)  # EMO-1's value equals MLE's (EMO.md 4)
+    assert all(abs(r["loss"] - r["ce"]) < 1e-5 for r in train)  # EMO-1's value equals MLE's (docs/objectives.md)
     assert train[0]["lr"] == pytest.approx(3e-3) and train[-1]["lr"] < train[1]["lr"]  # warmup 1, linear decay
     evals = [r for r in rows if "eval_ppl" in r]
     assert [r["step"] for r in evals] == [2, 4, 6] and evals[-1]["eval_ppl"] < evals[0]["eval_ppl"] * 1.5

@@ -1,4 +1,4 @@
-"""Open-ended generation evaluation (EVAL.md section 5; the paper's Tables 1-2 and Fig. 2).
+"""Open-ended generation evaluation (docs/generation-eval.md; the paper's Tables 1-2 and Fig. 2).
 
 A task file (`kind: generation`) names a corpus, its text column and the prefix / continuation
 lengths. The recipe:

@@ -1,4 +1,4 @@
-"""In-context classification, OpenICL protocol (EVAL.md sections 1-3): TopK demos + lowest-perplexity label.
+"""In-context classification, OpenICL protocol (docs/evaluation.md): TopK demos + lowest-perplexity label.
 
 For each test row: retrieve `ice_num` demos from the index split (most similar first), write each demo as its
 gold label's template, ICE block = '\\n'.join(demos) + '\\n' (OpenICL's ice_separator and ice_eos_token),

@@ -36,7 +36,7 @@ log = logging.getLogger("emotune.eval.mauve_score")
 
 POOLINGS = ("last", "mean")
 PAPER_FEATURIZER = "gpt2-large"
-# mauve-text's defaults, as the paper ran it (EVAL.md section 5)
+# mauve-text's defaults, as the paper ran it (docs/generation-eval.md, *What runs*)
 MAUVE_DEFAULTS: dict[str, Any] = {"num_buckets": "auto", "mauve_scaling_factor": 5, "seed": 25,
                                   "kmeans_explained_var": 0.9, "kmeans_num_redo": 5, "kmeans_max_iter": 500,
                                   "divergence_curve_discretization_size": 25, "pca_max_data": -1}

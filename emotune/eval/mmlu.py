@@ -1,4 +1,4 @@
-"""MMLU 5-shot in OpenCompass' `mmlu_ppl` prompt design (EVAL.md section 4).
+"""MMLU 5-shot in OpenCompass' `mmlu_ppl` prompt design (docs/evaluation.md, *MMLU*).
 
 Per subject: demos = the first `shots` dev rows of that subject, each
 `{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {gold}\\n`, joined with '\\n' plus a final '\\n'

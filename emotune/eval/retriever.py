@@ -1,4 +1,4 @@
-"""Dense TopK retrieval of in-context demonstrations (OpenICL `TopkRetriever`, EVAL.md section 2).
+"""Dense TopK retrieval of in-context demonstrations (OpenICL `TopkRetriever`, docs/evaluation.md, *Retrieval*).
 
 The raw input text of every index row and test row is embedded by a sentence-transformers encoder
 (L2-normalised float32); each test row gets the ids of its k most similar index rows by exact inner

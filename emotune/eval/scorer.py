@@ -1,4 +1,4 @@
-"""Perplexity scoring of candidate prompts (OpenICL `PPLInferencer`, EVAL.md section 3).
+"""Perplexity scoring of candidate prompts (OpenICL `PPLInferencer`, docs/evaluation.md, *Scoring*).
 
 Every test input has L candidate prompts (one per label), each tokenised on its own (BOS, no EOS).
 Two rules turn the per-token NLLs into one score per candidate; the prediction is the argmin, ties

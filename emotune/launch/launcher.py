@@ -8,7 +8,7 @@ Every path starts the same per-rank entry point (`python -m emotune.launch.train
 - one command a node:  deepspeed --hostfile H --no_ssh --node_rank R --master_addr A ... (run on each node)
 - torchrun:            torchrun --nnodes N --nproc_per_node G --node_rank R --master_addr A ... -m emotune.launch.train_entry
 - SLURM:               one srun task per node running the `--no_ssh` form with R = $SLURM_NODEID
-                       (DeepSpeed's own `--launcher slurm` needs mpi4py and sets no RANK; see DEEPSPEED.md)
+                       (DeepSpeed's own `--launcher slurm` needs mpi4py and sets no RANK; see docs/cluster.md, *SLURM*)
 
 The rendezvous address defaults to the hostfile's first host (DeepSpeed's runner picks the same node),
 127.0.0.1 on one node only: a loopback master on a real cluster would make every other node wait on itself.
@@ -175,7 +175,7 @@ def build_command(plan: LaunchPlan) -> list[str]:
             if not plan.ssh_check:
                 cmd += ["--no_ssh_check"]
     else:
-        # On CPU-only machines --num_gpus is the number of processes (DEEPSPEED.md).
+        # On CPU-only machines --num_gpus is the number of processes (docs/training.md, *DeepSpeed on CPU*).
         cmd += ["--num_gpus", str(plan.procs_per_node)]
     cmd += ["--master_port", str(plan.master_port), "--module", ENTRY_MODULE, *entry_args(plan)]
     return cmd

@@ -1,4 +1,4 @@
-"""MLE, TaiLr, MixCE and EMO on HF-style `(logits [B,T,V], labels [B,T])` (EMO.md sections 2, 4, 5).
+"""MLE, TaiLr, MixCE and EMO on HF-style `(logits [B,T,V], labels [B,T])` (docs/objectives.md).
 
 Every function returns a `LossOutput`: the token-mean loss to optimise plus plain CE, mean DEMD and
 mean weight for logging. `num_items_in_batch` (as passed by HF Trainer) replaces the local token
@@ -77,7 +77,7 @@ def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | No
 def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: str = "emo1",
         ratio_clamp: float | None = None, weighting: str = "token", gt_detach: bool = False,
         num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
-    """EMO: MLE mixed with DEMD by the dynamic weight (paper Eq. 19; EMO.md section 4).
+    """EMO: MLE mixed with DEMD by the dynamic weight (paper Eq. 19; docs/objectives.md, *Mixing MLE and DEMD*).
 
     - `variant`: `emo1` (default), `emo2` (the continual fine-tuning scripts' default) or `demd` (ablation).
     - `ratio_clamp`: cap the stop-gradient ratio (the official "clamped" class uses 3.0).

@@ -59,7 +59,7 @@ def setup_distributed() -> tuple[int, int]:
 
     if get_accelerator().device_name() == "cpu" and os.environ.get("EMOTUNE_BUILD_SHM_COMM", "0") != "1":
         # On CPU, the first init JIT-compiles a shared-memory kernel (~1 min) that only inference
-        # all-reduce uses; training collectives go through gloo. Skip it (see DEEPSPEED.md).
+        # all-reduce uses; training collectives go through gloo. Skip it (docs/training.md, *DeepSpeed on CPU*).
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed()
     import torch.distributed as dist
