@@ -7,7 +7,7 @@ says *how*. Every task has a `kind`:
     kind: icl          # OpenICL-style TopK + PPL classification (eval/icl/classification.py)
     kind: mmlu         # OpenCompass mmlu_ppl 5-shot (eval/icl/mmlu.py)
     kind: generation   # open-ended generation + MAUVE (eval/generation/task.py)
-    kind: oracle       # the synthetic language's oracle metrics (synthetic/oracle.py)
+    kind: oracle       # the synthetic language's oracle metrics (eval/oracle_task.py, synthetic/oracle.py)
 
 This module only reads and checks task files and suites (yaml, no torch), so the evaluator and the
 scheduler (which hashes a suite's task definitions into its version) can both use it without depending on

@@ -130,6 +130,13 @@ def test_the_evaluator_never_imports_scheduling_or_launch():
     assert not bad, bad
 
 
+def test_the_synthetic_language_imports_no_stage():
+    """emotune.synthetic sits below the evaluator (its `kind: oracle` task) and `emotune synth`: it imports neither."""
+    bad = _violations(members("emotune.synthetic"),
+                      lambda d: _in(d, "emotune.eval", "emotune.scheduling", "emotune.launch", *TRAIN))
+    assert not bad, bad
+
+
 def test_shared_modules_import_no_stage():
     """emotune.manifest, emotune.tasks, ... sit below every stage: they import none of them."""
     shared = [m for m in graph() if m.count(".") == 1 and m not in ("emotune.__main__",)

@@ -168,7 +168,7 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
         return run_mmlu_task(task, model, tokenizer, out_dir, **common)
     # kinds implemented in other modules, imported only when such a task runs
     module, func = {"generation": ("emotune.eval.generation.task", "run_generation_task"),
-                    "oracle": ("emotune.synthetic.oracle", "run_oracle_task")}[task.kind]
+                    "oracle": ("emotune.eval.oracle_task", "run_oracle_task")}[task.kind]
     try:
         run = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as err:
