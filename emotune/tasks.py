@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from emotune.errors import EmotuneError, one_line, yaml_error
+from emotune.errors import EmotuneError, yaml_error
 from emotune.resources import resolve, shipped
 
 CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)

@@ -121,8 +121,8 @@ class _FileLink:
         from emotune.atomic import write_json
 
         write_json(job_output_dir(self.row.run, self.row) / RESULT_FILE,
-                          {"token": self.token, "row": self.row.id, "host": socket.gethostname(),
-                           "started_at": self.started, "finished_at": time.time(), **obj})
+                   {"token": self.token, "row": self.row.id, "host": socket.gethostname(),
+                    "started_at": self.started, "finished_at": time.time(), **obj})
 
     def finish(self, **result) -> bool:
         self._write({"status": "finished", **result})
