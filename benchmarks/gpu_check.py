@@ -280,9 +280,9 @@ def icl_bench(device, s: dict) -> None:
     from icl_scoring import build_tokenizer, make_lexicon, sentence
     from transformers import LlamaForCausalLM
 
-    from emotune.eval.generation import sample_batch
-    from emotune.eval.scorer import argmin_first, naive_token_nlls, rule_scores, shared_token_nlls
-    from emotune.eval.tasks import load_task
+    from emotune.eval.generation.sampling import sample_batch
+    from emotune.eval.icl.scorer import argmin_first, naive_token_nlls, rule_scores, shared_token_nlls
+    from emotune.tasks import load_task
 
     clock = Clock(device)
     rng = random.Random(0)

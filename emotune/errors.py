@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 
 class EmotuneError(Exception):
@@ -44,3 +45,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         raise EmotuneError(f"{message} (see {self.prog} --help)")
+
+
+def run_command(name: str, func, argv: list[str]) -> int:
+    """Run one `emotune NAME` command's `func(argv)` the way every entry point reports: an EmotuneError is one
+    line on stderr (`emotune NAME: error: ...`) and exit status 2, no traceback; Ctrl-C is status 130.
+
+    Here rather than in the CLI so that a stage run as a module (`python -m emotune.pipeline.train`) reports
+    the same way without importing the launcher."""
+    try:
+        return int(func(argv) or 0)
+    except EmotuneError as err:
+        # One line whatever the message: a stray newline would split it (or inject a fake line).
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"emotune {name}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotune {name}: interrupted", file=sys.stderr)
+        return 130

@@ -31,7 +31,7 @@ from scheduling_helpers import write_checkpoint
 from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 from test_train_fixtures import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, run_config, write_corpus
 
-from emotune.eval.store import Store
+from emotune.scheduling.store import Store
 from emotune.eval.summary import TaskResult, write_summary
 from emotune.launch.cli import main as cli_main
 from emotune.resources import shipped
@@ -847,7 +847,7 @@ def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, m
 
 def test_a_damaged_training_log_is_skipped_line_by_line(tmp_path):
     """The log may be being written (a torn last line) or damaged: its readable lines count, the rest is skipped."""
-    from emotune.eval.report import read_train_log
+    from emotune.scheduling.report import read_train_log
 
     log = tmp_path / "train_log.jsonl"
     log.write_bytes(json.dumps({"step": 1, "loss": 2.0}).encode() + b"\n" + BINARY + b"\n" + b'{"step": 2, "lo')

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from emotune.errors import EmotuneError
+from emotune.manifest import verify_checkpoint
 from emotune.pipeline import checkpoint as ckpt
 
 
@@ -49,9 +50,9 @@ def test_only_complete_checkpoints_are_listed_in_step_order(tmp_path):
     make_ckpt(tmp_path, 300, manifest=False)
     (tmp_path / ".checkpoint-400.tmp").mkdir()
     assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10", "checkpoint-100"]
-    assert ckpt.verify_checkpoint(tmp_path / "checkpoint-10")["step"] == 10
+    assert verify_checkpoint(tmp_path / "checkpoint-10")["step"] == 10
     with pytest.raises(EmotuneError, match="incomplete"):
-        ckpt.verify_checkpoint(tmp_path / "checkpoint-200")
+        verify_checkpoint(tmp_path / "checkpoint-200")
 
 
 def make_state(run, step, record=True, payload=b"shard"):

@@ -100,7 +100,7 @@ TEMPLATES = {
 
 def build_sentencepiece_tokenizer(path: Path, vocab_size: int = 400):
     """LLaMA-style: a sentencepiece BPE model (byte fallback) loaded as LlamaTokenizer; BOS <s> != EOS </s>."""
-    from emotune.eval.synthetic import train_sentencepiece_tokenizer
+    from emotune.synthetic.language import train_sentencepiece_tokenizer
 
     return train_sentencepiece_tokenizer(CORPUS, path, vocab_size=vocab_size)
 

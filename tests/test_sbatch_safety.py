@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from emotune.errors import EmotuneError
-from emotune.eval.runners import SlurmRunner, job_output_dir
-from emotune.eval.store import Row
+from emotune.scheduling.runners import SlurmRunner, job_output_dir
+from emotune.scheduling.store import Row
 from emotune.launch.launcher import LaunchPlan, sbatch_eval_script, sbatch_train_script
 
 

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from test_train_fixtures import losses_from_log, run_config, single_rank, tiny_setup
 
 from emotune.launch.cli import main as cli_main
+from emotune.manifest import verify_checkpoint
 from emotune.pipeline import checkpoint as ckpt
 from emotune.pipeline.config import validate
 from emotune.pipeline.train import run
@@ -61,9 +62,9 @@ def test_checkpoint_layout_manifest_and_retention(stage):
     out = stage["cfg"].output_dir
     complete = ckpt.complete_checkpoints(out)
     assert [p.name for p in complete] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
-    manifest = ckpt.verify_checkpoint(complete[-1])
+    manifest = verify_checkpoint(complete[-1])
     assert manifest["step"] == 6 and manifest["world_size"] == 1 and manifest["format"] == "full"
-    assert manifest["final"] is True and manifest["max_steps"] == 6 and ckpt.verify_checkpoint(complete[0])["final"] is False
+    assert manifest["final"] is True and manifest["max_steps"] == 6 and verify_checkpoint(complete[0])["final"] is False
     assert manifest["tokens_seen"] == 6 * 4 * 32  # 6 steps x global batch 4 x block 32
     assert manifest["config_hash"] == stage["cfg"].config_hash()
     assert manifest["objective"]["name"] == "emo" and manifest["objective"]["params"]["variant"] == "emo1"
@@ -75,7 +76,7 @@ def test_checkpoint_layout_manifest_and_retention(stage):
     # a tampered file fails verification
     (complete[0] / "config.json").write_text("{}")
     with pytest.raises(Exception, match="does not match its manifest hash"):
-        ckpt.verify_checkpoint(complete[0])
+        verify_checkpoint(complete[0])
 
 
 def test_training_log_has_all_metrics(stage):
@@ -125,7 +126,7 @@ def test_resume_is_bit_identical(stage):
     res.engine.eval()
     with torch.no_grad():
         assert torch.equal(res.engine(**batch).logits, stage["result"].engine(**batch).logits)
-    assert ckpt.verify_checkpoint(resumed / "checkpoint-6")["tokens_seen"] == 6 * 4 * 32
+    assert verify_checkpoint(resumed / "checkpoint-6")["tokens_seen"] == 6 * 4 * 32
 
 
 def test_lora_instruction_run_exports_adapter_and_merged(stage):
@@ -139,7 +140,7 @@ def test_lora_instruction_run_exports_adapter_and_merged(stage):
                               objective={"name": "tailr"}, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}))
     res = run(cfg)
     out = root / "lora" / "checkpoint-3"
-    manifest = ckpt.verify_checkpoint(out)
+    manifest = verify_checkpoint(out)
     assert manifest["format"] == "lora" and "adapter_model.safetensors" in manifest["files"]
     assert "merged/model.safetensors" in manifest["files"]
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
@@ -228,7 +229,7 @@ def test_truncated_newest_state_falls_back_and_exports_again(stage, caplog):
     for step in (4, 6):
         assert (out / f"checkpoint-{step}" / "model.safetensors").read_bytes() == \
             (full / f"checkpoint-{step}" / "model.safetensors").read_bytes()
-        ckpt.verify_checkpoint(out / f"checkpoint-{step}")
+        verify_checkpoint(out / f"checkpoint-{step}")
     assert ckpt.read_ledger(out).keys() == {"step-4", "step-6"}
 
 
@@ -274,7 +275,7 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
     assert sorted(evals) == [2, 4, 6]
     for step in (2, 4, 6):  # each manifest: the best checkpoint up to and including itself
         so_far = min((s for s in evals if s <= step), key=lambda s: evals[s])
-        best = ckpt.verify_checkpoint(full / f"checkpoint-{step}")["best"] if step != 2 else \
+        best = verify_checkpoint(full / f"checkpoint-{step}")["best"] if step != 2 else \
             json.loads((full / "checkpoint-2" / "manifest.json").read_text())["best"]  # checkpoint-2 was tampered above
         assert best == {"step": so_far, "checkpoint": f"checkpoint-{so_far}", "metric": "eval_ce", "value": evals[so_far],
                         "greater_is_better": False}
@@ -283,7 +284,7 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
 
 
 def test_report_labels_runs_by_the_objective_in_their_config_yaml(stage):
-    from emotune.eval.report import label_runs, load_run
+    from emotune.scheduling.report import label_runs, load_run
 
     runs = [load_run(str(stage["root"] / "full"), None, None)]  # no result store yet: only config.yaml names it
     label_runs(runs)

@@ -22,7 +22,8 @@ import yaml
 from emotune.errors import ArgumentParser, EmotuneError, one_line
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.tasks import Task, check_task_data, load_suite, load_task
+from emotune.eval.task_data import check_task_data
+from emotune.tasks import Task, load_suite, load_task
 
 # key=value overrides and their defaults
 DEFAULTS: dict[str, Any] = {
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "progress": True,
     "resume": True,
     "trust_remote_code": False,
-    # generation suites (emotune.eval.generation; docs/generation-eval.md)
+    # generation suites (emotune.eval.generation.task; docs/generation-eval.md)
     "runs": None,  # samples per prefix (default 5, the paper's runs)
     "seed": None,
     "gen_batch_size": None,
@@ -146,7 +147,7 @@ def load_model(path: str, dtype: str = "auto", device: str | None = None, trust_
 
 
 def make_retriever(opts: dict[str, Any], tokenizer):
-    from emotune.eval.retriever import TopkRetriever
+    from emotune.eval.icl.retriever import TopkRetriever
 
     cache = opts["cache_dir"] or Path(os.environ.get("EMOTUNE_CACHE", Path.home() / ".cache" / "emotune")) / "retriever"
     # roundtrip_tokenizer "model" binds to the evaluated model's tokenizer in run_icl_task (for_model)
@@ -157,17 +158,17 @@ def make_retriever(opts: dict[str, Any], tokenizer):
 def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], retriever_factory) -> TaskResult:
     common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress")}
     if task.kind == "icl":
-        from emotune.eval.icl import run_icl_task
+        from emotune.eval.icl.classification import run_icl_task
 
         return run_icl_task(task, model, tokenizer, out_dir, retriever=retriever_factory(),
                             max_tokens=opts["max_tokens"], **common)
     if task.kind == "mmlu":
-        from emotune.eval.mmlu import run_mmlu_task
+        from emotune.eval.icl.mmlu import run_mmlu_task
 
         return run_mmlu_task(task, model, tokenizer, out_dir, **common)
     # kinds implemented in other modules, imported only when such a task runs
-    module, func = {"generation": ("emotune.eval.generation", "run_generation_task"),
-                    "oracle": ("emotune.eval.oracle", "run_oracle_task")}[task.kind]
+    module, func = {"generation": ("emotune.eval.generation.task", "run_generation_task"),
+                    "oracle": ("emotune.eval.oracle_task", "run_oracle_task")}[task.kind]
     try:
         run = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError
+from emotune.manifest import BadCheckpoint, file_entries, sha256_file
 
 # per task kind: the `emotune eval` options that change its results
 RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -25,14 +26,6 @@ RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
                    "reference", "ce_vocab_size", "metrics", "data_dir"),
     "oracle": ("limit", "data_dir"),
 }
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _digest(items: list[tuple[str, str]]) -> str:
@@ -65,15 +58,13 @@ def model_fingerprint(model: str) -> str:
     if path.is_dir():
         manifest = path / "manifest.json"
         if manifest.is_file():
-            from emotune.eval.discovery import BadCheckpoint, _file_entries
-
             try:
-                entries = _file_entries(json.loads(manifest.read_text()))
+                entries = file_entries(json.loads(manifest.read_text()))
                 return "manifest:" + _digest([(n, e["sha256"]) for n, e in entries.items()])
             except (OSError, ValueError, BadCheckpoint):
                 pass  # not an emotune manifest: hash the files
         try:
-            files = [(f.name, _sha256_file(f)) for f in sorted(path.iterdir()) if f.is_file() and _model_file(f)]
+            files = [(f.name, sha256_file(f)) for f in sorted(path.iterdir()) if f.is_file() and _model_file(f)]
         except OSError as err:
             raise EmotuneError(f"--model {model}: cannot read its files ({err.strerror})") from None
         return "sha256:" + _digest(files)
@@ -96,7 +87,7 @@ def task_digest(task) -> str:
 
 def _normalise(key: str, value: Any) -> Any:
     if key == "encoder":
-        from emotune.eval.retriever import DEFAULT_ENCODER, PAPER_ENCODER
+        from emotune.eval.icl.retriever import DEFAULT_ENCODER, PAPER_ENCODER
 
         if value in (None, "", "default", DEFAULT_ENCODER, "sentence-transformers/all-MiniLM-L6-v2"):
             return DEFAULT_ENCODER

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, run_command
 
 # command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,9 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("emotune.pipeline.train:main", "fine-tune a causal LM (EMO, MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3: train CONFIG [key=value ...]"),
     "synth": ("emotune.launch.synth_cli:main", "write the embedded demo's synthetic data and tokenizer (offline)"),
     "launch": ("emotune.launch.launch_cli:main", "start training on 1 GPU, N GPUs, N nodes (hostfile) or SLURM"),
-    "watch": ("emotune.eval.scheduler:main", "evaluate every checkpoint of a run as it lands: watch RUN_DIR --suite NAME"),
-    "results": ("emotune.eval.results_cli:main", "print a run's evaluation results: results RUN_DIR [--json]"),
-    "report": ("emotune.eval.report:main", "HTML + PNG + Markdown report: report RUN_DIR [RUN_DIR...] --out DIR"),
+    "watch": ("emotune.scheduling.scheduler:main", "evaluate every checkpoint of a run as it lands: watch RUN_DIR --suite NAME"),
+    "results": ("emotune.scheduling.results:main", "print a run's evaluation results: results RUN_DIR [--json]"),
+    "report": ("emotune.scheduling.report:main", "HTML + PNG + Markdown report: report RUN_DIR [RUN_DIR...] --out DIR"),
     "pipeline": ("emotune.launch.pipeline:main", "train, evaluate each checkpoint as it lands, report: pipeline CONFIG"),
 }
 
@@ -84,16 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     target, _ = COMMANDS[name]
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    try:
-        return int(func(rest) or 0)
-    except EmotuneError as err:
-        # One line whatever the message: a stray newline would split it (or inject a fake line).
-        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-        print(f"emotune {name}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"emotune {name}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(name, func, rest)
 
 
 if __name__ == "__main__":

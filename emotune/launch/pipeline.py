@@ -148,7 +148,7 @@ def resolve_command(command: list[str]) -> list[str]:
 
 
 def last_checkpoint(run_dir: Path, name: str) -> str:
-    from emotune.eval.discovery import discover
+    from emotune.scheduling.discovery import discover
 
     found = discover(run_dir)
     if not found:
@@ -183,7 +183,7 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
 
 
 def scheduler_args(ev: EvalPart) -> argparse.Namespace:
-    from emotune.eval.runners import DEFAULT_EVAL_COMMAND
+    from emotune.scheduling.runners import DEFAULT_EVAL_COMMAND
 
     return argparse.Namespace(runner=ev.runner, store=None, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
                               eval_arg=list(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
@@ -200,8 +200,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
 
-    from emotune.eval.report import make_report
-    from emotune.eval.scheduler import check_scheduler_args, make_scheduler
+    from emotune.scheduling.report import make_report
+    from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
     from emotune.pipeline.config import load_config
 
     try:  # name the pipeline file: these settings come from it

@@ -1,6 +1,6 @@
 """`emotune synth OUT_DIR`: write the embedded demo's synthetic data, tasks' files and tokenizer.
 
-The language has an exactly known distribution (emotune.eval.synthetic): the oracle metrics of the
+The language has an exactly known distribution (emotune.synthetic.language): the oracle metrics of the
 paper's Table 2 are computed against it. Nothing is downloaded; the same seed gives the same files.
 """
 
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--force", action="store_true", help="rewrite the data even if OUT_DIR/language.json exists")
     args = ap.parse_args(argv)
     from emotune.atomic import read_json
-    from emotune.eval.synthetic import write_demo_data
+    from emotune.synthetic.language import write_demo_data
 
     out = Path(args.out_dir)
     want = {"seed": args.seed, "shift_seed": args.seed + 100 if args.shift_seed is None else args.shift_seed}

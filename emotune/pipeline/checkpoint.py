@@ -14,6 +14,7 @@ Layout of `output_dir`:
 
 The export is built in `.checkpoint-STEP.tmp` and renamed into place, so a crash never leaves a
 half-written `checkpoint-STEP/`; readers (the evaluation scheduler) only trust directories with COMPLETE.
+The manifest's format and its verification (`verify_checkpoint`) are emotune.manifest, shared with the readers.
 
 Resume states are unpickled by DeepSpeed (`torch.load(weights_only=False)`), which can run code, so a
 state is loaded only after every one of its files matched the hashes that this run recorded in its
@@ -23,7 +24,6 @@ A resumable state whose export never completed (killed in between) is exported a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -35,21 +35,11 @@ import torch
 from emotune.atomic import publish_dir, read_json, write_json
 from emotune.atomic import write_text as atomic_write_text
 from emotune.errors import EmotuneError
+from emotune.manifest import BEST, CHECKPOINT_RE, COMPLETE, MANIFEST, sha256_file
 from emotune.pipeline.crashpoint import arm_deepspeed_save, crashpoint
 
-COMPLETE = "COMPLETE"
 RESUMABLE = "RESUMABLE"
-MANIFEST = "manifest.json"
 LEDGER = "ledger.json"
-BEST = "best.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,23 +141,10 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     """Exported checkpoints whose marker and manifest exist, by step."""
     found = []
     for p in Path(output_dir).glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        m = CHECKPOINT_RE.match(p.name)
         if m and (p / COMPLETE).is_file() and (p / MANIFEST).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
-
-
-def verify_checkpoint(path: Path) -> dict:
-    """The manifest of a complete checkpoint after checking every file's hash (EmotuneError otherwise)."""
-    path = Path(path)
-    if not (path / COMPLETE).is_file() or not (path / MANIFEST).is_file():
-        raise EmotuneError(f"checkpoint {path} is incomplete (no {COMPLETE} marker or {MANIFEST})")
-    manifest = read_json(path / MANIFEST, "checkpoint manifest")
-    for name, digest in manifest["files"].items():
-        f = path / name
-        if not f.is_file() or sha256_file(f) != digest:
-            raise EmotuneError(f"checkpoint {path}: file {name} is missing or does not match its manifest hash")
-    return manifest
 
 
 def export_complete(output_dir: Path, step: int) -> bool:

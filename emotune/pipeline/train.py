@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from emotune.launch.cli import main as cli_main
+if __name__ == "__main__":  # `python -m emotune.pipeline.train` (what `deepspeed --module` runs)
+    from emotune.errors import run_command
 
-    sys.exit(cli_main(["train", *sys.argv[1:]]))
+    sys.exit(run_command("train", main, sys.argv[1:]))

@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 from test_train_fixtures import free_port, losses_from_log, run_config, tiny_setup
 
+from emotune.manifest import verify_checkpoint
 from emotune.pipeline import checkpoint as ckpt
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +98,7 @@ def test_kill_at_six_moments_of_the_save_and_resume(tmp_path):
     ref_ckpts = [p.name for p in ckpt.complete_checkpoints(ref)]
     assert ref_ckpts == [f"checkpoint-{n}" for n in range(1, STEPS + 1)]
     for name in ref_ckpts:
-        m_ref, m_out = ckpt.verify_checkpoint(ref / name), ckpt.verify_checkpoint(out / name)
+        m_ref, m_out = verify_checkpoint(ref / name), verify_checkpoint(out / name)
         a, b = weights(ref / name), weights(out / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert {k: m_out[k] for k in ("step", "tokens_seen", "metrics", "best")} == \

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from emotune.eval.tasks import load_suite
+from emotune.tasks import load_suite
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
 

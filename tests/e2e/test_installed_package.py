@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from emotune.eval.tasks import load_suite
+from emotune.tasks import load_suite
 from installed_venv import install_wheel
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 from test_train_fixtures import free_port, losses_from_log, run_config, tiny_setup
 
-from emotune.pipeline.checkpoint import verify_checkpoint
+from emotune.manifest import verify_checkpoint
 
 pytestmark = pytest.mark.e2e
 

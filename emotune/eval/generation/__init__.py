@@ -1,0 +1,1 @@
+"""Open-ended generation: unbiased batch-invariant sampling, MAUVE, ROUGE, perplexity and cross-entropy metrics."""

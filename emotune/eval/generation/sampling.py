@@ -1,0 +1,147 @@
+"""Unbiased, batch-invariant ancestral sampling (temperature 1, full distribution) from a causal LM.
+
+Seeding: every (prefix, run) pair has its own torch.Generator, seeded from (seed, run, prefix index)
+through numpy's SeedSequence. Its draws do not depend on which other prompts share the batch, so a
+batched run gives the same tokens as one prompt at a time, up to float rounding: left padding changes
+the shapes the model's matmuls see, and a last-bit difference in a probability could in principle move a
+draw across a CDF boundary (probability ~1e-7 per token in float32; never seen in the tests). HF
+`generate(do_sample=True)` draws one batch-wide multinomial from the global RNG instead, so its samples
+change with the batch composition: that is why we run our own loop (also: no generation_config.json of
+the checkpoint can slip a repetition penalty or suppressed tokens into an "unbiased" sample).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from emotune.errors import EmotuneError
+
+if TYPE_CHECKING:
+    from emotune.eval.generation.task import Example
+
+
+def row_seed(seed: int, run: int, index: int) -> int:
+    """A well-mixed 63-bit seed per (global seed, run, prefix index)."""
+    return int(np.random.SeedSequence([seed, run, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], min_new_tokens: int,
+                 max_new_tokens: int, eos_ids: Sequence[int] = (), pad_id: int = 0) -> list[list[int]]:
+    """Ancestral samples (temperature 1, full distribution) for left-padded prompts, one generator per row.
+
+    Returns the new tokens of each row: at least `min_new_tokens` (EOS masked out before that), at most
+    `max_new_tokens`, ending at the first EOS if one is drawn."""
+    if min_new_tokens > max_new_tokens:
+        raise ValueError(f"min_new_tokens {min_new_tokens} > max_new_tokens {max_new_tokens}")
+    dev = next(model.parameters()).device
+    b, width = len(prompts), max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise EmotuneError("sampling: an empty prompt (the tokenizer produced no tokens for a prefix)")
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[r, width - len(p):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 says `cache`
+    use_pos = "position_ids" in params
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+
+    kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": True}
+    if use_pos:
+        kwargs["position_ids"] = pos
+    if "logits_to_keep" in params:  # the prompt's other positions' logits are never used
+        kwargs["logits_to_keep"] = 1
+    out = model(input_ids=ids, **kwargs)
+    new = torch.zeros((b, 0), dtype=torch.long, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=dev)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        if step < min_new_tokens and len(eos):
+            logits[:, eos] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        tok = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r]) for r in range(b)]).view(b)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        new = torch.cat([new, tok[:, None]], dim=1)
+        if len(eos):
+            done = done | torch.isin(tok, eos)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            break
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        if cache is None:
+            raise EmotuneError(f"sampling: {type(model).__name__} returned no KV cache (use_cache=True)")
+        mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
+        pos = pos[:, -1:] + 1
+        kwargs = {"attention_mask": mask, "use_cache": True, cache_kw: cache}
+        if use_pos:
+            kwargs["position_ids"] = pos
+        out = model(input_ids=tok[:, None], **kwargs)
+    result = []
+    eos_set = set(int(e) for e in eos_ids)
+    for r in range(b):
+        row = new[r].tolist()
+        for j, t in enumerate(row):
+            if t in eos_set:
+                row = row[: j + 1]
+                break
+        result.append(row)
+    return result
+
+
+def _decode_continuation(tokenizer, prompt_ids: list[int], new_ids: list[int], prefix: str) -> str:
+    """The sample's text after the prefix: decode prompt + sample and cut the prefix off (so word pieces
+    that join the prefix's last word decode as they should); fall back to decoding the sample alone."""
+    full = tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True,
+                            clean_up_tokenization_spaces=False)
+    if full.startswith(prefix):
+        return full[len(prefix):].strip()
+    return tokenizer.decode(list(new_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
+
+
+def generate_samples(model, tokenizer, examples: Sequence[Example], runs: int, seed: int, new_tokens: int,
+                     batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
+    """`runs` samples per prefix; one record per (run, prefix), runs in order."""
+    eos = _eos_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    prompts = [list(tokenizer(ex.prefix)["input_ids"]) for ex in examples]
+    jobs = [(run, i) for run in range(runs) for i in range(len(examples))]
+    # similar prompt lengths share a batch (less padding); results go back to job order
+    order = sorted(range(len(jobs)), key=lambda j: (len(prompts[jobs[j][1]]), j))
+    samples: list[list[int] | None] = [None] * len(jobs)
+    t0 = time.time()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        seeds = [row_seed(seed, jobs[j][0], examples[jobs[j][1]].index) for j in chunk]
+        outs = sample_batch(model, [prompts[jobs[j][1]] for j in chunk], seeds, new_tokens, new_tokens + 1, eos, pad)
+        for j, o in zip(chunk, outs):
+            samples[j] = o
+        if progress:
+            print(f"[generation] {min(start + batch_size, len(order))}/{len(order)} samples "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+    records = []
+    for (run, i), toks in zip(jobs, samples):
+        ex = examples[i]
+        cont = _decode_continuation(tokenizer, prompts[i], toks, ex.prefix)
+        records.append({"run": run, "row": ex.index, "seed": row_seed(seed, run, ex.index), "prefix": ex.prefix,
+                        "human_continuation": ex.continuation, "sample": cont, "text": f"{ex.prefix} {cont}",
+                        "n_new_tokens": len(toks), "eos": bool(toks and toks[-1] in eos),
+                        "prompt_tokens": prompts[i], "tokens": toks})
+    return records

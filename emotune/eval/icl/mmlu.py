@@ -1,0 +1,145 @@
+"""MMLU 5-shot in OpenCompass' `mmlu_ppl` prompt design (docs/evaluation.md, *MMLU*).
+
+Per subject: demos = the first `shots` dev rows of that subject, each
+`{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {gold}\\n`, joined with '\\n' plus a final '\\n'
+(OpenCompass' ice_separator / ice_eos_token, so a blank line follows every demo); candidate for letter X =
+hint + demos + `{question}\\nA. ...\\nD. {D}\\nAnswer: X`, scored with the same PPL rule as the ICL tasks.
+The hint and demos are common to every candidate of a subject, so the scorer computes them once per
+subject (its level-0 prefix). Reported: micro accuracy (all questions), macro accuracy (mean over
+subjects) and the accuracy of every subject. Tokens equal to the pad token (EOS where there is none) are
+left out of the score's sum and length, as OpenCompass does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from emotune.errors import EmotuneError
+from emotune.atomic import write_jsonl
+from emotune.eval.icl.classification import prompt_record, tokenize_groups
+from emotune.eval.icl.scorer import score_groups
+from emotune.eval.summary import TaskResult
+from emotune.eval.task_data import check_columns, load_split
+from emotune.tasks import Task
+
+LETTERS = "ABCD"
+COLUMNS = ["subject", "question", "choices", "answer"]
+
+
+def opencompass_ignore_id(tokenizer) -> int | None:
+    """OpenCompass' PPL leaves the pad token out of the NLL sum and the length, and pads with EOS only when
+    the tokenizer has no pad token. Unlike OpenICL (always EOS), a BOS that is EOS (OPT, which has <pad>)
+    thus counts in T here."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def hint(subject: str) -> str:
+    # two spaces before the subject, as in OpenCompass' mmlu_ppl
+    return f"The following are multiple choice questions (with answers) about  {subject.replace('_', ' ')}.\n\n"
+
+
+def _choices(row: dict, where: str) -> list[str]:
+    choices = row["choices"]
+    if isinstance(choices, str):  # CSV: a JSON list in one cell
+        import json
+
+        try:
+            choices = json.loads(choices)
+        except ValueError:
+            raise EmotuneError(f"{where}: column 'choices' must be a list of 4 strings") from None
+    if len(choices) != 4:
+        raise EmotuneError(f"{where}: column 'choices' must hold 4 options (got {len(choices)})")
+    return [str(c) for c in choices]
+
+
+def answer_index(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().upper() in LETTERS:
+        return LETTERS.index(value.strip().upper())
+    try:
+        idx = int(value)
+    except (TypeError, ValueError):
+        idx = -1
+    if not 0 <= idx < 4:
+        raise EmotuneError(f"{where}: column 'answer' must be 0-3 or A-D (got {value!r})")
+    return idx
+
+
+def question(row: dict, where: str) -> str:
+    a, b, c, d = _choices(row, where)
+    return f"{row['question']}\nA. {a}\nB. {b}\nC. {c}\nD. {d}"
+
+
+def demo(row: dict, where: str) -> str:
+    return f"{question(row, where)}\nAnswer: {LETTERS[answer_index(row['answer'], where)]}\n"
+
+
+def candidates(subject: str, dev_rows: list[dict], row: dict, where: str) -> list[str]:
+    prefix = hint(subject) + "\n".join(demo(r, f"dev row of {subject}") for r in dev_rows) + "\n"
+    q = question(row, where)
+    return [f"{prefix}{q}\nAnswer: {x}" for x in LETTERS]
+
+
+def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
+    out: OrderedDict[str, list[tuple[int, dict]]] = OrderedDict()
+    for i, r in enumerate(rows):
+        out.setdefault(str(r["subject"]), []).append((i, r))
+    return out
+
+
+def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
+                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
+                  limit: int | None = None, progress: bool = True, **_: Any) -> TaskResult:
+    start = time.time()
+    scoring = scoring or task.options.get("scoring", "full")
+    shots = int(task.raw.get("shots", 5))
+    test_rows = load_split(task, task.test_split, data_dir, key="test_split")
+    dev_rows = load_split(task, task.index_split, data_dir, key="dev_split")
+    check_columns(task, test_rows, task.test_split, COLUMNS)
+    check_columns(task, dev_rows, task.index_split, COLUMNS)
+    tests, devs = by_subject(test_rows), by_subject(dev_rows)
+    wanted = task.raw.get("subjects", "all")
+    if wanted != "all":
+        if not isinstance(wanted, list):
+            raise EmotuneError(f"{task.source}: key 'subjects' must be 'all' or a list of subject names")
+        unknown = [s for s in wanted if s not in tests]
+        if unknown:
+            raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
+        tests = OrderedDict((s, tests[s]) for s in wanted)
+    records, per_subject = [], {}
+    ignore = opencompass_ignore_id(tokenizer)
+    for subject, items in tests.items():
+        if limit is not None:
+            items = items[:limit]
+        shots_rows = [r for _, r in devs.get(subject, [])][:shots]
+        if len(shots_rows) < shots:
+            raise EmotuneError(f"{task.source}: subject {subject!r} has {len(shots_rows)} dev rows, {shots} needed "
+                               f"(key 'shots')")
+        prompts = [candidates(subject, shots_rows, r, f"test row {i}") for i, r in items]
+        groups = tokenize_groups(tokenizer, prompts)
+        scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
+                              ignore_id=ignore, progress=progress)
+        correct = 0
+        for (i, r), scores, pred, cands in zip(items, scored.scores, scored.predictions, prompts):
+            gold = answer_index(r["answer"], f"test row {i}")
+            correct += pred == gold
+            records.append({"id": i, "subject": subject, "input": r["question"],
+                            "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
+                            "gold": LETTERS[gold], "correct": pred == gold, **prompt_record(cands, list(LETTERS))})
+        per_subject[subject] = (correct, len(items))
+    if not records:
+        raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
+    pred_name = f"{task.name}.predictions.jsonl"
+    write_jsonl(Path(out_dir) / pred_name, records)
+    total = sum(n for _, n in per_subject.values())
+    metrics = {"accuracy": sum(c for c, _ in per_subject.values()) / total,
+               "accuracy_macro": sum(c / n for c, n in per_subject.values()) / len(per_subject)}
+    metrics.update({f"subject/{s}": c / n for s, (c, n) in per_subject.items()})
+    settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots, "subjects": len(per_subject),
+                "prompt": "opencompass mmlu_ppl", "limit_per_subject": limit, "task_file": task.source,
+                "ignore_token_id": ignore}
+    return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=total, predictions=pred_name,
+                      seconds=round(time.time() - start, 3), settings=settings)

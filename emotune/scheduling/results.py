@@ -1,0 +1,111 @@
+"""`emotune results RUN_DIR [--json] [--best]`: what the result store holds for a run.
+
+The table has one line per checkpoint step and a column per task (the task's main metric), plus the
+average and the job states; `--json` prints every row (metrics, timings, host, status, error). The
+run's best checkpoint (best.json: lowest validation loss by default) is marked `*`; `--best` shows
+only its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from emotune.errors import ArgumentParser, EmotuneError
+from emotune.scheduling.discovery import read_best
+from emotune.scheduling.store import Row, Store, default_store_path
+
+MAIN_METRICS = ("accuracy", "acc", "mauve", "accuracy_macro", "exact_match")
+
+
+def main_metric(metrics: dict[str, float] | None) -> float | None:
+    if not metrics:
+        return None
+    for k in MAIN_METRICS:
+        if k in metrics:
+            return metrics[k]
+    return next(iter(sorted(metrics.items())))[1]
+
+
+def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
+    run = Path(run_dir)
+    path = Path(store) if store else default_store_path(run)
+    if not path.is_file():
+        raise EmotuneError(f"no result store at {path} (run `emotune watch {run_dir} --suite NAME` first, "
+                           f"or pass --store)")
+    return Store(path, create=False), str(run.resolve())
+
+
+def table(rows: list[Row], best_step: int | None = None) -> str:
+    if not rows:
+        return "(no results)"
+    tasks = sorted({r.task for r in rows})
+    steps = sorted({(r.step, r.fingerprint) for r in rows})
+    latest: dict[tuple, Row] = {}
+    for r in rows:  # several suite versions: the newest row per (step, fingerprint, task) wins
+        key = (r.step, r.fingerprint, r.task)
+        if key not in latest or r.created_at >= latest[key].created_at:
+            latest[key] = r
+    head = ["step", "tokens"] + tasks + ["avg", "jobs"]
+    lines = [head]
+    for step, fp in steps:
+        cells, vals, states = [f"{step}*" if step == best_step else str(step)], [], {}
+        tok = next((latest[(step, fp, t)].tokens_seen for t in tasks if (step, fp, t) in latest), None)
+        cells.append(f"{tok:,}" if tok is not None else "-")
+        for t in tasks:
+            r = latest.get((step, fp, t))
+            if r is None:
+                cells.append("")
+                continue
+            states[r.status] = states.get(r.status, 0) + 1
+            v = main_metric(r.metrics) if r.status == "finished" else None
+            if v is not None:
+                vals.append(v)
+            cells.append(f"{100 * v:.2f}" if v is not None and 0 <= v <= 1 else (f"{v:.4g}" if v is not None else r.status))
+        cells.append(f"{100 * sum(vals) / len(vals):.2f}" if vals and len(vals) == len(tasks) else "-")
+        cells.append(" ".join(f"{n} {s}" for s, n in sorted(states.items())))
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = ["  ".join(c.rjust(w) if i < len(head) - 1 else c for i, (c, w) in enumerate(zip(row, widths)))
+           for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    if best_step is not None and any(step == best_step for step, _ in steps):
+        out.append(f"* best checkpoint (step {best_step})")
+    problems = [r for r in rows if r.status in ("failed", "blocked")]
+    for r in problems:
+        out.append(f"{r.status}: step {r.step} {r.task}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
+    ap.add_argument("--suite", help="only this suite")
+    ap.add_argument("--json", action="store_true", help="every row as JSON")
+    ap.add_argument("--best", action="store_true",
+                    help="only the best checkpoint's rows (RUN_DIR/best.json: lowest validation loss unless the run chose another metric)")
+    args = ap.parse_args(argv)
+    store, run = open_store(args.run_dir, args.store)
+    with store:  # closed even when the store turns out damaged: no -wal / -shm left behind
+        rows = store.rows(run, suite=args.suite)
+    best = read_best(args.run_dir)
+    if args.best:
+        if best is None:
+            raise EmotuneError(f"{Path(args.run_dir) / 'best.json'}: no best checkpoint recorded yet (the run writes it "
+                               "with each checkpoint once metric_for_best_model has a value)")
+        rows = [r for r in rows if r.step == best["step"]]
+    try:
+        if args.json:
+            json.dump([dict(r.to_dict(), best=best is not None and r.step == best["step"]) for r in rows], sys.stdout, indent=2)
+            print()
+        else:
+            print(f"{run}  ({store.path})")
+            if best is not None:
+                print(f"best checkpoint: step {best['step']} ({best.get('metric')} {best.get('value')})")
+            print(table(rows, best["step"] if best else None))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `emotune results RUN | head`
+        sys.stdout = None  # type: ignore[assignment]  (nothing more to write; no error at exit)
+    return 0

@@ -1,0 +1,415 @@
+"""Where an evaluation job runs: a local subprocess or a SLURM batch job. Both run the same job.
+
+The job (`python -m emotune.scheduling.runners job ...`, function `run_job`):
+
+1. starts only if its lease is still current, else exits quietly;
+2. re-verifies the checkpoint against its manifest (a corrupt checkpoint is never evaluated);
+3. runs the evaluator as a *separate* process (`emotune eval --model CKPT --tasks T --out DIR` by
+   default; any command with {model} {task} {suite} {out} {step} placeholders) and kills it at once if
+   the lease is lost;
+4. reads the evaluator's `summary.json` and records the result, or the failure (retried while
+   attempts remain).
+
+How a job talks to the store depends on the runner. Local jobs (`_StoreLink`) open the SQLite store
+themselves: they take over the lease, renew it every ttl/4 and finish the row, so they outlive a killed
+scheduler. SLURM jobs (`_FileLink`) never open it — on a cluster it may sit on NFS/Lustre, where
+SQLite's WAL does not work — and write `job-result.json` beside their outputs instead; the scheduler
+renews their lease while SLURM reports them alive and records the file. Evaluation never runs inside
+the training processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from emotune.errors import ArgumentParser, EmotuneError
+from emotune.scheduling.store import Row, Store
+from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
+
+DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
+PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint")
+
+
+def build_eval_command(template: str | list[str], **values: str) -> list[str]:
+    """Split the template like a shell would (no shell runs), then fill placeholders per argument."""
+    parts = shlex.split(template) if isinstance(template, str) else list(template)
+    values.setdefault("python", sys.executable)
+    try:
+        return [p.format(**values) for p in parts]
+    except (KeyError, IndexError, ValueError) as err:
+        raise EmotuneError(f"eval command {template!r}: bad placeholder {err} (known: "
+                           f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})") from None
+
+
+def job_output_dir(run_dir: str | Path, row: Row) -> Path:
+    # suite and task become directory names: one path component each, whatever the store holds
+    return (Path(run_dir) / "eval" / path_component(row.suite, "suite name") / f"step-{row.step}-{row.fingerprint[:8]}"
+            / path_component(row.task, "task name"))
+
+
+def _set_pdeathsig() -> None:
+    """The evaluator dies with its job (Linux): a killed job never leaves an orphan evaluating."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the lease check still stops the orphan's result
+        pass
+
+
+RESULT_FILE = "job-result.json"
+
+
+class _StoreLink:
+    """Local jobs talk to the store directly: lease start, heartbeat, result (one host, SQLite WAL)."""
+
+    def __init__(self, store_path: str, row_id: int, token: str, ttl: float):
+        self.store_path, self.row_id, self.token, self.ttl = store_path, row_id, token, ttl
+        self.store = Store(store_path)
+        self.owner = f"job:{socket.gethostname()}:{os.getpid()}"
+
+    def start(self) -> Row | None:
+        if not self.store.start(self.row_id, self.token, self.ttl, self.owner):
+            return None
+        return self.store.get(self.row_id)
+
+    def heartbeat_store(self):
+        return Store(self.store_path)
+
+    def renew(self, store: Store) -> bool:
+        return store.renew(self.row_id, self.token, self.ttl)
+
+    def finish(self, **result) -> bool:
+        return self.store.finish(self.row_id, self.token, **result)
+
+    def fail(self, error: str, max_attempts: int, retry: bool = True) -> None:
+        self.store.fail(self.row_id, self.token, error, max_attempts, retry=retry)
+
+
+class _FileLink:
+    """SLURM jobs never open the store: on a cluster it may sit on a network filesystem, where SQLite's WAL
+    does not work. The job writes RESULT_FILE (atomically) beside its outputs; the scheduler, which renews
+    the lease while SLURM reports the job alive, records it."""
+
+    def __init__(self, row: dict, token: str):
+        self.row = Row(**{**{k: None for k in Row.__dataclass_fields__}, **row, "lease_token": token})
+        self.token = token
+        self.started = time.time()
+
+    def start(self) -> Row | None:
+        path = job_output_dir(self.row.run, self.row) / RESULT_FILE
+        path.unlink(missing_ok=True)
+        return self.row
+
+    def heartbeat_store(self):
+        return None
+
+    def renew(self, store) -> bool:
+        return True
+
+    def _write(self, obj: dict) -> None:
+        from emotune.atomic import write_json
+
+        write_json(job_output_dir(self.row.run, self.row) / RESULT_FILE,
+                   {"token": self.token, "row": self.row.id, "host": socket.gethostname(),
+                    "started_at": self.started, "finished_at": time.time(), **obj})
+
+    def finish(self, **result) -> bool:
+        self._write({"status": "finished", **result})
+        return True
+
+    def fail(self, error: str, max_attempts: int, retry: bool = True) -> None:
+        self._write({"status": "failed", "error": error, "retry": retry})
+
+
+def read_job_result(path: Path) -> dict | None:
+    from emotune.atomic import read_json
+
+    try:
+        data = read_json(path)
+    except EmotuneError:
+        return None
+    return data if isinstance(data, dict) and data.get("status") in ("finished", "failed") else None
+
+
+def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
+    """Run one leased (checkpoint, task) evaluation to the end. Exit status 0 = recorded or not ours."""
+    from emotune.manifest import BadCheckpoint
+    from emotune.scheduling.discovery import read_checkpoint
+
+    row = link.start()
+    if row is None:
+        print("emotune job: lease no longer current; someone else has this job", file=sys.stderr)
+        return 0
+    row_id, ttl = row.id, getattr(link, "ttl", 60.0)
+    max_attempts = int(os.environ.get("EMOTUNE_MAX_ATTEMPTS", "3"))
+    try:
+        ckpt = read_checkpoint(row.checkpoint)
+        if ckpt.fingerprint != row.fingerprint:
+            raise BadCheckpoint(f"its files changed since it was queued (fingerprint {ckpt.fingerprint}, "
+                                f"queued {row.fingerprint})")
+    except BadCheckpoint as err:
+        link.fail(f"checkpoint {row.checkpoint} not evaluated: {err}", max_attempts, retry=False)
+        print(f"emotune job {row_id}: checkpoint {row.checkpoint} not evaluated: {err}", file=sys.stderr)
+        return 1
+    out = job_output_dir(row.run, row)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").unlink(missing_ok=True)  # never read a previous attempt's summary
+    cmd = build_eval_command(eval_command, model=str(ckpt.model_path), task=task_spec or row.task, suite=row.suite,
+                             out=str(out), step=str(row.step), checkpoint=row.checkpoint)
+    log_path = out / "eval.log"
+    t0 = time.time()
+    lost = threading.Event()
+    with open(log_path, "ab") as logf:
+        logf.write(f"\n$ {shlex.join(cmd)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
+        exited = threading.Event()
+
+        def heartbeat():
+            beat = link.heartbeat_store()
+            while not exited.wait(max(ttl / 4, 0.05)):
+                if not link.renew(beat):
+                    lost.set()
+                    proc.kill()
+                    break
+            if beat is not None:
+                beat.close()
+
+        hb = threading.Thread(target=heartbeat, daemon=True)
+        hb.start()
+        rc = proc.wait()
+        exited.set()
+        hb.join()
+    if lost.is_set():
+        print(f"emotune job {row_id}: lease lost while evaluating; stopped", file=sys.stderr)
+        return 0
+    if rc != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        link.fail(f"evaluator exited with status {rc}; end of {log_path}:\n{tail}", max_attempts)
+        return 1
+    from emotune.atomic import read_json
+
+    try:  # the evaluator's summary.json (format: emotune.eval.summary; read as plain JSON, no eval import)
+        summary = read_json(out / "summary.json", "evaluation summary")
+        tasks = summary["tasks"]
+        # keyed by task name; an evaluator given a task file may key by what it was given
+        result = tasks[row.task] if row.task in tasks else next(iter(tasks.values())) if len(tasks) == 1 else tasks[row.task]
+        metrics = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+    except (EmotuneError, OSError, ValueError, KeyError, TypeError) as err:
+        link.fail(f"evaluator wrote no usable {out / 'summary.json'} for task {row.task}: {err!r}", max_attempts)
+        return 1
+    preds = result.get("predictions")
+    preds = str((out / preds).resolve()) if preds else None
+    if not link.finish(metrics=metrics, n_examples=result.get("n_examples"), predictions=preds,
+                       output_dir=str(out), eval_seconds=result.get("seconds")):
+        print(f"emotune job {row_id}: lease lost before the result was recorded", file=sys.stderr)
+        return 0
+    print(f"emotune job {row_id}: step {row.step} {row.task} {metrics} ({time.time() - t0:.1f}s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- runners
+
+@dataclass
+class Launch:
+    runner: str
+    external_id: str
+    depends_on: str | None = None
+
+
+class LocalRunner:
+    """Jobs as local subprocesses, one per device slot; `CUDA_VISIBLE_DEVICES` picks each job's GPU(s).
+
+    devices: e.g. ["0", "1"] (a job per GPU), ["0,1"] (one job on two GPUs), or [None] (inherit the
+    environment: CPU runs). The jobs are new process sessions, so they outlive a killed scheduler.
+    """
+
+    name = "local"
+
+    def __init__(self, store_path: str, eval_command: str, ttl: float, devices: list[str | None] | None = None,
+                 log_dir: str | Path | None = None):
+        self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
+        self.devices = devices or [None]  # one slot per entry
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.procs: dict[int, subprocess.Popen] = {}  # slot -> running job
+
+    def _free_slots(self) -> list[int]:
+        for slot, p in list(self.procs.items()):
+            if p.poll() is not None:
+                del self.procs[slot]
+        return [i for i in range(len(self.devices)) if i not in self.procs]
+
+    def capacity(self) -> int:
+        return len(self._free_slots())
+
+    def launch(self, row: Row, token: str, task_spec: str | None = None) -> Launch:
+        free = self._free_slots()
+        if not free:
+            raise RuntimeError("no free device slot")
+        slot = free[0]
+        dev = self.devices[slot]
+        env = dict(os.environ, EMOTUNE_JOB_ID=str(row.id))
+        if dev is not None:
+            env["CUDA_VISIBLE_DEVICES"] = dev
+        cmd = [sys.executable, "-m", "emotune.scheduling.runners", "job", "--store", self.store_path, "--id", str(row.id),
+               "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
+               "--task", task_spec or row.task]
+        log = subprocess.DEVNULL
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"job-{row.id}-attempt-{row.attempts}.log", "ab")
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        if log is not subprocess.DEVNULL:
+            log.close()
+        self.procs[slot] = proc
+        return Launch("local", f"{socket.gethostname()}:{proc.pid}" + (f" cuda:{dev}" if dev is not None else ""))
+
+    def running(self) -> int:
+        self._free_slots()
+        return len(self.procs)
+
+    def wait(self) -> None:
+        for p in list(self.procs.values()):
+            p.wait()
+        self.procs.clear()
+
+
+# --- SLURM ---------------------------------------------------------------------------------------------
+
+SLURM_ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
+               "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STOPPED")
+SLURM_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+                "DEADLINE", "REVOKED")
+
+
+def _slurm(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise EmotuneError(f"{cmd[0]} not found: the slurm runner needs the SLURM client commands on PATH") from None
+    if check and res.returncode != 0:
+        raise EmotuneError(f"{shlex.join(cmd)} failed (status {res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def slurm_job_state(job_id: str) -> tuple[str | None, str | None]:
+    """(state, reason) of a SLURM job, or (None, None) when SLURM no longer knows it."""
+    res = _slurm(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], check=False)
+    line = res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
+    if line:
+        state, _, reason = line.partition("|")
+        return state.strip(), reason.strip()
+    res = _slurm(["scontrol", "show", "job", "-o", job_id], check=False)
+    if res.returncode == 0 and "JobState=" in res.stdout:
+        fields = dict(kv.split("=", 1) for kv in res.stdout.split() if "=" in kv)
+        return fields.get("JobState"), fields.get("Reason")
+    res = _slurm(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], check=False)  # needs accounting
+    if res.returncode == 0 and res.stdout.strip():
+        return res.stdout.split()[0].split()[0], None
+    return None, None
+
+
+class SlurmRunner:
+    """One generated `sbatch` script per job; `--dependency=afterok:<training job>` where given."""
+
+    name = "slurm"
+
+    def __init__(self, store_path: str, eval_command: str, ttl: float, script_dir: str | Path,
+                 sbatch_args: list[str] | None = None, after: str | None = None, max_queued: int = 64,
+                 setup: list[str] | None = None):
+        self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
+        self.script_dir = Path(script_dir)
+        self.sbatch_args = check_sbatch_args(list(sbatch_args or []))
+        self.after = after
+        self.max_queued = max_queued
+        self.setup = list(setup or [])  # shell lines run before the job (module load, conda activate...)
+
+    def capacity(self) -> int:
+        """Jobs this run may have queued at once; the scheduler subtracts those in flight."""
+        return self.max_queued
+
+    def script(self, row: Row, token: str, task_spec: str | None = None) -> str:
+        info = {k: getattr(row, k) for k in ("id", "run", "step", "fingerprint", "suite", "suite_version", "task",
+                                             "checkpoint", "tokens_seen", "objective", "attempts")}
+        job = [sys.executable, "-m", "emotune.scheduling.runners", "job", "--row-json", json.dumps(info),
+               "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
+               "--task", task_spec or row.task]
+        # #SBATCH lines are read by sbatch, not a shell: every value is checked to stay on its line.
+        output = check_line_value(f"{self.script_dir.resolve()}/row-{row.id}-attempt-{row.attempts}-%j.out",
+                                  "eval script directory")
+        for line in self.setup:
+            check_line_value(line, "--setup")
+        lines = ["#!/bin/bash",
+                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}')}",
+                 f"#SBATCH --output={output}",
+                 "#SBATCH --ntasks=1",
+                 *[f"#SBATCH {a}" for a in check_sbatch_args(self.sbatch_args)],
+                 "set -euo pipefail",
+                 *self.setup,
+                 f"cd {shlex.quote(str(Path.cwd()))}",
+                 "exec " + shlex.join(job), ""]
+        return "\n".join(lines)
+
+    def launch(self, row: Row, token: str, task_spec: str | None = None) -> Launch:
+        depends_on = self.after
+        self.script_dir.mkdir(parents=True, exist_ok=True)
+        path = self.script_dir / f"row-{row.id}-attempt-{row.attempts}.sbatch"
+        from emotune.atomic import write_text
+
+        write_text(path, self.script(row, token, task_spec))
+        cmd = ["sbatch", "--parsable"]
+        if depends_on:
+            check_line_value(str(depends_on), "--after")
+            cmd.append(f"--dependency=afterok:{depends_on}")
+        res = _slurm(cmd + [str(path)])
+        job_id = res.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise EmotuneError(f"sbatch printed {res.stdout!r}, not a job id")
+        return Launch("slurm", job_id, depends_on)
+
+    @staticmethod
+    def cancel(job_id: str) -> None:
+        _slurm(["scancel", job_id], check=False)
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+def _main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog="python -m emotune.scheduling.runners")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    j = sub.add_parser("job", help="run one leased evaluation job (started by a runner)")
+    j.add_argument("--store", help="result database: the job records its own result (local runner)")
+    j.add_argument("--id", type=int)
+    j.add_argument("--row-json", help="the row, for a job that writes job-result.json instead (SLURM runner)")
+    j.add_argument("--token", required=True)
+    j.add_argument("--ttl", type=float, required=True)
+    j.add_argument("--eval-command", default=DEFAULT_EVAL_COMMAND)
+    j.add_argument("--task", help="what {task} becomes (a task name or task file); default: the row's task")
+    try:
+        args = ap.parse_args(argv)
+        if args.store:
+            link = _StoreLink(args.store, args.id, args.token, args.ttl)
+        elif args.row_json:
+            link = _FileLink(json.loads(args.row_json), args.token)
+        else:
+            raise EmotuneError("give --store and --id, or --row-json")
+        return run_job(link, args.eval_command, args.task)
+    except EmotuneError as err:
+        print(f"emotune job: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

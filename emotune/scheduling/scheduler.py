@@ -1,0 +1,397 @@
+"""The scheduler: evaluate every (checkpoint, task) of a run exactly once, as checkpoints land.
+
+One pass (`tick`) does, in order:
+
+1. discover the run's good checkpoints (emotune.scheduling.discovery) and enqueue one pending row per
+   (checkpoint, task) of the suite (`INSERT OR IGNORE`: a known key is never queued twice);
+2. reconcile SLURM jobs: renew the lease of a job still queued or running, retry one that was killed,
+   block (and report) the dependants of a failed training job;
+3. claim runnable rows (pending, or running under an expired lease) up to the runner's free slots and
+   launch a job for each (emotune.scheduling.runners).
+
+`emotune watch` repeats passes: `--once` (one pass, then wait for the local jobs it started: cron,
+Kubernetes CronJob), a polling loop (default), or `--follow` (until the run's final checkpoint is
+evaluated). Any number of schedulers may watch one store: the lease protocol in emotune.scheduling.store
+keeps each job to one runner at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from emotune.errors import ArgumentParser, EmotuneError, yaml_error
+from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
+from emotune.scheduling.runners import (DEFAULT_EVAL_COMMAND, RESULT_FILE, SLURM_ALIVE, SLURM_FAILED, LocalRunner,
+                                  SlurmRunner, build_eval_command, job_output_dir, read_job_result, slurm_job_state)
+from emotune.scheduling.store import TERMINAL, Store, default_store_path
+
+log = logging.getLogger("emotune.scheduling.scheduler")
+
+
+# ---------------------------------------------------------------------------------------------- suites
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: str  # changes whenever a task definition or the evaluation command changes
+    tasks: tuple[str, ...]  # what the evaluator's --tasks gets: a task name or a task file's path
+    labels: tuple[str, ...] = field(default=())  # the task names, as the evaluator's summary.json keys them
+
+
+def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
+    """A suite of configs/eval/suites.yaml, or a YAML file listing task names / task file paths."""
+    from emotune.tasks import PROTOCOL, load_suite, load_task
+    from emotune.resources import resolve as resolve_file
+
+    path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        try:
+            members = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
+        except yaml.YAMLError as err:
+            raise yaml_error(path, err) from None
+        if isinstance(members, dict) and "tasks" in members:
+            members = members["tasks"]
+        if not isinstance(members, list) or not members:
+            raise EmotuneError(f"{path}: a suite file must be a non-empty list of task names or task file paths")
+        specs = []
+        for m in members:
+            p = Path(str(m))
+            if not p.is_absolute() and (path.parent / p).is_file():
+                p = path.parent / p
+            specs.append(str(p.resolve()) if p.suffix in (".yaml", ".yml") else str(m))
+        tasks = [load_task(s) for s in specs]
+        suite_name = path.stem
+    else:
+        tasks = load_suite(name)
+        specs = [t.name for t in tasks]
+        suite_name = name
+    # What the scores depend on: the task definitions, the evaluator's extra settings (not paths/commands)
+    # and its scoring protocol (a changed default is a new suite version).
+    digest = hashlib.sha256(json.dumps({"tasks": [t.raw for t in tasks], "eval_args": list(eval_args), "protocol": PROTOCOL},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:12]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise EmotuneError(f"suite {name}: a task name appears twice ({names})")
+    return Suite(suite_name, digest, tuple(specs), tuple(names))
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+@dataclass
+class TickReport:
+    checkpoints: int = 0
+    queued: int = 0
+    launched: int = 0
+    retried: int = 0
+    blocked: list[str] = field(default_factory=list)
+
+
+def training_finished(run_dir: Path, checkpoints: list[Checkpoint]) -> bool:
+    """Has the run written its last checkpoint? (manifest `final`, or max_steps from the run's config)."""
+    if any(c.final for c in checkpoints):
+        return True
+    try:
+        cfg = read_run_config(run_dir)  # the training stage's resolved config
+    except EmotuneError as err:
+        log.warning("%s", err)
+        return False
+    max_steps = cfg.get("max_steps", -1) if cfg is not None else -1
+    return isinstance(max_steps, int) and max_steps > 0 and any(c.step >= max_steps for c in checkpoints)
+
+
+class Scheduler:
+    def __init__(self, run_dir: str | Path, suite: Suite, store: Store, runner, ttl: float = 120.0,
+                 max_attempts: int = 3, after: str | None = None):
+        self.run_dir = Path(run_dir).resolve()
+        self.run = str(self.run_dir)
+        self.suite, self.store, self.runner = suite, store, runner
+        self.ttl, self.max_attempts, self.after = ttl, max_attempts, after
+        self.owner = f"scheduler:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.discovery = Discovery(self.run_dir)
+        self.checkpoints: list[Checkpoint] = []
+
+    # -- 1. discover + enqueue
+    def enqueue(self) -> int:
+        self.checkpoints = self.discovery.scan()
+        n = 0
+        for c in self.checkpoints:
+            n += self.store.enqueue(self.run, c.step, c.fingerprint, self.suite.name, self.suite.version,
+                                    list(self.suite.labels), str(c.path), c.tokens_seen, c.objective)
+        return n
+
+    def _task_spec(self, label: str) -> str:
+        return self.suite.tasks[self.suite.labels.index(label)]
+
+    # -- 2. reconcile external (SLURM) jobs
+    def reconcile(self, report: TickReport) -> None:
+        for row in self.store.rows(self.run, "running"):
+            if row.suite_version != self.suite.version or row.runner != "slurm" or not row.external_id:
+                continue
+            result = read_job_result(job_output_dir(row.run, row) / RESULT_FILE)
+            if result and result.get("token") == row.lease_token and row.lease_token:
+                self._record(row, result, report)
+                continue
+            state, reason = slurm_job_state(row.external_id)
+            if state == "COMPLETED":  # the result file may have landed between the two looks
+                result = read_job_result(job_output_dir(row.run, row) / RESULT_FILE)
+                if result and result.get("token") == row.lease_token:
+                    self._record(row, result, report)
+                    continue
+            if reason and "DependencyNeverSatisfied" in reason:
+                SlurmRunner.cancel(row.external_id)
+                msg = (f"never ran: its training job {row.depends_on} did not succeed "
+                       f"(SLURM job {row.external_id} {state}, {reason})")
+                if self.store.block(row.id, msg):
+                    report.blocked.append(f"step {row.step} {row.task}: {msg}")
+            elif state in SLURM_ALIVE:
+                if row.lease_token:
+                    self.store.renew(row.id, row.lease_token, self.ttl)
+            elif state in SLURM_FAILED or (state or "").startswith("CANCELLED") or state == "COMPLETED":
+                msg = (f"SLURM job {row.external_id} ended {state}"
+                       f"{f' ({reason})' if reason and reason != 'None' else ''} before recording a result")
+                if self.store.fail(row.id, row.lease_token, msg, self.max_attempts):
+                    report.retried += 1
+                    log.warning("step %d %s: %s; %s", row.step, row.task, msg,
+                                "retrying" if self.store.get(row.id).status == "pending" else "giving up")
+            # unknown to SLURM (purged): the lease runs out and the row is retried.
+
+    def _record(self, row, result: dict, report: TickReport) -> None:
+        """Store what a SLURM job reported in its result file."""
+        if result["status"] == "finished":
+            ok = self.store.finish(row.id, row.lease_token, result.get("metrics") or {}, result.get("n_examples"),
+                                   result.get("predictions"), result.get("output_dir"), result.get("eval_seconds"),
+                                   host=result.get("host"), started_at=result.get("started_at"))
+            if ok:
+                log.info("finished step %d %s on %s (SLURM job %s)", row.step, row.task, result.get("host"),
+                         row.external_id)
+        else:
+            self.store.fail(row.id, row.lease_token, str(result.get("error")), self.max_attempts,
+                            retry=bool(result.get("retry", True)))
+            log.warning("step %d %s failed (SLURM job %s): %s", row.step, row.task, row.external_id,
+                        str(result.get("error")).splitlines()[0])
+
+    def _parent_failed(self, job_id: str) -> str | None:
+        state, _ = slurm_job_state(job_id)
+        if state and (state in SLURM_FAILED or state.startswith("CANCELLED")):
+            return state
+        return None
+
+    # -- 3. claim + launch
+    def launch(self, report: TickReport) -> None:
+        free = self.runner.capacity()
+        if self.runner.name == "slurm":  # queued or running SLURM jobs of this run count against --max-queued
+            free -= sum(1 for r in self.store.rows(self.run, "running") if r.runner == "slurm")
+        if free <= 0:
+            return
+        claimed = self.store.claim(self.owner, self.ttl, self.run, self.suite.version, limit=free,
+                                   max_attempts=self.max_attempts)
+        parent_state = self._parent_failed(self.after) if (claimed and self.after and self.runner.name == "slurm") \
+            else None
+        for row, token in claimed:
+            if parent_state:  # afterok on a failed (or purged-as-failed) job would be treated as satisfied
+                msg = f"never ran: its training job {self.after} ended {parent_state}"
+                if self.store.block(row.id, msg):
+                    report.blocked.append(f"step {row.step} {row.task}: {msg}")
+                continue
+            try:
+                launched = self.runner.launch(row, token, self._task_spec(row.task))
+            except Exception as err:  # noqa: BLE001 - recorded on the row; the next pass retries
+                log.error("could not launch step %d %s: %s", row.step, row.task, err)
+                self.store.fail(row.id, token, f"launch failed: {err}", self.max_attempts)
+                continue
+            self.store.set_external(row.id, token, launched.runner, launched.external_id, launched.depends_on)
+            report.launched += 1
+            log.info("launched step %d %s (%s %s, attempt %d)", row.step, row.task, launched.runner,
+                     launched.external_id, row.attempts)
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        report.queued = self.enqueue()
+        report.checkpoints = len(self.checkpoints)
+        if report.queued:
+            log.info("queued %d new job(s) (%d checkpoint(s) found)", report.queued, report.checkpoints)
+        if self.runner.name == "slurm":
+            self.reconcile(report)
+        self.launch(report)
+        for line in report.blocked:
+            log.warning("blocked: %s", line)
+        return report
+
+    # -- state
+    def rows(self):
+        return [r for r in self.store.rows(self.run) if r.suite_version == self.suite.version]
+
+    def all_done(self) -> bool:
+        rows = self.rows()
+        return bool(rows) and all(r.status in TERMINAL for r in rows)
+
+    def finished(self, training_over: Callable[[], bool] | None = None) -> bool:
+        """--follow's stop: the final checkpoint exists (or training ended) and every job is terminal."""
+        over = training_finished(self.run_dir, self.checkpoints)
+        if not over and training_over is not None:
+            over = training_over()
+        if not over and self.after:
+            state, _ = slurm_job_state(self.after)
+            over = state is None or state not in SLURM_ALIVE
+        if not over:
+            return False
+        self.enqueue()  # the last checkpoint may have landed since the pass
+        return self.all_done() and getattr(self.runner, "running", lambda: 0)() == 0
+
+    def summary(self) -> str:
+        rows = self.rows()
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
+        bad = [r for r in rows if r.status in ("failed", "blocked")]
+        lines = [f"{self.run} suite {self.suite.name} ({self.suite.version}): {text}"]
+        lines += [f"  {r.status}: step {r.step} {r.task}: {(r.error or '').splitlines()[0] if r.error else ''}"
+                  for r in bad]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def build_runner(args, store_path: str, eval_command: str, run_dir: Path):
+    if args.runner == "local":
+        devices: list[str | None] | None = None
+        if args.devices:
+            devices = [d.strip() if d.strip().lower() != "cpu" else "" for d in
+                       args.devices.split(";" if ";" in args.devices else ",")]
+        if args.jobs:
+            devices = (devices or [None]) * args.jobs if not args.devices else devices
+        return LocalRunner(store_path, eval_command, args.lease_ttl, devices, log_dir=run_dir / "eval" / "logs")
+    return SlurmRunner(store_path, eval_command, args.lease_ttl, run_dir / "eval" / "slurm",
+                       sbatch_args=args.sbatch_arg, after=args.after, max_queued=args.max_queued, setup=args.setup)
+
+
+def add_scheduler_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--runner", choices=("local", "slurm"), default="local")
+    ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
+    ap.add_argument("--eval-command", default=DEFAULT_EVAL_COMMAND,
+                    help="evaluator command with {model} {task} {suite} {out} {step} {python} placeholders "
+                         "(split like a shell, run without one); default: %(default)s")
+    ap.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
+                    help="setting appended to the evaluator command (repeatable), e.g. --eval-arg limit=200; "
+                         "part of the suite version (changing it re-evaluates)")
+    ap.add_argument("--devices", help="local runner: one job per entry, e.g. '0,1,2,3' or '0,1;2,3' (a job on two "
+                                      "GPUs); 'cpu' = no GPU. Default: one job at a time in this environment")
+    ap.add_argument("--jobs", type=int, default=0, help="local runner without --devices: evaluations at once (default 1)")
+    ap.add_argument("--lease-ttl", type=float, default=120.0, help="seconds before a silent job is retried")
+    ap.add_argument("--poll", type=float, default=30.0, help="seconds between passes (polling and --follow)")
+    ap.add_argument("--max-attempts", type=int, default=3)
+    ap.add_argument("--after", metavar="JOBID", help="slurm: the training job; eval jobs get --dependency=afterok:JOBID")
+    ap.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                    help="slurm: an #SBATCH line for every eval job (repeatable), e.g. --sbatch-arg=--gres=gpu:1")
+    ap.add_argument("--setup", action="append", default=[], metavar="LINE",
+                    help="slurm: a shell line run first in each job script (module load ..., source venv/bin/activate)")
+    ap.add_argument("--max-queued", type=int, default=64, help="slurm: this run's eval jobs in the queue at most")
+
+
+def check_scheduler_args(args) -> None:
+    """Every number and list of the scheduler's options, before anything is created."""
+    for name, value, low in (("--lease-ttl", args.lease_ttl, 0.0), ("--poll", args.poll, 0.0)):
+        if not value > low:  # also catches nan
+            raise EmotuneError(f"{name} {value}: must be > 0 seconds")
+    for name, value, low in (("--max-attempts", args.max_attempts, 1), ("--jobs", args.jobs, 0),
+                             ("--max-queued", args.max_queued, 1)):
+        if value < low:
+            raise EmotuneError(f"{name} {value}: must be at least {low}")
+    if args.devices is not None:
+        entries = args.devices.split(";" if ";" in args.devices else ",")
+        if not all(e.strip() for e in entries):
+            raise EmotuneError(f"--devices {args.devices!r}: an empty entry (use e.g. '0,1' or '0,1;2,3' or 'cpu')")
+        for entry in entries:
+            for dev in entry.strip().split(",") if ";" in args.devices else [entry.strip()]:
+                if dev.strip().lower() != "cpu" and not dev.strip().isdigit():
+                    raise EmotuneError(f"--devices {args.devices!r}: {dev.strip()!r} is not a GPU index or 'cpu'")
+    if args.runner == "slurm":
+        from emotune.sbatch import check_sbatch_args
+
+        check_sbatch_args(args.sbatch_arg, "--sbatch-arg")
+        if args.after is not None and not re.fullmatch(r"\d+(_\d+)?", str(args.after)):
+            raise EmotuneError(f"--after {args.after!r}: not a SLURM job id")
+    for line in args.setup:
+        if "\n" in line or "\r" in line or "\x00" in line:
+            raise EmotuneError(f"--setup {line!r}: one shell line per --setup (no newlines)")
+
+
+def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise EmotuneError(f"run directory {run_dir} does not exist")
+    eval_command = args.eval_command
+    if args.eval_arg:
+        import shlex
+
+        eval_command = eval_command + " " + shlex.join(args.eval_arg)
+    build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c")  # validate
+    check_scheduler_args(args)
+    suite = resolve_suite(suite_name, args.eval_arg)
+    store_path = str(Path(args.store or default_store_path(run)).resolve())
+    store = Store(store_path)
+    runner = build_runner(args, store_path, eval_command, run)
+    os.environ["EMOTUNE_MAX_ATTEMPTS"] = str(args.max_attempts)
+    return Scheduler(run, suite, store, runner, args.lease_ttl, args.max_attempts, args.after)
+
+
+def main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog="emotune watch",
+                                 description="Evaluate every checkpoint of a run as it lands (each checkpoint x task once).")
+    ap.add_argument("run_dir", help="the training run's output_dir (holds checkpoint-STEP/ folders)")
+    ap.add_argument("--suite", required=True, help="suite name (configs/eval/suites.yaml) or a YAML list of tasks")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one pass, wait for the local jobs it started, exit")
+    mode.add_argument("--follow", action="store_true", help="poll until the run's final checkpoint is evaluated")
+    add_scheduler_args(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    sched = make_scheduler(args.run_dir, args.suite, args)
+    signal.signal(signal.SIGTERM, _interrupt)  # kubectl / scancel: stop like Ctrl-C; jobs keep their leases
+    try:
+        if args.once:
+            run_once(sched, args.poll)
+        else:
+            while True:
+                sched.tick()
+                if args.follow and sched.finished():
+                    break
+                time.sleep(args.poll)
+    finally:
+        print(sched.summary())
+    bad = [r for r in sched.rows() if r.status in ("failed", "blocked")]
+    return 1 if bad else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_once(sched: Scheduler, poll: float = 1.0) -> None:
+    """One pass over everything runnable now; local jobs are waited for (a CronJob pod must not exit early)."""
+    while True:
+        report = sched.tick()
+        running = getattr(sched.runner, "running", lambda: 0)()
+        if report.launched == 0 and running == 0:
+            return
+        if sched.runner.name == "slurm":
+            return
+        time.sleep(min(poll, 1.0))

@@ -1,0 +1,1 @@
+"""The embedded demo's synthetic language (exactly known distribution), its tokenizer and its oracle metrics."""

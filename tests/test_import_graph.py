@@ -1,0 +1,163 @@
+"""The package's dependencies point one way: launch -> train / eval / scheduling -> objectives.
+
+Read from the source (ast, nothing executed), every import counted, also those inside functions (a lazy
+import is still a dependency) and the `emotune.x.y[:func]` strings that importlib resolves (the CLI's
+command table, the evaluator's task kinds). A rule holds for everything a package reaches, transitively
+through our own modules (emotune.manifest, emotune.tasks, ...), not only for its direct imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "emotune"
+TRAIN = ("emotune.pipeline", "emotune.train")  # the training stage (pipeline/ today)
+HEAVY = ("torch", "transformers", "deepspeed", "datasets")  # what a scheduler pass or job start must not pay for
+_DYNAMIC = re.compile(r"^(emotune(?:\.\w+)+)(?::\w+)?$")  # "emotune.eval.cli:main", "emotune.eval.icl.mmlu"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:
+    """Every module name `tree` imports (top-level names of third-party ones included, e.g. "torch")."""
+    package = module if is_package else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, `level - 1` packages up
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            m = _DYNAMIC.match(node.value)
+            if m:
+                out.add(m.group(1))
+    return out
+
+
+@lru_cache(maxsize=None)
+def graph() -> dict[str, set[str]]:
+    """Our modules -> what each imports, keeping only names that are modules (ours) or third-party roots."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for name, path in files.items():
+        found = imports_of(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py")
+        edges[name] = {m for m in found if m in files or not m.startswith("emotune")}
+        # importing a.b.c runs a/__init__ and a/b/__init__ too
+        edges[name] |= {".".join(m.split(".")[:i]) for m in edges[name] if m in files for i in range(1, m.count(".") + 1)}
+    return edges
+
+
+def reach(module: str) -> set[str]:
+    """Every module `module` imports, directly or through our own modules."""
+    edges, seen, todo = graph(), set(), [module]
+    while todo:
+        for dep in edges.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def _in(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def members(*prefixes: str) -> list[str]:
+    return sorted(m for m in graph() if _in(m, *prefixes))
+
+
+def _violations(sources: list[str], forbidden) -> list[str]:
+    return [f"{m} -> {dep}" for m in sources for dep in sorted(reach(m)) if forbidden(dep)]
+
+
+def test_the_reader_sees_lazy_relative_and_dynamic_imports():
+    src = ("import os.path\nfrom . import sibling\nfrom ..other import thing\n"
+           "def f():\n    import torch\n    from emotune.eval import cli\n"
+           "COMMANDS = {'x': ('emotune.launch.demo:main', 'help')}\nLOG = 'not a module name'\n")
+    got = imports_of(ast.parse(src), "emotune.pkg.mod")
+    assert {"os.path", "emotune.pkg", "emotune.pkg.sibling", "emotune.other", "emotune.other.thing", "torch",
+            "emotune.eval", "emotune.eval.cli", "emotune.launch.demo"} <= got
+    assert "not a module name" not in got
+    # the known back-edge of the past would have been found
+    assert imports_of(ast.parse("if __name__ == '__main__':\n    from emotune.launch.cli import main\n"),
+                      "emotune.pipeline.train") >= {"emotune.launch.cli"}
+
+
+def test_every_package_is_covered():
+    for prefix in ("emotune.objectives", "emotune.eval", "emotune.scheduling", "emotune.launch", "emotune.synthetic"):
+        assert members(prefix), f"no modules under {prefix}: the rules below would check nothing"
+    assert members(*TRAIN)
+
+
+def test_objectives_import_nothing_of_ours_but_errors():
+    bad = _violations(members("emotune.objectives"),
+                      lambda d: _in(d, "emotune") and d != "emotune" and not _in(d, "emotune.errors", "emotune.objectives"))
+    assert not bad, bad
+
+
+def test_the_training_stage_never_imports_launch():
+    bad = _violations(members(*TRAIN), lambda d: _in(d, "emotune.launch"))
+    assert not bad, bad
+
+
+def test_scheduling_imports_neither_torch_nor_the_evaluator():
+    bad = _violations(members("emotune.scheduling"),
+                      lambda d: _in(d, "emotune.eval", "emotune.launch", *TRAIN, "emotune.objectives", *HEAVY))
+    assert not bad, bad
+
+
+def test_the_evaluator_never_imports_scheduling_or_launch():
+    bad = _violations(members("emotune.eval"), lambda d: _in(d, "emotune.scheduling", "emotune.launch", *TRAIN))
+    assert not bad, bad
+
+
+def test_the_synthetic_language_imports_no_stage():
+    """emotune.synthetic sits below the evaluator (its `kind: oracle` task) and `emotune synth`: it imports neither."""
+    bad = _violations(members("emotune.synthetic"),
+                      lambda d: _in(d, "emotune.eval", "emotune.scheduling", "emotune.launch", *TRAIN))
+    assert not bad, bad
+
+
+def test_shared_modules_import_no_stage():
+    """emotune.manifest, emotune.tasks, ... sit below every stage: they import none of them."""
+    shared = [m for m in graph() if m.count(".") == 1 and m not in ("emotune.__main__",)
+              and not _in(m, "emotune.objectives", "emotune.eval", "emotune.scheduling", "emotune.launch",
+                          "emotune.synthetic", *TRAIN)]
+    assert "emotune.manifest" in shared and "emotune.tasks" in shared
+    bad = _violations(shared, lambda d: _in(d, "emotune.eval", "emotune.scheduling", "emotune.launch", *TRAIN))
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("module", ["emotune.manifest", "emotune.tasks"])
+def test_shared_checkpoint_and_task_modules_are_torch_free(module):
+    assert not set(HEAVY) & reach(module)
+
+
+def test_importing_scheduling_loads_no_torch_at_run_time():
+    """The same at run time, in a fresh interpreter: nothing (a dependency of a dependency) drags torch in."""
+    mods = members("emotune.scheduling")
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m.startswith('emotune.eval'))\n"
+            "print(bad)\nsys.exit(1 if bad else 0)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
