@@ -21,6 +21,7 @@ SPEC_NAMES = ("EMO", "EVAL", "DEEPSPEED", "SLURM", "CONTAINERS")
 SPEC_FILE = re.compile(r"(?<![\w.-])(?:%s)\.md\b" % "|".join(SPEC_NAMES))
 OUTSIDE_PATH = re.compile(r"shared/reference|\.\./shared\b|/work/shared\b")
 DOC_CITATION = re.compile(r"\bdocs/([\w.-]+\.md)(?:, \*([^*\n]+)\*)?")
+MD_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)+[\w.-]+\.md)\b")  # a relative path to a Markdown file
 SKIP_TOP = ("tests/", ".ci/")
 
 
@@ -94,6 +95,14 @@ def test_doc_citations_point_at_existing_docs_and_sections():
             elif m.group(2) and not any(s.startswith(m.group(2)) for s in doc_sections(doc.read_text("utf-8"))):
                 missing.append(f"{rel}: {m.group(0)} (no heading or bold label {m.group(2)!r} there)")
     assert not missing, "\n".join(missing)
+
+
+def test_cited_markdown_paths_are_files_of_the_repository():
+    files = set(repo_files())
+    assert MD_PATH.findall("see docs/a.md and x/y/b.md, not https://host/c.md") == ["docs/a.md", "x/y/b.md"]
+    missing = sorted({f"{rel}: {path}" for rel, text in shipped_texts().items()
+                      for path in MD_PATH.findall(text) if path not in files})
+    assert not missing, "cited Markdown files that the repository does not have:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("section", ["Conventions", "MLE", "DEMD", "Cost embedding", "Dense targets",
