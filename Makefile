@@ -9,7 +9,7 @@ TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/emotune demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check emotune tests benchmarks
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
