@@ -82,70 +82,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return opts
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise EmotuneError(f"argument dtype={name!r}: use float32, bfloat16, float16 or auto")
-    return table[name]
-
-
-def resolve_device(name: str | None) -> str:
-    """The device to evaluate on; one that does not exist here is an error naming it, not a crash later."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(str(name))
-    except (RuntimeError, ValueError):
-        raise EmotuneError(f"argument device={name!r}: not a device (use cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise EmotuneError(f"argument device={name!r}: no CUDA device is available here (use device=cpu)")
-        if dev.index is not None and dev.index >= count:
-            raise EmotuneError(f"argument device={name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EmotuneError(f"argument device={name!r}: MPS is not available here (use device=cpu)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise EmotuneError(f"argument device={name!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps)")
-    return str(dev)
-
-
-def load_model(path: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from emotune.hub import resolve
-
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(str(dtype), device)
-    extra = resolve(path, "--model", need_tokenizer=True, need_weights=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                         **extra)
-        except TypeError:  # transformers < 4.56 calls it torch_dtype
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype,
-                                                         trust_remote_code=trust_remote_code, **extra)
-    except (OSError, ValueError) as err:
-        raise EmotuneError(f"--model {path}: cannot load a causal LM and its tokenizer ({one_line(err)})") from None
-    return model.to(device).eval(), tokenizer
-
-
 def make_retriever(opts: dict[str, Any], tokenizer):
     from emotune.eval.icl.retriever import TopkRetriever
 
@@ -196,6 +132,8 @@ def main(argv: list[str]) -> int:
             raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
                                "--tasks a,b")
     opts = parse_overrides([a for a in args.overrides if a not in files])
+    from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
+
     opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
     names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
     tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
@@ -215,7 +153,7 @@ def main(argv: list[str]) -> int:
 
     resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
     model_fp = model_fingerprint(args.model)
-    device = opts["device"] or ("cuda" if _cuda_available() else "cpu")
+    device = opts["device"]  # resolved above
     dtype = str(resolve_dtype(str(opts["dtype"]), device)).replace("torch.", "")
     keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
 
@@ -253,7 +191,7 @@ def main(argv: list[str]) -> int:
     for task in todo:  # every task's data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
     if todo:
-        model, tokenizer = load_model(args.model, opts["dtype"], device, opts["trust_remote_code"])
+        model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
     retriever = []
 
     def retriever_factory():

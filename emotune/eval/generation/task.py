@@ -237,10 +237,10 @@ def _lm_texts(rows: Sequence[dict], column: str, limit: int | None) -> list[str]
 
 def _resolve_model(obj: Any, key: str, opts: dict[str, Any]):
     """(scorer-able object, tokenizer or None) from a path, a loaded model or an Oracle."""
-    from emotune.eval.generation.lm_metrics import load_causal_lm
+    from emotune.eval.lm import load_causal_lm
 
-    if isinstance(obj, (str, os.PathLike)):
-        return load_causal_lm(str(obj), key, opts["device"], trust_remote_code=bool(opts["trust_remote_code"]))
+    if isinstance(obj, (str, os.PathLike)):  # the oracle / reference roles are scored in float32
+        return load_causal_lm(str(obj), key, "float32", opts["device"], bool(opts["trust_remote_code"]))
     return obj, getattr(obj, "tokenizer", None)
 
 
