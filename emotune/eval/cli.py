@@ -12,75 +12,18 @@ a run with other settings is refused rather than mixed with it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from emotune.errors import ArgumentParser, EmotuneError, one_line
+from emotune.errors import ArgumentParser, EmotuneError
+from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.task_data import check_task_data
 from emotune.tasks import Task, load_suite, load_task
-
-# key=value overrides and their defaults
-DEFAULTS: dict[str, Any] = {
-    "encoder": "default",  # sentence-transformers model for retrieval; "all-mpnet-base-v2" is the paper's
-    "roundtrip_tokenizer": "model",  # OpenICL's tokenize/decode before embedding: model | a tokenizer path | none
-    "scoring": None,  # full (OpenICL) | continuation; None = the task file's options.scoring or full
-    "shared_prefix": True,
-    "batch_size": 8,  # test inputs per model call
-    "dtype": "auto",  # float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that has it, else float32)
-    "device": None,  # cpu | cuda | cuda:1 ... (default: cuda if available)
-    "limit": None,  # evaluate only the first N test rows (per subject for MMLU)
-    "max_tokens": None,  # drop the least similar demos until every candidate fits (OpenICL max_model_token_num)
-    "data_dir": None,  # local data: DIR/<task>/<split>.jsonl|csv|parquet (or DIR/<split>.*)
-    "cache_dir": None,  # retriever embedding cache (default $EMOTUNE_CACHE or ~/.cache/emotune)
-    "retriever_batch_size": 64,
-    "progress": True,
-    "resume": True,
-    "trust_remote_code": False,
-    # generation suites (emotune.eval.generation.task; docs/generation-eval.md)
-    "runs": None,  # samples per prefix (default 5, the paper's runs)
-    "seed": None,
-    "gen_batch_size": None,
-    "featurizer": None,  # MAUVE features: gpt2-large on a cluster; any local causal LM or encoder offline
-    "max_text_length": None,
-    "pooling": None,
-    "feature_cache_dir": None,
-    "oracle": None,  # a causal LM whose perplexity of the samples is PPL_oracle
-    "reference": None,  # a causal LM for forward / reverse token-level cross-entropy
-    "ce_vocab_size": None,
-    "metrics": None,
-    "lm_limit": None,
-}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for item in items:
-        if "=" not in item:
-            raise EmotuneError(f"argument {item!r}: expected key=value (keys: {', '.join(DEFAULTS)})")
-        key, value = item.split("=", 1)
-        if key not in DEFAULTS:
-            raise EmotuneError(f"argument {item!r}: unknown key {key!r} (keys: {', '.join(DEFAULTS)})")
-        try:
-            opts[key] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            opts[key] = value
-    if opts["roundtrip_tokenizer"] in (None, False, "none", "raw"):  # embed the raw text
-        opts["roundtrip_tokenizer"] = None
-    elif not isinstance(opts["roundtrip_tokenizer"], str):
-        raise EmotuneError(f"argument roundtrip_tokenizer={opts['roundtrip_tokenizer']!r}: use model, none or a "
-                           "tokenizer path")
-    for key in ("batch_size", "limit", "max_tokens", "retriever_batch_size"):
-        v = opts[key]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise EmotuneError(f"argument {key}={v!r}: must be a positive integer")
-    return opts
-
 
 def make_retriever(opts: dict[str, Any], tokenizer):
     from emotune.eval.icl.retriever import TopkRetriever
@@ -114,8 +57,8 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
 
 
 def main(argv: list[str]) -> int:
-    ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0],
-                                 epilog="overrides (key=value): " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
+    ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0], epilog=help_text(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper)")

@@ -22,6 +22,7 @@ from emotune.errors import EmotuneError
 from emotune.eval.summary import TaskResult
 from emotune.synthetic.language import load_demo_language
 from emotune.eval.lm import next_token_logprobs, padded_batches
+from emotune.eval.task_files import OracleTaskFile, read_task_file
 from emotune.synthetic.language import SyntheticLanguage
 from emotune.synthetic.oracle import ORACLE_EPS, TokenOracle, smoothed_oracle_log_prob
 
@@ -95,23 +96,22 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     validation/test texts scored), `eps` (1e-6). Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
-    raw = getattr(task, "raw", task) or {}
+    spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))
     if data_dir is None:
         raise EmotuneError(f"{getattr(task, 'source', 'task')}: kind 'oracle' needs data_dir=DIR (the demo's data folder)")
     data = Path(data_dir)
     if not (data / "language.json").exists() and (data / task.name / "language.json").exists():
         data = data / task.name
     lang = load_demo_language(data)
-    n_texts = int(limit or raw.get("n_texts", 100))
+    n_texts = int(limit or spec.n_texts)
     valid = [t for t in (data / "valid.txt").read_text().splitlines() if t.strip()][:n_texts]
     test = [t for t in (data / "test.txt").read_text().splitlines() if t.strip()][:n_texts]
     oracle = TokenOracle(lang, tokenizer, vocab_size=model.config.vocab_size)
-    eps = float(raw.get("eps", ORACLE_EPS))
+    eps = float(spec.eps)
     model.eval()
     ce = oracle_cross_entropies(model, oracle, valid, eps)
-    samples = oracle_perplexity_of_samples(model, tokenizer, lang, n_samples=int(raw.get("n_samples", 64)),
-                                           max_new_tokens=int(raw.get("max_new_tokens", 128)),
-                                           seed=int(raw.get("seed", 0)), eps=eps)
+    samples = oracle_perplexity_of_samples(model, tokenizer, lang, n_samples=spec.n_samples,
+                                           max_new_tokens=spec.max_new_tokens, seed=spec.seed, eps=eps)
     metrics = {"ppl_test": test_perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
                "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"],
                "samples_ended": samples["ended_fraction"]}
