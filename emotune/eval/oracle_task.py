@@ -22,7 +22,8 @@ from emotune.errors import EmotuneError
 from emotune.eval.summary import TaskResult
 from emotune.synthetic.language import load_demo_language
 from emotune.eval.lm import next_token_logprobs, padded_batches
-from emotune.eval.task_files import OracleTaskFile, read_task_file
+from emotune.eval.task_files import OracleTaskFile
+from emotune.tasks import read_task_file
 from emotune.synthetic.language import SyntheticLanguage
 from emotune.synthetic.oracle import ORACLE_EPS, TokenOracle, smoothed_oracle_log_prob
 

@@ -1,6 +1,6 @@
 """The task files of the evaluator's own kinds, as pydantic models (extra keys forbidden, like the
 training config): `kind: mmlu`, `kind: generation` and `kind: oracle`. The common keys (name, kind,
-dataset, splits) and `kind: icl` are read by emotune.tasks. Torch-free: `emotune eval` checks every task
+dataset, splits) and the `kind: icl` model are emotune.tasks. Torch-free: `emotune eval` checks every task
 file here before it loads a model; a problem is one EmotuneError line naming the file and the dotted key.
 """
 
@@ -8,29 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from emotune.errors import EmotuneError
+from emotune.tasks import read_task_file
 from emotune.synthetic.oracle import ORACLE_EPS
-
-
-def task_file_error(err: ValidationError, source: str) -> EmotuneError:
-    """A task file's first problem as one line naming the file and the dotted key."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-    if first["type"] in ("extra_forbidden", "missing"):
-        what = "unknown key" if first["type"] == "extra_forbidden" else "missing key"
-        return EmotuneError(f"{source}: {what} {key!r}")
-    return EmotuneError(f"{source}: key {key!r}: {first['msg'].removeprefix('Value error, ')} "
-                        f"(got {first.get('input')!r})")
-
-
-def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
-    """`raw` (a task file's mapping) validated by `model`; EmotuneError naming the key otherwise."""
-    try:
-        return model(**raw)
-    except ValidationError as err:
-        raise task_file_error(err, source) from None
 
 
 class MmluPrompt(BaseModel):
