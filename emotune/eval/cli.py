@@ -56,7 +56,8 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
     return run(task, model, tokenizer, out_dir, **opts)
 
 
-def main(argv: list[str]) -> int:
+def _arguments(argv: list[str]):
+    """(parsed arguments, task files among the positional arguments), or None after --help."""
     ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0], epilog=help_text(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
@@ -65,73 +66,87 @@ def main(argv: list[str]) -> int:
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
-    try:  # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
-        args = ap.parse_intermixed_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
+    # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
+    args = ap.parse_intermixed_args(argv)
     files = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
     for a in args.overrides:
         if "=" not in a and a not in files:
             raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
                                "--tasks a,b")
-    opts = parse_overrides([a for a in args.overrides if a not in files])
-    from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
+    return args, files
 
-    opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
+
+def _tasks(args, files: list[str]) -> list[Task]:
     names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
     tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
     if not tasks:
         raise EmotuneError("no task given: use --suite NAME, --tasks a,b or a task YAML file")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise EmotuneError(f"task name {dup!r} is given twice (its results would overwrite each other)")
+    return tasks
+
+
+def _reusable(summary_path: Path, model: str, model_fp: str, keys: dict[str, dict]) -> dict[str, TaskResult]:
+    """The results in an existing summary that this run keeps: other tasks of the same model, and tasks
+    of this run made with the same settings (one with other settings is refused)."""
+    try:
+        old = read_summary(summary_path)
+        old_tasks = old.get("tasks", {})
+        if not isinstance(old_tasks, dict):
+            raise ValueError("tasks is not a mapping")
+    except (OSError, ValueError, AttributeError):
+        raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
+    done: dict[str, TaskResult] = {}
+    for name, r in old_tasks.items():
+        try:
+            result = TaskResult(**r)
+        except TypeError:
+            raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
+                               "file away or pass resume=false") from None
+        old_key = (result.settings or {}).get("resume_key")
+        # one summary, one model: by its weights where recorded (a moved folder is the same model)
+        same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == model
+        if name not in keys and not same_model:
+            raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
+                               f"{name!r}), not of {model!r}; use another --out")
+        if result.predictions is None or (summary_path.parent / result.predictions).exists():
+            if name in keys:  # a task of this run: reused only if made with the same settings
+                check_reusable(summary_path, name, result.settings or {}, keys[name])
+            done[name] = result
+    return done
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args, files = _arguments(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    opts = parse_overrides([a for a in args.overrides if a not in files])
+    from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
+
+    opts["device"] = device = resolve_device(opts["device"])  # an unavailable device fails before any work
+    tasks = _tasks(args, files)
     suite = args.suite or "custom"
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
     summary_path = out_dir / "summary.json"
-
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise EmotuneError(f"task name {dup!r} is given twice (its results would overwrite each other)")
     from emotune.hub import resolve
 
     resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
     model_fp = model_fingerprint(args.model)
-    device = opts["device"]  # resolved above
     dtype = str(resolve_dtype(str(opts["dtype"]), device)).replace("torch.", "")
     keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
-
-    done: dict[str, TaskResult] = {}
-    if summary_path.exists() and opts["resume"]:
-        try:
-            old = read_summary(summary_path)
-            old_tasks = old.get("tasks", {})
-            if not isinstance(old_tasks, dict):
-                raise ValueError("tasks is not a mapping")
-        except (OSError, ValueError, AttributeError):
-            raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
-        for name, r in old_tasks.items():
-            try:
-                result = TaskResult(**r)
-            except TypeError:
-                raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
-                                   "file away or pass resume=false") from None
-            old_key = (result.settings or {}).get("resume_key")
-            # one summary, one model: by its weights where recorded (a moved folder is the same model)
-            same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == args.model
-            if name not in keys and not same_model:
-                raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
-                                   f"{name!r}), not of {args.model!r}; use another --out")
-            if result.predictions is None or (out_dir / result.predictions).exists():
-                if name in keys:  # a task of this run: reused only if made with the same settings
-                    check_reusable(summary_path, name, result.settings or {}, keys[name])
-                done[name] = result
+    done = _reusable(summary_path, args.model, model_fp, keys) if summary_path.exists() and opts["resume"] else {}
 
     results = dict(done)
     todo = [t for t in tasks if t.name not in done]
     for task in tasks:
         if task.name in done:
             print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
-    for task in todo:  # every task's data: bad input fails here, before the model is loaded
+    for task in todo:  # every task's file and data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
     if todo:
         model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])

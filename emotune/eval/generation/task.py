@@ -165,6 +165,55 @@ def _resolve_model(obj: Any, key: str, opts: dict[str, Any]):
     return obj, getattr(obj, "tokenizer", None)
 
 
+def _mauve(task, spec: GenerationSpec, opts: dict[str, Any], records: list[dict], examples: list[Example],
+           human: list[str], metrics: dict[str, float], settings: dict[str, Any]) -> None:
+    """MAUVE of prefix+sample against prefix+human per run (the human features cached per dataset)."""
+    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_over_runs
+
+    fz = make_featurizer(str(opts["featurizer"]), opts["max_text_length"], opts["pooling"], device=opts["device"],
+                         trust_remote_code=bool(opts["trust_remote_code"]))
+    p_feats, cache_file, hit = cached_features(fz, human, _feature_cache_dir(opts), _dataset_id(task),
+                                               spec.test_split)
+    q_all = fz([r["text"] for r in records])
+    q_runs = [q_all[run * len(examples) : (run + 1) * len(examples)] for run in range(opts["runs"])]
+    m = mauve_over_runs(p_feats, q_runs)
+    metrics["mauve"], metrics["mauve_std"] = m["mauve"], m["mauve_std"]
+    for run, score in enumerate(m["runs"]):
+        metrics[f"mauve/run{run}"] = score
+    settings.update({"featurizer": fz.identity, "max_text_length": fz.max_length, "pooling": fz.pooling,
+                     "human_feature_cache": str(cache_file) if cache_file else None,
+                     "human_features_cached": hit,
+                     "mauve": "mauve-text defaults: buckets n/10, scaling 5, seed 25"})
+
+
+def _model_metrics(task, spec: GenerationSpec, opts: dict[str, Any], model, tokenizer, by_run: list[list[dict]],
+                   metrics: dict[str, float], settings: dict[str, Any]) -> None:
+    """PPL_oracle of the samples under an oracle model; forward / reverse CE against a reference model."""
+    from emotune.eval.generation import lm_metrics
+
+    # 4d. PPL_oracle of the samples
+    if "ppl_oracle" in opts["metrics"] and opts["oracle"] is not None:
+        oracle, otok = _resolve_model(opts["oracle"], "oracle", opts)
+        ppl_runs = [lm_metrics.ppl_oracle(oracle, [r["text"] for r in rr],
+                                          [r["prompt_tokens"] + r["tokens"] for r in rr], opts["batch_size"], otok)
+                    for rr in by_run]
+        metrics["ppl_oracle"] = float(np.mean(ppl_runs))
+        metrics["ppl_oracle_std"] = float(np.std(ppl_runs, ddof=1)) if len(ppl_runs) > 1 else 0.0
+        named = isinstance(opts["oracle"], (str, os.PathLike))
+        settings["oracle"] = str(opts["oracle"]) if named else type(oracle).__name__
+
+    # 4e. forward / reverse CE against a reference model, on validation text
+    if "ce" in opts["metrics"] and opts["reference"] is not None and spec.ce_split:
+        reference, _ = _resolve_model(opts["reference"], "reference", opts)
+        ce_rows = _load_rows(task, spec.ce_split, opts["data_dir"], spec.text_column)
+        texts = _lm_texts(ce_rows, spec.text_column, opts["lm_limit"])
+        seqs = [s for t, s in zip(texts, lm_metrics.tokenize_texts(tokenizer, texts))
+                if len(t.split(" ")) >= spec.lm_min_words and len(s) <= spec.lm_max_tokens]
+        metrics.update(lm_metrics.forward_reverse_ce(model, reference, seqs, opts["batch_size"], opts["ce_vocab_size"]))
+        settings.update({"ce_split": spec.ce_split, "reference": str(opts["reference"])
+                         if isinstance(opts["reference"], (str, os.PathLike)) else type(reference).__name__})
+
+
 def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike, **options: Any) -> TaskResult:
     """Run one generation task on a loaded model; write `<out_dir>/<task>.generations.jsonl`."""
     from emotune.eval.generation import lm_metrics
@@ -211,22 +260,7 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
     # 4a. MAUVE
     featurizer = opts["featurizer"]
     if "mauve" in opts["metrics"] and featurizer not in (None, "none"):
-        from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_over_runs
-
-        fz = make_featurizer(str(featurizer), opts["max_text_length"], opts["pooling"], device=opts["device"],
-                             trust_remote_code=bool(opts["trust_remote_code"]))
-        p_feats, cache_file, hit = cached_features(fz, human, _feature_cache_dir(opts), _dataset_id(task),
-                                                   spec.test_split)
-        q_all = fz([r["text"] for r in records])
-        q_runs = [q_all[run * len(examples) : (run + 1) * len(examples)] for run in range(opts["runs"])]
-        m = mauve_over_runs(p_feats, q_runs)
-        metrics["mauve"], metrics["mauve_std"] = m["mauve"], m["mauve_std"]
-        for run, score in enumerate(m["runs"]):
-            metrics[f"mauve/run{run}"] = score
-        settings.update({"featurizer": fz.identity, "max_text_length": fz.max_length, "pooling": fz.pooling,
-                         "human_feature_cache": str(cache_file) if cache_file else None,
-                         "human_features_cached": hit,
-                         "mauve": "mauve-text defaults: buckets n/10, scaling 5, seed 25"})
+        _mauve(task, spec, opts, records, examples, human, metrics, settings)
 
     # 4b. ROUGE: as the paper's script (prefix + sample vs prefix + human) and on the continuations alone
     if "rouge" in opts["metrics"]:
@@ -242,27 +276,8 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
         res = lm_metrics.ppl_test(model, tokenizer, texts, opts["batch_size"], spec.lm_min_words, spec.lm_max_tokens)
         metrics.update(res)
 
-    # 4d. PPL_oracle of the samples
-    if "ppl_oracle" in opts["metrics"] and opts["oracle"] is not None:
-        oracle, otok = _resolve_model(opts["oracle"], "oracle", opts)
-        ppl_runs = [lm_metrics.ppl_oracle(oracle, [r["text"] for r in rr],
-                                          [r["prompt_tokens"] + r["tokens"] for r in rr], opts["batch_size"], otok)
-                    for rr in by_run]
-        metrics["ppl_oracle"] = float(np.mean(ppl_runs))
-        metrics["ppl_oracle_std"] = float(np.std(ppl_runs, ddof=1)) if len(ppl_runs) > 1 else 0.0
-        named = isinstance(opts["oracle"], (str, os.PathLike))
-        settings["oracle"] = str(opts["oracle"]) if named else type(oracle).__name__
-
-    # 4e. forward / reverse CE against a reference model, on validation text
-    if "ce" in opts["metrics"] and opts["reference"] is not None and spec.ce_split:
-        reference, _ = _resolve_model(opts["reference"], "reference", opts)
-        ce_rows = _load_rows(task, spec.ce_split, opts["data_dir"], spec.text_column)
-        texts = _lm_texts(ce_rows, spec.text_column, opts["lm_limit"])
-        seqs = [s for t, s in zip(texts, lm_metrics.tokenize_texts(tokenizer, texts))
-                if len(t.split(" ")) >= spec.lm_min_words and len(s) <= spec.lm_max_tokens]
-        metrics.update(lm_metrics.forward_reverse_ce(model, reference, seqs, opts["batch_size"], opts["ce_vocab_size"]))
-        settings.update({"ce_split": spec.ce_split, "reference": str(opts["reference"])
-                         if isinstance(opts["reference"], (str, os.PathLike)) else type(reference).__name__})
+    # 4d-e. PPL_oracle of the samples, forward / reverse CE against a reference model
+    _model_metrics(task, spec, opts, model, tokenizer, by_run, metrics, settings)
 
     return TaskResult(task=task.name, kind="generation", metrics=metrics, n_examples=len(examples),
                       predictions=pred_name, seconds=time.time() - t_start, settings=settings)
