@@ -109,23 +109,22 @@ def output_cache(out):
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, width] ids (padding `pad_id`) and attention mask, every sequence starting at position 0."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return _pad(seqs, pad_id, left=False)
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, width] ids and attention mask, every sequence ending at the last position (for generation)."""
+    return _pad(seqs, pad_id, left=True)
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for r, s in enumerate(seqs):
-        ids[r, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, width - len(s):] = 1
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, cols] = 1
     return ids, mask
 
 
