@@ -32,9 +32,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emotune.errors import EmotuneError, yaml_error
 from emotune.resources import resolve, shipped
@@ -122,6 +123,44 @@ def _label_str(value: Any) -> str:
 
 # ---------------------------------------------------------------- reading task files
 
+def task_file_error(err: ValidationError, source: str) -> EmotuneError:
+    """A task file's first problem as one line naming the file and the dotted key."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+    if first["type"] in ("extra_forbidden", "missing"):
+        what = "unknown key" if first["type"] == "extra_forbidden" else "missing key"
+        return EmotuneError(f"{source}: {what} {key!r}")
+    return EmotuneError(f"{source}: key {key!r}: {first['msg'].removeprefix('Value error, ')} "
+                        f"(got {first.get('input')!r})")
+
+
+def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
+    """`raw` (a task file's mapping) validated by `model`; EmotuneError naming the key otherwise."""
+    try:
+        return model(**raw)
+    except ValidationError as err:
+        raise task_file_error(err, source) from None
+
+
+class IclTaskFile(BaseModel):
+    """Every key a `kind: icl` task file may hold, with its type; what the keys must say together
+    (placeholders, ice token, templates) is checked by task_from_dict and check_templates."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int
+    kind: Literal["icl"]
+    dataset: dict[str, Any] | None = None  # path / name / revision (hub) or data_files (local)
+    index_split: str = "train"  # the retrieval index (demos)
+    test_split: str = "test"
+    input_columns: list[Any] | dict[str, Any] | str | None = None  # column(s) -> placeholder
+    column_token_map: dict[str, Any] | None = None  # OpenICL's name for input_columns
+    label_column: str | int = "label"
+    templates: dict[Any, Any]  # label -> template, in template order
+    ice_num: Annotated[int, Field(strict=True, ge=0)] = 8
+    ice_token: Any = ICE_TOKEN
+    options: dict[str, Any] | None = None  # per-task protocol settings (scoring)
+
+
 def _need(cfg: dict, key: str, source: str, types: type | tuple = object) -> Any:
     if key not in cfg:
         raise EmotuneError(f"{source}: missing key {key!r}")
@@ -152,6 +191,7 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
     if kind == "mmlu":
         task.index_split = str(cfg.get("dev_split", "dev"))
         return task
+    read_task_file(IclTaskFile, cfg, source)
 
     cols_key = "column_token_map" if "column_token_map" in cfg else "input_columns"  # OpenICL's name for it
     if cols_key == "column_token_map" and "input_columns" in cfg:

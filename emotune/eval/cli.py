@@ -12,139 +12,18 @@ a run with other settings is refused rather than mixed with it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from emotune.errors import ArgumentParser, EmotuneError, one_line
+from emotune.errors import ArgumentParser, EmotuneError
+from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.task_data import check_task_data
 from emotune.tasks import Task, load_suite, load_task
-
-# key=value overrides and their defaults
-DEFAULTS: dict[str, Any] = {
-    "encoder": "default",  # sentence-transformers model for retrieval; "all-mpnet-base-v2" is the paper's
-    "roundtrip_tokenizer": "model",  # OpenICL's tokenize/decode before embedding: model | a tokenizer path | none
-    "scoring": None,  # full (OpenICL) | continuation; None = the task file's options.scoring or full
-    "shared_prefix": True,
-    "batch_size": 8,  # test inputs per model call
-    "dtype": "auto",  # float32 | bfloat16 | float16 | auto (bfloat16 on a GPU that has it, else float32)
-    "device": None,  # cpu | cuda | cuda:1 ... (default: cuda if available)
-    "limit": None,  # evaluate only the first N test rows (per subject for MMLU)
-    "max_tokens": None,  # drop the least similar demos until every candidate fits (OpenICL max_model_token_num)
-    "data_dir": None,  # local data: DIR/<task>/<split>.jsonl|csv|parquet (or DIR/<split>.*)
-    "cache_dir": None,  # retriever embedding cache (default $EMOTUNE_CACHE or ~/.cache/emotune)
-    "retriever_batch_size": 64,
-    "progress": True,
-    "resume": True,
-    "trust_remote_code": False,
-    # generation suites (emotune.eval.generation.task; docs/generation-eval.md)
-    "runs": None,  # samples per prefix (default 5, the paper's runs)
-    "seed": None,
-    "gen_batch_size": None,
-    "featurizer": None,  # MAUVE features: gpt2-large on a cluster; any local causal LM or encoder offline
-    "max_text_length": None,
-    "pooling": None,
-    "feature_cache_dir": None,
-    "oracle": None,  # a causal LM whose perplexity of the samples is PPL_oracle
-    "reference": None,  # a causal LM for forward / reverse token-level cross-entropy
-    "ce_vocab_size": None,
-    "metrics": None,
-    "lm_limit": None,
-}
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for item in items:
-        if "=" not in item:
-            raise EmotuneError(f"argument {item!r}: expected key=value (keys: {', '.join(DEFAULTS)})")
-        key, value = item.split("=", 1)
-        if key not in DEFAULTS:
-            raise EmotuneError(f"argument {item!r}: unknown key {key!r} (keys: {', '.join(DEFAULTS)})")
-        try:
-            opts[key] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            opts[key] = value
-    if opts["roundtrip_tokenizer"] in (None, False, "none", "raw"):  # embed the raw text
-        opts["roundtrip_tokenizer"] = None
-    elif not isinstance(opts["roundtrip_tokenizer"], str):
-        raise EmotuneError(f"argument roundtrip_tokenizer={opts['roundtrip_tokenizer']!r}: use model, none or a "
-                           "tokenizer path")
-    for key in ("batch_size", "limit", "max_tokens", "retriever_batch_size"):
-        v = opts[key]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise EmotuneError(f"argument {key}={v!r}: must be a positive integer")
-    return opts
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise EmotuneError(f"argument dtype={name!r}: use float32, bfloat16, float16 or auto")
-    return table[name]
-
-
-def resolve_device(name: str | None) -> str:
-    """The device to evaluate on; one that does not exist here is an error naming it, not a crash later."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(str(name))
-    except (RuntimeError, ValueError):
-        raise EmotuneError(f"argument device={name!r}: not a device (use cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise EmotuneError(f"argument device={name!r}: no CUDA device is available here (use device=cpu)")
-        if dev.index is not None and dev.index >= count:
-            raise EmotuneError(f"argument device={name!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EmotuneError(f"argument device={name!r}: MPS is not available here (use device=cpu)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise EmotuneError(f"argument device={name!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, mps)")
-    return str(dev)
-
-
-def load_model(path: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from emotune.hub import resolve
-
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(str(dtype), device)
-    extra = resolve(path, "--model", need_tokenizer=True, need_weights=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                         **extra)
-        except TypeError:  # transformers < 4.56 calls it torch_dtype
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch_dtype,
-                                                         trust_remote_code=trust_remote_code, **extra)
-    except (OSError, ValueError) as err:
-        raise EmotuneError(f"--model {path}: cannot load a causal LM and its tokenizer ({one_line(err)})") from None
-    return model.to(device).eval(), tokenizer
-
 
 def make_retriever(opts: dict[str, Any], tokenizer):
     from emotune.eval.icl.retriever import TopkRetriever
@@ -177,83 +56,100 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
     return run(task, model, tokenizer, out_dir, **opts)
 
 
-def main(argv: list[str]) -> int:
-    ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0],
-                                 epilog="overrides (key=value): " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()))
+def _arguments(argv: list[str]):
+    """(parsed arguments, task files among the positional arguments), or None after --help."""
+    ap = ArgumentParser(prog="emotune eval", description=__doc__.splitlines()[0], epilog=help_text(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper)")
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
-    try:  # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
-        args = ap.parse_intermixed_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
+    # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
+    args = ap.parse_intermixed_args(argv)
     files = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
     for a in args.overrides:
         if "=" not in a and a not in files:
             raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
                                "--tasks a,b")
-    opts = parse_overrides([a for a in args.overrides if a not in files])
-    opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
+    return args, files
+
+
+def _tasks(args, files: list[str]) -> list[Task]:
     names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
     tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
     if not tasks:
         raise EmotuneError("no task given: use --suite NAME, --tasks a,b or a task YAML file")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise EmotuneError(f"task name {dup!r} is given twice (its results would overwrite each other)")
+    return tasks
+
+
+def _reusable(summary_path: Path, model: str, model_fp: str, keys: dict[str, dict]) -> dict[str, TaskResult]:
+    """The results in an existing summary that this run keeps: other tasks of the same model, and tasks
+    of this run made with the same settings (one with other settings is refused)."""
+    try:
+        old = read_summary(summary_path)
+        old_tasks = old.get("tasks", {})
+        if not isinstance(old_tasks, dict):
+            raise ValueError("tasks is not a mapping")
+    except (OSError, ValueError, AttributeError):
+        raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
+    done: dict[str, TaskResult] = {}
+    for name, r in old_tasks.items():
+        try:
+            result = TaskResult(**r)
+        except TypeError:
+            raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
+                               "file away or pass resume=false") from None
+        old_key = (result.settings or {}).get("resume_key")
+        # one summary, one model: by its weights where recorded (a moved folder is the same model)
+        same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == model
+        if name not in keys and not same_model:
+            raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
+                               f"{name!r}), not of {model!r}; use another --out")
+        if result.predictions is None or (summary_path.parent / result.predictions).exists():
+            if name in keys:  # a task of this run: reused only if made with the same settings
+                check_reusable(summary_path, name, result.settings or {}, keys[name])
+            done[name] = result
+    return done
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args, files = _arguments(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    opts = parse_overrides([a for a in args.overrides if a not in files])
+    from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
+
+    opts["device"] = device = resolve_device(opts["device"])  # an unavailable device fails before any work
+    tasks = _tasks(args, files)
     suite = args.suite or "custom"
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
     summary_path = out_dir / "summary.json"
-
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise EmotuneError(f"task name {dup!r} is given twice (its results would overwrite each other)")
     from emotune.hub import resolve
 
     resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
     model_fp = model_fingerprint(args.model)
-    device = opts["device"] or ("cuda" if _cuda_available() else "cpu")
     dtype = str(resolve_dtype(str(opts["dtype"]), device)).replace("torch.", "")
     keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
-
-    done: dict[str, TaskResult] = {}
-    if summary_path.exists() and opts["resume"]:
-        try:
-            old = read_summary(summary_path)
-            old_tasks = old.get("tasks", {})
-            if not isinstance(old_tasks, dict):
-                raise ValueError("tasks is not a mapping")
-        except (OSError, ValueError, AttributeError):
-            raise EmotuneError(f"{summary_path}: not a valid summary; move it away or pass resume=false") from None
-        for name, r in old_tasks.items():
-            try:
-                result = TaskResult(**r)
-            except TypeError:
-                raise EmotuneError(f"{summary_path}: the entry of task {name!r} is not a task result; move the "
-                                   "file away or pass resume=false") from None
-            old_key = (result.settings or {}).get("resume_key")
-            # one summary, one model: by its weights where recorded (a moved folder is the same model)
-            same_model = old_key["model"] == model_fp if isinstance(old_key, dict) else old.get("model") == args.model
-            if name not in keys and not same_model:
-                raise EmotuneError(f"{summary_path}: holds results of another model ({old.get('model')!r}, task "
-                                   f"{name!r}), not of {args.model!r}; use another --out")
-            if result.predictions is None or (out_dir / result.predictions).exists():
-                if name in keys:  # a task of this run: reused only if made with the same settings
-                    check_reusable(summary_path, name, result.settings or {}, keys[name])
-                done[name] = result
+    done = _reusable(summary_path, args.model, model_fp, keys) if summary_path.exists() and opts["resume"] else {}
 
     results = dict(done)
     todo = [t for t in tasks if t.name not in done]
     for task in tasks:
         if task.name in done:
             print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
-    for task in todo:  # every task's data: bad input fails here, before the model is loaded
+    for task in todo:  # every task's file and data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
     if todo:
-        model, tokenizer = load_model(args.model, opts["dtype"], device, opts["trust_remote_code"])
+        model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
     retriever = []
 
     def retriever_factory():

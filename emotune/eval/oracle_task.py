@@ -1,20 +1,93 @@
-"""`kind: oracle` tasks: the demo's synthetic language scored against its exact distribution.
+"""`kind: oracle` tasks: a model scored against the demo's synthetic language, whose exact distribution
+(emotune.synthetic.oracle.TokenOracle) is known: forward / reverse token-level CE, PPL_test and PPL_oracle
+of the model's samples (see emotune.synthetic.oracle for the definitions).
 
-The metrics themselves are emotune.synthetic.oracle; this is the evaluator's side (data folder, summary
-entry, predictions file), kept here so that emotune.synthetic never imports the evaluator.
+The model side lives here, not in emotune.synthetic, so that the language never imports the evaluator;
+the model calls go through emotune.eval.lm. The samples for PPL_oracle are drawn with HF `generate`
+from the global RNG seeded by `seed` (not the per-row sampler of eval/generation/sampling.py): the
+demo's recorded numbers depend on those draws, and the per-row generators would draw other samples.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.summary import TaskResult
 from emotune.synthetic.language import load_demo_language
-from emotune.synthetic.oracle import (ORACLE_EPS, TokenOracle, oracle_cross_entropies, oracle_perplexity_of_samples,
-                                      test_perplexity)
+from emotune.eval.lm import next_token_logprobs, padded_batches
+from emotune.eval.task_files import OracleTaskFile
+from emotune.tasks import read_task_file
+from emotune.synthetic.language import SyntheticLanguage
+from emotune.synthetic.oracle import ORACLE_EPS, TokenOracle, smoothed_oracle_log_prob
+
+
+@torch.no_grad()
+def _model_log_probs(model, batch: list[list[int]], batch_size: int = 32) -> list[np.ndarray]:
+    """log q(next | prefix) for every prefix of each id list: `[len(ids), V]` float64 arrays (log-softmax
+    in float64). Sequences are right-padded in batches; causal attention keeps real positions exact."""
+    out = []
+    for idx, ids, mask in padded_batches(batch, batch_size):
+        logp = next_token_logprobs(model, ids, mask, dtype=torch.float64).cpu().numpy()
+        out += [logp[r, : len(batch[i])] for r, i in enumerate(idx)]
+    return out
+
+
+def oracle_cross_entropies(model, oracle: TokenOracle, texts: list[str], eps: float = ORACLE_EPS) -> dict[str, float]:
+    """Forward and reverse token-level CE between the oracle and the model, averaged over every
+    position of `texts` (each prediction after BOS and every word, END included)."""
+    fwd, rev, n = 0.0, 0.0, 0
+    V = oracle.vocab_size
+    all_logq = _model_log_probs(model, [oracle.encode(t) for t in texts])
+    for text, logq in zip(texts, all_logq):
+        words = oracle.lang.word_ids(text)
+        logq = logq[:, :V]
+        p = oracle.to_tokens(oracle.lang.all_next_word_probs(words))
+        fwd -= float(np.where(p > 0, p * logq, 0.0).sum())
+        rev -= float((np.exp(logq) * np.log((1 - eps) * p + eps / V)).sum())
+        n += len(words) + 1
+    return {"forward_ce": fwd / max(n, 1), "reverse_ce": rev / max(n, 1), "positions": n}
+
+
+def test_perplexity(model, oracle: TokenOracle, texts: list[str]) -> float:
+    """exp(mean NLL) of the model over the tokens of `texts`, END (EOS) included."""
+    seqs = [oracle.encode(t) + [oracle.eos] for t in texts]
+    nll, n = 0.0, 0
+    for ids, logq in zip(seqs, _model_log_probs(model, [s[:-1] for s in seqs])):
+        nll -= float(logq[np.arange(len(ids) - 1), ids[1:]].sum())
+        n += len(ids) - 1
+    return math.exp(nll / max(n, 1))
+
+
+@torch.no_grad()
+def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_samples: int = 64,
+                                 max_new_tokens: int = 96, seed: int = 0, batch_size: int = 64,
+                                 eps: float = ORACLE_EPS) -> dict[str, float]:
+    """Sample texts from BOS by unbiased ancestral sampling and score them with the oracle."""
+    torch.manual_seed(seed)
+    total, events, ended_count = 0.0, 0, 0
+    for start in range(0, n_samples, batch_size):
+        b = min(batch_size, n_samples - start)
+        bos = torch.full((b, 1), tokenizer.bos_token_id, device=model.device)
+        out = model.generate(bos, attention_mask=torch.ones_like(bos), do_sample=True, top_k=0, top_p=1.0,
+                             temperature=1.0, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.eos_token_id)
+        for row in out[:, 1:].tolist():
+            ended = tokenizer.eos_token_id in row
+            if ended:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            words = tokenizer.decode(row, skip_special_tokens=True).split()
+            lp, k = smoothed_oracle_log_prob(lang, words, ended, eps)
+            total += lp
+            events += k
+            ended_count += int(ended)
+    return {"ppl_oracle": math.exp(-total / max(events, 1)), "ended_fraction": ended_count / max(n_samples, 1)}
 
 
 def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, **options):
@@ -24,23 +97,22 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     validation/test texts scored), `eps` (1e-6). Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
-    raw = getattr(task, "raw", task) or {}
+    spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))
     if data_dir is None:
         raise EmotuneError(f"{getattr(task, 'source', 'task')}: kind 'oracle' needs data_dir=DIR (the demo's data folder)")
     data = Path(data_dir)
     if not (data / "language.json").exists() and (data / task.name / "language.json").exists():
         data = data / task.name
     lang = load_demo_language(data)
-    n_texts = int(limit or raw.get("n_texts", 100))
+    n_texts = int(limit or spec.n_texts)
     valid = [t for t in (data / "valid.txt").read_text().splitlines() if t.strip()][:n_texts]
     test = [t for t in (data / "test.txt").read_text().splitlines() if t.strip()][:n_texts]
     oracle = TokenOracle(lang, tokenizer, vocab_size=model.config.vocab_size)
-    eps = float(raw.get("eps", ORACLE_EPS))
+    eps = float(spec.eps)
     model.eval()
     ce = oracle_cross_entropies(model, oracle, valid, eps)
-    samples = oracle_perplexity_of_samples(model, tokenizer, lang, n_samples=int(raw.get("n_samples", 64)),
-                                           max_new_tokens=int(raw.get("max_new_tokens", 128)),
-                                           seed=int(raw.get("seed", 0)), eps=eps)
+    samples = oracle_perplexity_of_samples(model, tokenizer, lang, n_samples=spec.n_samples,
+                                           max_new_tokens=spec.max_new_tokens, seed=spec.seed, eps=eps)
     metrics = {"ppl_test": test_perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
                "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"],
                "samples_ended": samples["ended_fraction"]}

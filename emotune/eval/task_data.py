@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError, one_line
+from emotune.eval.task_files import check_task_file
 from emotune.tasks import Task
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -152,7 +153,9 @@ def check_columns(task: Task, rows: list[dict], split: str, columns: list[str]) 
 
 def check_task_data(task: Task, data_dir: str | Path | None = None) -> None:
     """Read an ICL task's splits and check every row (columns, labels) before any model is loaded, so bad
-    data is one line in a second rather than after loading a 13B model. Other kinds check their own."""
+    data is one line in a second rather than after loading a 13B model. Other kinds: their task file's keys
+    (emotune.eval.task_files); their data is read by their own runner."""
+    check_task_file(task)
     if task.kind != "icl":
         return
     needed = [*task.input_columns, task.label_column]

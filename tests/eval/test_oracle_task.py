@@ -11,8 +11,9 @@ from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one tor
 
 from emotune.launch.cli import main as emotune
 from emotune.synthetic.language import load_demo_language, write_demo_data
-from emotune.synthetic.oracle import TokenOracle, oracle_cross_entropies, oracle_perplexity_of_samples
-from emotune.synthetic.oracle import test_perplexity as perplexity
+from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
+from emotune.eval.oracle_task import test_perplexity as perplexity
+from emotune.synthetic.oracle import TokenOracle
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,9 @@ import pytest
 import torch
 
 from emotune.errors import EmotuneError
-from emotune.synthetic.oracle import (
-    TokenOracle,
-    oracle_cross_entropies,
-    oracle_perplexity_of_samples,
-    smoothed_oracle_log_prob,
-    test_perplexity as perplexity,
-)
+from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
+from emotune.eval.oracle_task import test_perplexity as perplexity
+from emotune.synthetic.oracle import TokenOracle, smoothed_oracle_log_prob
 from emotune.synthetic.language import SyntheticLanguage, train_sentencepiece_tokenizer
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from emotune.errors import EmotuneError
+from emotune.eval import lm
 
 
 @runtime_checkable
@@ -56,11 +57,7 @@ class ModelScorer:
 
     @torch.no_grad()
     def next_token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        dev = next(self.model.parameters()).device
-        logits = self.model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev)).logits
-        if self.vocab_size is not None:
-            logits = logits[..., : self.vocab_size]
-        return torch.log_softmax(logits.float(), dim=-1)
+        return lm.next_token_logprobs(self.model, input_ids, attention_mask, self.vocab_size)
 
 
 def as_scorer(obj: Any, tokenizer: Any = None, vocab_size: int | None = None) -> Oracle:
@@ -73,20 +70,6 @@ def as_scorer(obj: Any, tokenizer: Any = None, vocab_size: int | None = None) ->
                        "next_token_logprobs(input_ids, attention_mask)")
 
 
-def load_causal_lm(path: str, key: str, device: str | None = None, dtype=torch.float32,
-                   trust_remote_code: bool = False):
-    """A local (or hub) causal LM and its tokenizer for the oracle / reference roles."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise EmotuneError(f"{key}={path}: cannot load a causal LM and its tokenizer ({err})") from None
-    return model.to(device).eval(), tok
-
-
 def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
     """Token ids of each text with the tokenizer's special tokens (BOS for LLaMA, none for GPT-2)."""
     out = []
@@ -96,33 +79,10 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int | None = Non
     return out
 
 
-def _batches(seqs: Sequence[Sequence[int]], batch_size: int):
-    """Right-padded batches, longest first (less padding); yields (original indices, ids, mask)."""
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.zeros((len(idx), width), dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : len(seqs[i])] = torch.tensor(list(seqs[i]), dtype=torch.long)
-            mask[r, : len(seqs[i])] = 1
-        yield idx, ids, mask
-
-
-@torch.no_grad()
 def token_nlls(scorer: Oracle, seqs: Sequence[Sequence[int]], batch_size: int = 8) -> list[np.ndarray]:
-    """-log p(x_t | x_<t) for t = 1..T-1 of every sequence (float64 arrays; empty for T < 2)."""
-    out: list[np.ndarray | None] = [None] * len(seqs)
-    for idx, ids, mask in _batches(seqs, batch_size):
-        logp = scorer.next_token_logprobs(ids, mask)
-        if logp.shape[:2] != ids.shape:
-            raise EmotuneError(f"scorer returned log-probs of shape {tuple(logp.shape)} for inputs {tuple(ids.shape)}")
-        target = ids[:, 1:].to(logp.device)
-        picked = logp[:, :-1].gather(-1, target.unsqueeze(-1)).squeeze(-1).double().cpu().numpy()
-        for r, i in enumerate(idx):
-            out[i] = -picked[r, : max(len(seqs[i]) - 1, 0)]
-    return out  # type: ignore[return-value]
+    """-log p(x_t | x_<t) for t = 1..T-1 of every sequence (float64 arrays; empty for T < 2), longest
+    sequences batched first (emotune.eval.lm.token_nlls)."""
+    return lm.token_nlls(scorer, seqs, batch_size, longest_first=True)
 
 
 def perplexity(nlls: Sequence[np.ndarray], average: str = "token") -> float:
@@ -181,7 +141,7 @@ def forward_reverse_ce(model: Any, reference: Any, seqs: Sequence[Sequence[int]]
     m, r = as_scorer(model), as_scorer(reference)
     fwd: list[float] = []
     rev: list[float] = []
-    for idx, ids, mask in _batches([s for s in seqs if len(s) > 1], batch_size):
+    for idx, ids, mask in lm.padded_batches([s for s in seqs if len(s) > 1], batch_size, longest_first=True):
         lp_m = m.next_token_logprobs(ids, mask).float()
         lp_r = r.next_token_logprobs(ids, mask).float().to(lp_m.device)
         if vocab_size is not None:

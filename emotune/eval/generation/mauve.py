@@ -31,6 +31,7 @@ import torch
 
 from emotune.atomic import atomic_open, write_json
 from emotune.errors import EmotuneError
+from emotune.eval.lm import padded_batches
 
 log = logging.getLogger("emotune.eval.generation.mauve")
 
@@ -107,15 +108,8 @@ class Featurizer:
         model, _ = self.load()
         seqs = self.tokenize(texts)
         feats: list[np.ndarray | None] = [None] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths share a batch
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.zeros((len(idx), width), dtype=torch.long)  # right padding with 0, as mauve-text
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[r, : len(seqs[i])] = 1
+        # similar lengths share a batch; right padding with 0, as mauve-text
+        for idx, ids, mask in padded_batches(seqs, self.batch_size, longest_first=True):
             hidden = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
             hidden = hidden.float().cpu()
             for r, i in enumerate(idx):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from emotune.errors import EmotuneError
+from emotune.eval.lm import cache_kwarg, model_device, output_cache, pad_left
 
 if TYPE_CHECKING:
     from emotune.eval.generation.task import Example
@@ -46,19 +47,15 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
     `max_new_tokens`, ending at the first EOS if one is drawn."""
     if min_new_tokens > max_new_tokens:
         raise ValueError(f"min_new_tokens {min_new_tokens} > max_new_tokens {max_new_tokens}")
-    dev = next(model.parameters()).device
-    b, width = len(prompts), max(len(p) for p in prompts)
+    dev = model_device(model)
+    b = len(prompts)
     if min(len(p) for p in prompts) == 0:
         raise EmotuneError("sampling: an empty prompt (the tokenizer produced no tokens for a prefix)")
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[r, width - len(p):] = 1
+    ids, mask = pad_left(prompts, pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
     params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 says `cache`
+    cache_kw = cache_kwarg(model)
     use_pos = "position_ids" in params
     pos = (mask.cumsum(1) - 1).clamp(min=0)
 
@@ -83,9 +80,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
             done = done | torch.isin(tok, eos)
         if step + 1 == max_new_tokens or bool(done.all()):
             break
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
+        cache = output_cache(out)
         if cache is None:
             raise EmotuneError(f"sampling: {type(model).__name__} returned no KV cache (use_cache=True)")
         mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)

@@ -31,43 +31,19 @@ import numpy as np
 from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.generation.sampling import generate_samples
+from emotune.eval.options import METRICS, generation_options  # noqa: F401 - METRICS: the metric names
+from emotune.eval.task_files import GenerationTaskFile
+from emotune.tasks import read_task_file
 from emotune.eval.summary import TaskResult
 
 SUITE = ["generation-wikitext2", "generation-wikitext103", "generation-webtext", "generation-ptb",
          "generation-writingprompts", "generation-agnews"]
-METRICS = ("mauve", "rouge", "ppl_test", "ppl_oracle", "ce")
-
-# run options: defaults; task files may set them under `options:`, keyword arguments override both
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "runs": 5,  # samples per prefix (the paper's 5 runs)
-    "seed": 0,
-    "gen_batch_size": 32,  # prompts per generation batch
-    "batch_size": 8,  # sequences per scoring batch (PPL, CE)
-    "limit": None,  # keep only the first N selected prefixes
-    "lm_limit": None,  # keep only the first N texts for PPL_test and the CE
-    "featurizer": "default",  # MAUVE: hub id or local folder; default = gpt2-large, offline MiniLM; none = skip
-    "max_text_length": 256,
-    "pooling": "auto",  # last (mauve-text's rule) | mean; auto = mean for sentence-transformers folders
-    "feature_cache_dir": None,  # default: <cache_dir or $EMOTUNE_CACHE or ~/.cache/emotune>/mauve-features
-    "cache_dir": None,
-    "oracle": None,  # local causal LM folder, a loaded model or an Oracle object (PPL_oracle)
-    "reference": None,  # local causal LM folder or a loaded model (forward / reverse CE)
-    "ce_vocab_size": None,
-    "metrics": list(METRICS),
-    "data_dir": None,
-    "device": None,
-    "progress": False,
-    "trust_remote_code": False,
-}
-# options `emotune eval` passes to every task kind that mean nothing here
-_IGNORED = {"encoder", "roundtrip_tokenizer", "scoring", "shared_prefix", "max_tokens", "retriever_batch_size",
-            "resume", "dtype"}
-
-
 # ---------------------------------------------------------------- the task file
 
 @dataclass
 class GenerationSpec:
+    """A generation task's settings, flat (the prefix filter's keys at the top)."""
+
     name: str
     source: str
     text_column: str
@@ -75,22 +51,13 @@ class GenerationSpec:
     continuation_words: int
     new_tokens: int  # min_new_tokens; max_new_tokens = new_tokens + 1
     test_split: str = "test"
-    ce_split: str | None = "validation"  # validation text for the forward / reverse CE
+    ce_split: str | None = "validation"
     max_rows: int = 4000
     min_chars: int = 100
     extra_words: int = 10
     exclude: list[str] = field(default_factory=lambda: ["=="])
-    lm_min_words: int = 20  # PPL_test / CE texts: >= this many space-separated words ...
-    lm_max_tokens: int = 500  # ... and at most this many tokens (the paper's script)
-
-
-def _int(cfg: dict, key: str, source: str, default: Any = None, minimum: int = 0) -> int:
-    value = cfg.get(key, default)
-    if value is None:
-        raise EmotuneError(f"{source}: missing key {key!r}")
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise EmotuneError(f"{source}: key {key!r} must be an integer >= {minimum} (got {value!r})")
-    return value
+    lm_min_words: int = 20
+    lm_max_tokens: int = 500
 
 
 def spec_from_task(task: Any) -> GenerationSpec:
@@ -101,34 +68,13 @@ def spec_from_task(task: Any) -> GenerationSpec:
         raise EmotuneError(f"{source}: a task must be a mapping")
     if raw.get("kind", "generation") != "generation":
         raise EmotuneError(f"{source}: key 'kind' is {raw.get('kind')!r}, not 'generation'")
-    column = raw.get("text_column")
-    if not isinstance(column, str) or not column:
-        raise EmotuneError(f"{source}: missing key 'text_column' (the column holding the text)")
-    filt = raw.get("prefix_filter") or {}
-    if not isinstance(filt, dict):
-        raise EmotuneError(f"{source}: key 'prefix_filter' must be a mapping "
-                           "(max_rows, min_chars, extra_words, exclude)")
-    unknown = set(filt) - {"max_rows", "min_chars", "extra_words", "exclude"}
-    if unknown:
-        raise EmotuneError(f"{source}: unknown key 'prefix_filter.{sorted(unknown)[0]}'")
-    exclude = filt.get("exclude", ["=="])
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    if not isinstance(exclude, list) or not all(isinstance(s, str) and s for s in exclude):
-        raise EmotuneError(f"{source}: key 'prefix_filter.exclude' must be a list of non-empty strings")
-    ce_split = raw.get("ce_split", "validation")
-    return GenerationSpec(
-        name=str(raw.get("name", "generation")), source=source, text_column=column,
-        prefix_words=_int(raw, "prefix_words", source, minimum=1),
-        continuation_words=_int(raw, "continuation_words", source, minimum=1),
-        new_tokens=_int(raw, "new_tokens", source, minimum=1),
-        test_split=str(raw.get("test_split", "test")), ce_split=None if ce_split in (None, "none") else str(ce_split),
-        max_rows=_int(filt, "max_rows", f"{source} (prefix_filter)", 4000, 1),
-        min_chars=_int(filt, "min_chars", f"{source} (prefix_filter)", 100),
-        extra_words=_int(filt, "extra_words", f"{source} (prefix_filter)", 10),
-        exclude=list(exclude),
-        lm_min_words=_int(raw, "lm_min_words", source, 20), lm_max_tokens=_int(raw, "lm_max_tokens", source, 500, 2),
-    )
+    cfg = {k: v for k, v in raw.items() if v is not None or k != "prefix_filter"}
+    f = read_task_file(GenerationTaskFile, cfg, source)
+    ce_split = None if f.ce_split in (None, "none") else str(f.ce_split)
+    return GenerationSpec(name=str(f.name), source=source, text_column=f.text_column, prefix_words=f.prefix_words,
+                          continuation_words=f.continuation_words, new_tokens=f.new_tokens,
+                          test_split=str(f.test_split), ce_split=ce_split, **f.prefix_filter.model_dump(),
+                          lm_min_words=f.lm_min_words, lm_max_tokens=f.lm_max_tokens)
 
 
 def _as_task(task: Any):
@@ -173,33 +119,8 @@ def select_prefixes(rows: Sequence[dict], spec: GenerationSpec) -> list[Example]
 # ---------------------------------------------------------------- 4. the task
 
 def _options(task: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    opts = dict(DEFAULT_OPTIONS)
     task_opts = dict(getattr(task, "options", None) or (task.get("options") if isinstance(task, dict) else None) or {})
-    source = getattr(task, "source", "<memory>")
-    # An unset (None) command-line value never undoes the task file or the default.
-    given = list(task_opts.items()) + [(k, v) for k, v in kwargs.items() if v is not None]
-    for key, value in given:
-        if key in _IGNORED:
-            continue
-        if key not in DEFAULT_OPTIONS:
-            raise EmotuneError(f"{source}: unknown generation option {key!r} (known: {', '.join(DEFAULT_OPTIONS)})")
-        opts[key] = value
-    for key in ("runs", "gen_batch_size", "batch_size", "max_text_length"):
-        v = opts[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise EmotuneError(f"option {key}={v!r}: must be a positive integer")
-    for key in ("limit", "lm_limit", "ce_vocab_size"):
-        v = opts[key]
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise EmotuneError(f"option {key}={v!r}: must be a positive integer")
-    metrics = opts["metrics"]
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise EmotuneError(f"option metrics: unknown metric {bad[0]!r} (known: {', '.join(METRICS)})")
-    opts["metrics"] = list(metrics)
-    return opts
+    return generation_options(task_opts, kwargs, getattr(task, "source", "<memory>"))
 
 
 def _feature_cache_dir(opts: dict[str, Any]) -> Path:
@@ -237,11 +158,60 @@ def _lm_texts(rows: Sequence[dict], column: str, limit: int | None) -> list[str]
 
 def _resolve_model(obj: Any, key: str, opts: dict[str, Any]):
     """(scorer-able object, tokenizer or None) from a path, a loaded model or an Oracle."""
-    from emotune.eval.generation.lm_metrics import load_causal_lm
+    from emotune.eval.lm import load_causal_lm
 
-    if isinstance(obj, (str, os.PathLike)):
-        return load_causal_lm(str(obj), key, opts["device"], trust_remote_code=bool(opts["trust_remote_code"]))
+    if isinstance(obj, (str, os.PathLike)):  # the oracle / reference roles are scored in float32
+        return load_causal_lm(str(obj), key, "float32", opts["device"], bool(opts["trust_remote_code"]))
     return obj, getattr(obj, "tokenizer", None)
+
+
+def _mauve(task, spec: GenerationSpec, opts: dict[str, Any], records: list[dict], examples: list[Example],
+           human: list[str], metrics: dict[str, float], settings: dict[str, Any]) -> None:
+    """MAUVE of prefix+sample against prefix+human per run (the human features cached per dataset)."""
+    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_over_runs
+
+    fz = make_featurizer(str(opts["featurizer"]), opts["max_text_length"], opts["pooling"], device=opts["device"],
+                         trust_remote_code=bool(opts["trust_remote_code"]))
+    p_feats, cache_file, hit = cached_features(fz, human, _feature_cache_dir(opts), _dataset_id(task),
+                                               spec.test_split)
+    q_all = fz([r["text"] for r in records])
+    q_runs = [q_all[run * len(examples) : (run + 1) * len(examples)] for run in range(opts["runs"])]
+    m = mauve_over_runs(p_feats, q_runs)
+    metrics["mauve"], metrics["mauve_std"] = m["mauve"], m["mauve_std"]
+    for run, score in enumerate(m["runs"]):
+        metrics[f"mauve/run{run}"] = score
+    settings.update({"featurizer": fz.identity, "max_text_length": fz.max_length, "pooling": fz.pooling,
+                     "human_feature_cache": str(cache_file) if cache_file else None,
+                     "human_features_cached": hit,
+                     "mauve": "mauve-text defaults: buckets n/10, scaling 5, seed 25"})
+
+
+def _model_metrics(task, spec: GenerationSpec, opts: dict[str, Any], model, tokenizer, by_run: list[list[dict]],
+                   metrics: dict[str, float], settings: dict[str, Any]) -> None:
+    """PPL_oracle of the samples under an oracle model; forward / reverse CE against a reference model."""
+    from emotune.eval.generation import lm_metrics
+
+    # 4d. PPL_oracle of the samples
+    if "ppl_oracle" in opts["metrics"] and opts["oracle"] is not None:
+        oracle, otok = _resolve_model(opts["oracle"], "oracle", opts)
+        ppl_runs = [lm_metrics.ppl_oracle(oracle, [r["text"] for r in rr],
+                                          [r["prompt_tokens"] + r["tokens"] for r in rr], opts["batch_size"], otok)
+                    for rr in by_run]
+        metrics["ppl_oracle"] = float(np.mean(ppl_runs))
+        metrics["ppl_oracle_std"] = float(np.std(ppl_runs, ddof=1)) if len(ppl_runs) > 1 else 0.0
+        named = isinstance(opts["oracle"], (str, os.PathLike))
+        settings["oracle"] = str(opts["oracle"]) if named else type(oracle).__name__
+
+    # 4e. forward / reverse CE against a reference model, on validation text
+    if "ce" in opts["metrics"] and opts["reference"] is not None and spec.ce_split:
+        reference, _ = _resolve_model(opts["reference"], "reference", opts)
+        ce_rows = _load_rows(task, spec.ce_split, opts["data_dir"], spec.text_column)
+        texts = _lm_texts(ce_rows, spec.text_column, opts["lm_limit"])
+        seqs = [s for t, s in zip(texts, lm_metrics.tokenize_texts(tokenizer, texts))
+                if len(t.split(" ")) >= spec.lm_min_words and len(s) <= spec.lm_max_tokens]
+        metrics.update(lm_metrics.forward_reverse_ce(model, reference, seqs, opts["batch_size"], opts["ce_vocab_size"]))
+        settings.update({"ce_split": spec.ce_split, "reference": str(opts["reference"])
+                         if isinstance(opts["reference"], (str, os.PathLike)) else type(reference).__name__})
 
 
 def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike, **options: Any) -> TaskResult:
@@ -290,22 +260,7 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
     # 4a. MAUVE
     featurizer = opts["featurizer"]
     if "mauve" in opts["metrics"] and featurizer not in (None, "none"):
-        from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_over_runs
-
-        fz = make_featurizer(str(featurizer), opts["max_text_length"], opts["pooling"], device=opts["device"],
-                             trust_remote_code=bool(opts["trust_remote_code"]))
-        p_feats, cache_file, hit = cached_features(fz, human, _feature_cache_dir(opts), _dataset_id(task),
-                                                   spec.test_split)
-        q_all = fz([r["text"] for r in records])
-        q_runs = [q_all[run * len(examples) : (run + 1) * len(examples)] for run in range(opts["runs"])]
-        m = mauve_over_runs(p_feats, q_runs)
-        metrics["mauve"], metrics["mauve_std"] = m["mauve"], m["mauve_std"]
-        for run, score in enumerate(m["runs"]):
-            metrics[f"mauve/run{run}"] = score
-        settings.update({"featurizer": fz.identity, "max_text_length": fz.max_length, "pooling": fz.pooling,
-                         "human_feature_cache": str(cache_file) if cache_file else None,
-                         "human_features_cached": hit,
-                         "mauve": "mauve-text defaults: buckets n/10, scaling 5, seed 25"})
+        _mauve(task, spec, opts, records, examples, human, metrics, settings)
 
     # 4b. ROUGE: as the paper's script (prefix + sample vs prefix + human) and on the continuations alone
     if "rouge" in opts["metrics"]:
@@ -321,27 +276,8 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
         res = lm_metrics.ppl_test(model, tokenizer, texts, opts["batch_size"], spec.lm_min_words, spec.lm_max_tokens)
         metrics.update(res)
 
-    # 4d. PPL_oracle of the samples
-    if "ppl_oracle" in opts["metrics"] and opts["oracle"] is not None:
-        oracle, otok = _resolve_model(opts["oracle"], "oracle", opts)
-        ppl_runs = [lm_metrics.ppl_oracle(oracle, [r["text"] for r in rr],
-                                          [r["prompt_tokens"] + r["tokens"] for r in rr], opts["batch_size"], otok)
-                    for rr in by_run]
-        metrics["ppl_oracle"] = float(np.mean(ppl_runs))
-        metrics["ppl_oracle_std"] = float(np.std(ppl_runs, ddof=1)) if len(ppl_runs) > 1 else 0.0
-        named = isinstance(opts["oracle"], (str, os.PathLike))
-        settings["oracle"] = str(opts["oracle"]) if named else type(oracle).__name__
-
-    # 4e. forward / reverse CE against a reference model, on validation text
-    if "ce" in opts["metrics"] and opts["reference"] is not None and spec.ce_split:
-        reference, _ = _resolve_model(opts["reference"], "reference", opts)
-        ce_rows = _load_rows(task, spec.ce_split, opts["data_dir"], spec.text_column)
-        texts = _lm_texts(ce_rows, spec.text_column, opts["lm_limit"])
-        seqs = [s for t, s in zip(texts, lm_metrics.tokenize_texts(tokenizer, texts))
-                if len(t.split(" ")) >= spec.lm_min_words and len(s) <= spec.lm_max_tokens]
-        metrics.update(lm_metrics.forward_reverse_ce(model, reference, seqs, opts["batch_size"], opts["ce_vocab_size"]))
-        settings.update({"ce_split": spec.ce_split, "reference": str(opts["reference"])
-                         if isinstance(opts["reference"], (str, os.PathLike)) else type(reference).__name__})
+    # 4d-e. PPL_oracle of the samples, forward / reverse CE against a reference model
+    _model_metrics(task, spec, opts, model, tokenizer, by_run, metrics, settings)
 
     return TaskResult(task=task.name, kind="generation", metrics=metrics, n_examples=len(examples),
                       predictions=pred_name, seconds=time.time() - t_start, settings=settings)

@@ -1,9 +1,10 @@
 """MMLU 5-shot in OpenCompass' `mmlu_ppl` prompt design (docs/evaluation.md, *MMLU*).
 
-Per subject: demos = the first `shots` dev rows of that subject, each
-`{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {gold}\\n`, joined with '\\n' plus a final '\\n'
+Per subject: demos = the first `shots` dev rows of that subject. The prompt itself is data, the task
+file's `prompt:` (configs/eval/tasks/mmlu.yaml): there, each demo is
+`{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer: {gold}\n`, joined with '\n' plus a final '\n'
 (OpenCompass' ice_separator / ice_eos_token, so a blank line follows every demo); candidate for letter X =
-hint + demos + `{question}\\nA. ...\\nD. {D}\\nAnswer: X`, scored with the same PPL rule as the ICL tasks.
+hint + demos + `{question}\nA. ...\nD. {D}\nAnswer: X`, scored with the same PPL rule as the ICL tasks.
 The hint and demos are common to every candidate of a subject, so the scorer computes them once per
 subject (its level-0 prefix). Reported: micro accuracy (all questions), macro accuracy (mean over
 subjects) and the accuracy of every subject. Tokens equal to the pad token (EOS where there is none) are
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from emotune.errors import EmotuneError
 from emotune.atomic import write_jsonl
 from emotune.eval.icl.classification import prompt_record, tokenize_groups
 from emotune.eval.icl.scorer import score_groups
+from emotune.eval.task_files import MmluPrompt, MmluTaskFile
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
-from emotune.tasks import Task
+from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"
 COLUMNS = ["subject", "question", "choices", "answer"]
@@ -37,9 +40,17 @@ def opencompass_ignore_id(tokenizer) -> int | None:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def hint(subject: str) -> str:
-    # two spaces before the subject, as in OpenCompass' mmlu_ppl
-    return f"The following are multiple choice questions (with answers) about  {subject.replace('_', ' ')}.\n\n"
+def read_task(task: Task) -> MmluTaskFile:
+    """The task file's keys, checked: one EmotuneError line naming the key."""
+    return read_task_file(MmluTaskFile, task.raw, task.source)
+
+
+@lru_cache(maxsize=1)
+def shipped_prompt() -> MmluPrompt:
+    """The prompt of the shipped mmlu.yaml: the one for task files that give none."""
+    from emotune.tasks import load_task
+
+    return MmluPrompt(**load_task("mmlu").raw["prompt"])
 
 
 def _choices(row: dict, where: str) -> list[str]:
@@ -68,19 +79,23 @@ def answer_index(value: Any, where: str) -> int:
     return idx
 
 
-def question(row: dict, where: str) -> str:
+def question(row: dict, where: str, prompt: MmluPrompt) -> str:
     a, b, c, d = _choices(row, where)
-    return f"{row['question']}\nA. {a}\nB. {b}\nC. {c}\nD. {d}"
+    return prompt.question.format(question=row["question"], A=a, B=b, C=c, D=d)
 
 
-def demo(row: dict, where: str) -> str:
-    return f"{question(row, where)}\nAnswer: {LETTERS[answer_index(row['answer'], where)]}\n"
+def demo(row: dict, where: str, prompt: MmluPrompt) -> str:
+    gold = LETTERS[answer_index(row["answer"], where)]
+    return question(row, where, prompt) + prompt.answer.format(answer=gold) + prompt.demo_end
 
 
-def candidates(subject: str, dev_rows: list[dict], row: dict, where: str) -> list[str]:
-    prefix = hint(subject) + "\n".join(demo(r, f"dev row of {subject}") for r in dev_rows) + "\n"
-    q = question(row, where)
-    return [f"{prefix}{q}\nAnswer: {x}" for x in LETTERS]
+def candidates(subject: str, dev_rows: list[dict], row: dict, where: str, prompt: MmluPrompt | None = None) -> list[str]:
+    """The four candidate prompts of one test row (letters A-D), in the task file's prompt design."""
+    prompt = prompt or shipped_prompt()
+    demos = prompt.ice_separator.join(demo(r, f"dev row of {subject}", prompt) for r in dev_rows)
+    prefix = prompt.hint.format(subject=subject.replace("_", " ")) + demos + prompt.ice_end
+    q = question(row, where, prompt)
+    return [prefix + q + prompt.answer.format(answer=x) for x in LETTERS]
 
 
 def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
@@ -94,17 +109,16 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
                   scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                   limit: int | None = None, progress: bool = True, **_: Any) -> TaskResult:
     start = time.time()
+    spec = read_task(task)
     scoring = scoring or task.options.get("scoring", "full")
-    shots = int(task.raw.get("shots", 5))
+    shots, prompt = spec.shots, spec.prompt or shipped_prompt()
     test_rows = load_split(task, task.test_split, data_dir, key="test_split")
     dev_rows = load_split(task, task.index_split, data_dir, key="dev_split")
     check_columns(task, test_rows, task.test_split, COLUMNS)
     check_columns(task, dev_rows, task.index_split, COLUMNS)
     tests, devs = by_subject(test_rows), by_subject(dev_rows)
-    wanted = task.raw.get("subjects", "all")
+    wanted = spec.subjects
     if wanted != "all":
-        if not isinstance(wanted, list):
-            raise EmotuneError(f"{task.source}: key 'subjects' must be 'all' or a list of subject names")
         unknown = [s for s in wanted if s not in tests]
         if unknown:
             raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
@@ -118,7 +132,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         if len(shots_rows) < shots:
             raise EmotuneError(f"{task.source}: subject {subject!r} has {len(shots_rows)} dev rows, {shots} needed "
                                f"(key 'shots')")
-        prompts = [candidates(subject, shots_rows, r, f"test row {i}") for i, r in items]
+        prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
         groups = tokenize_groups(tokenizer, prompts)
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress)

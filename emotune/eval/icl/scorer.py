@@ -29,9 +29,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from emotune.errors import EmotuneError
+from emotune.eval.lm import cache_kwarg, model_device, output_cache, pad_right, row_nlls, token_nlls
 
 RULES = ("full", "continuation")
 
@@ -46,40 +46,10 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL in float32: logits [N, V], targets [N]."""
-    return F.cross_entropy(logits.float(), targets, reduction="none")
-
-
-def _pad(seqs: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def naive_token_nlls(model, seqs: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
     """NLL of tokens 1..T-1 of each sequence, running every sequence in full (right-padded batches)."""
-    out: list[np.ndarray] = []
-    dev = _device(model)
-    steps = range(0, len(seqs), batch_size)
-    for start in _progress(steps, progress, "scoring (full prompts)"):
-        batch = seqs[start : start + batch_size]
-        ids, mask = _pad(batch)
-        ids, mask = ids.to(dev), mask.to(dev)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        for i, s in enumerate(batch):
-            n = len(s)
-            out.append(_nll(logits[i, : n - 1], ids[i, 1:n]).double().cpu().numpy() if n > 1 else np.zeros(0))
-    return out
+    return token_nlls(model, seqs, batch_size, progress=progress, desc="scoring (full prompts)")
 
 
 def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -88,13 +58,6 @@ def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "key_cache"):
         return list(zip(cache.key_cache, cache.value_cache))
     return [(k, v) for k, v in cache]  # legacy tuple of tuples
-
-
-def _cache_kwarg(model) -> str:
-    """transformers >= 5.24 names the cache argument `cache`; earlier versions `past_key_values`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _gather_cache(layers, rows: torch.Tensor):
@@ -111,10 +74,9 @@ def _forward(model, ids, mask, positions=None, layers=None, rows=None):
     """One model call; `layers` (a cache's key/value tensors) are gathered by `rows` into a fresh cache."""
     kwargs = {}
     if layers is not None:
-        kwargs[_cache_kwarg(model)] = _gather_cache(layers, rows)
+        kwargs[cache_kwarg(model)] = _gather_cache(layers, rows)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
-    cache = getattr(out, "cache", None)
-    return out.logits, _cache_layers(cache if cache is not None else out.past_key_values)
+    return out.logits, _cache_layers(output_cache(out))
 
 
 @torch.no_grad()
@@ -128,7 +90,7 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
       level 1  the rest of each group's common prefix (demos and test input): one call per batch of groups
       level 2  the label suffixes, minus their first token (scored from level 1's last logits)
     """
-    dev = _device(model)
+    dev = model_device(model)
     results: list[list[np.ndarray] | None] = [None] * len(groups)
     # a group whose candidates share no token (no BOS, different first tokens) has nothing to share
     plain = [g for g, cands in enumerate(groups) if common_prefix_len(cands) == 0]
@@ -147,7 +109,7 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
     if c > 0:
         ids0 = torch.tensor([groups[todo[0]][0][:c]], device=dev)
         logits0, common_layers = _forward(model, ids0, torch.ones_like(ids0))
-        common_nll = _nll(logits0[0, : c - 1], ids0[0, 1:c]).double().cpu()
+        common_nll = row_nlls(logits0[0, : c - 1], ids0[0, 1:c]).double().cpu()
         common_last = logits0[0, c - 1].float().log_softmax(-1)
         del logits0
 
@@ -155,60 +117,8 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
         chunk = todo[start : start + batch_size]
         cands = [groups[g] for g in chunk]
         plen = [common_prefix_len(cs) for cs in cands]
-        B = len(chunk)
-        zeros = torch.zeros(B, dtype=torch.long, device=dev)
-        # level 1: tokens c..p-1 of each group, attending to level 0
-        prefix_nll, last = [], []
-        if any(p > c for p in plen):
-            ids1, mask1 = _pad([cs[0][c:p] if p > c else [0] for cs, p in zip(cands, plen)])
-            for i, p in enumerate(plen):
-                if p == c:
-                    mask1[i] = 0
-            ids1, mask1 = ids1.to(dev), mask1.to(dev)
-            pos1 = c + torch.arange(ids1.shape[1], device=dev)[None, :].expand(B, -1)
-            if c > 0:
-                mask1 = torch.cat([torch.ones(B, c, dtype=torch.long, device=dev), mask1], dim=1)
-            logits1, layers = _forward(model, ids1, mask1, pos1, common_layers, zeros)
-            for i, p in enumerate(plen):
-                n = p - c
-                parts = [common_nll]
-                if n > 0 and c > 0:  # token c is predicted by level 0's last logits
-                    parts.append(-common_last[ids1[i, 0]].double().cpu().reshape(1))
-                if n > 1:
-                    parts.append(_nll(logits1[i, : n - 1], ids1[i, 1:n]).double().cpu())
-                prefix_nll.append(torch.cat(parts))
-                last.append(logits1[i, n - 1].float().log_softmax(-1) if n > 0 else common_last)
-            del logits1
-        else:  # every group's prefix is the level-0 prefix
-            layers = [(k.index_select(0, zeros), v.index_select(0, zeros)) for k, v in common_layers]
-            mask1 = torch.ones(B, c, dtype=torch.long, device=dev)
-            prefix_nll = [common_nll] * B
-            last = [common_last] * B
-        # level 2: the first suffix token from the prefix's last logits, the rest with a model call
-        first: dict[tuple[int, int], torch.Tensor] = {}
-        rows, row_src, row_in, row_tgt = [], [], [], []
-        for i, (cs, p) in enumerate(zip(cands, plen)):
-            for j, s in enumerate(cs):
-                if len(s) > p:
-                    first[i, j] = -last[i][s[p]].double().cpu().reshape(1)
-                if len(s) > p + 1:
-                    rows.append((i, j))
-                    row_src.append(i)
-                    row_in.append(s[p:-1])
-                    row_tgt.append(s[p + 1 :])
-        rest: dict[tuple[int, int], torch.Tensor] = {}
-        if rows:
-            src = torch.tensor(row_src, device=dev)
-            ids2, mask2 = _pad(row_in)
-            ids2, mask2 = ids2.to(dev), mask2.to(dev)
-            offsets = torch.tensor([plen[i] for i in row_src], device=dev)
-            pos2 = offsets[:, None] + torch.arange(ids2.shape[1], device=dev)[None, :]
-            mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
-            logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
-            for r, key in enumerate(rows):
-                tgt = torch.tensor(row_tgt[r], device=dev)
-                rest[key] = _nll(logits2[r, : len(tgt)], tgt).double().cpu()
-            del logits2
+        layers, mask1, prefix_nll, last = _level1(model, cands, plen, c, common_layers, common_nll, common_last)
+        first, rest = _level2(model, cands, plen, last, layers, mask1)
         for i, (g, cs) in enumerate(zip(chunk, cands)):
             per_cand = []
             for j in range(len(cs)):
@@ -216,6 +126,67 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
                 per_cand.append(torch.cat(parts).numpy())
             results[g] = per_cand
     return results  # type: ignore[return-value]
+
+
+def _level1(model, cands, plen, c, common_layers, common_nll, common_last):
+    """Level 1 of shared_token_nlls: tokens c..p-1 of each group, attending to level 0. Returns the
+    groups' cache, attention mask, prefix NLLs and the log-probs that predict the first suffix token."""
+    dev = model_device(model)
+    B = len(cands)
+    zeros = torch.zeros(B, dtype=torch.long, device=dev)
+    prefix_nll, last = [], []
+    if not any(p > c for p in plen):  # every group's prefix is the level-0 prefix
+        layers = [(k.index_select(0, zeros), v.index_select(0, zeros)) for k, v in common_layers]
+        return layers, torch.ones(B, c, dtype=torch.long, device=dev), [common_nll] * B, [common_last] * B
+    ids1, mask1 = pad_right([cs[0][c:p] if p > c else [0] for cs, p in zip(cands, plen)])
+    for i, p in enumerate(plen):
+        if p == c:
+            mask1[i] = 0
+    ids1, mask1 = ids1.to(dev), mask1.to(dev)
+    pos1 = c + torch.arange(ids1.shape[1], device=dev)[None, :].expand(B, -1)
+    if c > 0:
+        mask1 = torch.cat([torch.ones(B, c, dtype=torch.long, device=dev), mask1], dim=1)
+    logits1, layers = _forward(model, ids1, mask1, pos1, common_layers, zeros)
+    for i, p in enumerate(plen):
+        n = p - c
+        parts = [common_nll]
+        if n > 0 and c > 0:  # token c is predicted by level 0's last logits
+            parts.append(-common_last[ids1[i, 0]].double().cpu().reshape(1))
+        if n > 1:
+            parts.append(row_nlls(logits1[i, : n - 1], ids1[i, 1:n]).double().cpu())
+        prefix_nll.append(torch.cat(parts))
+        last.append(logits1[i, n - 1].float().log_softmax(-1) if n > 0 else common_last)
+    return layers, mask1, prefix_nll, last
+
+
+def _level2(model, cands, plen, last, layers, mask1):
+    """Level 2 of shared_token_nlls: the first suffix token from the prefix's last log-probs, the rest with
+    one model call attending to the group's cache. Returns NLLs keyed by (group in chunk, candidate)."""
+    dev = model_device(model)
+    first: dict[tuple[int, int], torch.Tensor] = {}
+    rows, row_src, row_in, row_tgt = [], [], [], []
+    for i, (cs, p) in enumerate(zip(cands, plen)):
+        for j, s in enumerate(cs):
+            if len(s) > p:
+                first[i, j] = -last[i][s[p]].double().cpu().reshape(1)
+            if len(s) > p + 1:
+                rows.append((i, j))
+                row_src.append(i)
+                row_in.append(s[p:-1])
+                row_tgt.append(s[p + 1 :])
+    rest: dict[tuple[int, int], torch.Tensor] = {}
+    if rows:
+        src = torch.tensor(row_src, device=dev)
+        ids2, mask2 = pad_right(row_in)
+        ids2, mask2 = ids2.to(dev), mask2.to(dev)
+        offsets = torch.tensor([plen[i] for i in row_src], device=dev)
+        pos2 = offsets[:, None] + torch.arange(ids2.shape[1], device=dev)[None, :]
+        mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
+        logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
+        for r, key in enumerate(rows):
+            tgt = torch.tensor(row_tgt[r], device=dev)
+            rest[key] = row_nlls(logits2[r, : len(tgt)], tgt).double().cpu()
+    return first, rest
 
 
 def rule_scores(cands: list[list[int]], nlls: list[np.ndarray], rule: str = "full",

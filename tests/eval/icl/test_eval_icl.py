@@ -152,7 +152,8 @@ def test_bad_cli_input_exits_2_with_one_line(setup, tmp_path, capsys, monkeypatc
     assert "--model" in capsys.readouterr().err
     # a generation task dispatches to emotune.eval.generation.task; without that module: a clear error
     gen = tmp_path / "gen.yaml"
-    gen.write_text("name: gen\nkind: generation\ndataset: {path: wikitext}\n")
+    gen.write_text("name: gen\nkind: generation\ndataset: {path: wikitext}\ntext_column: text\nprefix_words: 2\n"
+                   "continuation_words: 3\nnew_tokens: 3\n")
     monkeypatch.setitem(sys.modules, "emotune.eval.generation.task", None)
     assert run(setup, tmp_path / "g", tasks=str(gen)) == 2
     err = capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""The task files of the evaluator's own kinds, as pydantic models (extra keys forbidden, like the
+training config): `kind: mmlu`, `kind: generation` and `kind: oracle`. The common keys (name, kind,
+dataset, splits) and the `kind: icl` model are emotune.tasks. Torch-free: `emotune eval` checks every task
+file here before it loads a model; a problem is one EmotuneError line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from emotune.tasks import read_task_file
+from emotune.synthetic.oracle import ORACLE_EPS
+
+
+class MmluPrompt(BaseModel):
+    """The prompt design, from the task file's `prompt:` (str.format fields as documented in mmlu.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    hint: str = Field(description="before the demos; field {subject}")
+    question: str = Field(description="a question and its choices; fields {question}, {A}, {B}, {C}, {D}")
+    answer: str = Field(description="after a question; field {answer} (a letter)")
+    demo_end: str = Field(description="after every demo's answer")
+    ice_separator: str = Field(description="between demos")
+    ice_end: str = Field(description="after the last demo")
+
+
+class MmluTaskFile(BaseModel):
+    """Every key of a `kind: mmlu` task file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int
+    kind: Literal["mmlu"]
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    test_split: str = "test"
+    dev_split: str = "dev"
+    shots: Annotated[int, Field(strict=True, ge=0)] = 5
+    subjects: Literal["all"] | list[str] = "all"
+    prompt: MmluPrompt | None = None  # default: the shipped mmlu.yaml's
+    options: dict[str, Any] | None = None
+
+
+class PrefixFilter(BaseModel):
+    """Which test rows give a prefix (the paper's rule; see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_rows: Annotated[int, Field(strict=True, ge=1)] = 4000
+    min_chars: Annotated[int, Field(strict=True, ge=0)] = 100
+    extra_words: Annotated[int, Field(strict=True, ge=0)] = 10
+    exclude: Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(lambda v: [v] if isinstance(v, str)
+                                                                                  else v)] = ["=="]
+
+
+class GenerationTaskFile(BaseModel):
+    """Every key a `kind: generation` task file may hold (dataset and options are read by emotune.tasks and
+    emotune.eval.options)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int = "generation"
+    kind: Literal["generation"] = "generation"
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] | None = None
+    text_column: Annotated[str, Field(min_length=1)]  # the column holding the text
+    prefix_words: Annotated[int, Field(strict=True, ge=1)]
+    continuation_words: Annotated[int, Field(strict=True, ge=1)]
+    new_tokens: Annotated[int, Field(strict=True, ge=1)]  # min_new_tokens; max_new_tokens = new_tokens + 1
+    test_split: str = "test"
+    ce_split: str | None = "validation"  # validation text for the forward / reverse CE; none = skip it
+    prefix_filter: PrefixFilter = Field(default_factory=PrefixFilter)
+    lm_min_words: Annotated[int, Field(strict=True, ge=0)] = 20  # PPL_test / CE texts: >= this many words ...
+    lm_max_tokens: Annotated[int, Field(strict=True, ge=2)] = 500  # ... and at most this many tokens
+
+
+class OracleTaskFile(BaseModel):
+    """Every key of a `kind: oracle` task file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int
+    kind: Literal["oracle"] = "oracle"
+    n_samples: Annotated[int, Field(strict=True, ge=1)] = 64  # samples from BOS for PPL_oracle
+    max_new_tokens: Annotated[int, Field(strict=True, ge=1)] = 128
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    n_texts: Annotated[int, Field(strict=True, ge=1)] = 100  # validation / test texts scored
+    eps: Annotated[float, Field(gt=0, lt=1)] = ORACLE_EPS  # the oracle's smoothing (reverse CE, PPL_oracle)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] | None = None
+
+
+MODELS: dict[str, type[BaseModel]] = {"mmlu": MmluTaskFile, "generation": GenerationTaskFile, "oracle": OracleTaskFile}
+
+
+def check_task_file(task) -> None:
+    """Validate a task of one of these kinds (other kinds: nothing to do here)."""
+    model = MODELS.get(task.kind)
+    if model is not None:
+        read_task_file(model, task.raw, task.source)
