@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from typing import Callable
 
 
 class EmotuneError(Exception):
@@ -44,3 +46,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         raise EmotuneError(f"{message} (see {self.prog} --help)")
+
+
+def run_cli(name: str, func: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """Run one command's `main(argv)` the way every emotune command reports: an EmotuneError is one line
+    (`emotune NAME: error: ...`) on stderr and exit status 2, Ctrl-C is status 130, neither with a traceback.
+    Used by the `emotune` dispatcher and by modules run directly (`python -m emotune.train.recipe`)."""
+    try:
+        return int(func(argv) or 0)
+    except EmotuneError as err:
+        # One line whatever the message: a stray newline would split it (or inject a fake line).
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"emotune {name}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotune {name}: interrupted", file=sys.stderr)
+        return 130

@@ -93,7 +93,7 @@ def _is_final(manifest: dict) -> bool:
 
 
 def _verify_hashes(path: Path, files: dict[str, dict[str, Any]]) -> None:
-    """Check every file's SHA-256, as emotune.pipeline.checkpoint.verify_checkpoint does.
+    """Check every file's SHA-256, as emotune.train.checkpoint.verify_checkpoint does.
 
     Not imported from there: that module pulls in torch (seconds per scheduler pass and per job), and
     the scheduler and its jobs are meant to stay light. The contract is the manifest format itself.

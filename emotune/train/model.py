@@ -245,7 +245,7 @@ def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
         return None
     source = cfg.objective.cost
     if source == "external":
-        from emotune.pipeline.cost import external_cost
+        from emotune.train.cost import external_cost
 
         return external_cost(cfg.objective.cost_source, vocab_size)
     if source == "adaptive":

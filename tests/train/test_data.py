@@ -9,8 +9,8 @@ import torch
 from test_train_fixtures import alpaca_rows, make_tokenizer, write_corpus
 
 from emotune.errors import EmotuneError
-from emotune.pipeline import data as D
-from emotune.pipeline.config import validate
+from emotune.train import data as D
+from emotune.train.config import validate
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import torch
 from emotune.atomic import publish_dir, read_json, write_json
 from emotune.atomic import write_text as atomic_write_text
 from emotune.errors import EmotuneError
-from emotune.pipeline.crashpoint import arm_deepspeed_save, crashpoint
+from emotune.train.crashpoint import arm_deepspeed_save, crashpoint
 
 COMPLETE = "COMPLETE"
 RESUMABLE = "RESUMABLE"

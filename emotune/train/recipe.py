@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from emotune.atomic import AppendLog, read_json, write_yaml
-from emotune.errors import ArgumentParser, EmotuneError, one_line
-from emotune.pipeline.config import TrainConfig, load_config
+from emotune.errors import ArgumentParser, EmotuneError, one_line, run_cli
+from emotune.train.config import TrainConfig, load_config
 from emotune.resources import resolve as resolve_file
 
 log = logging.getLogger("emotune.train")
@@ -321,7 +321,7 @@ def _target_count(batch: dict) -> int:
 
 
 def evaluate(engine, batches: list[dict], objective, fused: bool) -> dict:
-    from emotune.pipeline.loss_step import loss_step
+    from emotune.train.loss_step import loss_step
 
     engine.eval()
     sums = [0.0, 0.0]
@@ -344,9 +344,9 @@ def preflight(cfg: TrainConfig) -> None:
         for f in files or []:
             if not Path(f).is_file():
                 raise EmotuneError(f"{key}: data file {f} not found")
-    from emotune.pipeline.checkpoint import locate_state
-    from emotune.pipeline.data import check_local_files
-    from emotune.pipeline.model import check_model_config
+    from emotune.train.checkpoint import locate_state
+    from emotune.train.data import check_local_files
+    from emotune.train.model import check_model_config
 
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
@@ -358,15 +358,15 @@ def preflight(cfg: TrainConfig) -> None:
     check_local_files(cfg)  # every record of every local file, with file and line
     check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
     if cfg.objective.cost == "external":
-        from emotune.pipeline.cost import check_cost_source
+        from emotune.train.cost import check_cost_source
 
         check_cost_source(cfg.objective.cost_source)
     check_deepspeed(deepspeed_config(cfg, None, None), cfg.deepspeed)  # exists, parses, agrees with the run config
     if cfg.fused_loss:
         try:
-            importlib.import_module("emotune.pipeline.fused_head")
+            importlib.import_module("emotune.train.fused_head")
         except ImportError:
-            raise EmotuneError("fused_loss=true needs emotune.pipeline.fused_head, which is not available; set fused_loss=false") from None
+            raise EmotuneError("fused_loss=true needs emotune.train.fused_head, which is not available; set fused_loss=false") from None
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -387,10 +387,10 @@ def _run(cfg: TrainConfig) -> TrainResult:
     from transformers.integrations import HfDeepSpeedConfig
 
     from emotune.objectives import build_objective
-    from emotune.pipeline import checkpoint as ckpt
-    from emotune.pipeline.data import StepBatches, eval_batches, load_datasets, tokenizer_training_texts
-    from emotune.pipeline.loss_step import loss_step
-    from emotune.pipeline.model import apply_lora, build_cost, load_model, load_tokenizer, output_vocab_size
+    from emotune.train import checkpoint as ckpt
+    from emotune.train.data import StepBatches, eval_batches, load_datasets, tokenizer_training_texts
+    from emotune.train.loss_step import loss_step
+    from emotune.train.model import apply_lora, build_cost, load_model, load_tokenizer, output_vocab_size
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     out = Path(cfg.output_dir)
@@ -654,7 +654,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from emotune.launch.cli import main as cli_main
-
-    sys.exit(cli_main(["train", *sys.argv[1:]]))
+if __name__ == "__main__":  # `deepspeed --module emotune.train.recipe CONFIG`: the launcher's --local_rank is parsed above
+    sys.exit(run_cli("train", main, sys.argv[1:]))
