@@ -198,7 +198,7 @@ def train_bench(device, s: dict) -> None:
     from transformers import LlamaForCausalLM
 
     from emotune.train.loss_step import loss_step
-    from emotune.train.recipe import setup_distributed
+    from emotune.train.distributed import setup_distributed
 
     setup_distributed()
     clock = Clock(device)

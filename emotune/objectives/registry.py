@@ -68,6 +68,11 @@ class Objective:
     cost: CostEmbedding | Tensor | None = None
 
     @property
+    def logged(self) -> tuple[str, ...]:
+        """The diagnostics of LossOutput this objective fills (besides ce), in log order."""
+        return {"mle": (), "tailr": ("weight",), "mixce": ("weight",), "emo": ("demd", "weight")}[self.name]
+
+    @property
     def needs_cost(self) -> bool:
         return OBJECTIVES[self.name][2]
 

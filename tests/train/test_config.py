@@ -8,7 +8,8 @@ import yaml
 from emotune.errors import EmotuneError
 from emotune.launch.cli import main as cli_main
 from emotune.train.config import TrainConfig, apply_overrides, load_config, validate
-from emotune.train.recipe import deepspeed_config, lr_lambda
+from emotune.train.ds_config import deepspeed_config
+from emotune.train.optim import lr_lambda
 from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[2]

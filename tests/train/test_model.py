@@ -39,7 +39,7 @@ def cfg_for(model_dir, **extra):
 
 
 def zero3_config():
-    from emotune.train.recipe import deepspeed_config
+    from emotune.train.ds_config import deepspeed_config
 
     cfg = validate({"output_dir": "o", "model": {"name_or_path": "m"}, "data": {"train_files": ["x"]},
                     "deepspeed": str(shipped("deepspeed/zero3-cpu-test.json"))})

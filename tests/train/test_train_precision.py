@@ -127,7 +127,8 @@ def main(tmp: str, out_path: str) -> None:
 
     from emotune.objectives.cost import normalize_rows
     from emotune.train.config import validate
-    from emotune.train.recipe import run, setup_distributed
+    from emotune.train.distributed import setup_distributed
+    from emotune.train.recipe import run
 
     tmp = Path(tmp)
     rank, _ = setup_distributed()
