@@ -16,9 +16,9 @@ The algebra, per token with q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y (one 
     dL/dz = a (q - onehot(y)) + b q ⊙ (k - demd)
 with a = dL/d ce_t and b = dL/d demd_t the stop-gradient coefficients of the objective. The chunk kernel
 is `emotune.objectives.token_terms`, the very functions the plain path runs, and a, b are obtained by
-running the objective's own mixing helpers (`emotune.objectives.losses`) under autograd on the per-token
+running the objective's own combine rule (the registry's entry, `emotune.objectives.losses`) under autograd on the per-token
 vectors (ce, demd) only, so the fused path cannot drift from the reference semantics:
-- token weighting (MLE, TaiLr, MixCE, EMO with `weighting: token`): a_t, b_t depend on token t only and
+- token-wise rules (the entry's `token_wise`: MLE, TaiLr, MixCE, EMO with `weighting: token`): a_t, b_t depend on token t only and
   are known inside the chunk: one pass.
 - batch weighting (EMO `weighting: batch`): the ratio needs every token's ce and demd, so a first
   no-grad pass collects them (N floats each) and a second pass builds the gradients.
@@ -41,7 +41,6 @@ from torch import Tensor
 
 from emotune.objectives.common import IGNORE_INDEX, LossOutput, compute_dtype
 from emotune.objectives.cost import CostEmbedding, as_matrix, check_vocab, normalize_rows
-from emotune.objectives.losses import EMO_VARIANTS, WEIGHTINGS, mix_mle_demd, mixce_weight, tailr_weight
 from emotune.objectives.registry import Objective
 from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
 
@@ -57,32 +56,10 @@ def default_chunk_size(vocab_size: int) -> int:
 # The objective on per-token (ce, demd) vectors: the reference's own helpers, nothing re-derived.
 
 
-def _token_wise(objective: Objective) -> bool:
-    return objective.name != "emo" or objective.params.get("weighting", "token") == "token"
-
-
 def _combine(objective: Objective, ce: Tensor, demd: Tensor | None, q_y: Tensor | None, denom: Tensor):
-    """(loss contribution, per-token weight or None, demd as logged) for these tokens; mirrors losses.py."""
-    name, p = objective.name, objective.params
-    if name == "mle":
-        return ce.sum() / denom, None, None
-    if name == "tailr":
-        w = tailr_weight(torch.exp(-ce), p.get("gamma", 0.1), p.get("min_weight", 0.2))
-        return (w * ce).sum() / denom, w, None
-    if name == "mixce":
-        w = mixce_weight(torch.exp(-ce), p.get("eta", 0.8))
-        return (w * ce).sum() / denom, w, None
-    if name != "emo":
-        raise ValueError(f"fused_loss has no rule for objective {name!r}")
-    variant, weighting = p.get("variant", "emo1"), p.get("weighting", "token")
-    if variant not in EMO_VARIANTS or weighting not in WEIGHTINGS:
-        raise ValueError(f"emo variant/weighting must be in {EMO_VARIANTS}/{WEIGHTINGS}, got {variant!r}/{weighting!r}")
-    d = demd + q_y.detach() if p.get("gt_detach", False) else demd
-    if weighting == "token":
-        terms, ratio = mix_mle_demd(ce, d, variant, p.get("ratio_clamp"))
-        return terms.sum() / denom, ratio, d
-    loss, ratio = mix_mle_demd(ce.sum() / denom, d.sum() / denom, variant, p.get("ratio_clamp"))
-    return loss, None if ratio is None else ratio.expand(ce.shape), d
+    """(loss contribution, per-token weight or None, demd as logged) for these tokens: the registry's rule of
+    the objective, the one the plain path runs, with the fused loss's divisor as the token mean."""
+    return objective.combine(ce, demd, q_y, lambda t: t.sum() / denom)
 
 
 def _coefficients(objective, ce, demd, q_y, denom):
@@ -137,7 +114,7 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
     ce_all = torch.empty(n, dtype=cdt, device=h.device)
     d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
     qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
-    token_wise = _token_wise(objective)
+    token_wise = objective.token_wise
 
     # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
     # a fresh mapping (page faults, zeroing) on the CPU.
