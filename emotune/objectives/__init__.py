@@ -1,6 +1,6 @@
 """The training objectives of the EMO paper and its baselines: pure tensor functions, no I/O.
 
-Specification: shared/reference/EMO.md. Every loss takes HF-style `(logits [B,T,V], labels [B,T])`
+Specification: docs/objectives.md. Every loss takes HF-style `(logits [B,T,V], labels [B,T])`
 (unshifted, -100 = ignored), does its math in float32 whatever the input dtype, and returns a
 `LossOutput` (loss + plain CE / DEMD / weight diagnostics).
 """

@@ -16,7 +16,7 @@ from torch import Tensor
 from emotune.objectives.token_terms import PlainTerms, compute_dtype, plain_chunk_rows, self_cost
 
 IGNORE_INDEX = -100
-# Every ratio guards its denominator with this (EMO.md section 4).
+# Every ratio guards its denominator with this (docs/objectives.md).
 RATIO_EPS = 1e-8
 
 

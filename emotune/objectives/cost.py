@@ -1,4 +1,4 @@
-"""The cost embedding Ê of DEMD: cost(i, j) = 1 - cos(e_i, e_j) (EMO.md section 3).
+"""The cost embedding Ê of DEMD: cost(i, j) = 1 - cos(e_i, e_j) (docs/objectives.md).
 
 Ê is E with each row L2-normalised as `e / max(|e|, 1e-6)`: a zero row gives cost 1 to every
 token instead of the official code's NaN. Ê never receives a gradient. Sources:

@@ -1,4 +1,4 @@
-"""DEMD, the differentiable upper bound of the earth mover distance (paper Eq. 14-15, EMO.md section 3).
+"""DEMD, the differentiable upper bound of the earth mover distance (paper Eq. 14-15, docs/objectives.md).
 
 With cost C[i, j] = 1 - ê_i · ê_j (Ê row-normalised), everything is computed through Ê, never through
 a dense V x V cost or a dense one-hot:

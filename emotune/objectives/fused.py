@@ -97,6 +97,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype):
+    # Long on purpose: `chunk`, `factor` and `backprop` share the reused chunk buffers, the accumulators and the
+    # fp16 prescale bounds; split into module functions they would pass a dozen tensors each, per chunk.
     """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...).
     Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
     n, cdt = h.shape[0], compute_dtype(h.dtype)
@@ -286,6 +288,30 @@ def _matmul_dtype(weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _target_rows(hidden: Tensor, weight: Tensor, labels: Tensor, lora: list, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(h [N,H], y [N]): the hidden rows that predict a target and their labels, shapes and ids checked."""
+    if weight.dim() != 2:
+        raise ValueError(f"lm-head weight must be [V, H], got {tuple(weight.shape)}")
+    if hidden.dim() == 3 and labels.dim() == 2 and hidden.shape[:2] == labels.shape:
+        h, y = hidden[:, :-1, :], labels[:, 1:]
+    elif hidden.dim() == 2 and labels.dim() == 1 and hidden.shape[0] == labels.shape[0]:
+        h, y = hidden, labels
+    else:
+        raise ValueError(f"expected hidden [B,T,H] with labels [B,T] or hidden [N,H] with labels [N], "
+                         f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    vocab, width = weight.shape
+    if h.shape[-1] != width:
+        raise ValueError(f"hidden size {h.shape[-1]} does not match the lm-head weight {tuple(weight.shape)}")
+    for a_, b_, _ in lora:
+        if a_.dim() != 2 or b_.dim() != 2 or a_.shape[1] != width or b_.shape != (vocab, a_.shape[0]):
+            raise ValueError(f"LoRA factors must be A [r,{width}] and B [{vocab},r], got {tuple(a_.shape)} and {tuple(b_.shape)}")
+    keep = y != ignore_index
+    h, y = h[keep], y[keep]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab):
+        raise ValueError(f"label ids must lie in [0, {vocab}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
+    return h, y
+
+
 def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Objective, chunk_size: int | None = None,
                num_items_in_batch=None, bias: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
                live_head: Tensor | None = None, compile: bool = False,
@@ -301,27 +327,9 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     - `live_head`: the weight an adaptive cost is read from (default: the cost embedding's own).
     - `compile`: on CUDA, run the element-wise chunk work through torch.compile (ignored on CPU).
     """
-    if weight.dim() != 2:
-        raise ValueError(f"lm-head weight must be [V, H], got {tuple(weight.shape)}")
-    if hidden.dim() == 3 and labels.dim() == 2 and hidden.shape[:2] == labels.shape:
-        h, y = hidden[:, :-1, :], labels[:, 1:]
-    elif hidden.dim() == 2 and labels.dim() == 1 and hidden.shape[0] == labels.shape[0]:
-        h, y = hidden, labels
-    else:
-        raise ValueError(f"expected hidden [B,T,H] with labels [B,T] or hidden [N,H] with labels [N], "
-                         f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
-    vocab, width = weight.shape
-    if h.shape[-1] != width:
-        raise ValueError(f"hidden size {h.shape[-1]} does not match the lm-head weight {tuple(weight.shape)}")
     lora = list(lora or [])
-    for a_, b_, _ in lora:
-        if a_.dim() != 2 or b_.dim() != 2 or a_.shape[1] != width or b_.shape != (vocab, a_.shape[0]):
-            raise ValueError(f"LoRA factors must be A [r,{width}] and B [{vocab},r], got {tuple(a_.shape)} and {tuple(b_.shape)}")
-    mm_dtype = _matmul_dtype(weight)
-    keep = y != ignore_index
-    h, y = h[keep], y[keep]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab):
-        raise ValueError(f"label ids must lie in [0, {vocab}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
+    h, y = _target_rows(hidden, weight, labels, lora, ignore_index)
+    vocab, mm_dtype = weight.shape[0], _matmul_dtype(weight)
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
     cdt = compute_dtype(weight.dtype)

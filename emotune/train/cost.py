@@ -1,4 +1,4 @@
-"""Read another checkpoint's LM head for the `external` cost embedding (EMO.md section 3).
+"""Read another checkpoint's LM head for the `external` cost embedding (docs/objectives.md).
 
 Only the one tensor is read, from the safetensors files (never a pickle, never the whole model): the
 paper's LoRA runs took LLaMA-2-13B's head as the cost for every model size. Works on a local

@@ -1,6 +1,6 @@
 """Tokenizer, model and cost embedding for the training stage.
 
-Order matters (EMO.md section 3): load the model -> give the tokenizer a pad token (resizing the
+Order matters (docs/objectives.md, the cost embedding): load the model -> give the tokenizer a pad token (resizing the
 embeddings if one is added) -> copy the cost embedding (so it includes any new rows) -> LoRA ->
 DeepSpeed. Under ZeRO-3 the model is built inside `zero.Init` (transformers does it when an
 `HfDeepSpeedConfig` is alive), so every parameter is a `[0]` placeholder outside forward: the cost

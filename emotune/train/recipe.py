@@ -142,7 +142,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     tokenizer, train_split, val_split = setup_data(cfg, rank)
     model = setup_model(cfg, tokenizer, rank, world)
     engine, scheduler, batches, total_steps, warmup = setup_optimizer(cfg, model, train_split, tokenizer, world)
-    from emotune.train.data import eval_batches
+    from emotune.train.batches import eval_batches
 
     val_batches = eval_batches(val_split, cfg.per_device_eval_batch_size, world, rank, tokenizer.pad_token_id)
     result = TrainResult(engine, tokenizer, model.objective, model.cost, 0, 0)
@@ -216,7 +216,7 @@ def setup_optimizer(cfg: TrainConfig, model: Model, train_split, tokenizer, worl
     """(engine, scheduler, step batches, total steps, warmup steps): DeepSpeed builds the optimizer from its JSON."""
     import deepspeed
 
-    from emotune.train.data import StepBatches
+    from emotune.train.batches import StepBatches
 
     batches = StepBatches(train_split, cfg.per_device_train_batch_size, world, cfg.gradient_accumulation_steps, cfg.seed,
                           tokenizer.pad_token_id)
