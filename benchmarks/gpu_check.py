@@ -197,8 +197,8 @@ def train_bench(device, s: dict) -> None:
     import deepspeed
     from transformers import LlamaForCausalLM
 
-    from emotune.pipeline.loss_step import loss_step
-    from emotune.pipeline.train import setup_distributed
+    from emotune.train.loss_step import loss_step
+    from emotune.train.distributed import setup_distributed
 
     setup_distributed()
     clock = Clock(device)

@@ -133,7 +133,7 @@ def step_benchmark(args) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from emotune.objectives import CostEmbedding, build_objective
-    from emotune.pipeline.fused_head import fused_causal_lm_loss
+    from emotune.train.fused_head import fused_causal_lm_loss
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Callable
 
 
 class EmotuneError(Exception):
@@ -47,12 +48,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise EmotuneError(f"{message} (see {self.prog} --help)")
 
 
-def run_command(name: str, func, argv: list[str]) -> int:
-    """Run one `emotune NAME` command's `func(argv)` the way every entry point reports: an EmotuneError is one
-    line on stderr (`emotune NAME: error: ...`) and exit status 2, no traceback; Ctrl-C is status 130.
-
-    Here rather than in the CLI so that a stage run as a module (`python -m emotune.pipeline.train`) reports
-    the same way without importing the launcher."""
+def run_cli(name: str, func: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """Run one command's `main(argv)` the way every emotune command reports: an EmotuneError is one line
+    (`emotune NAME: error: ...`) on stderr and exit status 2, Ctrl-C is status 130, neither with a traceback.
+    Used by the `emotune` dispatcher and by modules run directly (`python -m emotune.train.recipe`), so a
+    stage run as a module reports the same way without importing the launcher."""
     try:
         return int(func(argv) or 0)
     except EmotuneError as err:

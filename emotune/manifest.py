@@ -2,7 +2,7 @@
 
 `RUN_DIR/checkpoint-STEP/` holds the Hugging Face model files, a `manifest.json` (step, tokens seen,
 objective, config hash, the SHA-256 of every file) and, written last of all, a `COMPLETE` marker. The
-training stage (emotune.pipeline.checkpoint) writes this; the scheduler (emotune.scheduling.discovery), its
+training stage (emotune.train.checkpoint) writes this; the scheduler (emotune.scheduling.discovery), its
 jobs and the evaluator's resumption keys (emotune.eval.resume) read it. One module for both sides, and
 torch-free, so that a scheduler pass or a job start never pays for importing torch.
 """

@@ -1,6 +1,6 @@
 """Shared by the scheduling tests: checkpoints written to the training stage's contract, and a counting evaluator.
 
-`write_checkpoint` follows emotune.pipeline.checkpoint.export_checkpoint's layout (files, then
+`write_checkpoint` follows emotune.train.checkpoint.export_checkpoint's layout (files, then
 manifest.json with the SHA-256 of every file, then the COMPLETE marker last) without building a
 model, so scheduler tests can land many checkpoints cheaply. The tests that evaluate for real use
 the training stage's exporter on a tiny model instead.

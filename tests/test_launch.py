@@ -139,7 +139,7 @@ def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):
 
 
 def test_train_entry_accepts_the_launchers_local_rank():
-    from emotune.pipeline.train import parse_args
+    from emotune.train.recipe import parse_args
 
     args = parse_args(["c.yaml", "--local_rank=3", "a=1"])
     assert (args.config, args.overrides, args.local_rank) == ("c.yaml", ["a=1"], 3)

@@ -40,7 +40,7 @@ def alpaca_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def make_tokenizer(path: Path, vocab_size: int = 400, pad: bool = True):
-    from emotune.pipeline.model import train_tokenizer
+    from emotune.train.model import train_tokenizer
 
     texts = corpus_lines(200) + [f"{r['instruction']} {r['input']} {r['output']}" for r in alpaca_rows(50)]
     tok = train_tokenizer(texts + ["Below is an instruction that describes a task. ### Response: ### Input:"], vocab_size, pad=pad)

@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, LaunchPlan]:
                 raise EmotuneError(f"--env {key}: no such variable is set here")
             value = os.environ[key]
         env[key] = value
-    from emotune.pipeline.config import load_config
+    from emotune.train.config import load_config
 
     load_config(args.config, args.overrides)  # a bad run config (yours or a shipped one) fails here, not on every rank
     if args.gpus_per_node is not None and args.gpus_per_node < 0:

@@ -4,7 +4,7 @@
       config: configs/train/tiny-cpu.yaml          # the training run's config
       overrides: [max_steps=20]                    # its key=value overrides
       command: null                                # default: this Python's `emotune train`; e.g.
-                                                   # [deepspeed, --num_gpus, 8, --module, emotune.pipeline.train]
+                                                   # [deepspeed, --num_gpus, 8, --module, emotune.train.recipe]
     run_dir: runs/pipeline-tiny                    # the training output_dir (overrides the train config's)
     eval:
       suite: configs/pipeline/tiny_suite.yaml      # suite name or suite file
@@ -168,7 +168,7 @@ def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
 
 
 def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
-    from emotune.pipeline.config import apply_overrides, read_yaml
+    from emotune.train.config import apply_overrides, read_yaml
 
     data = apply_overrides(read_yaml(path, kind="pipeline"), overrides)
     try:
@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
 
     from emotune.scheduling.report import make_report
     from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
-    from emotune.pipeline.config import load_config
+    from emotune.train.config import load_config
 
     try:  # name the pipeline file: these settings come from it
         runs = expand_runs(cfg)

@@ -7,7 +7,7 @@ token instead of the official code's NaN. Ê never receives a gradient. Sources:
   input embedding) taken once at setup, after any tokenizer resize. Under DeepSpeed ZeRO-3 the
   parameter is an empty placeholder outside its module's forward, so it is gathered first.
 - `external`: the LM head of another checkpoint with the same vocabulary; hidden size may differ.
-  (Reading it from a checkpoint's files is I/O and lives in `emotune.pipeline.cost`.)
+  (Reading it from a checkpoint's files is I/O and lives in `emotune.train.cost`.)
 - `adaptive`: the live, detached LM head, re-normalised at every step.
 
 The copy is deliberately a plain tensor held outside the model: not a parameter, and not a buffer

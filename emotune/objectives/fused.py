@@ -16,9 +16,9 @@ The algebra, per token with q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y (one 
     dL/dz = a (q - onehot(y)) + b q ⊙ (k - demd)
 with a = dL/d ce_t and b = dL/d demd_t the stop-gradient coefficients of the objective. The chunk kernel
 is `emotune.objectives.token_terms`, the very functions the plain path runs, and a, b are obtained by
-running the objective's own mixing helpers (`emotune.objectives.losses`) under autograd on the per-token
+running the objective's own combine rule (the registry's entry, `emotune.objectives.losses`) under autograd on the per-token
 vectors (ce, demd) only, so the fused path cannot drift from the reference semantics:
-- token weighting (MLE, TaiLr, MixCE, EMO with `weighting: token`): a_t, b_t depend on token t only and
+- token-wise rules (the entry's `token_wise`: MLE, TaiLr, MixCE, EMO with `weighting: token`): a_t, b_t depend on token t only and
   are known inside the chunk: one pass.
 - batch weighting (EMO `weighting: batch`): the ratio needs every token's ce and demd, so a first
   no-grad pass collects them (N floats each) and a second pass builds the gradients.
@@ -41,7 +41,6 @@ from torch import Tensor
 
 from emotune.objectives.common import IGNORE_INDEX, LossOutput, compute_dtype
 from emotune.objectives.cost import CostEmbedding, as_matrix, check_vocab, normalize_rows
-from emotune.objectives.losses import EMO_VARIANTS, WEIGHTINGS, mix_mle_demd, mixce_weight, tailr_weight
 from emotune.objectives.registry import Objective
 from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
 
@@ -57,32 +56,10 @@ def default_chunk_size(vocab_size: int) -> int:
 # The objective on per-token (ce, demd) vectors: the reference's own helpers, nothing re-derived.
 
 
-def _token_wise(objective: Objective) -> bool:
-    return objective.name != "emo" or objective.params.get("weighting", "token") == "token"
-
-
 def _combine(objective: Objective, ce: Tensor, demd: Tensor | None, q_y: Tensor | None, denom: Tensor):
-    """(loss contribution, per-token weight or None, demd as logged) for these tokens; mirrors losses.py."""
-    name, p = objective.name, objective.params
-    if name == "mle":
-        return ce.sum() / denom, None, None
-    if name == "tailr":
-        w = tailr_weight(torch.exp(-ce), p.get("gamma", 0.1), p.get("min_weight", 0.2))
-        return (w * ce).sum() / denom, w, None
-    if name == "mixce":
-        w = mixce_weight(torch.exp(-ce), p.get("eta", 0.8))
-        return (w * ce).sum() / denom, w, None
-    if name != "emo":
-        raise ValueError(f"fused_loss has no rule for objective {name!r}")
-    variant, weighting = p.get("variant", "emo1"), p.get("weighting", "token")
-    if variant not in EMO_VARIANTS or weighting not in WEIGHTINGS:
-        raise ValueError(f"emo variant/weighting must be in {EMO_VARIANTS}/{WEIGHTINGS}, got {variant!r}/{weighting!r}")
-    d = demd + q_y.detach() if p.get("gt_detach", False) else demd
-    if weighting == "token":
-        terms, ratio = mix_mle_demd(ce, d, variant, p.get("ratio_clamp"))
-        return terms.sum() / denom, ratio, d
-    loss, ratio = mix_mle_demd(ce.sum() / denom, d.sum() / denom, variant, p.get("ratio_clamp"))
-    return loss, None if ratio is None else ratio.expand(ce.shape), d
+    """(loss contribution, per-token weight or None, demd as logged) for these tokens: the registry's rule of
+    the objective, the one the plain path runs, with the fused loss's divisor as the token mean."""
+    return objective.combine(ce, demd, q_y, lambda t: t.sum() / denom)
 
 
 def _coefficients(objective, ce, demd, q_y, denom):
@@ -119,91 +96,101 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype):
-    """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...).
-    Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
-    n, cdt = h.shape[0], compute_dtype(h.dtype)
-    use_compile = compile_ and h.is_cuda
-    softmax_ce_ = _maybe_compiled(softmax_ce, use_compile)
-    logit_grad_ = _maybe_compiled(logit_grad, use_compile)
-    any_grad = any(want)
-    acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
-    grad_h, grad_w = acc(h, want[0]), acc(weight, want[1])
-    grad_b = acc(bias, want[2]) if bias is not None else None
-    grad_lora = [acc(t, f) for (a_, b_, _), f2 in zip(lora, zip(want[3::2], want[4::2])) for t, f in ((a_, f2[0]), (b_, f2[1]))]
-    # matmuls in the head's own dtype (bf16 stays bf16, as the model's lm_head would; under autocast, its dtype)
-    h_mm, w_mm = h.to(mm_dtype), weight.to(mm_dtype)
-    lora_mm = [(a_.to(mm_dtype), b_.to(mm_dtype), sc) for a_, b_, sc in lora]
-    ce_all = torch.empty(n, dtype=cdt, device=h.device)
-    d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
-    qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
-    token_wise = _token_wise(objective)
+class _Chunks:
+    """The walk over chunks of target rows: one chunk's logits -> (ce, demd) (`chunk`), and its logit gradient ->
+    the gradients of h, W, bias and the LoRA factors (`backprop`). Holds what every chunk shares: the operands in
+    the matmul dtype, one reused logits buffer and cost buffer, the per-token results and the accumulators."""
 
-    # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
-    # a fresh mapping (page faults, zeroing) on the CPU.
-    rows = min(chunk_size, max(n, 1))
-    zbuf = torch.empty(rows, weight.shape[0], dtype=cdt, device=h.device)
-    kbuf = torch.empty_like(zbuf) if e_hat is not None else None
-    bias_mm = None if bias is None else bias.to(mm_dtype)
+    def __init__(self, h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype):
+        n, cdt = h.shape[0], compute_dtype(h.dtype)
+        self.n, self.cdt, self.y, self.e_hat, self.k_self, self.mm_dtype = n, cdt, y, e_hat, k_self, mm_dtype
+        use_compile = compile_ and h.is_cuda
+        self.softmax_ce = _maybe_compiled(softmax_ce, use_compile)
+        self.logit_grad = _maybe_compiled(logit_grad, use_compile)
+        acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
+        self.grad_h, self.grad_w = acc(h, want[0]), acc(weight, want[1])
+        self.grad_b = acc(bias, want[2]) if bias is not None else None
+        self.grad_lora = [acc(t, f) for (a_, b_, _), f2 in zip(lora, zip(want[3::2], want[4::2]))
+                          for t, f in ((a_, f2[0]), (b_, f2[1]))]
+        # matmuls in the head's own dtype (bf16 stays bf16, as the model's lm_head would; under autocast, its dtype)
+        self.h_mm, self.w_mm = h.to(mm_dtype), weight.to(mm_dtype)
+        self.lora_mm = [(a_.to(mm_dtype), b_.to(mm_dtype), sc) for a_, b_, sc in lora]
+        self.ce_all = torch.empty(n, dtype=cdt, device=h.device)
+        # d_all: the kernel's <q, k>, which the gradient needs (gt_detach only shifts the logged value)
+        self.d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
+        self.qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
 
-    def chunk(s, e):
-        hs = h_mm[s:e]
-        z = zbuf[: e - s]
-        if mm_dtype == cdt:
-            torch.mm(hs, w_mm.T, out=z) if bias is None else torch.addmm(bias_mm, hs, w_mm.T, out=z)
+        # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
+        # a fresh mapping (page faults, zeroing) on the CPU.
+        rows = min(chunk_size, max(n, 1))
+        self.zbuf = torch.empty(rows, weight.shape[0], dtype=cdt, device=h.device)
+        self.kbuf = torch.empty_like(self.zbuf) if e_hat is not None else None
+        self.has_bias = bias is not None
+        self.bias_mm = None if bias is None else bias.to(mm_dtype)
+
+        # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
+        # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
+        # product overflow, and unscaled in float32 after the matmul. bf16 has float32's range: factor 1.
+        # (grad_W in fp16 is a float32 product: it sums over chunks, and fp16 partial sums would each round.)
+        self.prescale = prescale = mm_dtype == torch.float16
+        self.amax_h = float(self.h_mm.abs().amax()) if prescale and n else 1.0
+        self.amax_m = (max([float(self.w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in self.lora_mm])
+                       if prescale else 1.0)
+
+    def chunk(self, s, e):
+        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm), k)."""
+        hs, y = self.h_mm[s:e], self.y
+        z = self.zbuf[: e - s]
+        if self.mm_dtype == self.cdt:
+            torch.mm(hs, self.w_mm.T, out=z) if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T, out=z)
         else:
-            z.copy_(hs @ w_mm.T if bias is None else torch.addmm(bias_mm, hs, w_mm.T))
-        for a_, b_, sc in lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
-            z.add_(((hs @ a_.T) @ b_.T).to(cdt), alpha=sc)
-        ce, ez, _, norm = softmax_ce_(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
+            z.copy_(hs @ self.w_mm.T if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T))
+        for a_, b_, sc in self.lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
+            z.add_(((hs @ a_.T) @ b_.T).to(self.cdt), alpha=sc)
+        ce, ez, _, norm = self.softmax_ce(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
         k = None
-        if e_hat is not None:
-            k, d = demd_terms(ez, norm, y[s:e], e_hat, k_self, out=kbuf[: e - s])
-            d_all[s:e] = d
-            qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
-        ce_all[s:e] = ce
+        if self.e_hat is not None:
+            k, d = demd_terms(ez, norm, y[s:e], self.e_hat, self.k_self, out=self.kbuf[: e - s])
+            self.d_all[s:e] = d
+            self.qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
+        self.ce_all[s:e] = ce
         return (ez, norm), k
 
-    # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
-    # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
-    # product overflow, and unscaled in float32 after the matmul. bf16 has float32's range: factor 1.
-    # (grad_W in fp16 is a float32 product: it sums over chunks, and fp16 partial sums would each round.)
-    prescale = mm_dtype == torch.float16
-    amax_h = float(h_mm.abs().amax()) if prescale and n else 1.0
-    amax_m = max([float(w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in lora_mm]) if prescale else 1.0
-
-    def factor(g) -> float:
-        if not prescale:
+    def factor(self, g) -> float:
+        """The fp16 prescale of a chunk's logit gradient (a power of two; 1 unless the matmuls run in fp16)."""
+        if not self.prescale:
             return 1.0
         ag = g.abs()
         amax, rowsum, colsum = float(ag.amax()), float(ag.sum(-1).amax()), float(ag.sum(0).amax())
         if amax == 0.0:
             return 1.0
         limit = 2.0 ** 14  # a quarter of fp16's max: room for the matmuls' rounding
-        f = min(1.0 / amax, limit / max(rowsum * amax_m, 1e-30), limit / max(colsum * amax_h, 1e-30))
+        f = min(1.0 / amax, limit / max(rowsum * self.amax_m, 1e-30), limit / max(colsum * self.amax_h, 1e-30))
         return 2.0 ** math.floor(math.log2(f))
 
-    def backprop(s, e, q, k, a, b):
+    def backprop(self, s, e, q, k, a, b):
+        """Rows s:e with coefficients a = dL/d ce, b = dL/d demd: add their share to every gradient."""
         ez, norm = q
-        g = logit_grad_(ez, norm, y[s:e], a, b, k, None if d_all is None else d_all_raw[s:e])
+        g = self.logit_grad(ez, norm, self.y[s:e], a, b, k, None if self.d_all is None else self.d_all[s:e])
+        grad_h, grad_w, grad_b, grad_lora = self.grad_h, self.grad_w, self.grad_b, self.grad_lora
         if grad_b is not None:
             grad_b.add_(g.sum(0).to(grad_b.dtype))
-        g32, f = g, factor(g)
-        g = (g * f if f != 1.0 else g).to(mm_dtype)
+        g32, f = g, self.factor(g)
+        g = (g * f if f != 1.0 else g).to(self.mm_dtype)
         inv = 1.0 / f
-        hs = h_mm[s:e]
+        hs = self.h_mm[s:e]
         if grad_h is not None:
-            grad_h[s:e] = g @ w_mm
+            grad_h[s:e] = g @ self.w_mm
             if inv != 1.0:
                 grad_h[s:e] *= inv
         if grad_w is not None:
             if g.dtype == grad_w.dtype:
                 grad_w.addmm_(g.T, hs)
-            elif prescale:  # fp16: one fp16 rounding per chunk would add up over the chunks; fp32 product instead
+            elif self.prescale:  # fp16: one fp16 rounding per chunk would add up over the chunks; fp32 product instead
                 grad_w.addmm_(g32.T, hs.to(grad_w.dtype))
             else:  # bf16 matmul, float32 accumulation across chunks
                 grad_w.add_(g.T @ hs)
-        for i, (a_, b_, sc) in enumerate(lora_mm):
+        for i, (a_, b_, sc) in enumerate(self.lora_mm):
             u = hs @ a_.T                      # [c, r]
             gu = g @ b_                        # dL/du / (sc f)
             if grad_h is not None:
@@ -213,15 +200,20 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
             if grad_lora[2 * i + 1] is not None:
                 grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)
 
-    loss = torch.zeros((), dtype=cdt, device=h.device)
+
+def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype):
+    """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...).
+    Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
+    c = _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype)
+    n, ce_all, d_all, qy_all, any_grad = c.n, c.ce_all, c.d_all, c.qy_all, any(want)
+    loss = torch.zeros((), dtype=c.cdt, device=h.device)
     weights = []
     starts = range(0, n, chunk_size) if n else [0]  # no target: one empty chunk, so diagnostics match the plain path
-    d_all_raw = d_all  # the kernel's <q, k>, which the gradient needs (gt_detach only shifts the logged value)
-    if token_wise:
+    if objective.token_wise:
         d_logged_all = None if d_all is None else torch.empty_like(d_all)
         for s in starts:
             e = min(s + chunk_size, n)
-            q, k = chunk(s, e)
+            q, k = c.chunk(s, e)
             part, weight_t, d_logged, a, b = _coefficients(
                 objective, ce_all[s:e], None if d_all is None else d_all[s:e],
                 None if qy_all is None else qy_all[s:e], denom)
@@ -231,22 +223,22 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
             if weight_t is not None:
                 weights.append(weight_t)
             if any_grad:
-                backprop(s, e, q, k, a, b)
+                c.backprop(s, e, q, k, a, b)
             del q, k
         weight_all = torch.cat(weights) if weights else None
         d_out = d_logged_all
     else:  # batch weighting: values first, then gradients with the batch-level coefficients
         for s in starts:
-            chunk(s, min(s + chunk_size, n))
+            c.chunk(s, min(s + chunk_size, n))
         loss, weight_all, d_out, a_all, b_all = _coefficients(objective, ce_all, d_all, qy_all, denom)
         if any_grad:
             for s in starts:
                 e = min(s + chunk_size, n)
-                q, k = chunk(s, e)
-                backprop(s, e, q, k, a_all[s:e], b_all[s:e])
+                q, k = c.chunk(s, e)
+                c.backprop(s, e, q, k, a_all[s:e], b_all[s:e])
                 del q, k
     stats = {"ce": ce_all, "demd": d_out, "weight": weight_all}
-    return loss, stats, (grad_h, grad_w, grad_b, *grad_lora)
+    return loss, stats, (c.grad_h, c.grad_w, c.grad_b, *c.grad_lora)
 
 
 class _FusedLinearObjective(torch.autograd.Function):
@@ -309,6 +301,30 @@ def _matmul_dtype(weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _target_rows(hidden: Tensor, weight: Tensor, labels: Tensor, lora: list, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(h [N,H], y [N]): the hidden rows that predict a target and their labels, shapes and ids checked."""
+    if weight.dim() != 2:
+        raise ValueError(f"lm-head weight must be [V, H], got {tuple(weight.shape)}")
+    if hidden.dim() == 3 and labels.dim() == 2 and hidden.shape[:2] == labels.shape:
+        h, y = hidden[:, :-1, :], labels[:, 1:]
+    elif hidden.dim() == 2 and labels.dim() == 1 and hidden.shape[0] == labels.shape[0]:
+        h, y = hidden, labels
+    else:
+        raise ValueError(f"expected hidden [B,T,H] with labels [B,T] or hidden [N,H] with labels [N], "
+                         f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    vocab, width = weight.shape
+    if h.shape[-1] != width:
+        raise ValueError(f"hidden size {h.shape[-1]} does not match the lm-head weight {tuple(weight.shape)}")
+    for a_, b_, _ in lora:
+        if a_.dim() != 2 or b_.dim() != 2 or a_.shape[1] != width or b_.shape != (vocab, a_.shape[0]):
+            raise ValueError(f"LoRA factors must be A [r,{width}] and B [{vocab},r], got {tuple(a_.shape)} and {tuple(b_.shape)}")
+    keep = y != ignore_index
+    h, y = h[keep], y[keep]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab):
+        raise ValueError(f"label ids must lie in [0, {vocab}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
+    return h, y
+
+
 def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Objective, chunk_size: int | None = None,
                num_items_in_batch=None, bias: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
                live_head: Tensor | None = None, compile: bool = False,
@@ -324,27 +340,9 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     - `live_head`: the weight an adaptive cost is read from (default: the cost embedding's own).
     - `compile`: on CUDA, run the element-wise chunk work through torch.compile (ignored on CPU).
     """
-    if weight.dim() != 2:
-        raise ValueError(f"lm-head weight must be [V, H], got {tuple(weight.shape)}")
-    if hidden.dim() == 3 and labels.dim() == 2 and hidden.shape[:2] == labels.shape:
-        h, y = hidden[:, :-1, :], labels[:, 1:]
-    elif hidden.dim() == 2 and labels.dim() == 1 and hidden.shape[0] == labels.shape[0]:
-        h, y = hidden, labels
-    else:
-        raise ValueError(f"expected hidden [B,T,H] with labels [B,T] or hidden [N,H] with labels [N], "
-                         f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
-    vocab, width = weight.shape
-    if h.shape[-1] != width:
-        raise ValueError(f"hidden size {h.shape[-1]} does not match the lm-head weight {tuple(weight.shape)}")
     lora = list(lora or [])
-    for a_, b_, _ in lora:
-        if a_.dim() != 2 or b_.dim() != 2 or a_.shape[1] != width or b_.shape != (vocab, a_.shape[0]):
-            raise ValueError(f"LoRA factors must be A [r,{width}] and B [{vocab},r], got {tuple(a_.shape)} and {tuple(b_.shape)}")
-    mm_dtype = _matmul_dtype(weight)
-    keep = y != ignore_index
-    h, y = h[keep], y[keep]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= vocab):
-        raise ValueError(f"label ids must lie in [0, {vocab}) or be {ignore_index}; got {int(y.min())}..{int(y.max())}")
+    h, y = _target_rows(hidden, weight, labels, lora, ignore_index)
+    vocab, mm_dtype = weight.shape[0], _matmul_dtype(weight)
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
     cdt = compute_dtype(weight.dtype)

@@ -15,10 +15,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from emotune.objectives.cost import CostEmbedding
-from emotune.objectives.registry import Objective, build_objective
+from emotune.objectives.registry import Objective, build_objective, needs_cost
 
 
 def _cost_for(model: nn.Module, name: str, cost: str | CostEmbedding | Tensor) -> CostEmbedding | Tensor | None:
+    """The cost embedding objective `name` needs (None when it needs none)."""
+    if not needs_cost(name):
+        return None
     if not isinstance(cost, str):
         return cost
     if cost == "frozen":
@@ -56,10 +59,10 @@ class ModelLoss(_HFLoss):
 
 def trainer_loss(model: nn.Module, name: str = "emo", cost: str | CostEmbedding | Tensor = "frozen", **params) -> TrainerLoss:
     """A `compute_loss_func` for HF Trainer / TRL. Build it after any `resize_token_embeddings`."""
-    return TrainerLoss(build_objective(name, params, _cost_for(model, name, cost) if name != "mle" else None))
+    return TrainerLoss(build_objective(name, params, _cost_for(model, name, cost)))
 
 
 def attach(model: nn.Module, name: str = "emo", cost: str | CostEmbedding | Tensor = "frozen", **params) -> nn.Module:
     """Make `model(..., labels=...)` compute this objective; returns the model."""
-    model.loss_function = ModelLoss(build_objective(name, params, _cost_for(model, name, cost) if name != "mle" else None))
+    model.loss_function = ModelLoss(build_objective(name, params, _cost_for(model, name, cost)))
     return model

@@ -1,13 +1,21 @@
 """MLE, TaiLr, MixCE and EMO on HF-style `(logits [B,T,V], labels [B,T])` (docs/objectives.md).
 
-Every function returns a `LossOutput`: the token-mean loss to optimise plus plain CE, mean DEMD and
-mean weight for logging. `num_items_in_batch` (as passed by HF Trainer) replaces the local token
+Each objective is a *combine rule* on the per-token terms: `rule(ce, demd, q_y, mean, **params) -> Combined`
+(the loss, the per-token weight and the DEMD as logged). The plain path here and the fused path
+(`fused.py`) run the very same rule; they differ only in how the per-token terms are produced and in
+`mean`, the token mean of their own divisor (`common.token_mean` here, the fused loss's tensor divisor
+there), so neither path can drift from the other.
+
+Every public function returns a `LossOutput`: the token-mean loss to optimise plus plain CE, mean DEMD
+and mean weight for logging. `num_items_in_batch` (as passed by HF Trainer) replaces the local token
 count in the mean, so accumulated micro-batches equal one large batch. The per-token terms come from
 `common.token_terms` (float32, autocast off, no copy of the logits, only what the objective needs); the
-mixing below is ordinary autograd on N-vectors.
+rules are ordinary autograd on N-vectors.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,12 +27,23 @@ from emotune.objectives.token_terms import no_autocast
 EMO_VARIANTS = ("emo1", "emo2", "demd")
 WEIGHTINGS = ("token", "batch")
 
+Mean = Callable[[Tensor], Tensor]
 
-def mle(logits: Tensor, labels: Tensor, num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
-    """Maximum likelihood: `mle_t = -log q_t[y_t]`."""
-    with no_autocast(logits.device):
-        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
-        return make_output(token_mean(ce, num_items_in_batch), ce)
+
+class Combined(NamedTuple):
+    """What a combine rule gives: the loss (already a mean), the per-token weight and the DEMD as logged."""
+
+    loss: Tensor
+    weight: Tensor | None = None
+    demd: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The combine rules: (ce, demd, q_y, mean, **params) -> Combined. demd / q_y are None without a cost.
+
+
+def mle_rule(ce: Tensor, demd: Tensor | None, q_y: Tensor | None, mean: Mean) -> Combined:
+    return Combined(mean(ce))
 
 
 def tailr_weight(p: Tensor, gamma: float, min_weight: float) -> Tensor:
@@ -33,13 +52,9 @@ def tailr_weight(p: Tensor, gamma: float, min_weight: float) -> Tensor:
     return (p / (gamma + (1.0 - gamma) * p).clamp_min(RATIO_EPS)).clamp(min_weight, 1.0)
 
 
-def tailr(logits: Tensor, labels: Tensor, gamma: float = 0.1, min_weight: float = 0.2, num_items_in_batch=None,
-          ignore_index: int = IGNORE_INDEX) -> LossOutput:
-    """TaiLr (official fairseq code): `sg(w_t) * mle_t`."""
-    with no_autocast(logits.device):
-        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
-        w = tailr_weight(torch.exp(-ce), gamma, min_weight)
-        return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+def tailr_rule(ce, demd, q_y, mean: Mean, gamma: float = 0.1, min_weight: float = 0.2) -> Combined:
+    w = tailr_weight(torch.exp(-ce), gamma, min_weight)
+    return Combined(mean(w * ce), w)
 
 
 def mixce_weight(p: Tensor, eta: float) -> Tensor:
@@ -47,13 +62,9 @@ def mixce_weight(p: Tensor, eta: float) -> Tensor:
     return eta + (1.0 - eta) * p.detach()
 
 
-def mixce(logits: Tensor, labels: Tensor, eta: float = 0.8, num_items_in_batch=None,
-          ignore_index: int = IGNORE_INDEX) -> LossOutput:
-    """MixCE (official approximation): `(η + (1-η) sg(p_t)) * mle_t`; η = 1 is MLE."""
-    with no_autocast(logits.device):
-        ce, _, _ = token_terms(logits, labels, ignore_index=ignore_index)
-        w = mixce_weight(torch.exp(-ce), eta)
-        return make_output(token_mean(w * ce, num_items_in_batch), ce, weight=w)
+def mixce_rule(ce, demd, q_y, mean: Mean, eta: float = 0.8) -> Combined:
+    w = mixce_weight(torch.exp(-ce), eta)
+    return Combined(mean(w * ce), w)
 
 
 def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | None) -> tuple[Tensor, Tensor | None]:
@@ -74,6 +85,49 @@ def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | No
     return ratio * ce + demd, ratio
 
 
+def emo_rule(ce, demd, q_y, mean: Mean, variant: str = "emo1", ratio_clamp: float | None = None,
+             weighting: str = "token", gt_detach: bool = False) -> Combined:
+    if variant not in EMO_VARIANTS:
+        raise ValueError(f"emo variant must be one of {EMO_VARIANTS}, got {variant!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    d = demd + q_y.detach() if gt_detach else demd
+    if weighting == "token":
+        per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
+        return Combined(mean(per_token), ratio, d)
+    loss, ratio = mix_mle_demd(mean(ce), mean(d), variant, ratio_clamp)
+    return Combined(loss, None if ratio is None else ratio.expand(ce.shape), d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plain path: per-token terms from materialised logits, then the rule.
+
+
+def _plain(rule, logits: Tensor, labels: Tensor, cost, num_items_in_batch, ignore_index: int, **params) -> LossOutput:
+    with no_autocast(logits.device):
+        e_hat = None if cost is None else as_matrix(cost, logits.shape[-1], logits.device)
+        ce, demd, q_y = token_terms(logits, labels, e_hat, ignore_index)
+        out = rule(ce, demd, q_y, lambda t: token_mean(t, num_items_in_batch), **params)
+        return make_output(out.loss, ce, demd=out.demd, weight=out.weight)
+
+
+def mle(logits: Tensor, labels: Tensor, num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """Maximum likelihood: `mle_t = -log q_t[y_t]`."""
+    return _plain(mle_rule, logits, labels, None, num_items_in_batch, ignore_index)
+
+
+def tailr(logits: Tensor, labels: Tensor, gamma: float = 0.1, min_weight: float = 0.2, num_items_in_batch=None,
+          ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """TaiLr (official fairseq code): `sg(w_t) * mle_t`."""
+    return _plain(tailr_rule, logits, labels, None, num_items_in_batch, ignore_index, gamma=gamma, min_weight=min_weight)
+
+
+def mixce(logits: Tensor, labels: Tensor, eta: float = 0.8, num_items_in_batch=None,
+          ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """MixCE (official approximation): `(η + (1-η) sg(p_t)) * mle_t`; η = 1 is MLE."""
+    return _plain(mixce_rule, logits, labels, None, num_items_in_batch, ignore_index, eta=eta)
+
+
 def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: str = "emo1",
         ratio_clamp: float | None = None, weighting: str = "token", gt_detach: bool = False,
         num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
@@ -86,20 +140,9 @@ def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: s
       product: the DEMD value becomes `demd_t + q_y` (and so the weight), its gradient is unchanged.
     - `cost`: the cost embedding (a `CostEmbedding`, or a raw `[V, H']` tensor normalised here).
     """
-    if variant not in EMO_VARIANTS:
+    if variant not in EMO_VARIANTS:  # before any work (the rule checks again for the fused path)
         raise ValueError(f"emo variant must be one of {EMO_VARIANTS}, got {variant!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    with no_autocast(logits.device):
-        e_hat = as_matrix(cost, logits.shape[-1], logits.device)
-        ce, d, q_y = token_terms(logits, labels, e_hat, ignore_index)
-        if gt_detach:
-            d = d + q_y
-        if weighting == "token":
-            per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
-            loss = token_mean(per_token, num_items_in_batch)
-        else:
-            mean_ce, mean_d = token_mean(ce, num_items_in_batch), token_mean(d, num_items_in_batch)
-            loss, ratio = mix_mle_demd(mean_ce, mean_d, variant, ratio_clamp)
-            ratio = None if ratio is None else ratio.expand(ce.shape)
-        return make_output(loss, ce, demd=d, weight=ratio)
+    return _plain(emo_rule, logits, labels, cost, num_items_in_batch, ignore_index, variant=variant,
+                  ratio_clamp=ratio_clamp, weighting=weighting, gt_detach=gt_detach)

@@ -4,6 +4,8 @@
     out = objective(logits, labels)          # LossOutput
     out.loss.backward(); log(out.metrics())
 
+A new objective is one `Entry` here (its plain loss and combine rule in losses.py) and its test: the plain
+path, the fused path (fused.py), the training log and the HF hooks read everything from the entry.
 Aliases `emo1`, `emo2` and `demd` are `emo` with that variant. Parameters are checked here, so a bad
 config fails before any model is loaded, with a message naming the key.
 """
@@ -33,27 +35,42 @@ def _positive_or_none(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
 
 
-# name -> (function, {param: (default, check, description)}, needs a cost embedding)
-OBJECTIVES: dict[str, tuple[Callable[..., LossOutput], dict[str, tuple[Any, Callable[[Any], bool], str]], bool]] = {
-    "mle": (losses.mle, {}, False),
-    "tailr": (
-        losses.tailr,
+@dataclass(frozen=True)
+class Entry:
+    """One objective: its plain loss on logits, its per-token combine rule (the one both the plain and the fused
+    path run), its parameters {name: (default, check, description)}, and what it needs and logs."""
+
+    plain: Callable[..., LossOutput]
+    rule: Callable[..., losses.Combined]
+    params: dict[str, tuple[Any, Callable[[Any], bool], str]] = field(default_factory=dict)
+    needs_cost: bool = False
+    logged: tuple[str, ...] = ()  # LossOutput diagnostics it fills besides ce, in log order
+    token_wise: Callable[[dict], bool] = lambda params: True  # rule's coefficients of token t depend on token t only
+
+
+OBJECTIVES: dict[str, Entry] = {
+    "mle": Entry(losses.mle, losses.mle_rule),
+    "tailr": Entry(
+        losses.tailr, losses.tailr_rule,
         {
             "gamma": (0.1, _in_range(0.0, 1.0, lo_open=True), "γ in (0, 1]; paper: 1e-7, 0.1, 0.8"),
             "min_weight": (0.2, _in_range(0.0, 1.0), "lower clamp of the weight, in [0, 1]; paper: 0.2-0.3"),
         },
-        False,
+        logged=("weight",),
     ),
-    "mixce": (losses.mixce, {"eta": (0.8, _in_range(0.0, 1.0), "mixing ratio η in [0, 1]; 1 is MLE")}, False),
-    "emo": (
-        losses.emo,
+    "mixce": Entry(losses.mixce, losses.mixce_rule, {"eta": (0.8, _in_range(0.0, 1.0), "mixing ratio η in [0, 1]; 1 is MLE")},
+                   logged=("weight",)),
+    "emo": Entry(
+        losses.emo, losses.emo_rule,
         {
             "variant": ("emo1", _one_of(*losses.EMO_VARIANTS), "emo1 | emo2 | demd"),
             "ratio_clamp": (None, _positive_or_none, "cap of the stop-gradient ratio (official clamped class: 3.0)"),
             "weighting": ("token", _one_of(*losses.WEIGHTINGS), "token (official) | batch"),
             "gt_detach": (False, _one_of(True, False), "official LLaMA code's sg(q_y) subtraction (off by default)"),
         },
-        True,
+        needs_cost=True,
+        logged=("demd", "weight"),
+        token_wise=lambda params: params.get("weighting", "token") == "token",  # batch: the ratio of batch means
     ),
 }
 ALIASES = {"emo1": ("emo", {"variant": "emo1"}), "emo2": ("emo", {"variant": "emo2"}), "demd": ("emo", {"variant": "demd"})}
@@ -68,13 +85,33 @@ class Objective:
     cost: CostEmbedding | Tensor | None = None
 
     @property
+    def entry(self) -> Entry:
+        return OBJECTIVES[self.name]
+
+    @property
     def needs_cost(self) -> bool:
-        return OBJECTIVES[self.name][2]
+        return self.entry.needs_cost
+
+    @property
+    def logged(self) -> tuple[str, ...]:
+        return self.entry.logged
+
+    @property
+    def token_wise(self) -> bool:
+        return self.entry.token_wise(self.params)
+
+    def combine(self, ce: Tensor, demd: Tensor | None, q_y: Tensor | None, mean) -> losses.Combined:
+        """This objective's rule on per-token terms, `mean` being the caller's token mean (see losses.py)."""
+        return self.entry.rule(ce, demd, q_y, mean, **self.params)
 
     def __call__(self, logits: Tensor, labels: Tensor, num_items_in_batch=None) -> LossOutput:
-        fn = OBJECTIVES[self.name][0]
         extra = {"cost": self.cost} if self.needs_cost else {}
-        return fn(logits, labels, num_items_in_batch=num_items_in_batch, **extra, **self.params)
+        return self.entry.plain(logits, labels, num_items_in_batch=num_items_in_batch, **extra, **self.params)
+
+
+def needs_cost(name: str) -> bool:
+    """Whether objective `name` (an alias too) needs a cost embedding."""
+    return OBJECTIVES[resolve(name)[0]].needs_cost
 
 
 def resolve(name: str, params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -87,7 +124,7 @@ def resolve(name: str, params: dict[str, Any] | None = None) -> tuple[str, dict[
         params.update(fixed)
     if name not in OBJECTIVES:
         raise EmotuneError(f"unknown objective {name!r}; choose one of {sorted([*OBJECTIVES, *ALIASES])}")
-    spec = OBJECTIVES[name][1]
+    spec = OBJECTIVES[name].params
     unknown = sorted(set(params) - set(spec))
     if unknown:
         raise EmotuneError(f"objective {name!r} has no parameter {unknown[0]!r}; its parameters: {sorted(spec) or 'none'}")
@@ -102,17 +139,17 @@ def resolve(name: str, params: dict[str, Any] | None = None) -> tuple[str, dict[
 
 def build_objective(name: str, params: dict[str, Any] | None = None, cost: CostEmbedding | Tensor | None = None) -> Objective:
     name, full = resolve(name, params)
-    if OBJECTIVES[name][2] and cost is None:
+    if OBJECTIVES[name].needs_cost and cost is None:
         raise EmotuneError(f"objective {name!r} needs a cost embedding (build one with CostEmbedding.frozen(model))")
-    return Objective(name, full, cost if OBJECTIVES[name][2] else None)
+    return Objective(name, full, cost if OBJECTIVES[name].needs_cost else None)
 
 
 def describe() -> str:
     """A human-readable list of the objectives and their parameters (for `emotune losses`)."""
     lines = []
-    for name, (fn, spec, needs_cost) in OBJECTIVES.items():
-        lines.append(f"{name}{'  (needs a cost embedding)' if needs_cost else ''}: {fn.__doc__.strip().splitlines()[0]}")
-        for key, (default, _, description) in spec.items():
+    for name, entry in OBJECTIVES.items():
+        lines.append(f"{name}{'  (needs a cost embedding)' if entry.needs_cost else ''}: {entry.plain.__doc__.strip().splitlines()[0]}")
+        for key, (default, _, description) in entry.params.items():
             lines.append(f"    {key} = {default!r}    {description}")
     lines.append("aliases: " + ", ".join(f"{a} = {n}(variant={p['variant']!r})" for a, (n, p) in ALIASES.items()))
     return "\n".join(lines)

@@ -50,6 +50,7 @@ def _is_final(manifest: dict) -> bool:
     return isinstance(max_steps, int) and max_steps > 0 and manifest.get("step", -1) >= max_steps
 
 
+
 def read_checkpoint(path: str | os.PathLike, verify_hashes: bool = True) -> Checkpoint:
     """Read and verify one checkpoint folder; raise BadCheckpoint saying what is wrong."""
     path = Path(path)

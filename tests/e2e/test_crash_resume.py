@@ -2,7 +2,7 @@
 torch.equal to an uninterrupted run's, and every checkpoint-N of that run is there, complete and equal.
 
 The kills are deterministic: EMOTUNE_CRASH_AT=POINT:STEP[:RANK] makes the rank(s) SIGKILL themselves at a
-named point of the save (emotune/pipeline/crashpoint.py); the deepspeed launcher then kills the other
+named point of the save (emotune/train/crashpoint.py); the deepspeed launcher then kills the other
 rank, as a dead node would leave it. Every save (save_steps=1) also validates, prunes and exports.
 
 Cost: 8 launches of 2 ranks (1 reference, 6 killed, 1 to the end), 6 steps each at most; about 3.2 CPU-minutes
@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from test_train_fixtures import free_port, losses_from_log, run_config, tiny_setup
 
 from emotune.manifest import verify_checkpoint
-from emotune.pipeline import checkpoint as ckpt
+from emotune.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.e2e
 STEPS = 6
@@ -37,7 +37,7 @@ def launch(cfg_path: Path, crash: str | None = None) -> subprocess.CompletedProc
     if crash:
         env["EMOTUNE_CRASH_AT"] = crash
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-           "--module", "emotune.pipeline.train", str(cfg_path)]
+           "--module", "emotune.train.recipe", str(cfg_path)]
     start = time.time()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

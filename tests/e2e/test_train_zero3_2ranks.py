@@ -47,7 +47,7 @@ def test_two_ranks_match_one_rank(tmp_path):
     deepspeed = Path(sys.executable).parent / "deepspeed"
     start = time.time()
     r2 = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-                         "emotune.pipeline.train", str(two)], env=clean_env(), capture_output=True, text=True, timeout=300)
+                         "emotune.train.recipe", str(two)], env=clean_env(), capture_output=True, text=True, timeout=300)
     wall = time.time() - start
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     print(f"2-rank deepspeed launch wall time: {wall:.1f} s")

@@ -70,7 +70,7 @@ def test_training_stage_export_is_discovered(tmp_path):
     import torch
     from test_eval_fixtures import build_llama, build_tokenizer
 
-    from emotune.pipeline.checkpoint import export_checkpoint
+    from emotune.train.checkpoint import export_checkpoint
 
     tok = build_tokenizer(tmp_path / "tok")
     model = build_llama(None, len(tok))

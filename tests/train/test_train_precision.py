@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: the shared fixture modules
 
 from emotune.resources import shipped  # noqa: E402  (after the path set-up: this file also runs as a script)
 
@@ -80,8 +80,8 @@ def fp16_worker(tmp: str, out_path: str) -> None:
     from deepspeed.accelerator import get_accelerator
     from test_train_fixtures import run_config, tiny_setup
 
-    from emotune.pipeline.config import validate
-    from emotune.pipeline.train import run
+    from emotune.train.config import validate
+    from emotune.train.recipe import run
 
     type(get_accelerator()).is_fp16_supported = lambda self: True
     tmp = Path(tmp)
@@ -126,8 +126,9 @@ def main(tmp: str, out_path: str) -> None:
     from test_train_fixtures import run_config, tiny_setup
 
     from emotune.objectives.cost import normalize_rows
-    from emotune.pipeline.config import validate
-    from emotune.pipeline.train import run, setup_distributed
+    from emotune.train.config import validate
+    from emotune.train.distributed import setup_distributed
+    from emotune.train.recipe import run
 
     tmp = Path(tmp)
     rank, _ = setup_distributed()

@@ -9,8 +9,9 @@ import torch
 from test_train_fixtures import alpaca_rows, make_tokenizer, write_corpus
 
 from emotune.errors import EmotuneError
-from emotune.pipeline import data as D
-from emotune.pipeline.config import validate
+from emotune.train import batches as B
+from emotune.train import data as D
+from emotune.train.config import validate
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_instruction_splits_from_jsonl(tok, tmp_path):
 
 
 def test_collate_pads_right_with_ignored_labels():
-    batch = D.collate([(np.array([5, 6, 7]), np.array([-100, 6, 7])), (np.array([8]), np.array([8]))], pad_id=0)
+    batch = B.collate([(np.array([5, 6, 7]), np.array([-100, 6, 7])), (np.array([8]), np.array([8]))], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -147,31 +148,31 @@ def _split(n, width=4):
 
 def test_step_batches_deterministic_and_world_size_invariant():
     split = _split(40)
-    one = D.StepBatches(split, micro=2, world=1, accum=4, seed=1, pad_id=0)
-    two = D.StepBatches(split, micro=2, world=2, accum=2, seed=1, pad_id=0)
-    four = D.StepBatches(split, micro=2, world=4, accum=1, seed=1, pad_id=0)
+    one = B.StepBatches(split, micro=2, world=1, accum=4, seed=1, pad_id=0)
+    two = B.StepBatches(split, micro=2, world=2, accum=2, seed=1, pad_id=0)
+    four = B.StepBatches(split, micro=2, world=4, accum=1, seed=1, pad_id=0)
     assert one.steps_per_epoch == two.steps_per_epoch == 5
     for step in range(12):  # crosses an epoch boundary
         rows = lambda sb: sorted(tuple(r) for rank in range(sb.world) for b in sb.micro_batches(step, rank)
                                  for r in b["input_ids"].tolist())
         assert rows(one) == rows(two) == rows(four)
-    again = D.StepBatches(split, micro=2, world=2, accum=2, seed=1, pad_id=0)
+    again = B.StepBatches(split, micro=2, world=2, accum=2, seed=1, pad_id=0)
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(two.micro_batches(7, 1), again.micro_batches(7, 1)))
     # an epoch covers every example at most once; epochs are shuffled differently
     seen = [r for s in range(5) for rank in range(2) for b in two.micro_batches(s, rank) for r in b["input_ids"][:, 0].tolist()]
     assert len(seen) == len(set(seen)) == 40
     assert not torch.equal(two.permutation(0), two.permutation(1))
-    assert not torch.equal(D.StepBatches(split, 2, 2, 2, seed=2, pad_id=0).permutation(0), two.permutation(0))
+    assert not torch.equal(B.StepBatches(split, 2, 2, 2, seed=2, pad_id=0).permutation(0), two.permutation(0))
 
 
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(EmotuneError, match="fewer than one global batch of 16"):
-        D.StepBatches(_split(10), micro=4, world=2, accum=2, seed=0, pad_id=0)
+        B.StepBatches(_split(10), micro=4, world=2, accum=2, seed=0, pad_id=0)
 
 
 def test_eval_batches_equal_count_on_every_rank():
     split = _split(5)
-    per_rank = [D.eval_batches(split, 2, world=2, rank=r, pad_id=0) for r in range(2)]
+    per_rank = [B.eval_batches(split, 2, world=2, rank=r, pad_id=0) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == 2
     real = [row for batches in per_rank for b in batches for row, lab in zip(b["input_ids"].tolist(), b["labels"].tolist())
             if any(l != -100 for l in lab)]

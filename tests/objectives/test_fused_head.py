@@ -9,8 +9,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from emotune.objectives import CostEmbedding, build_objective
-from emotune.pipeline.fused_head import fused_causal_lm_loss, unfusable_reason
-from emotune.pipeline.loss_step import loss_step
+from emotune.train.fused_head import fused_causal_lm_loss, unfusable_reason
+from emotune.train.loss_step import loss_step
 
 V = 97
 

@@ -6,8 +6,8 @@ from safetensors import safe_open
 from test_train_fixtures import REPO, make_tiny_llama, make_tokenizer, single_rank
 
 from emotune.errors import EmotuneError
-from emotune.pipeline.config import validate
-from emotune.pipeline.model import build_cost, ensure_pad_token, load_model, output_vocab_size
+from emotune.train.config import validate
+from emotune.train.model import build_cost, ensure_pad_token, load_model, output_vocab_size
 from emotune.resources import shipped
 
 
@@ -39,7 +39,7 @@ def cfg_for(model_dir, **extra):
 
 
 def zero3_config():
-    from emotune.pipeline.train import deepspeed_config
+    from emotune.train.ds_config import deepspeed_config
 
     cfg = validate({"output_dir": "o", "model": {"name_or_path": "m"}, "data": {"train_files": ["x"]},
                     "deepspeed": str(shipped("deepspeed/zero3-cpu-test.json"))})

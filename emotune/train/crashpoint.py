@@ -4,7 +4,7 @@
     EMOTUNE_CRASH_AT=deepspeed_save:4:1         only rank 1 (here: after its first shard file)
 
 Unset (always, outside the crash test) this costs one environment lookup per save. The points, in
-the order a save passes them (emotune/pipeline/checkpoint.py):
+the order a save passes them (emotune/train/checkpoint.py):
 
     deepspeed_save         inside DeepSpeed's save_checkpoint, after this rank wrote its first file
     before_resumable       every rank's shards on disk and hashed, before the ledger and RESUMABLE

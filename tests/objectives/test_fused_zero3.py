@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 
 
@@ -62,7 +62,7 @@ def main(out_path: str) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from emotune.objectives import CostEmbedding, build_objective
-    from emotune.pipeline.loss_step import loss_step
+    from emotune.train.loss_step import loss_step
 
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # docs/training.md
     deepspeed.init_distributed(dist_backend="gloo")

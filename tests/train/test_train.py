@@ -12,9 +12,9 @@ from test_train_fixtures import losses_from_log, run_config, single_rank, tiny_s
 
 from emotune.launch.cli import main as cli_main
 from emotune.manifest import verify_checkpoint
-from emotune.pipeline import checkpoint as ckpt
-from emotune.pipeline.config import validate
-from emotune.pipeline.train import run
+from emotune.train import checkpoint as ckpt
+from emotune.train.config import validate
+from emotune.train.recipe import run
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +176,9 @@ def test_cli_errors_are_one_line(stage, tmp_path, capsys):
     assert "model.name_or_path: model directory /no/such/model not found" in capsys.readouterr().err
     import importlib.util
 
-    if importlib.util.find_spec("emotune.pipeline.fused_head") is None:  # until the fused head lands: a clear error
+    if importlib.util.find_spec("emotune.train.fused_head") is None:  # until the fused head lands: a clear error
         assert cli_main(["train", str(path), "fused_loss=true"]) == 2
-        assert "fused_loss=true needs emotune.pipeline.fused_head" in capsys.readouterr().err
+        assert "fused_loss=true needs emotune.train.fused_head" in capsys.readouterr().err
 
 
 def test_resume_with_another_world_size_is_refused(stage):

@@ -8,7 +8,7 @@ from torch import nn
 
 from emotune.errors import EmotuneError
 from emotune.manifest import verify_checkpoint
-from emotune.pipeline import checkpoint as ckpt
+from emotune.train import checkpoint as ckpt
 
 
 def test_merge_lora_equals_peft_merge_and_unload():

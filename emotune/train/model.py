@@ -241,11 +241,11 @@ def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
     from emotune.objectives.registry import OBJECTIVES, resolve
 
     name, _ = resolve(cfg.objective.name, cfg.objective.params)
-    if not OBJECTIVES[name][2]:
+    if not OBJECTIVES[name].needs_cost:
         return None
     source = cfg.objective.cost
     if source == "external":
-        from emotune.pipeline.cost import external_cost
+        from emotune.train.cost import external_cost
 
         return external_cost(cfg.objective.cost_source, vocab_size)
     if source == "adaptive":

@@ -155,7 +155,7 @@ class TrainConfig(_Strict):
     metric_for_best_model: Literal["eval_ce", "eval_ppl", "loss", "ce", "ppl"] = "eval_ce"
     greater_is_better: bool = False  # every metric above is a loss: lower is better
     # --- emotune ---
-    fused_loss: bool = True  # hidden states + LM head, never the [N, V] logits (emotune.pipeline.fused_head)
+    fused_loss: bool = True  # hidden states + LM head, never the [N, V] logits (emotune.train.fused_head)
     export_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"  # auto: the model's dtype
 
     @field_validator("report_to", mode="before")

@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from emotune.objectives import CostEmbedding, build_objective
-from emotune.pipeline.loss_step import loss_step
+from emotune.train.loss_step import loss_step
 
 
 def tiny():

@@ -82,7 +82,7 @@ def test_trainer_compute_loss_func_one_line(tmp_path):
 
 
 def test_external_cost_from_checkpoint_files(tmp_path):
-    from emotune.pipeline.cost import external_cost, load_lm_head
+    from emotune.train.cost import external_cost, load_lm_head
 
     big = tiny_llama(vocab=40)
     big.save_pretrained(tmp_path / "big")
@@ -115,7 +115,7 @@ def test_import_objectives_pulls_no_pipeline_deepspeed_or_datasets():
     code = (
         "import sys, emotune.objectives; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('deepspeed', 'datasets', 'transformers', 'peft', 'accelerate')"
-        " or m.startswith(('emotune.pipeline', 'emotune.eval', 'emotune.launch'))]; "
+        " or m.startswith(('emotune.train', 'emotune.eval', 'emotune.launch'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

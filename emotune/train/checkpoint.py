@@ -36,7 +36,7 @@ from emotune.atomic import publish_dir, read_json, write_json
 from emotune.atomic import write_text as atomic_write_text
 from emotune.errors import EmotuneError
 from emotune.manifest import BEST, CHECKPOINT_RE, COMPLETE, MANIFEST, sha256_file
-from emotune.pipeline.crashpoint import arm_deepspeed_save, crashpoint
+from emotune.train.crashpoint import arm_deepspeed_save, crashpoint
 
 RESUMABLE = "RESUMABLE"
 LEDGER = "ledger.json"

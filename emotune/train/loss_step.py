@@ -6,14 +6,14 @@
 `batch` holds input_ids, attention_mask, labels (unshifted, -100 = ignored) and optionally
 `num_items_in_batch`: the divisor of the summed per-token loss that makes gradient accumulation
 over micro-batches and data-parallel ranks equal one big batch (see train.py). The fused path
-(hidden states + LM-head weight, never the [N, V] logits) lives in `emotune.pipeline.fused_head`
+(hidden states + LM-head weight, never the [N, V] logits) lives in `emotune.train.fused_head`
 and takes the same batch.
 """
 
 from __future__ import annotations
 
 from emotune.objectives import LossOutput
-from emotune.pipeline.fused_head import fused_causal_lm_loss
+from emotune.train.fused_head import fused_causal_lm_loss
 
 
 def loss_step(model, batch: dict, objective, fused: bool) -> LossOutput:
