@@ -174,7 +174,7 @@ def loss_bench(device, s: dict, compile_modes) -> None:
             mem = peak_mb(device, base)
             table[f"v{v}_{name}"] = {"peak_mb": None if mem is None else round(mem, 1), "ms": round(best * 1e3, 2)}
             print(f"{v:>7} {name:<20}{'-' if mem is None else f'{mem:.0f}':>10}{best * 1e3:>10.1f}")
-        del hidden, weight, cost
+        hidden = weight = cost = None  # freed before the next vocabulary size
     FIGURES["loss"] = table
     for v in s["vocabs"]:
         t = lambda k: table[f"v{v}_{k}"]["ms"]  # noqa: E731
@@ -197,8 +197,8 @@ def train_bench(device, s: dict) -> None:
     import deepspeed
     from transformers import LlamaForCausalLM
 
-    from emotune.train.loss_step import loss_step
     from emotune.train.distributed import setup_distributed
+    from emotune.train.loss_step import loss_step
 
     setup_distributed()
     clock = Clock(device)

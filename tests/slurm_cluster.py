@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from system_programs import require
 
 BINARIES = {"munged": "munge", "mungekey": "munge", "munge": "munge", "slurmctld": "slurm-wlm",

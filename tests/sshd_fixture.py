@@ -86,7 +86,7 @@ def local_sshd(workdir: Path, listen: list[str] | None = None):
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise RuntimeError("sshd did not listen within 15 s")
+                    raise RuntimeError("sshd did not listen within 15 s") from None
                 time.sleep(0.1)
         yield LocalSshd(port, workdir / "ssh_config")
     finally:

@@ -11,6 +11,7 @@ import torch
 
 from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models on a shared 2-core machine: one thread for torch, faiss and BLAS. With two, OpenMP

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from emotune.errors import EmotuneError
-from emotune.resources import shipped
 from emotune.launch.launcher import (
     ENTRY_MODULE,
     LaunchPlan,
@@ -19,6 +18,7 @@ from emotune.launch.launcher import (
     sbatch_eval_script,
     sbatch_train_script,
 )
+from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from emotune.errors import EmotuneError
-from emotune.manifest import (COMPLETE, MANIFEST, BadCheckpoint, check_files, file_entries, files_digest, sha256_file,
-                              verify_checkpoint)
+from emotune.manifest import COMPLETE, MANIFEST, BadCheckpoint, check_files, file_entries, files_digest, sha256_file, verify_checkpoint
 
 
 def _checkpoint(tmp_path, files: dict[str, bytes], listed=None):

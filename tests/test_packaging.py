@@ -4,11 +4,11 @@ shipped configs resolve through emotune.resources (the user's own path first).""
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from emotune.resources import names, resolve, shipped, shipped_root
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from emotune.errors import EmotuneError
+from emotune.launch.launcher import LaunchPlan, sbatch_eval_script, sbatch_train_script
 from emotune.scheduling.runners import SlurmRunner, job_output_dir
 from emotune.scheduling.store import Row
-from emotune.launch.launcher import LaunchPlan, sbatch_eval_script, sbatch_train_script
 
 
 def row(task: str = "sst2", suite: str = "icl", **kw) -> Row:

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import torch
+
 from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[1]

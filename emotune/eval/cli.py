@@ -25,6 +25,7 @@ from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, wr
 from emotune.eval.task_data import check_task_data
 from emotune.tasks import Task, load_suite, load_task
 
+
 def make_retriever(opts: dict[str, Any], tokenizer):
     from emotune.eval.icl.retriever import TopkRetriever
 

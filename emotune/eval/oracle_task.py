@@ -19,13 +19,12 @@ import torch
 
 from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
-from emotune.eval.summary import TaskResult
-from emotune.synthetic.language import load_demo_language
 from emotune.eval.lm import next_token_logprobs, padded_batches
+from emotune.eval.summary import TaskResult
 from emotune.eval.task_files import OracleTaskFile
-from emotune.tasks import read_task_file
-from emotune.synthetic.language import SyntheticLanguage
+from emotune.synthetic.language import SyntheticLanguage, load_demo_language
 from emotune.synthetic.oracle import ORACLE_EPS, TokenOracle, smoothed_oracle_log_prob
+from emotune.tasks import read_task_file
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from emotune.tasks import read_task_file
 from emotune.synthetic.oracle import ORACLE_EPS
+from emotune.tasks import read_task_file
 
 
 class MmluPrompt(BaseModel):

@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError

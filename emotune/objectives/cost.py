@@ -96,7 +96,8 @@ class CostEmbedding:
     def matrix(self, device: torch.device | None = None) -> Tensor:
         """Ê as a `[V, H']` float32 tensor without gradient."""
         if self._matrix is None:
-            return normalize_rows(_full_copy(self._live) if hasattr(self._live, "ds_id") else self._live, self.eps).to(device or self._live.device)
+            live = _full_copy(self._live) if hasattr(self._live, "ds_id") else self._live
+            return normalize_rows(live, self.eps).to(device or self._live.device)
         if device is not None and self._matrix.device != torch.device(device):
             self._matrix = self._matrix.to(device)
         return self._matrix

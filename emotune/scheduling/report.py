@@ -245,7 +245,7 @@ def markdown_table(runs: list[RunData], tasks: list[str]) -> str:
         rows.append((r, step, [vals.get(t) for t in tasks] + [avg]))
     best = [max((row[2][i] for row in rows if row[2][i] is not None), default=None) for i in range(len(head) - 1)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + [":---:"] * (len(head) - 1)) + "|"]
-    for r, step, vals in sorted(rows, key=lambda x: _objective_rank(x[0])):
+    for r, _step, vals in sorted(rows, key=lambda x: _objective_rank(x[0])):
         cells = []
         for i, v in enumerate(vals):
             txt = f"{100 * v:.2f}" if v is not None else "–"
@@ -375,7 +375,8 @@ def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>emotune report</title>",
              "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-             "th{background:#eee}tr.best td{font-weight:bold;background:#fff6d5}img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
+             "th{background:#eee}tr.best td{font-weight:bold;background:#fff6d5}"
+             "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
              ".problems{color:#a00}</style></head><body>",
              "<h1>emotune report</h1>",
              "<p>Runs: " + ", ".join(f"<b>{html.escape(r.label)}</b> (<code>{html.escape(str(r.path))}</code>)"

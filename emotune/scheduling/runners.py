@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.scheduling.store import Row, Store
 from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
+from emotune.scheduling.store import Row, Store
 
 DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint")

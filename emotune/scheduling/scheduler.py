@@ -36,8 +36,18 @@ import yaml
 
 from emotune.errors import ArgumentParser, EmotuneError, yaml_error
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
-from emotune.scheduling.runners import (DEFAULT_EVAL_COMMAND, RESULT_FILE, SLURM_ALIVE, SLURM_FAILED, LocalRunner,
-                                  SlurmRunner, build_eval_command, job_output_dir, read_job_result, slurm_job_state)
+from emotune.scheduling.runners import (
+    DEFAULT_EVAL_COMMAND,
+    RESULT_FILE,
+    SLURM_ALIVE,
+    SLURM_FAILED,
+    LocalRunner,
+    SlurmRunner,
+    build_eval_command,
+    job_output_dir,
+    read_job_result,
+    slurm_job_state,
+)
 from emotune.scheduling.store import TERMINAL, Store, default_store_path
 
 log = logging.getLogger("emotune.scheduling.scheduler")
@@ -55,8 +65,8 @@ class Suite:
 
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
     """A suite of configs/eval/suites.yaml, or a YAML file listing task names / task file paths."""
-    from emotune.tasks import PROTOCOL, load_suite, load_task
     from emotune.resources import resolve as resolve_file
+    from emotune.tasks import PROTOCOL, load_suite, load_task
 
     path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
     if path.suffix in (".yaml", ".yml") and path.is_file():

@@ -268,7 +268,8 @@ def pack_texts(texts: Iterable[str], tokenizer, block_size: int, add_eos: bool =
     return blocks, {"documents": n_docs, "tokens": n_tokens, "blocks": n_blocks, "dropped_tail_tokens": len(buf) - n_blocks * block_size}
 
 
-def tokenize_instruction(tokenizer, instruction: str, input_: str | None, output: str, max_length: int) -> tuple[list[int], list[int], bool]:
+def tokenize_instruction(tokenizer, instruction: str, input_: str | None, output: str,
+                         max_length: int) -> tuple[list[int], list[int], bool]:
     """`(input_ids, labels, truncated)`: prompt labels -100, response + EOS are targets."""
     prompt_ids = tokenizer(alpaca_prompt(instruction, input_), add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -347,8 +348,10 @@ def build_splits(raw: RawSplits, tokenizer, cfg) -> tuple[TokenizedSplit, Tokeni
         blocks, stats = pack_texts(texts_of(raw.train, d.text_column, "training data"), tokenizer, d.block_size, d.add_eos,
                                    d.skip_empty, d.max_train_samples)
         train = TokenizedSplit(list(blocks), list(blocks), stats)
-        vblocks, vstats = pack_texts(texts_of(raw.validation, d.text_column, "validation data"), tokenizer, d.block_size,
-                                     d.add_eos, d.skip_empty, d.max_eval_samples) if raw.validation else (np.zeros((0, d.block_size), np.int64), {})
+        vblocks, vstats = (np.zeros((0, d.block_size), np.int64), {})
+        if raw.validation:
+            vblocks, vstats = pack_texts(texts_of(raw.validation, d.text_column, "validation data"), tokenizer, d.block_size,
+                                         d.add_eos, d.skip_empty, d.max_eval_samples)
         val = TokenizedSplit(list(vblocks), list(vblocks), vstats)
     else:
         ex, stats = tokenize_instructions(raw.train, tokenizer, d, d.max_train_samples, "training data")
@@ -368,7 +371,8 @@ def load_datasets(cfg, tokenizer, rank: int = 0, barrier: Callable[[], None] = l
     cache_dir = Path(d.cache_dir or Path(cfg.output_dir) / "data-cache")
 
     def key_for(fp: str) -> str:
-        return hashlib.sha256(json.dumps([fp, tokenizer_fingerprint(tokenizer), settings, cfg.seed], sort_keys=True).encode()).hexdigest()[:20]
+        key = json.dumps([fp, tokenizer_fingerprint(tokenizer), settings, cfg.seed], sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:20]
 
     def compute_or_load() -> tuple[TokenizedSplit, TokenizedSplit]:
         # Local files are fingerprinted by content, cheaply, before reading them all.

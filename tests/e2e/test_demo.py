@@ -9,7 +9,6 @@ import math
 import re
 
 import pytest
-
 from installed_venv import install_wheel
 
 pytestmark = pytest.mark.e2e

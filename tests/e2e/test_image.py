@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from system_programs import require
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 import yaml
-
-from emotune.tasks import load_suite
 from installed_venv import install_wheel
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
+
+from emotune.tasks import load_suite
 
 pytestmark = pytest.mark.e2e
 

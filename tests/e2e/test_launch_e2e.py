@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sshd_fixture import free_port, local_addresses, local_sshd, missing_programs
 from system_programs import require
 

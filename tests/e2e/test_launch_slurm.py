@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 from sshd_fixture import free_port
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 
-from emotune.launch.cli import main as emotune
-from emotune.synthetic.language import load_demo_language, write_demo_data
 from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
 from emotune.eval.oracle_task import test_perplexity as perplexity
+from emotune.launch.cli import main as emotune
+from emotune.synthetic.language import load_demo_language, write_demo_data
 from emotune.synthetic.oracle import TokenOracle
 
 

@@ -6,11 +6,11 @@ memory bound and the all-ignored batch."""
 import numpy as np
 import pytest
 import torch
+from objectives_reference import emo_value
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from emotune.objectives import CostEmbedding, build_objective
 from emotune.objectives.fused import default_chunk_size, fused_loss
-from objectives_reference import emo_value
 
 CASES = [
     ("mle", {}),

@@ -4,9 +4,9 @@ import numpy as np
 import ot
 import pytest
 import torch
+from objectives_reference import cost_matrix, softmax
 
 from emotune.objectives import CostEmbedding, CostEmbeddingError, demd_dense, demd_one_hot, emo, normalize_rows
-from objectives_reference import cost_matrix, softmax
 
 torch.manual_seed(0)
 

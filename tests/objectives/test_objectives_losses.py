@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from objectives_reference import cost_matrix, emo_value, per_token, softmax
 
 from emotune.objectives import build_objective, emo, mixce, mle, tailr
 from emotune.objectives.losses import mixce_weight, tailr_weight
-from objectives_reference import cost_matrix, emo_value, per_token, softmax
 
 
 def batch(B=3, T=6, V=11, H=4, seed=0, dtype=torch.float64, masked=True):

@@ -6,11 +6,11 @@ DEMD's cancellation for a confident model, LoRA on a bf16 LM head."""
 import numpy as np
 import pytest
 import torch
+from objectives_reference import per_token
+from precision_matrix import DTYPES, OBJECTIVES, TOLERANCE, UNIT_ROUNDOFF, errors, name_of
 
 from emotune.objectives import CostEmbedding, build_objective, emo, mle
 from emotune.objectives.fused import fused_loss
-from objectives_reference import per_token
-from precision_matrix import DTYPES, OBJECTIVES, TOLERANCE, UNIT_ROUNDOFF, errors, name_of
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from objectives_reference import emo_value, per_token
 
 from emotune.objectives import build_objective
-from objectives_reference import emo_value, per_token
 
 NAMES = ["mle", "tailr", "mixce", "emo", "emo2", "demd"]
 

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 
 import pytest
-from system_programs import require
 from scheduling_helpers import PY, env
+from system_programs import require
 
 from emotune.scheduling.store import Store, default_store_path
 
@@ -119,8 +119,8 @@ def test_report_renders_in_headless_chromium(tmp_path, runs):
 
 def test_best_checkpoint_marked_in_report_and_results(tmp_path, capsys):
     from emotune.atomic import write_json
-    from emotune.scheduling.report import make_report
     from emotune.launch.cli import main as cli_main
+    from emotune.scheduling.report import make_report
 
     run = make_run(tmp_path, "emo", 0.05)
     # before the run recorded a best checkpoint: no mark, and --best says why in one line

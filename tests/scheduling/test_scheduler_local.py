@@ -9,8 +9,7 @@ import subprocess
 import time
 
 import pytest
-from scheduling_helpers import (PY, counting_evaluator, env, read_invocations, write_checkpoint,
-                                write_model_checkpoint, write_suite)
+from scheduling_helpers import PY, counting_evaluator, env, read_invocations, write_checkpoint, write_model_checkpoint, write_suite
 
 from emotune.scheduling.store import Store, default_store_path
 

@@ -9,8 +9,8 @@ import torch
 from emotune.errors import EmotuneError
 from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
 from emotune.eval.oracle_task import test_perplexity as perplexity
-from emotune.synthetic.oracle import TokenOracle, smoothed_oracle_log_prob
 from emotune.synthetic.language import SyntheticLanguage, train_sentencepiece_tokenizer
+from emotune.synthetic.oracle import TokenOracle, smoothed_oracle_log_prob
 
 
 @pytest.fixture(scope="module")

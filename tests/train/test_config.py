@@ -7,10 +7,10 @@ import yaml
 
 from emotune.errors import EmotuneError
 from emotune.launch.cli import main as cli_main
+from emotune.resources import shipped
 from emotune.train.config import TrainConfig, apply_overrides, load_config, validate
 from emotune.train.ds_config import deepspeed_config
 from emotune.train.optim import lr_lambda
-from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(shipped("train").glob("*.yaml"))

@@ -3,12 +3,12 @@
 import pytest
 import torch
 from safetensors import safe_open
-from test_train_fixtures import REPO, make_tiny_llama, make_tokenizer, single_rank
+from test_train_fixtures import make_tiny_llama, make_tokenizer, single_rank
 
 from emotune.errors import EmotuneError
+from emotune.resources import shipped
 from emotune.train.config import validate
 from emotune.train.model import build_cost, ensure_pad_token, load_model, output_vocab_size
-from emotune.resources import shipped
 
 
 @pytest.fixture(scope="module")

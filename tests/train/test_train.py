@@ -250,7 +250,7 @@ def test_state_this_run_did_not_write_needs_the_opt_in(stage, caplog):
 
 
 def test_bad_rerun_leaves_the_recorded_run_untouched(stage, tmp_path, capsys):
-    root, setup, full = stage["root"], stage["setup"], stage["root"] / "full"
+    setup, full = stage["setup"], stage["root"] / "full"
     before = {p: p.read_bytes() for p in [full / "config.yaml", full / "train_log.jsonl", full / "best.json",
                                            *full.glob("checkpoint-*/manifest.json"), *full.glob("resume/*/RESUMABLE")]}
     assert yaml.safe_load(before[full / "config.yaml"])["output_dir"] == str(full)

@@ -141,7 +141,7 @@ def forward_reverse_ce(model: Any, reference: Any, seqs: Sequence[Sequence[int]]
     m, r = as_scorer(model), as_scorer(reference)
     fwd: list[float] = []
     rev: list[float] = []
-    for idx, ids, mask in lm.padded_batches([s for s in seqs if len(s) > 1], batch_size, longest_first=True):
+    for _idx, ids, mask in lm.padded_batches([s for s in seqs if len(s) > 1], batch_size, longest_first=True):
         lp_m = m.next_token_logprobs(ids, mask).float()
         lp_r = r.next_token_logprobs(ids, mask).float().to(lp_m.device)
         if vocab_size is not None:

@@ -32,9 +32,9 @@ from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.generation.sampling import generate_samples
 from emotune.eval.options import METRICS, generation_options  # noqa: F401 - METRICS: the metric names
+from emotune.eval.summary import TaskResult
 from emotune.eval.task_files import GenerationTaskFile
 from emotune.tasks import read_task_file
-from emotune.eval.summary import TaskResult
 
 SUITE = ["generation-wikitext2", "generation-wikitext103", "generation-webtext", "generation-ptb",
          "generation-writingprompts", "generation-agnews"]

@@ -20,13 +20,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from emotune.errors import EmotuneError
 from emotune.atomic import write_jsonl
+from emotune.errors import EmotuneError
 from emotune.eval.icl.classification import prompt_record, tokenize_groups
 from emotune.eval.icl.scorer import score_groups
-from emotune.eval.task_files import MmluPrompt, MmluTaskFile
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
+from emotune.eval.task_files import MmluPrompt, MmluTaskFile
 from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"

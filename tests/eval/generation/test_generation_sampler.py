@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_generation_fixtures import (
+    MARKETS,
+    SPORTS,
+    build_gpt2,
+    build_llama,
+    build_tokenizer,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+    sentences,
+)
 
 from emotune.eval.generation.sampling import generate_samples, row_seed, sample_batch
 from emotune.eval.generation.task import Example
-from test_generation_fixtures import one_thread  # noqa: F401 (autouse: one torch thread)
-from test_generation_fixtures import MARKETS, SPORTS, build_gpt2, build_llama, build_tokenizer, sentences
 
 
 @pytest.fixture(scope="module")

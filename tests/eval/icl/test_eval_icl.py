@@ -7,15 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread, rows, write_jsonl  # noqa: F401
 
 from emotune.errors import EmotuneError
 from emotune.eval.icl import mmlu
 from emotune.eval.icl.classification import build_ice, prepare, run_icl_task
 from emotune.eval.summary import read_summary
-from emotune.tasks import load_task, task_from_dict
 from emotune.launch.cli import main as emotune
-from test_eval_fixtures import (TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread,  # noqa: F401
-                                rows, write_jsonl)
+from emotune.tasks import load_task, task_from_dict
 
 
 class FixedRetriever:

@@ -25,12 +25,12 @@ except ImportError:  # the Makefile's test install puts it there; elsewhere: ski
     require(["openicl==0.1.8"], "the OpenICL cross-check", "pip install --no-deps openicl==0.1.8 evaluate==0.4.6; "
             "pip install rank_bm25==0.2.2 openai==3.57.0 (make test does)")
 
+from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_family, one_torch_thread, rows  # noqa: E402, F401
+
 from emotune.eval.icl.classification import openicl_ignore_id, prepare, run_icl_task, tokenize_groups  # noqa: E402
 from emotune.eval.icl.retriever import TopkRetriever, resolve_encoder  # noqa: E402
 from emotune.eval.icl.scorer import score_groups  # noqa: E402
 from emotune.tasks import task_from_dict  # noqa: E402
-from test_eval_fixtures import (TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_family,  # noqa: E402, F401
-                                one_torch_thread, rows)
 
 ICE_NUM = 8
 
@@ -53,9 +53,8 @@ def checkpoint(request, tmp_path_factory):
 
 @pytest.fixture
 def shims(monkeypatch):
-    from transformers import PreTrainedTokenizerBase
-
     import openicl.utils.collators as collators
+    from transformers import PreTrainedTokenizerBase
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "encode_plus", lambda self, *a, **k: self(*a, **k), raising=False)
     monkeypatch.setattr(collators.ListWrapper, "to", lambda self, *a, **k: self.data)
