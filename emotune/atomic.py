@@ -154,14 +154,18 @@ class AppendLog:
 # ----------------------------------------------------------------------------------------------
 # readers: the format each writer above writes; a missing or damaged file is one EmotuneError line
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    path = Path(path)
+def _read_text(path: Path, what: str) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise EmotuneError(f"{what} {path} not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise EmotuneError(f"{what} {path} is unreadable: {err}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    path = Path(path)
+    text = _read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -170,12 +174,7 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise EmotuneError(f"{what} {path} not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise EmotuneError(f"{what} {path} is unreadable: {err}") from None
+    text = _read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
