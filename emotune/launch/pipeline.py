@@ -193,6 +193,8 @@ def scheduler_args(ev: EvalPart) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    # One screen on purpose: validate everything, prepare, train each run beside the scheduler, drain,
+    # report; the order (and the exit status rule) is the whole command.
     ap = ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
                                  "lands, and write the report — one command.")
     ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")

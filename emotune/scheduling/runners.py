@@ -144,6 +144,9 @@ def read_job_result(path: Path) -> dict | None:
 
 def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     """Run one leased (checkpoint, task) evaluation to the end. Exit status 0 = recorded or not ours."""
+    # Long on purpose: the lease protocol (start, verify the files, run under a heartbeat, read the
+    # summary, finish) is one sequence whose every exit must leave the row in a known state; split
+    # into parts, the token checks and the kill-on-lost-lease path would be spread across them.
     from emotune.manifest import BadCheckpoint
     from emotune.scheduling.discovery import read_checkpoint
 

@@ -216,6 +216,8 @@ def _model_metrics(task, spec: GenerationSpec, opts: dict[str, Any], model, toke
 
 def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike, **options: Any) -> TaskResult:
     """Run one generation task on a loaded model; write `<out_dir>/<task>.generations.jsonl`."""
+    # A little over the usual length: it reads as the protocol's order (prefixes, samples, the
+    # predictions file, then each metric family), and its parts already live in _mauve / _model_metrics.
     from emotune.eval.generation import lm_metrics
     from emotune.eval.generation.rouge import rouge
 
