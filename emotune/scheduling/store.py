@@ -129,7 +129,6 @@ def _row(r: sqlite3.Row) -> Row:
     return Row(**d)
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def check_store_file(path: Path, create: bool) -> bool:
@@ -141,16 +140,16 @@ def check_store_file(path: Path, create: bool) -> bool:
         return False
     if not path.is_file():
         raise EmotuneError(f"{path}: is a directory, not a result store")
-    with open(path, "rb") as f:
-        head = f.read(len(SQLITE_MAGIC))
+    # Never open() the database file here: closing any descriptor of it drops every POSIX lock this
+    # process holds on it, including those of an SQLite connection in another thread (a job's heartbeat
+    # opening a second handle), which lost committed results. Size by stat; garbage is refused by
+    # SQLite itself on the first read in Store._open, before anything is written.
     wal = path.with_name(path.name + "-wal")
     # SQLite writes the header within moments of creating the file; an old 0-byte file is not a store
     # being created by another scheduler right now.
-    if not head and not (wal.is_file() and wal.stat().st_size) and time.time() - path.stat().st_mtime > 5:
+    st = path.stat()
+    if st.st_size == 0 and not (wal.is_file() and wal.stat().st_size) and time.time() - st.st_mtime > 5:
         raise EmotuneError(f"{path}: not a usable result store (an empty 0-byte file); move it away or restore it")
-    if head and head != SQLITE_MAGIC:
-        raise EmotuneError(f"{path}: not a usable result store (not an SQLite database: corrupt, or another file); "
-                           "move it away or restore it")
     return True
 
 
