@@ -299,6 +299,13 @@ def load_suite(name: str, config_dir: Path = CONFIG_DIR) -> list[Task]:
     if name not in suites:
         raise EmotuneError(f"{path}: unknown suite {name!r} (known: {', '.join(suites)})")
     members = suites[name]
+    if isinstance(members, dict):  # {evaluator: ..., tasks: [...]}
+        from emotune.harness_tasks import HARNESS, suite_evaluator
+
+        if suite_evaluator(members, f"{path}: suite {name!r}") == HARNESS:
+            raise EmotuneError(f"{path}: suite {name!r} is run by lm-evaluation-harness (evaluator: lm_eval), "
+                               f"not by our evaluator: emotune eval --suite {name} ... or --evaluator lm_eval")
+        members = members.get("tasks")
     if not isinstance(members, list) or not members:
         raise EmotuneError(f"{path}: key {name!r} must be a non-empty list of task names")
     return [load_task(str(t), config_dir) for t in members]

@@ -3,11 +3,13 @@
     emotune eval --model PATH --suite icl|mmlu|paper --out DIR [key=value ...]
     emotune eval --model PATH --tasks sst2,trec,my_task.yaml --out DIR [key=value ...]
     emotune eval my_task.yaml --model PATH --out DIR [key=value ...]
+    emotune eval --evaluator lm_eval --model PATH --tasks arc_easy,harness_task.yaml --out DIR [num_fewshot=0 ...]
 
 Task files, options and key=value settings mix in any order. Writes `DIR/<task>.predictions.jsonl` per
 task and `DIR/summary.json` (emotune.eval.summary) after every task, so an interrupted run resumes where it
 stopped: a finished task is not redone when it was made with the same settings (emotune.eval.resume), and
-a run with other settings is refused rather than mixed with it.
+a run with other settings is refused rather than mixed with it. `--evaluator lm_eval` (or a suite whose
+`evaluator:` is lm_eval) runs lm-evaluation-harness instead (emotune.eval.harness).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.task_data import check_task_data
-from emotune.tasks import Task, load_suite, load_task
+from emotune.harness_tasks import EVALUATORS, HARNESS, harness_suite, shipped_suite_entry, suite_evaluator
+from emotune.tasks import CONFIG_DIR, Task, load_suite, load_task
 
 
 def make_retriever(opts: dict[str, Any], tokenizer):
@@ -66,6 +69,9 @@ def _arguments(argv: list[str]):
     group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper)")
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
+    ap.add_argument("--evaluator", choices=EVALUATORS, help="emotune (default: the paper's protocol) or lm_eval "
+                    "(lm-evaluation-harness on harness task names / task YAMLs; key=value: num_fewshot, limit, "
+                    "batch_size, dtype, device, bootstrap_iters, trust_remote_code); default: the suite's")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
     # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
     args = ap.parse_intermixed_args(argv)
@@ -75,6 +81,25 @@ def _arguments(argv: list[str]):
             raise EmotuneError(f"argument {a!r}: expected a task file (*.yaml) or key=value; task names go in "
                                "--tasks a,b")
     return args, files
+
+
+def _evaluator(args) -> str:
+    """--evaluator, else the one the --suite declares (configs/eval/suites.yaml), else ours."""
+    if args.evaluator:
+        return args.evaluator
+    return suite_evaluator(shipped_suite_entry(args.suite), f"suite {args.suite}") if args.suite else "emotune"
+
+
+def _harness_specs(args, files: list[str]) -> list[str]:
+    """Harness task names / task file paths: the harness suite's, then --tasks, then the task files."""
+    specs = []
+    if args.suite:
+        entry = shipped_suite_entry(args.suite)
+        if suite_evaluator(entry, f"suite {args.suite}") != HARNESS:
+            raise EmotuneError(f"suite {args.suite!r} is not a harness suite (its evaluator is ours); "
+                               "give harness tasks with --tasks")
+        specs += [t.spec for t in harness_suite(entry, f"suite {args.suite}", base=CONFIG_DIR)]
+    return specs + [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
 
 
 def _tasks(args, files: list[str]) -> list[Task]:
@@ -124,6 +149,11 @@ def main(argv: list[str]) -> int:
         args, files = _arguments(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    if _evaluator(args) == HARNESS:
+        from emotune.eval.harness import run_harness
+
+        return run_harness(args.model, _harness_specs(args, files), Path(args.out),
+                           [a for a in args.overrides if a not in files], args.suite or "custom")
     opts = parse_overrides([a for a in args.overrides if a not in files])
     from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
 
@@ -187,9 +217,13 @@ def averages(results: dict[str, TaskResult]) -> dict[str, float]:
 
 
 def save_summary(out_dir: Path, model: str, suite: str, results: dict[str, TaskResult]):
-    """The common summary (emotune.eval.summary) plus an additive `averages` field; both writes atomic."""
+    """The common summary (emotune.eval.summary) plus an additive `averages` field, and the same results in
+    the harness's schema (results.json, emotune.eval.harness_schema); every write atomic."""
+    from emotune.eval.harness_schema import to_harness_results
+
     path = write_summary(out_dir, model, suite, list(results.values()))
     summary = read_summary(path)
     summary["averages"] = averages(results)
     write_json_atomic(path, summary)
+    write_json_atomic(path.parent / "results.json", to_harness_results(summary))
     return path, summary["averages"]

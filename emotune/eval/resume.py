@@ -38,7 +38,7 @@ def _digest(items: list[tuple[str, str]]) -> str:
 # what transformers loads from a model folder: weights, configs, tokenizer files, remote code, templates
 _MODEL_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken", ".py", ".jinja")
 # ... but not an evaluation's own outputs (`--out` may be the model folder) nor Trainer state
-_NOT_MODEL = {"summary.json", "job-result.json", "training_args.bin", "trainer_state.json"}
+_NOT_MODEL = {"summary.json", "results.json", "job-result.json", "training_args.bin", "trainer_state.json"}
 
 
 def _model_file(f: Path) -> bool:

@@ -21,6 +21,7 @@ from emotune.atomic import write_jsonl
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
+from emotune.stats import with_stderr
 from emotune.tasks import Task
 
 ICE_SEPARATOR = "\n"
@@ -115,6 +116,7 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
                 "index_split": task.index_split, "test_split": task.test_split, "limit": limit,
                 "max_tokens": max_tokens, "task_file": task.source, "ignore_token_id": openicl_ignore_id(tokenizer),
                 **retriever.settings()}
-    return TaskResult(task=task.name, kind="icl", metrics={"accuracy": correct / n if n else 0.0}, n_examples=n,
+    metrics = with_stderr({"accuracy": correct / n if n else 0.0}, {"accuracy": n})  # the harness's stderr
+    return TaskResult(task=task.name, kind="icl", metrics=metrics, n_examples=n,
                       predictions=pred_name, seconds=round(time.time() - start, 3), settings=settings)
 

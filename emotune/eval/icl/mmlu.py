@@ -27,6 +27,7 @@ from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
 from emotune.eval.task_files import MmluPrompt, MmluTaskFile
+from emotune.stats import with_stderr
 from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"
@@ -152,6 +153,8 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
     metrics = {"accuracy": sum(c for c, _ in per_subject.values()) / total,
                "accuracy_macro": sum(c / n for c, n in per_subject.values()) / len(per_subject)}
     metrics.update({f"subject/{s}": c / n for s, (c, n) in per_subject.items()})
+    # the harness's stderr for every proportion (the macro mean is not one: it has none)
+    metrics = with_stderr(metrics, {"accuracy": total, **{f"subject/{s}": n for s, (_, n) in per_subject.items()}})
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots, "subjects": len(per_subject),
                 "prompt": "opencompass mmlu_ppl", "limit_per_subject": limit, "task_file": task.source,
                 "ignore_token_id": ignore}

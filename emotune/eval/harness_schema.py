@@ -1,0 +1,75 @@
+"""Our summary in lm-evaluation-harness's results schema (`DIR/results.json` beside `DIR/summary.json`).
+
+So that tools written for the harness (its `make_table`, leaderboards, notebooks) read our evaluations:
+
+    {"results": {"sst2": {"alias": "sst2", "acc,none": 0.875, "acc_stderr,none": 0.031, ...}},
+     "versions": {"sst2": "emotune-2"}, "n-shot": {"sst2": 8},
+     "configs": {"sst2": {"task": "sst2", "output_type": "multiple_choice", ...}},
+     "higher_is_better": {"sst2": {"acc": true}}, "n-samples": {"sst2": {"original": 872, "effective": 872}},
+     "config": {"model": "emotune", "model_args": "pretrained=..."}, "emotune_version": "..."}
+
+Our `accuracy` is the harness's `acc` (its stderr `acc_stderr`, the harness's formula: emotune.stats);
+every other metric keeps its name, with the harness's `,none` filter suffix. A summary written by the
+harness evaluator (kind `lm_eval`) already uses the harness's names. No torch, no lm_eval import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emotune import __version__
+
+RENAME = {"accuracy": "acc"}  # ours -> the harness's name for the same quantity
+LOWER_IS_BETTER = ("ppl", "ce", "nll", "loss", "perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
+OUTPUT_TYPE = {"icl": "multiple_choice", "mmlu": "multiple_choice", "generation": "generate_until",
+               "oracle": "loglikelihood_rolling"}
+
+
+def harness_name(name: str) -> str:
+    stderr = name.endswith("_stderr")
+    base = name.removesuffix("_stderr")
+    return RENAME.get(base, base) + ("_stderr" if stderr else "")
+
+
+def higher_is_better(name: str) -> bool | None:
+    """Direction of a metric by its name (None where a name does not say)."""
+    base = name.split("/")[0].lower()
+    if any(base == k or base.startswith(k + "_") or base.endswith("_" + k) for k in LOWER_IS_BETTER):
+        return False
+    if base.startswith(("acc", "mauve", "rouge", "exact_match", "f1", "win")):
+        return True
+    return None
+
+
+def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
+    """The harness's results dict for one of our summaries (emotune.eval.summary format)."""
+    out: dict[str, Any] = {"results": {}, "versions": {}, "n-shot": {}, "configs": {}, "higher_is_better": {},
+                           "n-samples": {}, "group_subtasks": {},
+                           "config": {"model": "emotune", "model_args": f"pretrained={summary.get('model')}"},
+                           "model_name": summary.get("model"), "emotune_version": summary.get("emotune_version",
+                                                                                              __version__)}
+    for name, r in (summary.get("tasks") or {}).items():
+        metrics = {k: v for k, v in (r.get("metrics") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        settings = r.get("settings") or {}
+        kind = r.get("kind", "")
+        names = {k: k if kind == "lm_eval" else harness_name(k) for k in metrics}
+        out["results"][name] = {"alias": name, **{f"{names[k]},none": float(v) for k, v in metrics.items()}}
+        out["versions"][name] = settings.get("version") or f"emotune-{_protocol()}"
+        shots = settings.get("n_shot", settings.get("ice_num", settings.get("shots", 0)))
+        out["n-shot"][name] = int(shots) if isinstance(shots, int) else 0
+        out["configs"][name] = {"task": name, "output_type": OUTPUT_TYPE.get(kind, kind), "evaluator":
+                                settings.get("evaluator", "emotune"), "kind": kind,
+                                "task_file": settings.get("task_file"), "scoring": settings.get("scoring"),
+                                "metadata": {"version": out["versions"][name]}}
+        out["higher_is_better"][name] = {names[k]: higher_is_better(names[k]) for k in metrics
+                                         if not names[k].endswith("_stderr")}
+        n = int(r.get("n_examples") or 0)
+        out["n-samples"][name] = {"original": int(settings.get("n_original") or n), "effective": n}
+    return out
+
+
+def _protocol() -> int:
+    from emotune.tasks import PROTOCOL
+
+    return PROTOCOL

@@ -1,0 +1,137 @@
+"""lm-evaluation-harness tasks and suites as data (yaml only, no torch, no lm_eval import).
+
+A suite run by the harness instead of our evaluator says so:
+
+    # configs/eval/suites.yaml, or a suite file of your own
+    harness: {evaluator: lm_eval, tasks: [arc_easy, hellaswag, my_task.yaml]}
+
+Its members are harness task names (the harness's registry: `hellaswag`, `arc_easy`, ...) or harness task
+YAML files (the harness's own format: `task`, `dataset_path`, `output_type`, `doc_to_text`, ...), given by
+path. The evaluator (emotune.eval.harness) runs them with `lm_eval.simple_evaluate`; the scheduler only
+needs what this module reads: each member's task name (how the results are keyed) and the text of its
+file (what the suite version hashes).
+
+A harness YAML may hold the harness's `!function module.name` tag; it is read here as plain text (the file
+is still read with yaml's safe loader: nothing is constructed or run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emotune.errors import EmotuneError, yaml_error
+
+HARNESS = "lm_eval"  # the `evaluator:` of a harness suite
+EVALUATORS = ("emotune", HARNESS)
+INSTALL_HINT = "pip install 'emotune[harness]'"
+
+
+class _HarnessYamlLoader(yaml.SafeLoader):
+    """yaml's safe loader that reads the harness's `!function x.y` tag as the string 'x.y'."""
+
+
+_HarnessYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+@dataclass(frozen=True)
+class HarnessTask:
+    name: str  # the harness task name: its registry name, or a YAML file's `task:`
+    spec: str  # what the evaluator's --tasks gets: the name, or the YAML file's absolute path
+    text: str = ""  # a YAML file's content (hashed into the suite version); "" for a registry name
+
+
+def is_task_file(spec: str) -> bool:
+    return Path(spec).suffix in (".yaml", ".yml")
+
+
+def read_harness_task_file(path: str | Path) -> HarnessTask:
+    """A harness task YAML: its `task:` name, checked to be one directory name (it names the output folder)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+        cfg = yaml.load(text, Loader=_HarnessYamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except OSError as err:
+        raise EmotuneError(f"{path}: cannot read harness task file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a harness task file is YAML") from None
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
+    if not isinstance(cfg, dict):
+        raise EmotuneError(f"{path}: a harness task file must be a YAML mapping (task, dataset_path, ...)")
+    name = cfg.get("task")
+    if isinstance(name, list) or "group" in cfg:
+        raise EmotuneError(f"{path}: harness groups are not supported here; give each task's file or name")
+    if not isinstance(name, str) or not name:
+        raise EmotuneError(f"{path}: missing key 'task' (the harness task's name)")
+    from emotune.tasks import NAME_RE
+
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise EmotuneError(f"{path}: key 'task' must be letters, digits, '.', '_' or '-' (it becomes a "
+                           f"directory and job name; got {name!r})")
+    return HarnessTask(name, str(path.resolve()), text)
+
+
+def harness_task(spec: str, base: Path | None = None) -> HarnessTask:
+    """A suite member: a harness YAML file (relative paths from `base` if the file is there) or a task name."""
+    if is_task_file(spec):
+        p = Path(spec)
+        if not p.is_absolute() and base is not None and (base / p).is_file():
+            p = base / p
+        return read_harness_task_file(p)
+    from emotune.tasks import NAME_RE
+
+    if not NAME_RE.fullmatch(spec):
+        raise EmotuneError(f"harness task {spec!r}: not a task name (letters, digits, '.', '_', '-') or a .yaml file")
+    return HarnessTask(spec, spec)
+
+
+def suite_evaluator(entry: Any, source: str) -> str:
+    """Which evaluator a suite entry (a list of tasks, or a mapping with `tasks` [+ `evaluator`]) asks for."""
+    if not isinstance(entry, dict):
+        return "emotune"
+    evaluator = entry.get("evaluator", "emotune")
+    if evaluator not in EVALUATORS:
+        raise EmotuneError(f"{source}: key 'evaluator' must be one of {', '.join(EVALUATORS)} (got {evaluator!r})")
+    unknown = sorted(set(entry) - {"evaluator", "tasks"})
+    if unknown:
+        raise EmotuneError(f"{source}: unknown key {unknown[0]!r} in a suite (known: evaluator, tasks)")
+    return evaluator
+
+
+def harness_suite(entry: dict, source: str, base: Path | None = None) -> list[HarnessTask]:
+    """The members of a harness suite entry, each read (task files) and with distinct names."""
+    members = entry.get("tasks")
+    if not isinstance(members, list) or not members:
+        raise EmotuneError(f"{source}: key 'tasks' must be a non-empty list of harness task names or task files")
+    tasks = [harness_task(str(m), base) for m in members]
+    names = [t.name for t in tasks]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise EmotuneError(f"{source}: harness task {dup!r} appears twice (its results would overwrite each other)")
+    return tasks
+
+
+def shipped_suite_entry(name: str) -> Any | None:
+    """The entry of `name` in the shipped configs/eval/suites.yaml (None when there is none)."""
+    from emotune.tasks import CONFIG_DIR
+
+    path = CONFIG_DIR / "suites.yaml"
+    try:
+        suites = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # load_suite reports it
+    return suites.get(name) if isinstance(suites, dict) else None
+
+
+def lm_eval_version() -> str | None:
+    """The installed harness's version (its task definitions change with it), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return None
