@@ -96,9 +96,6 @@ def suite_evaluator(entry: Any, source: str) -> str:
     evaluator = entry.get("evaluator", "emotune")
     if evaluator not in EVALUATORS:
         raise EmotuneError(f"{source}: key 'evaluator' must be one of {', '.join(EVALUATORS)} (got {evaluator!r})")
-    unknown = sorted(set(entry) - {"evaluator", "tasks"})
-    if unknown:
-        raise EmotuneError(f"{source}: unknown key {unknown[0]!r} in a suite (known: evaluator, tasks)")
     return evaluator
 
 

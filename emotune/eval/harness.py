@@ -45,8 +45,10 @@ class HarnessOptions(_Options):
     batch_size: Positive = Field(8, description="requests per model call")
     dtype: str = Field("auto", description="float32 | bfloat16 | float16 | auto (bf16 on a GPU that has it, else fp32)")
     device: str | None = Field(None, description="cpu | cuda | cuda:1 ... (default cuda if available)")
-    bootstrap_iters: NonNegative = Field(0, description="bootstrap resamples for the stderr of metrics without a "
-                                         "closed form (0: none; accuracy's stderr is closed-form either way)")
+    bootstrap_iters: NonNegative = Field(100000, description="the harness's bootstrap resamples for the stderr of "
+                                         "metrics without a closed form (acc's is closed-form; 0 = no stderrs)")
+    progress: Flag = Field(True, description="accepted for the scheduler's command line; the harness draws its "
+                           "own progress bars")
     trust_remote_code: Flag = Field(False, description="run the checkpoint's own Python code (only if you trust it)")
 
 
@@ -189,7 +191,7 @@ def run_harness(model: str, specs: list[str], out_dir: Path, overrides: list[str
         model="hf", model_args={"pretrained": model, "dtype": dtype, "device": device,
                                 "trust_remote_code": opts["trust_remote_code"]},
         tasks=list(built.values()), task_manager=manager, num_fewshot=opts["num_fewshot"],
-        batch_size=opts["batch_size"], device=device, limit=opts["limit"], bootstrap_iters=opts["bootstrap_iters"],
+        batch_size=opts["batch_size"], limit=opts["limit"], bootstrap_iters=opts["bootstrap_iters"],
         log_samples=True)  # the harness's own default seeds (few-shot sampling)
     seconds = round(time.time() - start, 3)
     write_harness_outputs(out_dir, model, suite, tasks, results, opts, seconds, previous)

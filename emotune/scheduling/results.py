@@ -1,6 +1,7 @@
 """`emotune results RUN_DIR [--json] [--best]`: what the result store holds for a run.
 
-The table has one line per checkpoint step and a column per task (the task's main metric), plus the
+The table has one line per checkpoint step and a column per task (the task's main metric, with its
+standard error `± se` where the evaluator gave one: `<metric>_stderr`, emotune.stats), plus the
 average and the job states; `--json` prints every row (metrics, timings, host, status, error). The
 run's best checkpoint (best.json: lowest validation loss by default) is marked `*`; `--best` shows
 only its rows.
@@ -19,13 +20,24 @@ from emotune.scheduling.store import Row, Store, default_store_path
 MAIN_METRICS = ("accuracy", "acc", "mauve", "accuracy_macro", "exact_match")
 
 
-def main_metric(metrics: dict[str, float] | None) -> float | None:
+def main_metric_name(metrics: dict[str, float] | None) -> str | None:
     if not metrics:
         return None
     for k in MAIN_METRICS:
         if k in metrics:
-            return metrics[k]
-    return next(iter(sorted(metrics.items())))[1]
+            return k
+    return min((k for k in metrics if not k.endswith("_stderr")), default=min(metrics))
+
+
+def main_metric(metrics: dict[str, float] | None) -> float | None:
+    name = main_metric_name(metrics)
+    return None if name is None else metrics[name]
+
+
+def main_stderr(metrics: dict[str, float] | None) -> float | None:
+    """The standard error of the main metric (`<metric>_stderr`, emotune.stats), where the evaluator gave one."""
+    name = main_metric_name(metrics)
+    return None if name is None else metrics.get(f"{name}_stderr")
 
 
 def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
@@ -62,7 +74,7 @@ def table(rows: list[Row], best_step: int | None = None) -> str:
             v = main_metric(r.metrics) if r.status == "finished" else None
             if v is not None:
                 vals.append(v)
-            cells.append(f"{100 * v:.2f}" if v is not None and 0 <= v <= 1 else (f"{v:.4g}" if v is not None else r.status))
+            cells.append(_cell(v, main_stderr(r.metrics)) if v is not None else r.status)
         cells.append(f"{100 * sum(vals) / len(vals):.2f}" if vals and len(vals) == len(tasks) else "-")
         cells.append(" ".join(f"{n} {s}" for s, n in sorted(states.items())))
         lines.append(cells)
@@ -76,6 +88,13 @@ def table(rows: list[Row], best_step: int | None = None) -> str:
     for r in problems:
         out.append(f"{r.status}: step {r.step} {r.task}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
     return "\n".join(out)
+
+
+def _cell(v: float, se: float | None) -> str:
+    """A 0..1 score in percent (`87.50 ± 3.10` with its standard error), anything else as it is."""
+    if 0 <= v <= 1:
+        return f"{100 * v:.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
+    return f"{v:.4g}" + (f" ± {se:.2g}" if se is not None else "")
 
 
 def main(argv: list[str]) -> int:

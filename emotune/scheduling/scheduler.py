@@ -35,7 +35,9 @@ from typing import Callable
 import yaml
 
 from emotune.errors import ArgumentParser, EmotuneError, yaml_error
+from emotune.harness_tasks import HARNESS
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
+from emotune.scheduling.harness_suite import harness_eval_command, resolve_harness_suite
 from emotune.scheduling.runners import (
     DEFAULT_EVAL_COMMAND,
     RESULT_FILE,
@@ -61,6 +63,7 @@ class Suite:
     version: str  # changes whenever a task definition or the evaluation command changes
     tasks: tuple[str, ...]  # what the evaluator's --tasks gets: a task name or a task file's path
     labels: tuple[str, ...] = field(default=())  # the task names, as the evaluator's summary.json keys them
+    evaluator: str = "emotune"  # or "lm_eval": lm-evaluation-harness (emotune.scheduling.harness_suite)
 
 
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
@@ -68,6 +71,9 @@ def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Sui
     from emotune.resources import resolve as resolve_file
     from emotune.tasks import PROTOCOL, load_suite, load_task
 
+    harness = resolve_harness_suite(name, eval_args)  # {evaluator: lm_eval, tasks: [...]}
+    if harness is not None:
+        return Suite(*harness, evaluator=HARNESS)
     path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         try:
@@ -356,6 +362,8 @@ def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
     build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c")  # validate
     check_scheduler_args(args)
     suite = resolve_suite(suite_name, args.eval_arg)
+    if suite.evaluator == HARNESS and args.eval_command == DEFAULT_EVAL_COMMAND:
+        eval_command = harness_eval_command(eval_command)
     store_path = str(Path(args.store or default_store_path(run)).resolve())
     store = Store(store_path)
     runner = build_runner(args, store_path, eval_command, run)

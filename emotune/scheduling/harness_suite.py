@@ -1,0 +1,57 @@
+"""Suites run by lm-evaluation-harness: what the scheduler needs to know about them (no torch, no lm_eval).
+
+A suite entry `{evaluator: lm_eval, tasks: [...]}` (in configs/eval/suites.yaml or a suite file of your own)
+is scheduled like ours, one job per (checkpoint, harness task), each running
+`emotune eval --evaluator lm_eval --tasks TASK` (emotune.eval.harness). Its version hashes the members'
+names, the text of their task files (not their paths), the `--eval-arg` settings and the installed
+harness's version (its registry's task definitions change with it), so any of them changing re-evaluates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from emotune.errors import EmotuneError, yaml_error
+from emotune.harness_tasks import HARNESS, harness_suite, lm_eval_version, shipped_suite_entry, suite_evaluator
+
+
+def _suite_file_entry(name: str) -> tuple[object, Path] | None:
+    from emotune.resources import resolve as resolve_file
+
+    path = resolve_file(name)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8")), path
+    except UnicodeDecodeError:
+        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
+
+
+def resolve_harness_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()):
+    """(suite name, version, task specs, task names) of a harness suite, or None for one of ours."""
+    found = _suite_file_entry(name)
+    if found is not None:
+        entry, path = found
+        source, base, suite_name = str(path), path.parent, path.stem
+    else:
+        from emotune.tasks import CONFIG_DIR
+
+        entry, source, base, suite_name = shipped_suite_entry(name), f"suite {name}", CONFIG_DIR, name
+    if suite_evaluator(entry, source) != HARNESS:
+        return None
+    tasks = harness_suite(entry, source, base)
+    digest = hashlib.sha256(json.dumps({"harness": [[t.name, t.text or t.spec] for t in tasks],
+                                        "eval_args": list(eval_args), "lm_eval": lm_eval_version()},
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    return suite_name, digest, tuple(t.spec for t in tasks), tuple(t.name for t in tasks)
+
+
+def harness_eval_command(default_command: str) -> str:
+    """The default evaluator command, run as the harness evaluator."""
+    return default_command.replace(" eval ", " eval --evaluator lm_eval ", 1)
