@@ -544,6 +544,55 @@ def _(w, d):
         str(w.evalout / "summary.json")]
 
 
+# --- eval --evaluator lm_eval (lm-evaluation-harness; its registry index takes ~10-20 s, so only one case needs it)
+def harness_yaml(d: Path, body: str | None = None, **keys) -> Path:
+    """A harness multiple-choice task over a local JSON file in `d` (good unless `keys` / `body` break it)."""
+    data = d / "mc.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(["a b", "c d"])))
+    cfg = {"task": "bad_mc", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+           "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{text}} It is",
+           "doc_to_choice": ["yes.", "no."], "doc_to_target": "label", **keys}
+    p = d / "harness.yaml"
+    p.write_text(body if body is not None else yaml.safe_dump(cfg))
+    return p
+
+
+def hv(w, d, task: str, *extra):
+    return ["eval", "--evaluator", "lm_eval", "--model", str(w.model), "--tasks", task, "--out", str(d / "o"), *extra]
+
+
+CASES += [
+    ("eval-harness-unknown-task", lambda w, d: (hv(w, d, "no_such_harness_task"), ["no_such_harness_task", "registry"])),
+    ("eval-harness-yaml-syntax", lambda w, d: (hv(w, d, str(harness_yaml(d, "task: t\ndoc_to_text: [a\n"))),
+                                               [str(d / "harness.yaml"), "line "])),
+    ("eval-harness-yaml-no-task", lambda w, d: (hv(w, d, str(harness_yaml(d, "dataset_path: json\n"))),
+                                                [str(d / "harness.yaml"), "'task'"])),
+    ("eval-harness-yaml-output-type", lambda w, d: (hv(w, d, str(harness_yaml(d, output_type="nonsense"))),
+                                                    [str(d / "harness.yaml"), "output_type"])),
+    ("eval-harness-yaml-missing-column", lambda w, d: (hv(w, d, str(harness_yaml(d, doc_to_text="{{nope}} It is"))),
+                                                       [str(d / "harness.yaml"), "nope"])),
+    ("eval-harness-yaml-data-missing", lambda w, d: (
+        hv(w, d, str(harness_yaml(d, dataset_kwargs={"data_files": {"test": str(d / "gone.jsonl")}}))),
+        [str(d / "harness.yaml"), "gone.jsonl"])),
+    ("eval-harness-bad-option", lambda w, d: (hv(w, d, "arc_easy", "num_fewshot=-1"), ["num_fewshot"])),
+    ("eval-harness-our-option", lambda w, d: (hv(w, d, "arc_easy", "encoder=x"), ["encoder", "lm_eval"])),
+]
+
+
+@case("watch-harness-suite-bad-task-file")
+def _(w, d):
+    suite = d / "harness-suite.yaml"
+    suite.write_text(yaml.safe_dump({"evaluator": "lm_eval", "tasks": [str(harness_yaml(d, "dataset_path: json\n"))]}))
+    return watch(suite=suite)(w), [str(d / "harness.yaml"), "'task'"]
+
+
+@case("watch-suite-unknown-evaluator")
+def _(w, d):
+    suite = d / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"evaluator": "helm", "tasks": [str(w.good_task)]}))
+    return watch(suite=suite)(w), [str(suite), "evaluator", "helm"]
+
+
 # --- watch
 def watch(*extra, suite=None):
     return lambda w: ["watch", str(w.run), "--suite", str(suite or w.suite), "--once", *extra]
@@ -821,6 +870,16 @@ def test_bad_input_real_entry_point(world, name):
     res = subprocess.run([sys.executable, "-m", "emotune", *argv], capture_output=True, text=True, cwd=world.root,
                          env=env, timeout=300)
     check_outcome(res.returncode, res.stderr, argv[0], names, before, snapshot(world.root))
+
+
+def test_harness_not_installed_is_one_line(world, capfd, monkeypatch):
+    """Without lm_eval, `--evaluator lm_eval` says how to install it, in one line, before any work."""
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # what an environment without the package looks like to import
+    before = snapshot(world.root)
+    rc = cli_main(["eval", "--evaluator", "lm_eval", "--model", str(world.model), "--tasks", "arc_easy",
+                   "--out", str(world.root / "o-harness")])
+    _, err = capfd.readouterr()
+    check_outcome(rc, err, "eval", ["lm_eval", "pip install 'emotune[harness]'"], before, snapshot(world.root))
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

@@ -76,7 +76,11 @@ def parse_harness_options(items: list[str]) -> dict[str, Any]:
 
 
 def require_lm_eval() -> None:
-    if importlib.util.find_spec("lm_eval") is None:
+    try:
+        spec = importlib.util.find_spec("lm_eval")
+    except (ImportError, ValueError):  # a broken or blocked installation
+        spec = None
+    if spec is None:
         raise EmotuneError(f"--evaluator lm_eval needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
 
 
@@ -114,7 +118,7 @@ def _task_manager(tasks: list[HarnessTask]):
 
 def build_tasks(tasks: list[HarnessTask], manager) -> dict[str, Any]:
     """Every task built by the harness (its dataset loaded), before the model: one line per problem."""
-    from lm_eval.tasks import get_task_dict
+    import datasets
 
     known = set(manager.all_tasks)
     for t in tasks:
@@ -123,13 +127,19 @@ def build_tasks(tasks: list[HarnessTask], manager) -> dict[str, Any]:
                 else f"unknown harness task {t.name!r} (not in lm_eval {lm_eval_version()}'s registry)"
             raise EmotuneError(where)
     built: dict[str, Any] = {}
-    for t in tasks:
-        try:
-            built.update(get_task_dict([t.name], manager))
-        except Exception as err:  # noqa: BLE001 - the harness raises anything from a bad task config
-            src = t.spec if t.text else f"harness task {t.name!r}"
-            raise EmotuneError(f"{src}: the harness cannot build task {t.name!r}: {type(err).__name__}: "
-                               f"{one_line(err)}") from None
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a bad task's error stays the only line
+    try:
+        for t in tasks:
+            try:
+                built.update(manager.load([t.name])["tasks"])
+            except Exception as err:  # noqa: BLE001 - the harness raises anything from a bad task config
+                src = t.spec if t.text else f"harness task {t.name!r}"
+                raise EmotuneError(f"{src}: the harness cannot build task {t.name!r}: {type(err).__name__}: "
+                                   f"{one_line(err)}") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return built
 
 

@@ -33,6 +33,10 @@ def harness_name(name: str) -> str:
 
 def higher_is_better(name: str) -> bool | None:
     """Direction of a metric by its name (None where a name does not say)."""
+    if name.endswith(("_std", "_stderr")):  # a spread, not a score
+        return None
+    if name.startswith("subject/"):  # MMLU's per-subject accuracy
+        return True
     base = name.split("/")[0].lower()
     if any(base == k or base.startswith(k + "_") or base.endswith("_" + k) for k in LOWER_IS_BETTER):
         return False

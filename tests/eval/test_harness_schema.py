@@ -1,0 +1,81 @@
+"""Our summary in lm-evaluation-harness's results schema, read back by the harness's own table writer;
+the harness's metric names mapped into the store's; harness suites read by the scheduler."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import yaml
+
+from emotune.eval.harness import harness_metrics, metric_name
+from emotune.eval.harness_schema import to_harness_results
+from emotune.eval.summary import TaskResult
+from emotune.stats import with_stderr
+
+SCHEMA_KEYS = {"results", "versions", "n-shot", "configs", "higher_is_better", "n-samples"}
+
+
+def _summary():
+    icl = TaskResult("sst2", "icl", with_stderr({"accuracy": 0.875}, {"accuracy": 8}), 8, "sst2.predictions.jsonl",
+                     settings={"ice_num": 8, "scoring": "full", "limit": None})
+    mmlu = TaskResult("mmlu", "mmlu", with_stderr({"accuracy": 0.5, "accuracy_macro": 0.5, "subject/law": 0.5},
+                                                  {"accuracy": 4, "subject/law": 4}), 4, settings={"shots": 5})
+    gen = TaskResult("gen", "generation", {"mauve": 0.9, "mauve_std": 0.01, "ppl_test": 12.0}, 10)
+    return {"model": "m", "suite": "s", "emotune_version": "0", "tasks": {r.task: asdict(r) for r in (icl, mmlu, gen)}}
+
+
+def test_our_summary_in_the_harness_schema_reads_with_its_make_table():
+    utils = pytest.importorskip("lm_eval.utils")
+    out = json.loads(json.dumps(to_harness_results(_summary())))  # what results.json holds
+    assert SCHEMA_KEYS <= set(out)
+    sst2 = out["results"]["sst2"]
+    assert sst2["alias"] == "sst2" and sst2["acc,none"] == 0.875
+    assert sst2["acc_stderr,none"] == pytest.approx(math.sqrt(0.875 * 0.125 / 7))  # the harness's formula
+    assert out["n-shot"] == {"sst2": 8, "mmlu": 5, "gen": 0}
+    assert out["n-samples"]["sst2"] == {"original": 8, "effective": 8}
+    assert out["higher_is_better"]["sst2"] == {"acc": True}
+    assert out["higher_is_better"]["gen"]["ppl_test"] is False and out["higher_is_better"]["gen"]["mauve"] is True
+    assert out["results"]["mmlu"]["subject/law_stderr,none"] == pytest.approx(math.sqrt(0.25 / 3))
+    table = utils.make_table(out)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    sst2_row = next(r for r in rows if r[0] == "sst2")
+    assert sst2_row[1:6] == ["emotune-2", "none", "8", "acc", "↑"] and sst2_row[7] == "±", table
+    assert float(sst2_row[6]) == 0.875 and float(sst2_row[8]) == 0.125, table
+    assert any(r[4] == "ppl_test" and r[5] == "↓" for r in rows) and any(r[4] == "subject/law" and r[5] == "↑" for r in rows)
+    assert any(r[4] == "mauve_std" and r[5] == "" for r in rows), table
+
+
+def test_harness_metric_names():
+    assert metric_name("acc,none") == "acc" and metric_name("acc_stderr,none") == "acc_stderr"
+    assert metric_name("exact_match,strict-match") == "exact_match/strict-match"
+    assert metric_name("exact_match_stderr,strict-match") == "exact_match/strict-match_stderr"
+    assert metric_name("alias") is None and metric_name("sample_len") is None
+    got = harness_metrics({"name": "t", "alias": "t", "sample_len": 6, "acc,none": 0.5, "acc_stderr,none": "N/A",
+                           "acc_norm,none": 0.25, "acc_norm_stderr,none": 0.1})
+    assert got == {"acc": 0.5, "acc_norm": 0.25, "acc_norm_stderr": 0.1}
+
+
+def test_harness_suites_for_the_scheduler(tmp_path, monkeypatch):
+    from emotune.errors import EmotuneError
+    from emotune.scheduling.scheduler import resolve_suite
+    from emotune.tasks import load_suite
+
+    task = tmp_path / "h.yaml"
+    task.write_text("task: tiny_mc\ndataset_path: json\nprocess_docs: !function utils.process\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"evaluator": "lm_eval", "tasks": ["h.yaml", "arc_easy"]}))
+    s = resolve_suite(str(suite))
+    assert s.evaluator == "lm_eval" and s.labels == ("tiny_mc", "arc_easy")
+    assert s.tasks == (str(task.resolve()), "arc_easy")
+    monkeypatch.chdir(tmp_path.parent)  # paths do not make the version, the file's text does
+    assert resolve_suite(str(suite)).version == s.version
+    assert resolve_suite(str(suite), ["num_fewshot=1"]).version != s.version
+    task.write_text("task: tiny_mc\ndataset_path: json\n# edited\n")
+    assert resolve_suite(str(suite)).version != s.version
+    shipped = resolve_suite("harness")
+    assert shipped.evaluator == "lm_eval" and "arc_easy" in shipped.labels
+    with pytest.raises(EmotuneError, match="lm-evaluation-harness"):
+        load_suite("harness")  # our evaluator refuses it in one line, naming the way to run it
