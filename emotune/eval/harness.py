@@ -231,6 +231,20 @@ def write_harness_outputs(out_dir: Path, model: str, suite: str, tasks: list[Har
                       "dtype": opts["dtype"], "bootstrap_iters": opts["bootstrap_iters"]})
         line = ", ".join(f"{k}={v:.4f}" for k, v in summary[t.name].metrics.items())
         print(f"[eval] {t.name} (lm_eval {version}): {line}", flush=True)
-    write_json(out_dir / "results.json", results)
     path = write_summary(out_dir, model, suite, list(summary.values()))
+    _add_earlier(results, path, {t.name for t in tasks})
+    write_json(out_dir / "results.json", results)
     print(f"[eval] summary: {path}; harness results: {out_dir / 'results.json'}")
+
+
+def _add_earlier(results: dict, summary_path: Path, done: set[str]) -> None:
+    """The tasks of the summary that this run did not evaluate, into the harness's results (in its schema),
+    so results.json keeps describing the whole folder as summary.json does."""
+    from emotune.eval.harness_schema import to_harness_results
+    from emotune.eval.summary import read_summary
+
+    earlier = to_harness_results(read_summary(summary_path))
+    for key in ("results", "versions", "n-shot", "configs", "higher_is_better", "n-samples"):
+        for task, value in earlier.get(key, {}).items():
+            if task not in done:
+                results.setdefault(key, {})[task] = value
