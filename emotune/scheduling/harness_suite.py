@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import yaml
 
 from emotune.errors import EmotuneError, yaml_error
-from emotune.harness_tasks import HARNESS, harness_suite, lm_eval_version, shipped_suite_entry, suite_evaluator
+from emotune.harness_tasks import HARNESS, INSTALL_HINT, harness_suite, lm_eval_version, shipped_suite_entry, suite_evaluator
 
 
 def _suite_file_entry(name: str) -> tuple[object, Path] | None:
@@ -46,6 +47,9 @@ def resolve_harness_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()
     if suite_evaluator(entry, source) != HARNESS:
         return None
     tasks = harness_suite(entry, source, base)
+    if lm_eval_version() is None:  # the jobs may still have it (a SLURM --setup line activating another venv)
+        logging.getLogger("emotune.scheduling").warning(
+            "suite %s is run by lm-evaluation-harness, which is not installed here: %s", suite_name, INSTALL_HINT)
     digest = hashlib.sha256(json.dumps({"harness": [[t.name, t.text or t.spec] for t in tasks],
                                         "eval_args": list(eval_args), "lm_eval": lm_eval_version()},
                                        sort_keys=True).encode()).hexdigest()[:12]

@@ -79,3 +79,20 @@ def test_harness_suites_for_the_scheduler(tmp_path, monkeypatch):
     assert shipped.evaluator == "lm_eval" and "arc_easy" in shipped.labels
     with pytest.raises(EmotuneError, match="lm-evaluation-harness"):
         load_suite("harness")  # our evaluator refuses it in one line, naming the way to run it
+
+
+def test_the_shipped_harness_suite_names_tasks_of_the_pinned_harness():
+    """configs/eval/suites.yaml's `harness` suite: every member is a `task:` of a YAML file in lm_eval's own
+    task folder (read as text: building the harness's index takes 15-60 s on a loaded machine)."""
+    import re
+    from pathlib import Path
+
+    tasks = pytest.importorskip("lm_eval.tasks")
+    from emotune.scheduling.scheduler import resolve_suite
+
+    wanted = set(resolve_suite("harness").labels)
+    found = set()
+    root = Path(tasks.__file__).parent
+    for f in [*root.glob("*/*.yaml"), *root.glob("*/*/*.yaml")]:  # where the common tasks live
+        found |= set(re.findall(r"^task: *['\"]?([\w.-]+)['\"]? *$", f.read_text(errors="replace"), re.M)) & wanted
+    assert found == wanted
