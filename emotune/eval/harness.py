@@ -106,6 +106,25 @@ def harness_metrics(task_results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def check_registry_names(tasks: list[HarnessTask]) -> None:
+    """Fail fast on a task name the harness's registry cannot hold: every registered name (a `task:`,
+    `group:` or `tag:` value) is text in one of its YAML files, so a name in none of them is unknown.
+    Reading the files as text takes seconds; the harness's own index (parsing them) 15-60 s."""
+    wanted = {t.name for t in tasks if not t.text}
+    if not wanted:
+        return
+    root = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"  # without importing the harness
+    for path in root.rglob("*.yaml"):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        wanted = {n for n in wanted if n not in text}
+        if not wanted:
+            return
+    raise EmotuneError(f"unknown harness task {sorted(wanted)[0]!r} (not in lm_eval {lm_eval_version()}'s registry)")
+
+
 def _task_manager(tasks: list[HarnessTask]):
     """The harness's task index: the folders of the task files, plus its registry when a name needs it
     (indexing the registry takes ~20 s, so runs of task files alone skip it)."""
@@ -190,6 +209,7 @@ def run_harness(model: str, specs: list[str], out_dir: Path, overrides: list[str
     resolve(model, "--model", need_tokenizer=True, need_weights=True)
     opts.update(device=device, dtype=dtype)
     previous = _previous(out_dir, model)
+    check_registry_names(tasks)
     manager = _task_manager(tasks)
     built = build_tasks(tasks, manager)
 
