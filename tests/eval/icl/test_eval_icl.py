@@ -105,6 +105,11 @@ def test_eval_command_writes_predictions_and_summary(setup, tmp_path, capsys):
     for p in preds:  # prediction = lowest score, accuracy = share of correct rows
         assert str(p["prediction"]) == min(p["scores"], key=p["scores"].get)
     assert trec["metrics"]["accuracy"] == pytest.approx(np.mean([p["prediction"] == p["gold"] for p in preds]))
+
+    def stderr(xs):  # the harness's: sample std (ddof 1) of the 0/1 scores over sqrt(n)
+        return np.std(np.asarray(xs, dtype=np.float64), ddof=1) / np.sqrt(len(xs))
+
+    assert trec["metrics"]["accuracy_stderr"] == pytest.approx(stderr([p["prediction"] == p["gold"] for p in preds]))
     accs = {k: t["metrics"]["accuracy"] for k, t in summary["tasks"].items()}
     assert summary["averages"]["icl_mean_accuracy"] == pytest.approx((accs["trec"] + accs["sst2"]) / 2)
     assert summary["averages"]["mean_accuracy"] == pytest.approx(np.mean(list(accs.values())))
@@ -116,6 +121,9 @@ def test_eval_command_writes_predictions_and_summary(setup, tmp_path, capsys):
     assert m["metrics"]["accuracy"] == pytest.approx(np.mean([p["correct"] for p in mp]))  # micro
     assert m["metrics"]["accuracy_macro"] == pytest.approx(np.mean(list(per.values())))  # macro
     assert m["metrics"]["subject/anatomy"] == pytest.approx(per["anatomy"])
+    assert m["metrics"]["accuracy_stderr"] == pytest.approx(stderr([p["correct"] for p in mp]))
+    assert m["metrics"]["subject/anatomy_stderr"] == pytest.approx(stderr([p["correct"] for p in mp if p["subject"] == "anatomy"]))
+    assert "accuracy_macro_stderr" not in m["metrics"]  # a mean of subject means is not a proportion
     for p in mp:  # every candidate prompt recorded: the common text once, the letters after it
         assert p["prompt_prefix"].endswith("\nAnswer: ") and p["prompt_endings"] == {x: x for x in "ABCD"}
 
