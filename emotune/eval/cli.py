@@ -66,7 +66,7 @@ def _arguments(argv: list[str]):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper)")
+    group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper, harness)")
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("--evaluator", choices=EVALUATORS, help="emotune (default: the paper's protocol) or lm_eval "
