@@ -27,6 +27,7 @@ import numpy as np
 
 from emotune.errors import EmotuneError, one_line
 from emotune.objectives.common import IGNORE_INDEX
+from emotune.train.records import MISSING, field_of
 
 log = logging.getLogger("emotune.data")
 
@@ -49,9 +50,9 @@ def conversation_of(row: dict, d, where: str) -> list[dict]:
         if key is None:
             raise EmotuneError(f"{where}: no 'messages' or 'conversations' field (fields: {sorted(row)}); "
                                "check the file or set data.messages_column")
-    elif key not in row:
+    elif field_of(row, key) is MISSING:
         raise EmotuneError(f"{where}: no {key!r} field (fields: {sorted(row)}); check the file or data.messages_column")
-    turns = row[key]
+    turns = field_of(row, key)
     if not isinstance(turns, list):
         raise EmotuneError(f"{where}: field {key!r} must be a list of turns, got {type(turns).__name__}")
     if not turns:

@@ -31,11 +31,13 @@ from emotune.errors import EmotuneError
 from emotune.objectives.common import IGNORE_INDEX
 from emotune.train import chat
 from emotune.train.records import (  # noqa: F401  (re-exported: data.py is the entry point of the data path)
+    MISSING,
     RawSplits,
     _fingerprint_files,
     _read_local,
     check_local_files,
     check_record,
+    field_of,
     read_records,
     texts_of,
 )
@@ -60,6 +62,11 @@ def alpaca_prompt(instruction: str, input_: str | None) -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+def _text(row: dict, column: str) -> str:
+    value = field_of(row, column)
+    return "" if value is MISSING or value is None else str(value)
+
+
 def tokenizer_training_texts(cfg) -> list[str]:
     """What a tokenizer trained on the spot (model.train_tokenizer_vocab_size) learns from: the training split."""
     d = cfg.data
@@ -68,7 +75,7 @@ def tokenizer_training_texts(cfg) -> list[str]:
         return texts_of(train, d.text_column, "training data")
     if d.format == "chat":
         return chat.training_texts(train, d)
-    return [" ".join(str(r.get(c) or "") for c in (d.instruction_column, d.input_column, d.output_column)) for r in train] + \
+    return [" ".join(_text(r, c) for c in (d.instruction_column, d.input_column, d.output_column)) for r in train] + \
         [PROMPT_INPUT, PROMPT_NO_INPUT]
 
 
@@ -122,12 +129,12 @@ def tokenize_instructions(records: list[dict], tokenizer, d, max_examples: int |
         raise EmotuneError("instruction tuning needs a tokenizer with an EOS token")
     for n, r in enumerate(records, 1):  # every record: a missing response must not train as an empty one
         for col in (d.instruction_column, d.output_column):
-            if col not in r:
+            if field_of(r, col) is MISSING:
                 raise EmotuneError(f"{where}: record {n} has no column {col!r} (columns: {sorted(r)}); records must be Alpaca-format")
     examples, truncated, dropped = [], 0, 0
     for r in records:
-        ids, labels, cut = tokenize_instruction(tokenizer, str(r.get(d.instruction_column) or ""), r.get(d.input_column),
-                                                str(r.get(d.output_column) or ""), d.max_length)
+        ids, labels, cut = tokenize_instruction(tokenizer, _text(r, d.instruction_column), _text(r, d.input_column),
+                                                _text(r, d.output_column), d.max_length)
         truncated += cut
         if all(l == IGNORE_INDEX for l in labels[1:]):  # position 0 is never a target (shift)
             dropped += 1

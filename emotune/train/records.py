@@ -116,14 +116,33 @@ def check_record(row: dict, d, where: str) -> None:
     else:
         needed, optional = (d.instruction_column, d.output_column), (d.input_column,)
     for col in needed:
-        if col not in row:
+        value = field_of(row, col)
+        if value is MISSING:
             key = "data.text_column" if d.format == "text" else "data.instruction_column / data.output_column"
             raise EmotuneError(f"{where}: no {col!r} field (fields: {sorted(row)}); check the file or {key}")
-        if not isinstance(row[col], str):
-            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(row[col]).__name__}")
+        if not isinstance(value, str):
+            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(value).__name__}")
     for col in optional:
-        if row.get(col) is not None and not isinstance(row[col], str):
-            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(row[col]).__name__}")
+        value = field_of(row, col)
+        if value is not MISSING and value is not None and not isinstance(value, str):
+            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(value).__name__}")
+
+
+MISSING = object()
+
+
+def field_of(row: dict, name: str):
+    """A record's field, or MISSING. A dotted name reaches into nested objects (`data.instruction` of
+    `{"data": {"instruction": ...}}`, as some hub sets nest their columns in one struct) unless the record
+    has a field of exactly that name."""
+    if name in row:
+        return row[name]
+    node = row
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
 
 
 def _read_hub(name: str, config: str | None, split: str, d=None) -> list[dict]:
@@ -192,8 +211,9 @@ def read_records(cfg) -> RawSplits:
 
 
 def texts_of(records: list[dict], column: str, where: str = "data") -> list[str]:
-    for n, r in enumerate(records, 1):  # every record: a missing text must not train as an empty document
-        if column not in r:
+    values = [field_of(r, column) for r in records]
+    for n, (r, v) in enumerate(zip(records, values), 1):  # every record: a missing text must not train as an empty document
+        if v is MISSING:
             raise EmotuneError(f"{where}: record {n} has no column {column!r} (columns: {sorted(r)}); set data.text_column")
-    return [str(r[column] if r[column] is not None else "") for r in records]
+    return [str(v if v is not None else "") for v in values]
 
