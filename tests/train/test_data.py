@@ -217,3 +217,24 @@ def test_dotted_columns_reach_into_a_nested_struct(tok, tmp_path):
     nested.write_text("\n".join([json.dumps({"data": rows[0]}), json.dumps({"data": {"instruction": "x"}})]))
     with pytest.raises(EmotuneError, match=r"nested.jsonl: line 2: no 'data.output' field"):
         D.check_local_files(cfg)
+
+
+def test_recycled_wiz70_config_reads_the_published_layout(tok, tmp_path):
+    """The shipped recycled_wiz70_v1 configs on a local dataset directory laid out as the hub set is (one parquet
+    file, one struct column `data` of instruction / input / output): the same examples as flat Alpaca rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from emotune.resources import shipped
+
+    rows = alpaca_rows(30)
+    (tmp_path / "wiz" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"data": rows}), tmp_path / "wiz" / "data" / "train-00000-of-00001.parquet")
+    cfg = yaml.safe_load(shipped("train/llama7b-recycled-wiz70-emo.yaml").read_text())
+    cfg["data"].update(dataset_name=str(tmp_path / "wiz"))
+    cfg["output_dir"] = str(tmp_path / "o")
+    train, val = D.load_datasets(validate(cfg), tok)
+    assert len(train) + len(val) == 30
+    flat = [D.tokenize_instruction(tok, r["instruction"], r["input"], r["output"], 512)[1] for r in rows]
+    assert sorted(x.tolist() for x in train.labels + val.labels) == sorted(flat)
