@@ -206,3 +206,23 @@ def test_chat_splits_and_the_cache_follow_the_template(tok, tmp_path):
     train2, _ = D.load_datasets(cfg, other)  # another template is other data: not the cached arrays
     assert len(list((tmp_path / "o" / "data-cache").glob("*.npz"))) == 4
     assert [len(x) for x in train2.input_ids] == [len(x) - 1 for x in train.input_ids]
+
+
+def test_shipped_tiny_chat_example(tok, tmp_path):
+    """configs/train/tiny-cpu-chat.yaml: its data (both layouts) pass the checks and its template masks every reply."""
+    from emotune.resources import shipped
+    from emotune.train.config import load_config
+
+    cfg = load_config(shipped("train/tiny-cpu-chat.yaml"), [f"output_dir={tmp_path / 'o'}"])
+    D.check_local_files(cfg)
+    t = copy.deepcopy(tok)
+    C.prepare_tokenizer(t, cfg)
+    assert t.chat_template == shipped("train/data/tiny_chat.jinja").read_text()
+    records = D.read_records(cfg)
+    rows = records.train + records.validation
+    ex, stats = C.tokenize_conversations(rows, t, cfg.data)
+    assert stats["examples"] == len(rows) == 80 and stats["truncated"] == 0
+    for (ids, labels), row in zip(ex, rows):
+        replies = [m["content"] for m in C.conversation_of(row, cfg.data, "row") if m["role"] == "assistant"]
+        assert spans(labels.tolist()) == len(replies)
+        assert t.decode(targets(ids.tolist(), labels.tolist())) == "".join(f"{r}{t.eos_token}\n" for r in replies)

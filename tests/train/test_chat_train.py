@@ -9,10 +9,11 @@ from test_train_fixtures import alpaca_rows, losses_from_log, run_config, single
 from emotune.train.config import validate
 from emotune.train.recipe import run
 
-# Plain-text role markers (the tiny tokenizer has no special tokens for them) and EOS to end each reply.
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
-            "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+# Plain-text role markers (the tiny tokenizer has no special tokens for them) and EOS to end each reply. The newlines
+# are Jinja strings: transformers renders with trim_blocks, which drops a newline right after a {% ... %} tag.
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+            "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
 
 def test_chat_run_learns_and_exports_its_template(tmp_path):
