@@ -411,8 +411,10 @@ def data_case(filename: str, content: bytes | str, names_fn, fmt: str = "text", 
             data.update(train_files=[str(w.train)], validation_files=[str(p)])
         else:
             data.update(train_files=[str(p)], validation_files=[str(w.valid)] if fmt == "text" else None)
-        if fmt == "instruction":
+        if fmt in ("instruction", "chat"):
             data.update(max_length=128)
+        if fmt == "chat":
+            data.update(chat_template=CHAT_TEMPLATE)  # the tiny model's tokenizer has none
         path = w.train_cfg(d, lambda c: c.update(data={k: v for k, v in data.items() if v is not None}))
         return ["train", str(path)], [str(p), *names_fn]
     return build
@@ -420,6 +422,14 @@ def data_case(filename: str, content: bytes | str, names_fn, fmt: str = "text", 
 
 GOOD_JSONL = [json.dumps({"text": t}) for t in ("one two three", "four five six", "seven eight")]
 GOOD_ALPACA = [json.dumps(r) for r in alpaca_rows(5)]
+GOOD_CHAT = [json.dumps({"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]})
+             for r in alpaca_rows(5)]
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+                 "{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def chat_line(*turns, key: str = "messages", keys: tuple[str, str] = ("role", "content")) -> str:
+    return json.dumps({key: [dict(zip(keys, t)) for t in turns]})
 BINARY = bytes(range(128, 256)) * 8
 
 CASES += [
@@ -441,6 +451,24 @@ CASES += [
     ("data-instruction-missing-instruction", data_case(
         "alpaca.jsonl", "\n".join(GOOD_ALPACA[:2] + [json.dumps({"output": "x"})]), ["line 3", "instruction"], fmt="instruction")),
     ("data-instruction-from-txt", data_case("alpaca.txt", "a\nb\n", ["instruction"], fmt="instruction")),
+    ("data-chat-wrong-role", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT[:2] + [chat_line(("user", "hi"), ("bot", "x"))] + GOOD_CHAT),
+        ["line 3", "turn 2", "'bot'"], fmt="chat")),
+    ("data-chat-sharegpt-wrong-from", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT + [chat_line(("human", "hi"), ("assistant", "x"), key="conversations",
+                                                          keys=("from", "value"))]), ["line 6", "turn 2", "'assistant'"], fmt="chat")),
+    ("data-chat-empty-conversation", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT[:1] + ['{"messages": []}'] + GOOD_CHAT), ["line 2", "empty conversation"], fmt="chat")),
+    ("data-chat-no-assistant-turn", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT[:3] + [chat_line(("system", "s"), ("user", "hi"))] + GOOD_CHAT),
+        ["line 4", "no assistant turn"], fmt="chat")),
+    ("data-chat-content-not-string", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT[:4] + [json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                            {"role": "assistant", "content": ["a"]}]})]),
+        ["line 5", "turn 2", "'content'", "list"], fmt="chat")),
+    ("data-chat-no-messages-field", data_case(
+        "chat.jsonl", "\n".join(GOOD_CHAT[:2] + GOOD_ALPACA[:1]), ["line 3", "'messages'", "data.messages_column"], fmt="chat")),
+    ("data-chat-from-txt", data_case("chat.txt", "a\nb\n", ["conversation"], fmt="chat")),
     ("data-parquet-garbage", data_case("train.parquet", BINARY, [])),
     ("data-unsupported-suffix", data_case("train.csv", "text\na\n", [".csv"])),
     ("data-empty", data_case("train.txt", "", ["empty"])),
@@ -452,6 +480,33 @@ CASES += [
 def _(w, d):
     path = w.train_cfg(d, lambda c: c["data"].update(train_files=[]))
     return ["train", str(path)], [str(path), "data.train_files"]
+
+
+def chat_cfg(w: World, d: Path, **data) -> Path:
+    (d / "chat.jsonl").write_text("\n".join(GOOD_CHAT) + "\n")
+    return w.train_cfg(d, lambda c: c.update(data={"format": "chat", "train_files": [str(d / "chat.jsonl")],
+                                                   "max_length": 128, **data}))
+
+
+@case("train-chat-tokenizer-without-template")
+def _(w, d):
+    return ["train", str(chat_cfg(w, d))], ["model.name_or_path", str(w.model), "no chat template", "data.chat_template"]
+
+
+@case("train-chat-template-neither-file-nor-jinja")
+def _(w, d):
+    return ["train", str(chat_cfg(w, d, chat_template="templates/chatml.jinja"))], ["data.chat_template", "chatml.jinja"]
+
+
+@case("train-chat-template-syntax")
+def _(w, d):
+    return ["train", str(chat_cfg(w, d, chat_template="{% for m in messages %}{{ m.content }}"))], ["data.chat_template", "Jinja"]
+
+
+@case("train-chat-template-without-chat-format")
+def _(w, d):
+    path = w.train_cfg(d, lambda c: c["data"].update(chat_template=CHAT_TEMPLATE))
+    return ["train", str(path)], [str(path), "data.chat_template", "data.format: chat"]
 
 
 @case("data-file-missing")

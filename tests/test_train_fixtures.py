@@ -121,7 +121,11 @@ def single_rank():
 
         unset_hf_deepspeed_config()
         if dist.is_initialized():
-            dist.destroy_process_group()
+            # DeepSpeed's own teardown: it also drops the groups DeepSpeed cached (its world clone, the data-parallel
+            # group), which would otherwise outlive this process group and break the next run in this process.
+            import deepspeed.comm as ds_comm
+
+            ds_comm.destroy_process_group()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

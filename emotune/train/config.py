@@ -57,7 +57,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    format: Literal["text", "instruction"] = "text"
+    format: Literal["text", "instruction", "chat"] = "text"
     dataset_name: str | None = None  # hub id (e.g. wikitext) ...
     dataset_config_name: str | None = None  # ... and its config (e.g. wikitext-103-raw-v1)
     train_split: str = "train"
@@ -75,7 +75,12 @@ class DataConfig(_Strict):
     instruction_column: str = "instruction"
     input_column: str = "input"
     output_column: str = "output"
-    max_train_samples: int | None = Field(None, ge=1)  # blocks (text) or examples (instruction)
+    # conversations (format: chat): the field holding the turns, `messages` ([{role, content}], OpenAI / TRL) or
+    # `conversations` ([{from, value}], ShareGPT); unset: whichever of the two each record has
+    messages_column: str | None = None
+    # a Jinja chat template (the text, or a file holding it) replacing the tokenizer's; saved with the exports
+    chat_template: str | None = None
+    max_train_samples: int | None = Field(None, ge=1)  # blocks (text) or examples (instruction, chat)
     max_eval_samples: int | None = Field(None, ge=1)
     cache_dir: str | None = None  # tokenised data cache; default <output_dir>/data-cache
 
@@ -90,6 +95,9 @@ class DataConfig(_Strict):
     def _one_source(self):
         if (self.dataset_name is None) == (self.train_files is None):
             raise ValueError("give exactly one of data.dataset_name (hub) and data.train_files (local files)")
+        if self.format != "chat" and (self.chat_template is not None or self.messages_column is not None):
+            key = "chat_template" if self.chat_template is not None else "messages_column"
+            raise ValueError(f"data.{key} is for conversations: set data.format: chat (format is {self.format!r})")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Training data: raw text packed into blocks, or Alpaca-format instructions with the prompt masked.
+"""Training data: raw text packed into blocks, Alpaca-format instructions with the prompt masked, or
+conversations rendered with the tokenizer's chat template, loss on the assistant turns (chat.py).
 
 Raw text (continual fine-tuning, language modelling): every document (a line of a .txt file, the text
 column of a .jsonl/.parquet file or hub dataset) is tokenised with the tokenizer's special tokens,
@@ -9,8 +10,9 @@ Instructions (Alpaca format: instruction / input / output): prompt = the Alpaca 
 output + EOS. Prompt tokens get label -100, so only response tokens (+EOS) are targets. Examples longer
 than `max_length` are truncated; those whose response is cut away entirely are counted and dropped.
 
-Tokenisation is done once, by rank 0 first, and cached as a .npz keyed by the data, the tokenizer and
-the settings; other ranks (and later runs) load the cache. The batches of a split are in batches.py.
+Records are read and checked in records.py. Tokenisation is done once, by rank 0 first, and cached as a
+.npz keyed by the data, the tokenizer (its chat template included) and the settings; other ranks (and
+later runs) load the cache. The batches of a split are in batches.py.
 """
 
 from __future__ import annotations
@@ -25,8 +27,20 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from emotune.atomic import atomic_open
-from emotune.errors import EmotuneError, one_line
+from emotune.errors import EmotuneError
 from emotune.objectives.common import IGNORE_INDEX
+from emotune.train import chat
+from emotune.train.records import (  # noqa: F401  (re-exported: data.py is the entry point of the data path)
+    MISSING,
+    RawSplits,
+    _fingerprint_files,
+    _read_local,
+    check_local_files,
+    check_record,
+    field_of,
+    read_records,
+    texts_of,
+)
 
 log = logging.getLogger("emotune.data")
 
@@ -40,9 +54,6 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
-TEXT_SUFFIXES = (".txt", ".text", ".raw")
-JSON_SUFFIXES = (".jsonl", ".json")
-PARQUET_SUFFIXES = (".parquet",)
 
 
 def alpaca_prompt(instruction: str, input_: str | None) -> str:
@@ -51,177 +62,9 @@ def alpaca_prompt(instruction: str, input_: str | None) -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
-# ----------------------------------------------------------------------------------------------
-# reading records
-
-def _decode(p: Path) -> str:
-    """The file as UTF-8 text; binary content is one error naming the file and line."""
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise EmotuneError(f"{p}: line {line}: not UTF-8 text (byte {data[err.start]:#04x}; a binary file?)") from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise EmotuneError(f"{p}: line {line}: contains NUL bytes (a binary file?)")
-    return text
-
-
-def _read_local(path: str, d=None) -> list[dict]:
-    """Records of one local file, each checked (`d`: the DataConfig whose columns every record must have)."""
-    p = Path(path)
-    if not p.is_file():
-        raise EmotuneError(f"data file {path} not found")
-    suffix = p.suffix.lower()
-    column = d.text_column if d is not None else "text"
-    if suffix in TEXT_SUFFIXES:
-        if d is not None and d.format == "instruction":
-            raise EmotuneError(f"{path}: instruction data must be .jsonl, .json or .parquet records, not plain text")
-        return [{column: line} for line in _decode(p).splitlines()]
-    if suffix in JSON_SUFFIXES:
-        text = _decode(p)
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise EmotuneError(f"{path}: line {err.lineno}: invalid JSON: {err.msg}") from None
-            where = [f"{path}: record {n}" for n in range(1, len(rows) + 1)]
-        else:
-            rows, where = [], []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise EmotuneError(f"{path}: line {n}: invalid JSON: {err.msg}") from None
-                    where.append(f"{path}: line {n}")
-        for row, at in zip(rows, where):
-            if not isinstance(row, dict):
-                raise EmotuneError(f"{at}: not a JSON object")
-            if d is not None:
-                check_record(row, d, at)
-        return rows
-    if suffix in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except Exception as err:
-            raise EmotuneError(f"{path}: not a readable parquet file: {one_line(err)}") from None
-        if d is not None:
-            for n, row in enumerate(rows, 1):
-                check_record(row, d, f"{path}: row {n}")
-        return rows
-    raise EmotuneError(f"data file {path}: unsupported type {suffix!r} (use .txt, .jsonl, .json or .parquet)")
-
-
-def check_local_files(cfg) -> None:
-    """Read and check every record of the local data files (UTF-8, JSON, the fields the format needs),
-    one file at a time, keeping nothing: bad data fails before any process group or model exists."""
-    d = cfg.data
-    if not d.train_files:
-        return
-    n_train = 0
-    for f in d.train_files + (d.validation_files or []):
-        p = Path(f)
-        if p.suffix.lower() in TEXT_SUFFIXES and d.format == "text":
-            n = len(_decode(p).splitlines()) if p.is_file() else 0  # plain text: every line is a record
-        else:
-            n = len(_read_local(f, d))
-        n_train += n if f in d.train_files else 0
-    if n_train == 0:
-        raise EmotuneError(f"data.train_files ({', '.join(d.train_files)}): the training data is empty (no records)")
-
-
-def check_record(row: dict, d, where: str) -> None:
-    """Every record (not only the first) has the fields its format needs, as strings: a record without
-    its text or response would otherwise train as an empty document, silently."""
-    if d.format == "text":
-        needed, optional = (d.text_column,), ()
-    else:
-        needed, optional = (d.instruction_column, d.output_column), (d.input_column,)
-    for col in needed:
-        if col not in row:
-            key = "data.text_column" if d.format == "text" else "data.instruction_column / data.output_column"
-            raise EmotuneError(f"{where}: no {col!r} field (fields: {sorted(row)}); check the file or {key}")
-        if not isinstance(row[col], str):
-            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(row[col]).__name__}")
-    for col in optional:
-        if row.get(col) is not None and not isinstance(row[col], str):
-            raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(row[col]).__name__}")
-
-
-def _read_hub(name: str, config: str | None, split: str, d=None) -> list[dict]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as err:
-        raise EmotuneError(f"dataset {name!r} (config {config!r}, split {split!r}) could not be loaded: {one_line(err)}") from None
-    rows = ds.to_list()
-    if d is not None:
-        for n, row in enumerate(rows, 1):
-            check_record(row, d, f"dataset {name!r} split {split!r}: row {n}")
-    return rows
-
-
-def _fingerprint_files(files: list[str]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class RawSplits:
-    train: list[dict]
-    validation: list[dict]
-    fingerprint: str  # identifies the records (file contents or hub id)
-    source: str = "the training data"  # named in messages: the files or the hub dataset
-
-
-def read_records(cfg) -> RawSplits:
-    """Train and validation records from local files or a hub dataset (`cfg` is a DataConfig + seed)."""
-    d = cfg.data
-    if d.train_files:
-        for f in d.train_files + (d.validation_files or []):
-            if not Path(f).is_file():
-                raise EmotuneError(f"data.train_files / validation_files: data file {f} not found")
-        train = [r for f in d.train_files for r in _read_local(f, d)]
-        val = [r for f in (d.validation_files or []) for r in _read_local(f, d)]
-        fp = _fingerprint_files(d.train_files + (d.validation_files or []))
-        source = f"data.train_files ({', '.join(d.train_files)})"
-    else:
-        train = _read_hub(d.dataset_name, d.dataset_config_name, d.train_split, d)
-        source = f"data.dataset_name ({d.dataset_name!r}, split {d.train_split!r})"
-        val = []
-        if d.validation_split and d.validation_split_percentage == 0:
-            try:
-                val = _read_hub(d.dataset_name, d.dataset_config_name, d.validation_split)
-            except EmotuneError:
-                log.warning("dataset %s has no split %r: no validation", d.dataset_name, d.validation_split)
-            for n, row in enumerate(val, 1):  # outside the try: a bad record is an error, not "no split"
-                check_record(row, d, f"dataset {d.dataset_name!r} split {d.validation_split!r}: row {n}")
-        fp = hashlib.sha256(f"{d.dataset_name}|{d.dataset_config_name}|{d.train_split}|{d.validation_split}".encode()).hexdigest()
-    if not val and d.validation_split_percentage > 0:
-        perm = np.random.default_rng(cfg.seed).permutation(len(train))
-        n_val = max(1, int(len(train) * d.validation_split_percentage / 100))
-        val = [train[i] for i in sorted(perm[:n_val])]
-        train = [train[i] for i in sorted(perm[n_val:])]
-    if not train:
-        raise EmotuneError(f"{source}: the training data is empty (no records)")
-    return RawSplits(train, val, fp, source)
-
-
-def texts_of(records: list[dict], column: str, where: str = "data") -> list[str]:
-    for n, r in enumerate(records, 1):  # every record: a missing text must not train as an empty document
-        if column not in r:
-            raise EmotuneError(f"{where}: record {n} has no column {column!r} (columns: {sorted(r)}); set data.text_column")
-    return [str(r[column] if r[column] is not None else "") for r in records]
+def _text(row: dict, column: str) -> str:
+    value = field_of(row, column)
+    return "" if value is MISSING or value is None else str(value)
 
 
 def tokenizer_training_texts(cfg) -> list[str]:
@@ -230,7 +73,9 @@ def tokenizer_training_texts(cfg) -> list[str]:
     train = read_records(cfg).train
     if d.format == "text":
         return texts_of(train, d.text_column, "training data")
-    return [" ".join(str(r.get(c) or "") for c in (d.instruction_column, d.input_column, d.output_column)) for r in train] + \
+    if d.format == "chat":
+        return chat.training_texts(train, d)
+    return [" ".join(_text(r, c) for c in (d.instruction_column, d.input_column, d.output_column)) for r in train] + \
         [PROMPT_INPUT, PROMPT_NO_INPUT]
 
 
@@ -284,12 +129,12 @@ def tokenize_instructions(records: list[dict], tokenizer, d, max_examples: int |
         raise EmotuneError("instruction tuning needs a tokenizer with an EOS token")
     for n, r in enumerate(records, 1):  # every record: a missing response must not train as an empty one
         for col in (d.instruction_column, d.output_column):
-            if col not in r:
+            if field_of(r, col) is MISSING:
                 raise EmotuneError(f"{where}: record {n} has no column {col!r} (columns: {sorted(r)}); records must be Alpaca-format")
     examples, truncated, dropped = [], 0, 0
     for r in records:
-        ids, labels, cut = tokenize_instruction(tokenizer, str(r.get(d.instruction_column) or ""), r.get(d.input_column),
-                                                str(r.get(d.output_column) or ""), d.max_length)
+        ids, labels, cut = tokenize_instruction(tokenizer, _text(r, d.instruction_column), _text(r, d.input_column),
+                                                _text(r, d.output_column), d.max_length)
         truncated += cut
         if all(l == IGNORE_INDEX for l in labels[1:]):  # position 0 is never a target (shift)
             dropped += 1
@@ -338,7 +183,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
         body = backend.to_str()
     else:
         body = json.dumps(sorted(tokenizer.get_vocab().items()))
-    body += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__])
+    # The chat template too: conversations are rendered with it, so another template is other data.
+    body += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, type(tokenizer).__name__,
+                        getattr(tokenizer, "chat_template", None)])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -354,9 +201,10 @@ def build_splits(raw: RawSplits, tokenizer, cfg) -> tuple[TokenizedSplit, Tokeni
                                          d.add_eos, d.skip_empty, d.max_eval_samples)
         val = TokenizedSplit(list(vblocks), list(vblocks), vstats)
     else:
-        ex, stats = tokenize_instructions(raw.train, tokenizer, d, d.max_train_samples, "training data")
+        tokenize = chat.tokenize_conversations if d.format == "chat" else tokenize_instructions
+        ex, stats = tokenize(raw.train, tokenizer, d, d.max_train_samples, "training data")
         train = TokenizedSplit([e[0] for e in ex], [e[1] for e in ex], stats)
-        vex, vstats = tokenize_instructions(raw.validation, tokenizer, d, d.max_eval_samples, "validation data")
+        vex, vstats = tokenize(raw.validation, tokenizer, d, d.max_eval_samples, "validation data")
         val = TokenizedSplit([e[0] for e in vex], [e[1] for e in vex], vstats)
     if len(train) == 0:
         what = f"a single block of data.block_size={d.block_size} tokens" if d.format == "text" else "one usable example"

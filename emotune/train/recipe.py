@@ -110,6 +110,7 @@ def preflight(cfg: TrainConfig) -> None:
 
     check_local_files(cfg)  # every record of every local file, with file and line
     check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
+    check_chat_template(cfg)  # data.format: chat: a template to render conversations with
     if cfg.objective.cost == "external":
         from emotune.train.cost import check_cost_source
 
@@ -120,6 +121,17 @@ def preflight(cfg: TrainConfig) -> None:
             importlib.import_module("emotune.train.fused_head")
         except ImportError:
             raise EmotuneError("fused_loss=true needs emotune.train.fused_head, which is not available; set fused_loss=false") from None
+
+
+def check_chat_template(cfg: TrainConfig) -> None:
+    from emotune.train.chat import no_template_error, prepare_tokenizer, resolve_template
+    from emotune.train.model import load_tokenizer
+
+    if resolve_template(cfg.data) is not None or cfg.data.format != "chat":
+        return  # a given template (its syntax now checked) is used whatever the tokenizer has
+    if cfg.model.train_tokenizer_vocab_size:
+        raise no_template_error(cfg)  # a tokenizer trained on the data never has one
+    prepare_tokenizer(load_tokenizer(cfg), cfg)
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -159,10 +171,12 @@ def _run(cfg: TrainConfig) -> TrainResult:
 
 def setup_data(cfg: TrainConfig, rank: int):
     """(tokenizer, train split, validation split): the tokenizer loaded (or trained on the data), a pad token, the data."""
+    from emotune.train.chat import prepare_tokenizer
     from emotune.train.data import load_datasets, tokenizer_training_texts
     from emotune.train.model import load_tokenizer
 
     tokenizer = load_tokenizer(cfg, rank, barrier, lambda: tokenizer_training_texts(cfg))
+    prepare_tokenizer(tokenizer, cfg)  # data.chat_template, before tokenising: the exports carry it
     if tokenizer.pad_token_id is None and cfg.model.pad_token == "eos":
         tokenizer.pad_token = tokenizer.eos_token
     train_split, val_split = load_datasets(cfg, tokenizer, rank, barrier)

@@ -47,6 +47,25 @@ def test_paper_recipes_in_shipped_configs():
     assert load_config(shipped("train/llama7b-wikitext103-mle.yaml")).objective.name == "mle"
 
 
+@pytest.mark.parametrize("dataset, hub", [("recycled-wiz70", "umd-zhou-lab/recycled_wiz70_v1"),
+                                          ("open-platypus", "garage-bAInd/Open-Platypus")])
+def test_paper_recipes_for_the_other_instruction_sets(dataset, hub):
+    """The paper's other instruction sets (its Appendix C): the Alpaca-GPT4 recipe, the set's own columns."""
+    alpaca = {s: load_config(shipped(f"train/llama{s}-alpaca-gpt4-emo.yaml")) for s in ("7b", "13b")}
+    for size, lr in (("7b", 2e-5), ("13b", 1e-5)):
+        for objective in ("mle", "emo"):
+            c = load_config(shipped(f"train/llama{size}-{dataset}-{objective}.yaml"))
+            assert c.data.dataset_name == hub and c.data.format == "instruction" and c.data.max_length == 512
+            assert c.objective.name == objective and c.learning_rate == lr and c.num_train_epochs == 3
+            assert c.per_device_train_batch_size * c.gradient_accumulation_steps * 8 == 128
+            same = ("lr_scheduler_type", "warmup_ratio", "weight_decay", "bf16", "seed", "deepspeed", "model")
+            assert all(getattr(c, k) == getattr(alpaca[size], k) for k in same)
+            assert c.output_dir == f"runs/llama{size}-{dataset}-{objective}"
+            nested = dataset == "recycled-wiz70"  # one struct column `data` holding instruction / input / output
+            assert c.data.instruction_column == ("data.instruction" if nested else "instruction")
+            assert c.data.output_column == ("data.output" if nested else "output")
+
+
 def test_overrides_nested_and_typed(tmp_path):
     p = write(tmp_path, MINIMAL)
     cfg = load_config(p, ["learning_rate=1e-4", "data.block_size=128", "objective.params.variant=emo2", "bf16=true",

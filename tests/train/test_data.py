@@ -197,3 +197,44 @@ def test_hub_loader_path_on_a_local_dataset_directory(tok, tmp_path):
     assert len(train) > 0 and len(val) > 0 and train.input_ids[0].shape == (16,)
     with pytest.raises(EmotuneError, match="dataset 'no/such-dataset'"):
         D.read_records(validate({"output_dir": "o", "model": {"name_or_path": "m"}, "data": {"dataset_name": "no/such-dataset"}}))
+
+
+def test_dotted_columns_reach_into_a_nested_struct(tok, tmp_path):
+    """Hub sets that nest their Alpaca columns in one struct (`{"data": {"instruction", "input", "output"}}`)."""
+    rows = alpaca_rows(6)
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text("\n".join(json.dumps({"data": r}) for r in rows))
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text("\n".join(json.dumps(r) for r in rows))
+    keys = {"instruction_column": "data.instruction", "input_column": "data.input", "output_column": "data.output"}
+    base = {"output_dir": str(tmp_path / "o"), "model": {"name_or_path": "m"}}
+    cfg = validate({**base, "data": {"format": "instruction", "train_files": [str(nested)], **keys}})
+    D.check_local_files(cfg)
+    a, _ = D.load_datasets(cfg, tok)
+    b, _ = D.load_datasets(validate({**base, "data": {"format": "instruction", "train_files": [str(flat)]}}), tok)
+    assert [x.tolist() for x in a.labels] == [x.tolist() for x in b.labels]
+    assert [x.tolist() for x in a.input_ids] == [x.tolist() for x in b.input_ids]
+    nested.write_text("\n".join([json.dumps({"data": rows[0]}), json.dumps({"data": {"instruction": "x"}})]))
+    with pytest.raises(EmotuneError, match=r"nested.jsonl: line 2: no 'data.output' field"):
+        D.check_local_files(cfg)
+
+
+def test_recycled_wiz70_config_reads_the_published_layout(tok, tmp_path):
+    """The shipped recycled_wiz70_v1 configs on a local dataset directory laid out as the hub set is (one parquet
+    file, one struct column `data` of instruction / input / output): the same examples as flat Alpaca rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from emotune.resources import shipped
+
+    rows = alpaca_rows(30)
+    (tmp_path / "wiz" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"data": rows}), tmp_path / "wiz" / "data" / "train-00000-of-00001.parquet")
+    cfg = yaml.safe_load(shipped("train/llama7b-recycled-wiz70-emo.yaml").read_text())
+    cfg["data"].update(dataset_name=str(tmp_path / "wiz"))
+    cfg["output_dir"] = str(tmp_path / "o")
+    train, val = D.load_datasets(validate(cfg), tok)
+    assert len(train) + len(val) == 30
+    flat = [D.tokenize_instruction(tok, r["instruction"], r["input"], r["output"], 512)[1] for r in rows]
+    assert sorted(x.tolist() for x in train.labels + val.labels) == sorted(flat)
