@@ -23,6 +23,7 @@ from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.task_data import check_task_data
+from emotune.shards import check_shardable, parse_shard
 from emotune.tasks import Task, load_suite, load_task
 
 
@@ -36,7 +37,7 @@ def make_retriever(opts: dict[str, Any], tokenizer):
 
 
 def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], retriever_factory) -> TaskResult:
-    common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress")}
+    common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress", "shard")}
     if task.kind == "icl":
         from emotune.eval.icl.classification import run_icl_task
 
@@ -129,6 +130,9 @@ def main(argv: list[str]) -> int:
 
     opts["device"] = device = resolve_device(opts["device"])  # an unavailable device fails before any work
     tasks = _tasks(args, files)
+    if opts["shard"] is not None:
+        for task in tasks:  # MAUVE and the oracle metrics are over all samples: not split into shards
+            check_shardable(task.kind, parse_shard(opts["shard"])[1], f"{task.source}: shard={opts['shard']}")
     suite = args.suite or "custom"
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
