@@ -360,8 +360,9 @@ class SlurmRunner:
                                   "eval script directory")
         for line in self.setup:
             check_line_value(line, "--setup")
+        part = f"-{row.shard}of{row.shards}" if row.shard else ""  # a shard's job: emotune-eval-10-mmlu-3of8
         lines = ["#!/bin/bash",
-                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}' + (f'-{row.shard}of{row.shards}' if row.shard else ''))}",
+                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}{part}')}",
                  f"#SBATCH --output={output}",
                  "#SBATCH --ntasks=1",
                  *[f"#SBATCH {a}" for a in check_sbatch_args(self.sbatch_args)],
