@@ -187,9 +187,11 @@ class Store:
         try:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
-            # Before anything that writes (journal mode, schema): an existing file must be our store.
-            if existed and self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='results'"
-                                           ).fetchone() is None:
+            # Before anything that writes (journal mode, schema): an existing file must be our store. One
+            # without any table yet is a store another scheduler is creating right now (its schema
+            # transaction is not committed yet): this one waits for it below.
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if existed and tables and "results" not in tables:
                 raise EmotuneError(f"{self.path}: not a usable result store (an SQLite database without emotune's "
                                    "results table); refusing to add tables to it (give another --store)")
             self.db.execute("PRAGMA journal_mode=WAL")
