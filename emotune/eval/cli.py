@@ -22,8 +22,8 @@ from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.task_data import check_task_data
-from emotune.shards import check_shardable, parse_shard
+from emotune.eval.task_data import check_task_data, load_split
+from emotune.shards import check_shardable, parse_shard, shard_range
 from emotune.tasks import Task, load_suite, load_task
 
 
@@ -56,6 +56,18 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
         raise EmotuneError(f"{task.source}: kind {task.kind!r} needs {module}.{func}, which is not available "
                            f"in this installation ({err})") from None
     return run(task, model, tokenizer, out_dir, **opts)
+
+
+def check_shard_rows(task: Task, opts: dict[str, Any]) -> None:
+    """shard=K/N with more shards than the task has test rows (after `limit`): one line, before the model."""
+    if task.kind == "mmlu":
+        from emotune.eval.icl.mmlu import evaluated_questions
+
+        n_rows = sum(len(items) for items in evaluated_questions(task, opts["data_dir"], opts["limit"]).values())
+    else:
+        n_rows = len(load_split(task, task.test_split, opts["data_dir"])[: opts["limit"]])
+    k, n = parse_shard(opts["shard"])
+    shard_range(n_rows, k, n, f"{task.source}: shard")
 
 
 def _arguments(argv: list[str]):
@@ -153,6 +165,8 @@ def main(argv: list[str]) -> int:
             print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
     for task in todo:  # every task's file and data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
+        if opts["shard"] is not None:
+            check_shard_rows(task, opts)
     if todo:
         model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
     retriever = []

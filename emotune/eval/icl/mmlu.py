@@ -106,6 +106,20 @@ def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
     return out
 
 
+def evaluated_questions(task: Task, data_dir=None, limit: int | None = None) -> "OrderedDict[str, list[tuple[int, dict]]]":
+    """The questions evaluated, per subject in order: the task's `subjects`, the first `limit` of each."""
+    test_rows = load_split(task, task.test_split, data_dir, key="test_split")
+    check_columns(task, test_rows, task.test_split, COLUMNS)
+    tests = by_subject(test_rows)
+    wanted = read_task(task).subjects
+    if wanted != "all":
+        unknown = [s for s in wanted if s not in tests]
+        if unknown:
+            raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
+        tests = OrderedDict((s, tests[s]) for s in wanted)
+    return OrderedDict((s, items[:limit] if limit is not None else items) for s, items in tests.items())
+
+
 def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
                   scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                   limit: int | None = None, progress: bool = True, shard: str | None = None,
@@ -117,18 +131,10 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
     spec = read_task(task)
     scoring = scoring or task.options.get("scoring", "full")
     shots, prompt = spec.shots, spec.prompt or shipped_prompt()
-    test_rows = load_split(task, task.test_split, data_dir, key="test_split")
+    tests = evaluated_questions(task, data_dir, limit)
     dev_rows = load_split(task, task.index_split, data_dir, key="dev_split")
-    check_columns(task, test_rows, task.test_split, COLUMNS)
     check_columns(task, dev_rows, task.index_split, COLUMNS)
-    tests, devs = by_subject(test_rows), by_subject(dev_rows)
-    wanted = spec.subjects
-    if wanted != "all":
-        unknown = [s for s in wanted if s not in tests]
-        if unknown:
-            raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
-        tests = OrderedDict((s, tests[s]) for s in wanted)
-    tests = OrderedDict((s, items[:limit] if limit is not None else items) for s, items in tests.items())
+    devs = by_subject(dev_rows)
     n_rows = sum(len(items) for items in tests.values())
     selected, shard_info = range(n_rows), {}
     if shard is not None:
