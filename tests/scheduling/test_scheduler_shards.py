@@ -134,3 +134,28 @@ def test_racing_schedulers_and_a_killed_shard_merge_once_and_exactly(setup):
     assert len({s.id for s in shards}) == 3  # ... and each shard holds one result
     on_gpus = [s.external_id.rsplit(" ", 1)[-1] for s in shards if " cuda:" in s.external_id]
     assert set(on_gpus) <= {"cuda:0", "cuda:1"}  # one job per device of --devices
+
+
+def test_where_shards_come_from_and_that_they_change_no_suite_version(tmp_path):
+    """The most specific wins: the suite entry, then the suite file's `shards`, then the task file's, else 1.
+    Sharding changes no result, so it is not part of the suite version (nothing is re-evaluated)."""
+    from emotune.scheduling.scheduler import resolve_suite
+
+    task = {"name": "a", "kind": "icl", "dataset": {"data_files": {"train": "x.jsonl", "test": "y.jsonl"}},
+            "input_columns": ["text"], "templates": {0: "<X> no", 1: "<X> yes"}}
+    (tmp_path / "a.yaml").write_text(json.dumps({**task, "shards": 4}))
+    (tmp_path / "b.yaml").write_text(json.dumps({**task, "name": "b"}))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.yaml").write_text(json.dumps(task))
+    (tmp_path / "plain" / "b.yaml").write_text(json.dumps({**task, "name": "b"}))
+    suites = {"files": ["a.yaml", "b.yaml"], "wide": {"tasks": ["a.yaml", "b.yaml"], "shards": 2},
+              "entry": {"tasks": [{"task": "a.yaml", "shards": 3}, "b.yaml"], "shards": 2},
+              "plain/s": ["a.yaml", "b.yaml"]}
+    got = {}
+    for name, entries in suites.items():
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(entries))
+        got[name] = resolve_suite(str(tmp_path / f"{name}.yaml"))
+    assert {k: s.shards for k, s in got.items()} == {"files": (4, 1), "wide": (2, 2), "entry": (3, 2),
+                                                       "plain/s": (1, 1)}
+    assert len({s.version for s in got.values()}) == 1
+    assert resolve_suite("mmlu").shards == (1,)  # the shipped suites: as their task files say
