@@ -1,19 +1,24 @@
 """Sharded tasks through the real scheduler, LocalRunner and `emotune eval` on a tiny checkpoint: the merged
 result is the unsharded one byte for byte, also with two schedulers racing and with a shard's job SIGKILLed
-mid-evaluation (retried under the lease protocol); every shard is recorded once and each task merged once."""
+mid-evaluation (retried under the lease protocol); every shard is recorded once and each task merged once.
+The SLURM runner runs a batch job per shard on a real one-node cluster (tests/slurm_cluster.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
 from scheduling_helpers import PY, env, write_model_checkpoint
+from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 from emotune.scheduling.store import Store, default_store_path
+
+pytestmark = pytest.mark.e2e  # real evaluator processes: about a minute each on 2 cores
 
 ROWS = [("the movie was great fun", 1), ("a dull boring film", 0), ("great acting and superb", 1),
         ("no plot at all", 0), ("lovely story and fun", 1), ("awful mess of a film", 0),
@@ -136,26 +141,22 @@ def test_racing_schedulers_and_a_killed_shard_merge_once_and_exactly(setup):
     assert set(on_gpus) <= {"cuda:0", "cuda:1"}  # one job per device of --devices
 
 
-def test_where_shards_come_from_and_that_they_change_no_suite_version(tmp_path):
-    """The most specific wins: the suite entry, then the suite file's `shards`, then the task file's, else 1.
-    Sharding changes no result, so it is not part of the suite version (nothing is re-evaluated)."""
-    from emotune.scheduling.scheduler import resolve_suite
-
-    task = {"name": "a", "kind": "icl", "dataset": {"data_files": {"train": "x.jsonl", "test": "y.jsonl"}},
-            "input_columns": ["text"], "templates": {0: "<X> no", 1: "<X> yes"}}
-    (tmp_path / "a.yaml").write_text(json.dumps({**task, "shards": 4}))
-    (tmp_path / "b.yaml").write_text(json.dumps({**task, "name": "b"}))
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "a.yaml").write_text(json.dumps(task))
-    (tmp_path / "plain" / "b.yaml").write_text(json.dumps({**task, "name": "b"}))
-    suites = {"files": ["a.yaml", "b.yaml"], "wide": {"tasks": ["a.yaml", "b.yaml"], "shards": 2},
-              "entry": {"tasks": [{"task": "a.yaml", "shards": 3}, "b.yaml"], "shards": 2},
-              "plain/s": ["a.yaml", "b.yaml"]}
-    got = {}
-    for name, entries in suites.items():
-        (tmp_path / f"{name}.yaml").write_text(json.dumps(entries))
-        got[name] = resolve_suite(str(tmp_path / f"{name}.yaml"))
-    assert {k: s.shards for k, s in got.items()} == {"files": (4, 1), "wide": (2, 2), "entry": (3, 2),
-                                                       "plain/s": (1, 1)}
-    assert len({s.version for s in got.values()}) == 1
-    assert resolve_suite("mmlu").shards == (1,)  # the shipped suites: as their task files say
+def test_slurm_runs_a_job_per_shard_and_the_scheduler_merges(setup, slurm_cluster):
+    """With the SLURM runner each shard is a batch job of its own (which never opens the store); the
+    scheduler records their result files and merges: the unsharded result, byte for byte."""
+    d, runs, e = setup
+    whole_row, whole_bytes = _whole(setup)
+    run = d / "slurm"
+    run.mkdir()
+    shutil.copytree(runs["whole"] / "checkpoint-1", run / "checkpoint-1")  # the same weights and manifest
+    manifest = json.loads((run / "checkpoint-1" / "manifest.json").read_text())
+    (run / "config.yaml").write_text(f"max_steps: {manifest['step']}\n")  # so --follow knows this is the last
+    res = subprocess.run(_cmd(run, d / "sharded.yaml", "--runner", "slurm", "--follow", "--lease-ttl", "60"),
+                         env={**e, "SLURM_CONF": slurm_cluster.env["SLURM_CONF"]}, capture_output=True, text=True,
+                         timeout=600, cwd=d)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, shards = _check_merged(run, whole_row, whole_bytes)
+    assert len({s.external_id for s in shards}) == 3 and all(s.runner == "slurm" for s in shards)
+    for s in shards:
+        assert slurm_cluster.job(s.external_id)["JobName"] == f"emotune-eval-1-reviews-{s.shard}of3"
+        assert "--row-json" in (run / "eval" / "slurm" / f"row-{s.id}-attempt-1.sbatch").read_text()
