@@ -128,6 +128,12 @@ def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
     if len(kinds) != 1:
         raise EmotuneError(f"task {task!r}: its shards report different kinds {sorted(map(str, kinds))}")
     kind = kinds.pop()
+    keys = [{k: v for k, v in ((r.get("settings") or {}).get("resume_key") or {}).items() if k != "shard"}
+            for r in results]
+    if any(key != keys[0] for key in keys):  # other weights, options or task definition: not one run's parts
+        k = next(i for i, key in enumerate(keys) if key != keys[0])
+        raise EmotuneError(f"{Path(shard_dirs[k]) / 'summary.json'}: shard {k + 1} was evaluated with other settings "
+                           f"than shard 1 (resume_key {keys[k]} vs {keys[0]})")
     lines: list[bytes] = []
     records: list[dict] = []
     n_shards, total = len(results), None

@@ -88,6 +88,11 @@ def test_merge_refuses_shards_that_do_not_tile(setup, tmp_path):
         merge_shards("trec", dirs[::-1], tmp_path / "m")
     with pytest.raises(EmotuneError, match="not shard 1/1"):
         merge_shards("trec", dirs[:1], tmp_path / "m")
+    other = tmp_path / "other" / "shard-2-of-2"
+    assert run(setup, other, "shard=2/2", "scoring=continuation") == 0
+    with pytest.raises(EmotuneError, match="shard 2 was evaluated with other settings"):
+        merge_shards("trec", [dirs[0], other], tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # nothing written from parts that do not belong together
 
 
 def test_scorer_select_makes_the_whole_runs_calls_only(tmp_path):
