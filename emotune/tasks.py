@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emotune.errors import EmotuneError, yaml_error
 from emotune.resources import resolve, shipped
+from emotune.shards import check_shardable, check_shards
 
 CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)
 KINDS = ("icl", "mmlu", "generation", "oracle")
@@ -78,6 +79,13 @@ class Task:
     ice_token: str = ICE_TOKEN  # templates holding it get the demos there (OpenICL); others get them in front
     options: dict[str, Any] = field(default_factory=dict)  # per-task protocol settings (scoring, ...)
     raw: dict[str, Any] = field(default_factory=dict)
+    shards: int = 1  # jobs the scheduler splits the test rows into (emotune.shards); not part of the results
+
+    @property
+    def definition(self) -> dict[str, Any]:
+        """What the task's results depend on: the file's keys but `shards` (a sharded task's merged result
+        is the unsharded one exactly, so changing it re-evaluates nothing)."""
+        return {k: v for k, v in self.raw.items() if k != "shards"}
 
     @property
     def labels(self) -> list[Any]:
@@ -159,6 +167,7 @@ class IclTaskFile(BaseModel):
     ice_num: Annotated[int, Field(strict=True, ge=0)] = 8
     ice_token: Any = ICE_TOKEN
     options: dict[str, Any] | None = None  # per-task protocol settings (scoring)
+    shards: Any = 1  # checked by emotune.shards.check_shards
 
 
 def _need(cfg: dict, key: str, source: str, types: type | tuple = object) -> Any:
@@ -186,6 +195,9 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
     task = Task(name=name, kind=kind, source=source, dataset=dict(dataset), raw=dict(cfg),
                 test_split=str(cfg.get("test_split", "test")), index_split=str(cfg.get("index_split", "train")),
                 options=dict(cfg.get("options") or {}))
+    if "shards" in cfg:
+        task.shards = check_shards(cfg["shards"], source)
+        check_shardable(kind, task.shards, source)
     if kind in ("generation", "oracle"):  # validated by their own modules
         return task
     if kind == "mmlu":

@@ -571,6 +571,33 @@ CASES += [
 ]
 
 
+CASES += [  # sharded evaluation (emotune.shards): shard=K/N and the `shards` keys
+    ("eval-shard-k-above-n", lambda w, d: (ev("shard=3/2")(w), ["shard", "K/N"])),
+    ("eval-shard-zero", lambda w, d: (ev("shard=0/4")(w), ["shard"])),
+    ("eval-shard-not-k-of-n", lambda w, d: (ev("shard=two")(w), ["shard", "K/N"])),
+    ("eval-shard-more-than-rows", lambda w, d: (ev("shard=1/9")(w), [str(w.good_task), "shard=1/9", "4 test rows"])),
+    ("eval-task-shards-not-int", lambda w, d: (ev()(w)[:4] + [str(w.task(d, lambda c: c.update(shards=1.5)))] + ev()(w)[5:],
+                                               [str(d / "task.yaml"), "shards"])),
+    ("watch-task-shards-zero", lambda w, d: (watch(suite=_suite(d, [str(w.task(d, lambda c: c.update(shards=0)))]))(w),
+                                             [str(d / "task.yaml"), "shards"])),
+    ("watch-suite-entry-shards-not-int", lambda w, d: (
+        watch(suite=_suite(d, [{"task": str(w.good_task), "shards": "two"}]))(w), [str(d / "suite.yaml"), "shards"])),
+    ("watch-suite-shards-negative", lambda w, d: (
+        watch(suite=_suite(d, {"tasks": [str(w.good_task)], "shards": -1}))(w), [str(d / "suite.yaml"), "shards"])),
+    ("watch-suite-entry-unknown-key", lambda w, d: (
+        watch(suite=_suite(d, [{"task": str(w.good_task), "shard": 2}]))(w), [str(d / "suite.yaml"), "shards"])),
+    ("watch-shards-on-a-generation-task", lambda w, d: (
+        watch(suite=_suite(d, [{"task": "generation-wikitext2", "shards": 2}]))(w), ["generation-wikitext2", "shards",
+                                                                                      "MAUVE"])),
+]
+
+
+def _suite(d: Path, entries) -> Path:
+    p = d / "suite.yaml"
+    p.write_text(yaml.safe_dump(entries))
+    return p
+
+
 @case("eval-task-yaml-syntax")
 def _(w, d):
     p = d / "task.yaml"

@@ -24,8 +24,9 @@ from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.task_data import check_task_data
+from emotune.eval.task_data import check_task_data, load_split
 from emotune.harness_tasks import EVALUATORS, HARNESS, harness_suite, shipped_suite_entry, suite_evaluator
+from emotune.shards import check_shardable, parse_shard, shard_range
 from emotune.tasks import CONFIG_DIR, Task, load_suite, load_task
 
 
@@ -39,7 +40,7 @@ def make_retriever(opts: dict[str, Any], tokenizer):
 
 
 def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], retriever_factory) -> TaskResult:
-    common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress")}
+    common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress", "shard")}
     if task.kind == "icl":
         from emotune.eval.icl.classification import run_icl_task
 
@@ -58,6 +59,18 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
         raise EmotuneError(f"{task.source}: kind {task.kind!r} needs {module}.{func}, which is not available "
                            f"in this installation ({err})") from None
     return run(task, model, tokenizer, out_dir, **opts)
+
+
+def check_shard_rows(task: Task, opts: dict[str, Any]) -> None:
+    """shard=K/N with more shards than the task has test rows (after `limit`): one line, before the model."""
+    if task.kind == "mmlu":
+        from emotune.eval.icl.mmlu import evaluated_questions
+
+        n_rows = sum(len(items) for items in evaluated_questions(task, opts["data_dir"], opts["limit"]).values())
+    else:
+        n_rows = len(load_split(task, task.test_split, opts["data_dir"])[: opts["limit"]])
+    k, n = parse_shard(opts["shard"])
+    shard_range(n_rows, k, n, f"{task.source}: shard")
 
 
 def _arguments(argv: list[str]):
@@ -159,6 +172,9 @@ def main(argv: list[str]) -> int:
 
     opts["device"] = device = resolve_device(opts["device"])  # an unavailable device fails before any work
     tasks = _tasks(args, files)
+    if opts["shard"] is not None:
+        for task in tasks:  # MAUVE and the oracle metrics are over all samples: not split into shards
+            check_shardable(task.kind, parse_shard(opts["shard"])[1], f"{task.source}: shard={opts['shard']}")
     suite = args.suite or "custom"
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -179,6 +195,8 @@ def main(argv: list[str]) -> int:
             print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
     for task in todo:  # every task's file and data: bad input fails here, before the model is loaded
         check_task_data(task, opts["data_dir"])
+        if opts["shard"] is not None:
+            check_shard_rows(task, opts)
     if todo:
         model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
     retriever = []

@@ -15,7 +15,7 @@ A "scorer" is either a Hugging Face causal LM or any object with exact next-toke
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Container, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -157,18 +157,23 @@ def row_nlls(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def token_nlls(scorer: Any, seqs: Sequence[Sequence[int]], batch_size: int = 8, longest_first: bool = False,
-               progress: bool = False, desc: str = "scoring") -> list[np.ndarray]:
+               progress: bool = False, desc: str = "scoring", select: Container[int] | None = None
+               ) -> list[np.ndarray]:
     """-log p(x_t | x_<t) for t = 1..T-1 of every sequence (float64 arrays; empty for T < 2).
 
     A causal LM is run on right-padded batches and each row's NLLs taken from its logits (float32
     cross-entropy over the real positions only); an object with `next_token_logprobs` (an exact oracle)
-    gives log-probs that are picked directly."""
+    gives log-probs that are picked directly. `select` (sequence indices): run only the batches holding
+    one of them — the very batches of the whole run, so their NLLs are bit for bit the same (a shard of
+    a task, emotune.shards); the other entries stay None."""
     out: list[np.ndarray | None] = [None] * len(seqs)
     batches = padded_batches(seqs, batch_size, longest_first)
     if progress:
         batches = _progress(batches, desc, (len(seqs) + batch_size - 1) // batch_size)
     exact = hasattr(scorer, "next_token_logprobs")
     for idx, ids, mask in batches:
+        if select is not None and not any(i in select for i in idx):
+            continue
         if exact:
             _pick_nlls(scorer, seqs, idx, ids, mask, out)
             continue

@@ -9,6 +9,7 @@ Torch-free, so a bad argument fails before torch is imported.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -92,6 +93,8 @@ class EvalOptions(_Options):
     progress: Flag = Field(True, description="show progress bars")
     resume: Flag = Field(True, description="reuse the finished tasks of DIR/summary.json made with the same settings")
     trust_remote_code: Flag = Field(False, description="run the checkpoint's own Python code (only if you trust it)")
+    shard: str | None = Field(None, description="K/N: evaluate only the K-th of N contiguous ranges of the test "
+                              "rows (ICL and MMLU tasks; the scheduler's sharded jobs, docs/scheduling.md)")
     # generation suites (docs/generation-eval.md): unset = the task file's options, else the default named
     runs: Positive | None = Field(None, description=_GEN_DOC["runs"])
     seed: Annotated[int, Field(strict=True, ge=0)] | None = Field(None, description=_GEN_DOC["seed"])
@@ -114,6 +117,16 @@ class EvalOptions(_Options):
         if not isinstance(value, str):
             raise ValueError("use model, none or a tokenizer path")
         return value
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            raise ValueError("expected K/N with 1 <= K <= N, e.g. shard=2/8")
+        return f"{int(m.group(1))}/{int(m.group(2))}"
 
     @field_validator("dtype")
     @classmethod
@@ -204,7 +217,7 @@ def generation_options(task_options: dict[str, Any], given: dict[str, Any], sour
 
 # `emotune eval` passes every option to every task kind; these mean nothing to a generation task
 _OTHER_KINDS = {"encoder", "roundtrip_tokenizer", "scoring", "shared_prefix", "max_tokens", "retriever_batch_size",
-                "resume", "dtype"}
+                "resume", "dtype", "shard"}
 
 
 def help_text() -> str:

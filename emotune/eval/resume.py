@@ -20,8 +20,8 @@ from emotune.manifest import BadCheckpoint, file_entries, sha256_file
 
 # per task kind: the `emotune eval` options that change its results
 RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "icl": ("scoring", "encoder", "roundtrip_tokenizer", "limit", "max_tokens", "data_dir"),
-    "mmlu": ("scoring", "limit", "data_dir"),
+    "icl": ("scoring", "encoder", "roundtrip_tokenizer", "limit", "max_tokens", "data_dir", "shard"),
+    "mmlu": ("scoring", "limit", "data_dir", "shard"),
     "generation": ("runs", "seed", "limit", "lm_limit", "featurizer", "max_text_length", "pooling", "oracle",
                    "reference", "ce_vocab_size", "metrics", "data_dir"),
     "oracle": ("limit", "data_dir"),
@@ -81,7 +81,7 @@ def model_fingerprint(model: str) -> str:
 
 def task_digest(task) -> str:
     """A hash of the task definition as read (templates, splits, columns, ice_num, options ...)."""
-    text = json.dumps(task.raw, sort_keys=True, default=str)
+    text = json.dumps(task.definition, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -39,6 +39,7 @@ class MmluTaskFile(BaseModel):
     subjects: Literal["all"] | list[str] = "all"
     prompt: MmluPrompt | None = None  # default: the shipped mmlu.yaml's
     options: dict[str, Any] | None = None
+    shards: Any = 1  # the scheduler's jobs per checkpoint (emotune.tasks checks it)
 
 
 class PrefixFilter(BaseModel):

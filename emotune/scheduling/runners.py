@@ -6,7 +6,7 @@ The job (`python -m emotune.scheduling.runners job ...`, function `run_job`):
 2. re-verifies the checkpoint against its manifest (a corrupt checkpoint is never evaluated);
 3. runs the evaluator as a *separate* process (`emotune eval --model CKPT --tasks T --out DIR` by
    default; any command with {model} {task} {suite} {out} {step} placeholders) and kills it at once if
-   the lease is lost;
+   the lease is lost; a shard's job gives it `shard=K/N` (appended, or where the command says {shard});
 4. reads the evaluator's `summary.json` and records the result, or the failure (retried while
    attempts remain).
 
@@ -35,15 +35,17 @@ from pathlib import Path
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
 from emotune.scheduling.store import Row, Store
+from emotune.shards import shard_dir
 
 DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
-PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint")
+PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")
 
 
 def build_eval_command(template: str | list[str], **values: str) -> list[str]:
     """Split the template like a shell would (no shell runs), then fill placeholders per argument."""
     parts = shlex.split(template) if isinstance(template, str) else list(template)
     values.setdefault("python", sys.executable)
+    values.setdefault("shard", "")
     try:
         return [p.format(**values) for p in parts]
     except (KeyError, IndexError, ValueError) as err:
@@ -53,8 +55,9 @@ def build_eval_command(template: str | list[str], **values: str) -> list[str]:
 
 def job_output_dir(run_dir: str | Path, row: Row) -> Path:
     # suite and task become directory names: one path component each, whatever the store holds
-    return (Path(run_dir) / "eval" / path_component(row.suite, "suite name") / f"step-{row.step}-{row.fingerprint[:8]}"
+    task = (Path(run_dir) / "eval" / path_component(row.suite, "suite name") / f"step-{row.step}-{row.fingerprint[:8]}"
             / path_component(row.task, "task name"))
+    return shard_dir(task, row.shard, row.shards) if row.shard else task  # a shard's outputs: inside the task's
 
 
 def _set_pdeathsig() -> None:
@@ -168,8 +171,11 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     out = job_output_dir(row.run, row)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)  # never read a previous attempt's summary
+    shard = f"{row.shard}/{row.shards}" if row.shard else ""
     cmd = build_eval_command(eval_command, model=str(ckpt.model_path), task=task_spec or row.task, suite=row.suite,
-                             out=str(out), step=str(row.step), checkpoint=row.checkpoint)
+                             out=str(out), step=str(row.step), checkpoint=row.checkpoint, shard=shard)
+    if shard and "{shard}" not in str(eval_command):
+        cmd.append(f"shard={shard}")  # emotune eval's option (a command of your own may place {shard})
     log_path = out / "eval.log"
     t0 = time.time()
     lost = threading.Event()
@@ -345,7 +351,7 @@ class SlurmRunner:
 
     def script(self, row: Row, token: str, task_spec: str | None = None) -> str:
         info = {k: getattr(row, k) for k in ("id", "run", "step", "fingerprint", "suite", "suite_version", "task",
-                                             "checkpoint", "tokens_seen", "objective", "attempts")}
+                                             "checkpoint", "tokens_seen", "objective", "attempts", "shard", "shards")}
         job = [sys.executable, "-m", "emotune.scheduling.runners", "job", "--row-json", json.dumps(info),
                "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
                "--task", task_spec or row.task]
@@ -354,8 +360,9 @@ class SlurmRunner:
                                   "eval script directory")
         for line in self.setup:
             check_line_value(line, "--setup")
+        part = f"-{row.shard}of{row.shards}" if row.shard else ""  # a shard's job: emotune-eval-10-mmlu-3of8
         lines = ["#!/bin/bash",
-                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}')}",
+                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}{part}')}",
                  f"#SBATCH --output={output}",
                  "#SBATCH --ntasks=1",
                  *[f"#SBATCH {a}" for a in check_sbatch_args(self.sbatch_args)],

@@ -7,7 +7,9 @@ One pass (`tick`) does, in order:
 2. reconcile SLURM jobs: renew the lease of a job still queued or running, retry one that was killed,
    block (and report) the dependants of a failed training job;
 3. claim runnable rows (pending, or running under an expired lease) up to the runner's free slots and
-   launch a job for each (emotune.scheduling.runners).
+   launch a job for each (emotune.scheduling.runners);
+4. merge every sharded task whose last shard has finished (emotune.shards), under a lease of its own so
+   that exactly one scheduler merges it.
 
 `emotune watch` repeats passes: `--once` (one pass, then wait for the local jobs it started: cron,
 Kubernetes CronJob), a polling loop (default), or `--follow` (until the run's final checkpoint is
@@ -51,6 +53,7 @@ from emotune.scheduling.runners import (
     slurm_job_state,
 )
 from emotune.scheduling.store import TERMINAL, Store, default_store_path
+from emotune.shards import check_shardable, check_shards, merge_shards
 
 log = logging.getLogger("emotune.scheduling.scheduler")
 
@@ -63,7 +66,33 @@ class Suite:
     version: str  # changes whenever a task definition or the evaluation command changes
     tasks: tuple[str, ...]  # what the evaluator's --tasks gets: a task name or a task file's path
     labels: tuple[str, ...] = field(default=())  # the task names, as the evaluator's summary.json keys them
+    shards: tuple[int, ...] = field(default=())  # jobs per (checkpoint, task); 1 = not sharded
     evaluator: str = "emotune"  # or "lm_eval": lm-evaluation-harness (emotune.scheduling.harness_suite)
+
+
+def _suite_entries(path: Path, members) -> tuple[list, int | None]:
+    """A suite file's entries (a task name / file, or {task: ..., shards: N}) and its suite-wide `shards`."""
+    default = None
+    if isinstance(members, dict) and "tasks" in members:
+        unknown = sorted(set(members) - {"tasks", "shards"})
+        if unknown:
+            raise EmotuneError(f"{path}: unknown key {unknown[0]!r} (a suite file has 'tasks' and 'shards')")
+        if "shards" in members:
+            default = check_shards(members["shards"], str(path))
+        members = members["tasks"]
+    if not isinstance(members, list) or not members:
+        raise EmotuneError(f"{path}: a suite file must be a non-empty list of task names or task file paths")
+    entries = []
+    for m in members:
+        if isinstance(m, dict):
+            if "task" not in m or set(m) - {"task", "shards"}:
+                raise EmotuneError(f"{path}: entry {m!r}: expected a task name or {{task: NAME, shards: N}}")
+            entries.append((str(m["task"]), check_shards(m.get("shards", 1), f"{path}: task {m['task']}")
+                            if "shards" in m else None))
+        else:
+            entries.append((str(m), None))
+    return entries, default
+
 
 
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
@@ -82,30 +111,33 @@ def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Sui
             raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
         except yaml.YAMLError as err:
             raise yaml_error(path, err) from None
-        if isinstance(members, dict) and "tasks" in members:
-            members = members["tasks"]
-        if not isinstance(members, list) or not members:
-            raise EmotuneError(f"{path}: a suite file must be a non-empty list of task names or task file paths")
+        entries, default = _suite_entries(path, members)
         specs = []
-        for m in members:
-            p = Path(str(m))
+        for m, _ in entries:
+            p = Path(m)
             if not p.is_absolute() and (path.parent / p).is_file():
                 p = path.parent / p
-            specs.append(str(p.resolve()) if p.suffix in (".yaml", ".yml") else str(m))
+            specs.append(str(p.resolve()) if p.suffix in (".yaml", ".yml") else m)
         tasks = [load_task(s) for s in specs]
+        # the most specific wins: the suite entry, the suite file's `shards`, the task file's, else 1
+        shards = [n if n is not None else default if default is not None else t.shards
+                  for (_, n), t in zip(entries, tasks)]
         suite_name = path.stem
     else:
         tasks = load_suite(name)
         specs = [t.name for t in tasks]
+        shards = [t.shards for t in tasks]
         suite_name = name
+    for t, n in zip(tasks, shards):
+        check_shardable(t.kind, n, f"suite {name}: task {t.name}")
     # What the scores depend on: the task definitions, the evaluator's extra settings (not paths/commands)
     # and its scoring protocol (a changed default is a new suite version).
-    digest = hashlib.sha256(json.dumps({"tasks": [t.raw for t in tasks], "eval_args": list(eval_args), "protocol": PROTOCOL},
+    digest = hashlib.sha256(json.dumps({"tasks": [t.definition for t in tasks], "eval_args": list(eval_args), "protocol": PROTOCOL},
                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise EmotuneError(f"suite {name}: a task name appears twice ({names})")
-    return Suite(suite_name, digest, tuple(specs), tuple(names))
+    return Suite(suite_name, digest, tuple(specs), tuple(names), tuple(shards))
 
 
 # ---------------------------------------------------------------------------------------------- scheduler
@@ -116,6 +148,7 @@ class TickReport:
     queued: int = 0
     launched: int = 0
     retried: int = 0
+    merged: int = 0
     blocked: list[str] = field(default_factory=list)
 
 
@@ -149,7 +182,8 @@ class Scheduler:
         n = 0
         for c in self.checkpoints:
             n += self.store.enqueue(self.run, c.step, c.fingerprint, self.suite.name, self.suite.version,
-                                    list(self.suite.labels), str(c.path), c.tokens_seen, c.objective)
+                                    list(self.suite.labels), str(c.path), c.tokens_seen, c.objective,
+                                    shards=dict(zip(self.suite.labels, self.suite.shards)))
         return n
 
     def _task_spec(self, label: str) -> str:
@@ -157,7 +191,7 @@ class Scheduler:
 
     # -- 2. reconcile external (SLURM) jobs
     def reconcile(self, report: TickReport) -> None:
-        for row in self.store.rows(self.run, "running"):
+        for row in self.store.rows(self.run, "running", shards=True):
             if row.suite_version != self.suite.version or row.runner != "slurm" or not row.external_id:
                 continue
             result = read_job_result(job_output_dir(row.run, row) / RESULT_FILE)
@@ -213,7 +247,7 @@ class Scheduler:
     def launch(self, report: TickReport) -> None:
         free = self.runner.capacity()
         if self.runner.name == "slurm":  # queued or running SLURM jobs of this run count against --max-queued
-            free -= sum(1 for r in self.store.rows(self.run, "running") if r.runner == "slurm")
+            free -= sum(1 for r in self.store.rows(self.run, "running", shards=True) if r.runner == "slurm")
         if free <= 0:
             return
         claimed = self.store.claim(self.owner, self.ttl, self.run, self.suite.version, limit=free,
@@ -234,8 +268,28 @@ class Scheduler:
                 continue
             self.store.set_external(row.id, token, launched.runner, launched.external_id, launched.depends_on)
             report.launched += 1
-            log.info("launched step %d %s (%s %s, attempt %d)", row.step, row.task, launched.runner,
-                     launched.external_id, row.attempts)
+            log.info("launched step %d %s%s (%s %s, attempt %d)", row.step, row.task,
+                     f" shard {row.shard}/{row.shards}" if row.shard else "", launched.runner, launched.external_id,
+                     row.attempts)
+
+    # -- 4. merge sharded tasks
+    def merge(self, report: TickReport) -> None:
+        """Merge each task whose shards have all finished; the task row's lease makes it exactly once."""
+        for row, token, parts in self.store.claim_merges(self.owner, self.ttl, self.run, self.suite.version,
+                                                         self.max_attempts):
+            out = job_output_dir(row.run, row)
+            try:
+                result = merge_shards(row.task, [Path(p.output_dir or job_output_dir(p.run, p)) for p in parts], out)
+            except (EmotuneError, OSError, ValueError, KeyError, TypeError) as err:
+                log.error("step %d %s: merging its %d shards failed: %s", row.step, row.task, row.shards, err)
+                self.store.fail(row.id, token, f"merging its {row.shards} shards failed: {err}", self.max_attempts)
+                continue
+            started = min((p.started_at for p in parts if p.started_at), default=None)
+            if self.store.finish(row.id, token, result["metrics"], result["n_examples"], result["predictions"],
+                                 str(out), result["seconds"], started_at=started):
+                report.merged += 1
+                log.info("merged step %d %s from %d shards: %s", row.step, row.task, row.shards,
+                         {k: v for k, v in result["metrics"].items() if "/" not in k})
 
     def tick(self) -> TickReport:
         report = TickReport()
@@ -246,13 +300,14 @@ class Scheduler:
         if self.runner.name == "slurm":
             self.reconcile(report)
         self.launch(report)
+        self.merge(report)
         for line in report.blocked:
             log.warning("blocked: %s", line)
         return report
 
     # -- state
     def rows(self):
-        return [r for r in self.store.rows(self.run) if r.suite_version == self.suite.version]
+        return [r for r in self.store.rows(self.run, shards=True) if r.suite_version == self.suite.version]
 
     def all_done(self) -> bool:
         rows = self.rows()
@@ -279,8 +334,8 @@ class Scheduler:
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs"
         bad = [r for r in rows if r.status in ("failed", "blocked")]
         lines = [f"{self.run} suite {self.suite.name} ({self.suite.version}): {text}"]
-        lines += [f"  {r.status}: step {r.step} {r.task}: {(r.error or '').splitlines()[0] if r.error else ''}"
-                  for r in bad]
+        lines += [f"  {r.status}: step {r.step} {r.task}{f' shard {r.shard}/{r.shards}' if r.shard else ''}: "
+                  f"{(r.error or '').splitlines()[0] if r.error else ''}" for r in bad]
         return "\n".join(lines)
 
 
@@ -359,7 +414,8 @@ def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
         import shlex
 
         eval_command = eval_command + " " + shlex.join(args.eval_arg)
-    build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c")  # validate
+    build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c",
+                       shard="1/2")  # validate
     check_scheduler_args(args)
     suite = resolve_suite(suite_name, args.eval_arg)
     if suite.evaluator == HARNESS and args.eval_command == DEFAULT_EVAL_COMMAND:

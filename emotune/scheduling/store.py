@@ -1,6 +1,10 @@
 """The result store: one SQLite database (WAL) holding every evaluation job and its result.
 
-One row per (run, checkpoint step, checkpoint fingerprint, suite version, task). A row's status:
+One row per (run, checkpoint step, checkpoint fingerprint, suite version, task, shard). A task split into
+N shards (emotune.shards) has N shard rows (shard 1..N, each one job) beside its task row (shard 0), which
+is never claimed as a job: when its last shard finishes, a scheduler claims it with `claim_merges` (the
+same lease protocol, so exactly one merges), merges the shards' records and finishes it. Readers that
+want results (`rows()` by default: `emotune results`, the report) see only task rows. A row's status:
 
     pending  -> running (leased) -> finished
                          |-> pending again when the lease expires or the job fails (attempts < max)
@@ -29,7 +33,7 @@ from typing import Any, Iterator
 
 from emotune.errors import EmotuneError, one_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the shard columns (a version-1 store is migrated in place when opened)
 DEFAULT_NAME = "results.sqlite"
 
 _SCHEMA = """
@@ -63,7 +67,9 @@ CREATE TABLE IF NOT EXISTS results (
     started_at      REAL,
     finished_at     REAL,
     error           TEXT,
-    UNIQUE (run, step, fingerprint, suite_version, task)
+    shard           INTEGER NOT NULL DEFAULT 0,  -- 0: the task's row, 1..shards: a shard of it (a job)
+    shards          INTEGER NOT NULL DEFAULT 1,  -- how many shards the task's rows are split into
+    UNIQUE (run, step, fingerprint, suite_version, task, shard)
 );
 CREATE INDEX IF NOT EXISTS results_status ON results (run, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -107,6 +113,13 @@ class Row:
     started_at: float | None
     finished_at: float | None
     error: str | None
+    shard: int = 0
+    shards: int = 1
+
+    @property
+    def sharded_task(self) -> bool:
+        """The task row of a task split into shards: merged, never run as a job."""
+        return self.shard == 0 and self.shards > 1
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -174,14 +187,18 @@ class Store:
         try:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
-            # Before anything that writes (journal mode, schema): an existing file must be our store.
-            if existed and self.db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='results'"
-                                           ).fetchone() is None:
+            # Before anything that writes (journal mode, schema): an existing file must be our store. One
+            # without any table yet is a store another scheduler is creating right now (its schema
+            # transaction is not committed yet): this one waits for it below.
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if existed and tables and "results" not in tables:
                 raise EmotuneError(f"{self.path}: not a usable result store (an SQLite database without emotune's "
                                    "results table); refusing to add tables to it (give another --store)")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             with self.tx():
+                if existed:
+                    self._migrate()
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self.db.execute(stmt)
@@ -193,6 +210,22 @@ class Store:
                                        f"({SCHEMA_VERSION}); upgrade emotune")
         except sqlite3.DatabaseError as err:
             raise EmotuneError(f"{self.path}: not a usable result store ({err})") from None
+
+    def _migrate(self) -> None:
+        """Version 1 -> 2, inside _open's transaction (all or nothing; a second opener waits, then finds
+        version 2): the table is rebuilt with the shard columns, since SQLite cannot change a UNIQUE key."""
+        cols = [r[1] for r in self.db.execute("PRAGMA table_info(results)")]
+        if "shard" in cols:
+            return
+        self.db.execute("ALTER TABLE results RENAME TO results_v1")
+        self.db.execute("DROP INDEX IF EXISTS results_status")
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                self.db.execute(stmt)
+        names = ", ".join(cols)
+        self.db.execute(f"INSERT INTO results ({names}) SELECT {names} FROM results_v1")
+        self.db.execute("DROP TABLE results_v1")
+        self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.db.close()
@@ -217,27 +250,37 @@ class Store:
 
     # ------------------------------------------------------------------ enqueue and read
     def enqueue(self, run: str, step: int, fingerprint: str, suite: str, suite_version: str, tasks: list[str],
-                checkpoint: str, tokens_seen: int | None = None, objective: str | None = None) -> int:
-        """Add a pending row per task unless the key exists; returns how many were new."""
+                checkpoint: str, tokens_seen: int | None = None, objective: str | None = None,
+                shards: dict[str, int] | None = None) -> int:
+        """Add a pending row per task unless the key exists, and for a new task row split into N shards
+        (`shards[task]`) its N shard rows; returns how many jobs were new. A task already queued keeps
+        the shards it was queued with (changing `shards` changes no result, so it re-runs nothing)."""
         now = time.time()
+        cols = ("INSERT OR IGNORE INTO results (run, step, fingerprint, suite, suite_version, task, checkpoint,"
+                " tokens_seen, objective, created_at, shard, shards) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
         with self.tx() as db:
             n = 0
             for task in tasks:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO results (run, step, fingerprint, suite, suite_version, task, checkpoint,"
-                    " tokens_seen, objective, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (run, step, fingerprint, suite, suite_version, task, checkpoint, tokens_seen, objective, now))
-                n += cur.rowcount
+                count = (shards or {}).get(task, 1)
+                key = (run, step, fingerprint, suite, suite_version, task, checkpoint, tokens_seen, objective, now)
+                if db.execute(cols, (*key, 0, count)).rowcount == 0:
+                    continue
+                for k in range(1, count + 1) if count > 1 else ():
+                    db.execute(cols, (*key, k, count))
+                n += count
         return n
 
     def rows(self, run: str | None = None, status: str | tuple[str, ...] | None = None,
-             suite: str | None = None) -> list[Row]:
+             suite: str | None = None, shards: bool = False) -> list[Row]:
+        """The task rows (what results and reports read); `shards=True`: the shard rows (jobs) too."""
         q, args = _where("SELECT * FROM results WHERE 1=1", [], run=run, suite=suite)
+        if not shards:
+            q += " AND shard=0"
         if status is not None:
             status = (status,) if isinstance(status, str) else tuple(status)
             q += f" AND status IN ({','.join('?' * len(status))})"
             args += list(status)
-        q += " ORDER BY run, step, task, id"
+        q += " ORDER BY run, step, task, shard, id"
         try:
             return [_row(r) for r in self.db.execute(q, args)]
         except (sqlite3.DatabaseError, ValueError, TypeError) as err:  # a damaged page or a hand-edited row
@@ -260,9 +303,9 @@ class Store:
         now = time.time()
         out = []
         with self.tx() as db:
-            q, args = _where("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))",
-                             [now], run=run, suite_version=suite_version)
-            q += " ORDER BY step, task, id"
+            q, args = _where("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))"
+                             " AND NOT (shard=0 AND shards>1)", [now], run=run, suite_version=suite_version)
+            q += " ORDER BY step, task, shard, id"
             for r in db.execute(q, args).fetchall():
                 if len(out) >= limit:
                     break
@@ -280,6 +323,44 @@ class Store:
                            " error=COALESCE(?, error) WHERE id=?",
                            (token, owner, now + ttl, note, r["id"]))
                 out.append((self.get(r["id"]), token))
+        return out
+
+    def claim_merges(self, owner: str, ttl: float, run: str | None = None, suite_version: str | None = None,
+                     max_attempts: int = 3) -> list[tuple[Row, str, list[Row]]]:
+        """Lease the task rows whose shards have all finished: (task row, token, its shard rows in order).
+
+        The same lease as a job's (one transaction, a fresh token; an expired merge is taken over), so
+        of any number of schedulers exactly one merges a task. A task with a failed or blocked shard
+        becomes failed or blocked itself, naming the shard."""
+        now = time.time()
+        out = []
+        with self.tx() as db:
+            q, args = _where("SELECT * FROM results WHERE shard=0 AND shards>1 AND (status='pending' OR"
+                             " (status='running' AND lease_expires < ?))", [now], run=run, suite_version=suite_version)
+            for r in db.execute(q + " ORDER BY step, task, id", args).fetchall():
+                parts = [_row(x) for x in db.execute(
+                    "SELECT * FROM results WHERE run=? AND step=? AND fingerprint=? AND suite_version=? AND task=?"
+                    " AND shard>0 ORDER BY shard", (r["run"], r["step"], r["fingerprint"], r["suite_version"],
+                                                    r["task"]))]
+                bad = next((p for p in parts if p.status in ("failed", "blocked")), None)
+                if bad is not None:
+                    first = (bad.error or "").strip().splitlines()[0] if bad.error else ""
+                    db.execute("UPDATE results SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
+                               " finished_at=? WHERE id=?",
+                               (bad.status, f"shard {bad.shard}/{bad.shards} {bad.status}: {first}", now, r["id"]))
+                    continue
+                if len(parts) != r["shards"] or any(p.status != "finished" for p in parts):
+                    continue
+                if r["attempts"] >= max_attempts:
+                    db.execute("UPDATE results SET status='failed', lease_token=NULL, finished_at=?,"
+                               " error=COALESCE(error, '') || ? WHERE id=?",
+                               (now, f"[gave up merging after {r['attempts']} attempts]", r["id"]))
+                    continue
+                token = uuid.uuid4().hex
+                db.execute("UPDATE results SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
+                           " lease_expires=?, runner='merge', host=? WHERE id=?",
+                           (token, owner, now + ttl, socket.gethostname(), r["id"]))
+                out.append((self.get(r["id"]), token, parts))
         return out
 
     def renew(self, row_id: int, token: str, ttl: float, owner: str | None = None) -> bool:

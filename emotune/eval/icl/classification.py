@@ -21,7 +21,7 @@ from emotune.atomic import write_jsonl
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
-from emotune.stats import with_stderr
+from emotune.shards import icl_metrics, parse_shard, shard_range, shard_settings
 from emotune.tasks import Task
 
 ICE_SEPARATOR = "\n"
@@ -85,7 +85,11 @@ def candidates(task: Task, index_rows, index_labels, demo_ids: list[int], row: d
 
 def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, retriever, data_dir=None,
                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
-                 limit: int | None = None, max_tokens: int | None = None, progress: bool = True) -> TaskResult:
+                 limit: int | None = None, max_tokens: int | None = None, progress: bool = True,
+                 shard: str | None = None) -> TaskResult:
+    """`shard="K/N"`: only the K-th of N contiguous ranges of the test rows (emotune.shards). Demos are
+    still retrieved, prompts built and tokenised for every row, so that the scorer makes exactly the whole
+    run's model calls for the shard's rows: its records are the whole run's, byte for byte."""
     start = time.time()
     scoring = scoring or task.options.get("scoring", "full")
     test_rows, gold, demo_ids, prompts, index = prepare(task, retriever, data_dir, limit, tokenizer)
@@ -96,14 +100,20 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
                 demo_ids[i] = demo_ids[i][:-1]
                 prompts[i] = candidates(task, *index, demo_ids[i], test_rows[i])
                 cands = groups[i] = tokenize_groups(tokenizer, [prompts[i]])[0]
+    selected, shard_info = range(len(test_rows)), {}
+    if shard is not None:
+        k, n_shards = parse_shard(shard)
+        selected = shard_range(len(test_rows), k, n_shards)
+        shard_info = shard_settings(selected, k, n_shards, len(test_rows))
     scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
-                          ignore_id=openicl_ignore_id(tokenizer), progress=progress)
+                          ignore_id=openicl_ignore_id(tokenizer), progress=progress,
+                          select=selected if shard is not None else None)
     labels = task.labels
-    records, correct = [], 0
-    for i, row in enumerate(test_rows):
+    records = []
+    for i in selected:
+        row = test_rows[i]
         pred = labels[scored.predictions[i]]
         ok = pred == gold[i]
-        correct += ok
         records.append({"id": i, "input": task.input_text(row), "demo_ids": demo_ids[i],
                         "scores": {str(lab): sc for lab, sc in zip(labels, scored.scores[i])},
                         "prediction": pred, "gold": gold[i], "correct": bool(ok),
@@ -111,12 +121,11 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
     out_dir = Path(out_dir)
     pred_name = f"{task.name}.predictions.jsonl"
     write_jsonl(out_dir / pred_name, records)
-    n = len(test_rows)
+    n = len(records)
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "ice_num": task.ice_num,
                 "index_split": task.index_split, "test_split": task.test_split, "limit": limit,
                 "max_tokens": max_tokens, "task_file": task.source, "ignore_token_id": openicl_ignore_id(tokenizer),
-                **retriever.settings()}
-    metrics = with_stderr({"accuracy": correct / n if n else 0.0}, {"accuracy": n})  # the harness's stderr
-    return TaskResult(task=task.name, kind="icl", metrics=metrics, n_examples=n,
+                **retriever.settings(), **shard_info}
+    return TaskResult(task=task.name, kind="icl", metrics=icl_metrics(records), n_examples=n,
                       predictions=pred_name, seconds=round(time.time() - start, 3), settings=settings)
 

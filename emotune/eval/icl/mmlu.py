@@ -27,7 +27,7 @@ from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
 from emotune.eval.task_files import MmluPrompt, MmluTaskFile
-from emotune.stats import with_stderr
+from emotune.shards import mmlu_metrics, parse_shard, shard_range, shard_settings
 from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"
@@ -106,29 +106,49 @@ def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
     return out
 
 
-def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
-                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
-                  limit: int | None = None, progress: bool = True, **_: Any) -> TaskResult:
-    start = time.time()
-    spec = read_task(task)
-    scoring = scoring or task.options.get("scoring", "full")
-    shots, prompt = spec.shots, spec.prompt or shipped_prompt()
+def evaluated_questions(task: Task, data_dir=None, limit: int | None = None) -> "OrderedDict[str, list[tuple[int, dict]]]":
+    """The questions evaluated, per subject in order: the task's `subjects`, the first `limit` of each."""
     test_rows = load_split(task, task.test_split, data_dir, key="test_split")
-    dev_rows = load_split(task, task.index_split, data_dir, key="dev_split")
     check_columns(task, test_rows, task.test_split, COLUMNS)
-    check_columns(task, dev_rows, task.index_split, COLUMNS)
-    tests, devs = by_subject(test_rows), by_subject(dev_rows)
-    wanted = spec.subjects
+    tests = by_subject(test_rows)
+    wanted = read_task(task).subjects
     if wanted != "all":
         unknown = [s for s in wanted if s not in tests]
         if unknown:
             raise EmotuneError(f"{task.source}: key 'subjects': no test rows for subject {unknown[0]!r}")
         tests = OrderedDict((s, tests[s]) for s in wanted)
-    records, per_subject = [], {}
+    return OrderedDict((s, items[:limit] if limit is not None else items) for s, items in tests.items())
+
+
+def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
+                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
+                  limit: int | None = None, progress: bool = True, shard: str | None = None,
+                  **_: Any) -> TaskResult:
+    """`shard="K/N"`: only the K-th of N contiguous ranges of the questions in the order they are
+    evaluated (subject by subject, after `limit`); a subject it touches is planned whole, so the scorer
+    makes exactly the whole run's model calls for its questions (emotune.shards)."""
+    start = time.time()
+    spec = read_task(task)
+    scoring = scoring or task.options.get("scoring", "full")
+    shots, prompt = spec.shots, spec.prompt or shipped_prompt()
+    tests = evaluated_questions(task, data_dir, limit)
+    dev_rows = load_split(task, task.index_split, data_dir, key="dev_split")
+    check_columns(task, dev_rows, task.index_split, COLUMNS)
+    devs = by_subject(dev_rows)
+    n_rows = sum(len(items) for items in tests.values())
+    selected, shard_info = range(n_rows), {}
+    if shard is not None:
+        k, n_shards = parse_shard(shard)
+        selected = shard_range(n_rows, k, n_shards)
+        shard_info = shard_settings(selected, k, n_shards, n_rows)
+    records = []
     ignore = opencompass_ignore_id(tokenizer)
+    offset = 0
     for subject, items in tests.items():
-        if limit is not None:
-            items = items[:limit]
+        first, offset = offset, offset + len(items)
+        mine = range(max(selected.start - first, 0), min(selected.stop - first, len(items)))
+        if not mine:
+            continue  # another shard's subject
         shots_rows = [r for _, r in devs.get(subject, [])][:shots]
         if len(shots_rows) < shots:
             raise EmotuneError(f"{task.source}: subject {subject!r} has {len(shots_rows)} dev rows, {shots} needed "
@@ -136,27 +156,20 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
         groups = tokenize_groups(tokenizer, prompts)
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
-                              ignore_id=ignore, progress=progress)
-        correct = 0
-        for (i, r), scores, pred, cands in zip(items, scored.scores, scored.predictions, prompts):
+                              ignore_id=ignore, progress=progress, select=mine if shard is not None else None)
+        for j in mine:
+            (i, r), scores, pred, cands = items[j], scored.scores[j], scored.predictions[j], prompts[j]
             gold = answer_index(r["answer"], f"test row {i}")
-            correct += pred == gold
             records.append({"id": i, "subject": subject, "input": r["question"],
                             "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
                             "gold": LETTERS[gold], "correct": pred == gold, **prompt_record(cands, list(LETTERS))})
-        per_subject[subject] = (correct, len(items))
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
     pred_name = f"{task.name}.predictions.jsonl"
     write_jsonl(Path(out_dir) / pred_name, records)
-    total = sum(n for _, n in per_subject.values())
-    metrics = {"accuracy": sum(c for c, _ in per_subject.values()) / total,
-               "accuracy_macro": sum(c / n for c, n in per_subject.values()) / len(per_subject)}
-    metrics.update({f"subject/{s}": c / n for s, (c, n) in per_subject.items()})
-    # the harness's stderr for every proportion (the macro mean is not one: it has none)
-    metrics = with_stderr(metrics, {"accuracy": total, **{f"subject/{s}": n for s, (_, n) in per_subject.items()}})
-    settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots, "subjects": len(per_subject),
-                "prompt": "opencompass mmlu_ppl", "limit_per_subject": limit, "task_file": task.source,
-                "ignore_token_id": ignore}
-    return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=total, predictions=pred_name,
+    metrics = mmlu_metrics(records)  # with the harness's stderr of every proportion
+    settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots,
+                "subjects": len({r["subject"] for r in records}), "prompt": "opencompass mmlu_ppl",
+                "limit_per_subject": limit, "task_file": task.source, "ignore_token_id": ignore, **shard_info}
+    return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=len(records), predictions=pred_name,
                       seconds=round(time.time() - start, 3), settings=settings)

@@ -25,7 +25,7 @@ computed by log-softmax in float32 whatever the model dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -47,9 +47,11 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 
 @torch.no_grad()
-def naive_token_nlls(model, seqs: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
-    """NLL of tokens 1..T-1 of each sequence, running every sequence in full (right-padded batches)."""
-    return token_nlls(model, seqs, batch_size, progress=progress, desc="scoring (full prompts)")
+def naive_token_nlls(model, seqs: list[list[int]], batch_size: int = 8, progress: bool = False,
+                     select: Container[int] | None = None) -> list[np.ndarray]:
+    """NLL of tokens 1..T-1 of each sequence, running every sequence in full (right-padded batches);
+    `select`: only the batches holding those sequences (see token_nlls)."""
+    return token_nlls(model, seqs, batch_size, progress=progress, desc="scoring (full prompts)", select=select)
 
 
 def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -81,7 +83,7 @@ def _forward(model, ids, mask, positions=None, layers=None, rows=None):
 
 @torch.no_grad()
 def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
-                      progress: bool = False) -> list[list[np.ndarray]]:
+                      progress: bool = False, select: Container[int] | None = None) -> list[list[np.ndarray]]:
     """Per test input (a group of candidate token sequences), the NLL of tokens 1..T-1 of each candidate.
     Equal to `naive_token_nlls` up to float rounding, computing each shared token prefix only once:
 
@@ -89,6 +91,10 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
                demos): one call for the whole set of groups, batch 1
       level 1  the rest of each group's common prefix (demos and test input): one call per batch of groups
       level 2  the label suffixes, minus their first token (scored from level 1's last logits)
+
+    `select` (group indices; a shard of the task, emotune.shards): every group is still given, so that the
+    plan — the level-0 prefix, the batches — is the whole run's, but only the model calls that involve a
+    selected group run; their NLLs are thus bit for bit the whole run's. Other groups' entries stay None.
     """
     dev = model_device(model)
     results: list[list[np.ndarray] | None] = [None] * len(groups)
@@ -96,11 +102,13 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
     plain = [g for g, cands in enumerate(groups) if common_prefix_len(cands) == 0]
     if plain:
         flat = [s for g in plain for s in groups[g]]
-        nlls = naive_token_nlls(model, flat, batch_size)
+        owner = [g for g in plain for _ in groups[g]]  # the group of each flat candidate
+        wanted = None if select is None else {k for k, g in enumerate(owner) if g in select}
+        nlls = naive_token_nlls(model, flat, batch_size, select=wanted)
         for g in plain:
             results[g], nlls = nlls[: len(groups[g])], nlls[len(groups[g]) :]
     todo = [g for g in range(len(groups)) if results[g] is None]
-    if not todo:
+    if not todo or (select is not None and not any(g in select for g in todo)):
         return results  # type: ignore[return-value]
 
     # level 0
@@ -115,6 +123,8 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
 
     for start in _progress(range(0, len(todo), batch_size), progress, "scoring (shared prefix)"):
         chunk = todo[start : start + batch_size]
+        if select is not None and not any(g in select for g in chunk):
+            continue  # another shard's batch
         cands = [groups[g] for g in chunk]
         plen = [common_prefix_len(cs) for cs in cands]
         layers, mask1, prefix_nll, last = _level1(model, cands, plen, c, common_layers, common_nll, common_last)
@@ -224,20 +234,26 @@ class Scored:
 
 
 def score_groups(model, groups: list[list[list[int]]], rule: str = "full", shared_prefix: bool = True,
-                 batch_size: int = 8, ignore_id: int | None = None, progress: bool = False) -> Scored:
-    """Score every candidate of every test input and pick the lowest."""
+                 batch_size: int = 8, ignore_id: int | None = None, progress: bool = False,
+                 select: Container[int] | None = None) -> Scored:
+    """Score every candidate of every test input and pick the lowest. `select` (indices into `groups`):
+    score only those, with exactly the model calls the whole run makes for them (a shard of the task);
+    the others' scores and predictions are None."""
     if rule not in RULES:
         raise EmotuneError(f"key 'scoring' must be one of {', '.join(RULES)} (got {rule!r})")
     if shared_prefix:
-        nlls = shared_token_nlls(model, groups, batch_size, progress)
+        nlls = shared_token_nlls(model, groups, batch_size, progress, select=select)
     else:
-        flat = naive_token_nlls(model, [s for g in groups for s in g], batch_size, progress)
-        nlls, k = [], 0
+        starts, k = [], 0
         for g in groups:
-            nlls.append(flat[k : k + len(g)])
+            starts.append(k)
             k += len(g)
-    scores = [rule_scores(g, n, rule, ignore_id) for g, n in zip(groups, nlls)]
-    return Scored(scores, [argmin_first(s) for s in scores])
+        wanted = None if select is None else {starts[g] + j for g in select for j in range(len(groups[g]))}
+        flat = naive_token_nlls(model, [s for g in groups for s in g], batch_size, progress, select=wanted)
+        nlls = [flat[starts[i] : starts[i] + len(g)] for i, g in enumerate(groups)]
+    keep = range(len(groups)) if select is None else select
+    scores = [rule_scores(g, n, rule, ignore_id) if i in keep else None for i, (g, n) in enumerate(zip(groups, nlls))]
+    return Scored(scores, [argmin_first(s) if s is not None else None for s in scores])
 
 
 def _progress(it: Iterable, enabled: bool, desc: str):
