@@ -214,12 +214,10 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
     """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...);
     `teacher` = (h_t [N,H_t], W_t [V,H_t], bias_t) for a teacher target (its logits are made chunk by chunk).
     Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
-    if objective.dense:  # P per chunk, the rule on (likelihood, generalised DEMD): fused_dense.py
-        from emotune.objectives.fused_dense import DenseChunks
+    from emotune.objectives.fused_dense import DenseChunks  # a dense target: P per chunk, the rule on (likelihood, DEMD)
 
-        c = DenseChunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype, objective, teacher)
-    else:
-        c = _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype)
+    c = (DenseChunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype, objective, teacher)
+         if objective.dense else _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype))
     n, ce_all, d_all, qy_all, any_grad = c.n, c.lik_all, c.d_all, c.qy_all, any(want)
     loss = torch.zeros((), dtype=c.cdt, device=h.device)
     weights = []
@@ -355,18 +353,14 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     - `chunk_size`: tokens per chunk (default: 2^24 / V). Peak extra memory ~ 2 x chunk x V float32.
     - `live_head`: the weight an adaptive cost is read from (default: the cost embedding's own).
     - `compile`: on CUDA, run the element-wise chunk work through torch.compile (ignored on CPU).
-    - `teacher`: `(hidden_t, weight_t, bias_t)` for an objective with `target: teacher`: the teacher's last hidden
-      states (shaped like `hidden`, any width, no gradient) and its LM head; its logits are made chunk by chunk
-      beside the student's (one more chunk x V buffer), never [N, V].
+    - `teacher`: `(hidden_t, weight_t, bias_t)` for `target: teacher`: the teacher's last hidden states (shaped like
+      `hidden`, any width) and LM head; its logits are made chunk by chunk beside the student's, never [N, V].
     """
     lora = list(lora or [])
     h, y = _target_rows(hidden, weight, labels, lora, ignore_index)
-    if objective.needs_teacher:
-        from emotune.objectives.fused_dense import teacher_rows
+    from emotune.objectives.fused_dense import teacher_rows  # (fused_dense imports this module)
 
-        teacher = teacher_rows(teacher, hidden, labels, weight.shape[0], ignore_index)
-    else:
-        teacher = None  # a target that is not the teacher's never reads it
+    teacher = teacher_rows(teacher, hidden, labels, weight.shape[0], ignore_index) if objective.needs_teacher else None
     vocab, mm_dtype = weight.shape[0], _matmul_dtype(weight)
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
