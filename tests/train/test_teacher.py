@@ -57,3 +57,31 @@ def test_config_passes_the_teacher_options_to_the_objective(tmp_path):
     assert cfg.objective_params()["temperature"] == 1.0
     with pytest.raises(EmotuneError, match="teacher.top_k"):
         validate({**base, "objective": {"name": "kd"}, "teacher": {"model": "t", "top_k": 0}})
+
+
+def test_loss_step_with_a_teacher_fused_equals_plain(tmp_path):
+    from emotune.objectives import CostEmbedding, build_objective
+    from emotune.train.loss_step import loss_step
+
+    teacher = _tiny(tmp_path / "t", vocab=40, hidden=24)
+    student = _tiny(tmp_path / "s", vocab=40, hidden=16).train()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 40, (2, 9), generator=g)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    for name, params in [("emo", {"target": "teacher", "top_k": 5}), ("kd_reverse", {"temperature": 2.0})]:
+        objective = build_objective(name, params, CostEmbedding.frozen(student))
+        with torch.no_grad():
+            want = objective(student(ids).logits, labels, teacher_logits=teacher(ids).logits).loss
+        results = []
+        for fused in (True, False):
+            student.zero_grad(set_to_none=True)
+            out = loss_step(student, batch, objective, fused, teacher)
+            out.loss.backward()
+            results.append((float(out.loss), student.lm_head.weight.grad.clone()))
+        assert results[0][0] == pytest.approx(float(want), rel=1e-6) and results[1][0] == pytest.approx(float(want), rel=1e-6)
+        assert torch.allclose(results[0][1], results[1][1], atol=1e-7) and float(results[0][1].abs().max()) > 0
+        assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(ValueError, match="needs the teacher model"):
+        loss_step(student, batch, objective, True)
