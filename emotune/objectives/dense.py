@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from emotune.objectives.token_terms import compute_dtype, no_autocast, row_blocks, unused_ranges
+
 TARGETS = ("onehot", "teacher", "smoothed")
 LIKELIHOODS = ("forward_kl", "reverse_kl")
 _SUB_ROWS = 32  # rows per log p temporary (32 x V floats)
@@ -140,8 +142,6 @@ class PlainDenseTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat, rows, y, teacher, e_hat, spec, likelihood, want_demd, chunk):
-        from emotune.objectives.token_terms import compute_dtype, no_autocast, row_blocks
-
         with no_autocast(flat.device):
             cdt = compute_dtype(flat.dtype)
             n = rows.numel()
@@ -160,8 +160,6 @@ class PlainDenseTerms(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, _g_ce, g_lik, g_demd, _g_qy):
-        from emotune.objectives.token_terms import no_autocast, unused_ranges
-
         flat, y, *rest = ctx.saved_tensors
         e_hat, spec, likelihood, want_demd, blocks, cdt, has_teacher = ctx.args
         teacher = rest[0] if has_teacher else None

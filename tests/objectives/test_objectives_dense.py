@@ -219,3 +219,15 @@ def test_registry_checks_target_options():
         z, _, labels, _ = problem()
         build_objective("kd")(z, labels)
     assert np.isfinite(float(build_objective("kd")(z, labels, teacher_logits=z.detach()).loss))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_run_in_float32(dtype):
+    z, zt, labels, E = problem(V=50)
+    zl, ztl = z.detach().to(dtype).requires_grad_(True), zt.to(dtype)
+    for name, params in DENSE:
+        want = build_objective(name, params, CostEmbedding(E))(zl.detach().double(), labels, teacher_logits=ztl.double())
+        got = build_objective(name, params, CostEmbedding(E.float()))(zl, labels, teacher_logits=ztl)
+        (g,) = torch.autograd.grad(got.loss, zl)
+        assert got.loss.dtype == torch.float32 and g.dtype == dtype and bool(torch.isfinite(g).all())
+        assert float(got.loss) == pytest.approx(float(want.loss), rel=1e-5, abs=1e-6), name
