@@ -16,6 +16,10 @@ Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
   fused_emo       fused_loss, objective emo (EMO-1, token weighting, frozen cost Ê [V,H])
   ce_only_torch   the loss alone: logits [1, N+1, V] in, their gradient out, F.cross_entropy as above
   ce_only_mle     the loss alone, emotune's mle
+  plain_dense_emo --dense: EMO with a teacher target on the plain path: the student's and the teacher's [N,V]
+                  logits materialised (teacher hidden [N,H] and head [V,H] in), then the objective
+  fused_dense_emo --dense: fused_loss with teacher=(hidden_t, W_t): both heads applied chunk by chunk
+  plain_dense_kd, fused_dense_kd   the same for the forward-KL KD baseline
 fp32 runs every method; bf16 (h, W and the logits in bfloat16, loss math float32) the plain ones.
 Each (method, N, repeat) runs in its own process so its peak RSS is its own: peak = VmHWM after one
 loss+backward minus VmRSS before it (inputs already allocated). Time of the same call: process CPU
@@ -23,6 +27,7 @@ time with --threads 1 (robust on a shared machine), wall time otherwise; the min
 interleaved repeats is reported. Last line: one JSON object: the fused ratios at the largest N (float32), and
 for every N and dtype plain MLE / F.cross_entropy (with the head, and the loss alone) and plain EMO / plain MLE.
 `--step`: training-step time (fused loss + backward + AdamW) of a tiny LLaMA, EMO over MLE.
+`--dense`: the dense-target (teacher) methods only, fp32, N=8192 by default; last line: fused over plain ratios.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import sys
 import time
 
 METHODS = ("torch_ce", "plain_mle", "fused_mle", "plain_emo", "plain_emo_ours", "fused_emo", "ce_only_torch", "ce_only_mle")
+DENSE_METHODS = ("plain_dense_emo", "fused_dense_emo", "plain_dense_kd", "fused_dense_kd")
 LOW_PRECISION_METHODS = ("torch_ce", "plain_mle", "plain_emo_ours", "ce_only_torch", "ce_only_mle")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -102,6 +108,15 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
         return (0.5 * (mle + (mle / emo.clamp_min(1e-8)).detach() * emo)).mean()
 
     mle_obj, emo_obj = build_objective("mle"), build_objective("emo", {}, cost)
+    dense_emo, dense_kd = build_objective("emo", {"target": "teacher"}, cost), build_objective("kd_forward")
+    h_t = torch.randn(n, hidden, generator=g).to(dtype) if method in DENSE_METHODS else None
+    w_t = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype) if method in DENSE_METHODS else None
+
+    def plain_dense(objective):  # both models' logits materialised, as a trainer holding the teacher's output would
+        logits = (torch.cat([h, pad]) @ w.T)[None]
+        with torch.no_grad():
+            teacher_logits = (torch.cat([h_t, pad]) @ w_t.T)[None]
+        return objective(logits, labels, teacher_logits=teacher_logits).loss
     run = {
         "torch_ce": lambda: library_ce((torch.cat([h, pad]) @ w.T)[None]),
         "ce_only_torch": lambda: library_ce(logits_leaf),
@@ -111,6 +126,10 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
         "plain_emo": original_emo,
         "plain_emo_ours": lambda: plain(emo_obj),
         "fused_emo": lambda: fused_loss(h, w, y, emo_obj, chunk_size=chunk).loss,
+        "plain_dense_emo": lambda: plain_dense(dense_emo),
+        "fused_dense_emo": lambda: fused_loss(h, w, y, dense_emo, chunk_size=chunk, teacher=(h_t, w_t, None)).loss,
+        "plain_dense_kd": lambda: plain_dense(dense_kd),
+        "fused_dense_kd": lambda: fused_loss(h, w, y, dense_kd, chunk_size=chunk, teacher=(h_t, w_t, None)).loss,
     }[method]
 
     wrt = (logits_leaf,) if logits_leaf is not None else (h, w)
@@ -183,6 +202,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--step", action="store_true", help="instead: training-step time, tiny LLaMA, fused EMO vs MLE")
+    ap.add_argument("--dense", action="store_true", help="instead: teacher-target EMO / KD, fused vs plain (fp32, N=8192)")
     # EMO adds one N x V x H' product to the LM head's three: its step overhead is that share of the head's
     # part of the step. At hidden 512 x 8 layers the head (V = 32000) is about half of the step; at
     # 256 x 4 about 70% (EMO/MLE ~1.27 there); at LLaMA-7B scale a few percent.
@@ -199,6 +219,10 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.vocab, args.hidden, args.chunk_size,
                                 args.threads, args.worker[2])))
         return
+    if args.dense:  # the dense methods alone, float32 (the defaults of the other modes do not apply)
+        args.methods = ",".join(DENSE_METHODS) if args.methods == ",".join(METHODS) else args.methods
+        args.sizes = "8192" if args.sizes == "1024,8192" else args.sizes
+        args.dtypes = "fp32"
     sizes = [int(s) for s in args.sizes.split(",")]
     dtypes = args.dtypes.split(",")
     methods = args.methods.split(",")
@@ -238,7 +262,8 @@ def main() -> None:
         line = {}
         for short, key in (("mem", "peak_mb"), ("time", "time_s")):
             for a, b in (("fused_emo", "fused_mle"), ("fused_emo", "plain_emo"), ("fused_emo", "plain_emo_ours"),
-                         ("fused_mle", "plain_mle")):
+                         ("fused_mle", "plain_mle"), ("fused_dense_emo", "plain_dense_emo"),
+                         ("fused_dense_kd", "plain_dense_kd"), ("fused_dense_emo", "fused_dense_kd")):
                 if {a, b} <= have:
                     line[f"{short}_{a}_over_{b}"] = ratio(key, a, b, n)
         if line:

@@ -222,6 +222,28 @@ CASES += [
 ]
 
 
+@case("train-teacher-missing")
+def _(w, d):
+    return ["train", str(w.good_train), "objective.params={target: teacher}"], ["teacher.model", "target 'teacher'"]
+
+
+@case("train-teacher-without-teacher-target")
+def _(w, d):
+    return ["train", str(w.good_train), f"teacher.model={w.model}"], ["teacher:", "objective.params.target"]
+
+
+@case("train-teacher-temperature-twice")
+def _(w, d):
+    return (["train", str(w.good_train), "objective.params={target: teacher, temperature: 2.0}", f"teacher.model={w.model}"],
+            ["objective.params.temperature", "teacher.temperature"])
+
+
+@case("train-teacher-dir-missing")
+def _(w, d):
+    return (["train", str(w.good_train), "objective.params={target: teacher}", f"teacher.model={d}/absent"],
+            ["teacher.model", "absent"])
+
+
 @case("train-resume-missing")
 def _(w, d):
     return ["train", str(w.good_train), f"resume={d}/no-state"], ["resume_from_checkpoint", "no-state"]

@@ -119,6 +119,7 @@ class _Chunks:
         # d_all: the kernel's <q, k>, which the gradient needs (gt_detach only shifts the logged value)
         self.d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
         self.qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
+        self.lik_all = self.ce_all  # the term the rule mixes with the DEMD: the CE for a one-hot target
 
         # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
         # a fresh mapping (page faults, zeroing) on the CPU.
@@ -137,9 +138,9 @@ class _Chunks:
         self.amax_m = (max([float(self.w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in self.lora_mm])
                        if prescale else 1.0)
 
-    def chunk(self, s, e):
-        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm), k)."""
-        hs, y = self.h_mm[s:e], self.y
+    def logits(self, s, e) -> Tensor:
+        """Rows s:e: the head's logits (compute dtype) in the reused buffer."""
+        hs = self.h_mm[s:e]
         z = self.zbuf[: e - s]
         if self.mm_dtype == self.cdt:
             torch.mm(hs, self.w_mm.T, out=z) if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T, out=z)
@@ -147,6 +148,11 @@ class _Chunks:
             z.copy_(hs @ self.w_mm.T if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T))
         for a_, b_, sc in self.lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
             z.add_(((hs @ a_.T) @ b_.T).to(self.cdt), alpha=sc)
+        return z
+
+    def chunk(self, s, e):
+        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm), k)."""
+        z, y = self.logits(s, e), self.y
         ce, ez, _, norm = self.softmax_ce(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
         k = None
         if self.e_hat is not None:
@@ -171,7 +177,10 @@ class _Chunks:
     def backprop(self, s, e, q, k, a, b):
         """Rows s:e with coefficients a = dL/d ce, b = dL/d demd: add their share to every gradient."""
         ez, norm = q
-        g = self.logit_grad(ez, norm, self.y[s:e], a, b, k, None if self.d_all is None else self.d_all[s:e])
+        self.apply(s, e, self.logit_grad(ez, norm, self.y[s:e], a, b, k, None if self.d_all is None else self.d_all[s:e]))
+
+    def apply(self, s, e, g):
+        """The chunk's logit gradient g [c, V] (compute dtype) -> its share of the gradients of h, W, bias, LoRA."""
         grad_h, grad_w, grad_b, grad_lora = self.grad_h, self.grad_w, self.grad_b, self.grad_lora
         if grad_b is not None:
             grad_b.add_(g.sum(0).to(grad_b.dtype))
@@ -201,11 +210,15 @@ class _Chunks:
                 grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)
 
 
-def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype):
-    """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...).
+def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype, teacher=None):
+    """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...);
+    `teacher` = (h_t [N,H_t], W_t [V,H_t], bias_t) for a teacher target (its logits are made chunk by chunk).
     Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
-    c = _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype)
-    n, ce_all, d_all, qy_all, any_grad = c.n, c.ce_all, c.d_all, c.qy_all, any(want)
+    from emotune.objectives.fused_dense import DenseChunks  # a dense target: P per chunk, the rule on (likelihood, DEMD)
+
+    c = (DenseChunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype, objective, teacher)
+         if objective.dense else _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype))
+    n, ce_all, d_all, qy_all, any_grad = c.n, c.lik_all, c.d_all, c.qy_all, any(want)
     loss = torch.zeros((), dtype=c.cdt, device=h.device)
     weights = []
     starts = range(0, n, chunk_size) if n else [0]  # no target: one empty chunk, so diagnostics match the plain path
@@ -237,7 +250,7 @@ def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, 
                 q, k = c.chunk(s, e)
                 c.backprop(s, e, q, k, a_all[s:e], b_all[s:e])
                 del q, k
-    stats = {"ce": ce_all, "demd": d_out, "weight": weight_all}
+    stats = {"ce": c.ce_all, "demd": d_out, "weight": weight_all}
     return loss, stats, (c.grad_h, c.grad_w, c.grad_b, *c.grad_lora)
 
 
@@ -248,13 +261,13 @@ class _FusedLinearObjective(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, bias, y, e_hat, k_self, objective, denom, chunk_size, compile_, mm_dtype, scales,
-                stats_out, *lora_tensors):
+                stats_out, teacher, *lora_tensors):
         lora = [(lora_tensors[2 * i], lora_tensors[2 * i + 1], sc) for i, sc in enumerate(scales)]
         want = (h.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad,
                 *[t.requires_grad for t in lora_tensors])
         with no_autocast(h.device):
             loss, stats, grads = _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want,
-                                      compile_, mm_dtype)
+                                      compile_, mm_dtype, teacher)
         stats_out.update(stats)
         inputs = (h, weight, bias, *lora_tensors)
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
@@ -273,7 +286,7 @@ class _FusedLinearObjective(torch.autograd.Function):
                 else:
                     out.append((g if unit else g * grad_loss.to(g.dtype)).to(dtype))
         h_grad, w_grad, b_grad, *lora_grads = out
-        return (h_grad, w_grad, b_grad, *([None] * 10), *lora_grads)
+        return (h_grad, w_grad, b_grad, *([None] * 11), *lora_grads)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,7 +341,8 @@ def _target_rows(hidden: Tensor, weight: Tensor, labels: Tensor, lora: list, ign
 def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Objective, chunk_size: int | None = None,
                num_items_in_batch=None, bias: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
                live_head: Tensor | None = None, compile: bool = False,
-               lora: list[tuple[Tensor, Tensor, float]] | None = None) -> LossOutput:
+               lora: list[tuple[Tensor, Tensor, float]] | None = None,
+               teacher: tuple[Tensor, Tensor, Tensor | None] | None = None) -> LossOutput:
     """`objective(hidden @ weight.T + bias, labels)` without the [N, V] logits; same value, gradients, diagnostics.
 
     - `hidden [B,T,H]` with `labels [B,T]` (HF convention: unshifted, shifted here), or `hidden [N,H]` with
@@ -339,9 +353,14 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     - `chunk_size`: tokens per chunk (default: 2^24 / V). Peak extra memory ~ 2 x chunk x V float32.
     - `live_head`: the weight an adaptive cost is read from (default: the cost embedding's own).
     - `compile`: on CUDA, run the element-wise chunk work through torch.compile (ignored on CPU).
+    - `teacher`: `(hidden_t, weight_t, bias_t)` for `target: teacher`: the teacher's last hidden states (shaped like
+      `hidden`, any width) and LM head; its logits are made chunk by chunk beside the student's, never [N, V].
     """
     lora = list(lora or [])
     h, y = _target_rows(hidden, weight, labels, lora, ignore_index)
+    from emotune.objectives.fused_dense import teacher_rows  # (fused_dense imports this module)
+
+    teacher = teacher_rows(teacher, hidden, labels, weight.shape[0], ignore_index) if objective.needs_teacher else None
     vocab, mm_dtype = weight.shape[0], _matmul_dtype(weight)
     if h.dtype != weight.dtype:
         h = h.to(weight.dtype)
@@ -367,11 +386,11 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, weight, bias, *lora_tensors) if t is not None)
     if needs_grad:
         loss = _FusedLinearObjective.apply(h, weight, bias, y, e_hat, k_self, objective, denom, chunk, compile, mm_dtype,
-                                           scales, stats, *lora_tensors)
+                                           scales, stats, teacher, *lora_tensors)
     else:
         with torch.no_grad(), no_autocast(h.device):
             loss, stats, _ = _run(h, weight, bias, [(a_, b_, sc) for a_, b_, sc in lora], y, e_hat, k_self, objective,
-                                  denom, chunk, (False,) * (3 + len(lora_tensors)), compile, mm_dtype)
+                                  denom, chunk, (False,) * (3 + len(lora_tensors)), compile, mm_dtype, teacher)
     return _output(loss, stats, n, h.device)
 
 

@@ -18,9 +18,9 @@ from emotune.objectives.cost import CostEmbedding
 from emotune.objectives.registry import Objective, build_objective, needs_cost
 
 
-def _cost_for(model: nn.Module, name: str, cost: str | CostEmbedding | Tensor) -> CostEmbedding | Tensor | None:
-    """The cost embedding objective `name` needs (None when it needs none)."""
-    if not needs_cost(name):
+def _cost_for(model: nn.Module, name: str, cost: str | CostEmbedding | Tensor, params: dict) -> CostEmbedding | Tensor | None:
+    """The cost embedding objective `name` with `params` needs (None when it needs none)."""
+    if not needs_cost(name, params):
         return None
     if not isinstance(cost, str):
         return cost
@@ -59,10 +59,10 @@ class ModelLoss(_HFLoss):
 
 def trainer_loss(model: nn.Module, name: str = "emo", cost: str | CostEmbedding | Tensor = "frozen", **params) -> TrainerLoss:
     """A `compute_loss_func` for HF Trainer / TRL. Build it after any `resize_token_embeddings`."""
-    return TrainerLoss(build_objective(name, params, _cost_for(model, name, cost)))
+    return TrainerLoss(build_objective(name, params, _cost_for(model, name, cost, params)))
 
 
 def attach(model: nn.Module, name: str = "emo", cost: str | CostEmbedding | Tensor = "frozen", **params) -> nn.Module:
     """Make `model(..., labels=...)` compute this objective; returns the model."""
-    model.loss_function = ModelLoss(build_objective(name, params, _cost_for(model, name, cost)))
+    model.loss_function = ModelLoss(build_objective(name, params, _cost_for(model, name, cost, params)))
     return model

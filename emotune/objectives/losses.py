@@ -67,6 +67,11 @@ def mixce_rule(ce, demd, q_y, mean: Mean, eta: float = 0.8) -> Combined:
     return Combined(mean(w * ce), w)
 
 
+def kd_rule(lik: Tensor, demd, q_y, mean: Mean) -> Combined:
+    """Plain distillation: the token mean of the likelihood term (forward or reverse KL to the target)."""
+    return Combined(mean(lik))
+
+
 def mix_mle_demd(ce: Tensor, demd: Tensor, variant: str, ratio_clamp: float | None) -> tuple[Tensor, Tensor | None]:
     """Combine per-token (or batch-mean) MLE and DEMD; returns (loss terms, stop-gradient ratio).
 
@@ -91,7 +96,7 @@ def emo_rule(ce, demd, q_y, mean: Mean, variant: str = "emo1", ratio_clamp: floa
         raise ValueError(f"emo variant must be one of {EMO_VARIANTS}, got {variant!r}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    d = demd + q_y.detach() if gt_detach else demd
+    d = demd + q_y.detach() if gt_detach else demd  # (ce is the forward KL for a dense target, demd Eq. 15's)
     if weighting == "token":
         per_token, ratio = mix_mle_demd(ce, d, variant, ratio_clamp)
         return Combined(mean(per_token), ratio, d)
@@ -146,3 +151,61 @@ def emo(logits: Tensor, labels: Tensor, cost: Tensor | CostEmbedding, variant: s
         raise ValueError(f"emo weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return _plain(emo_rule, logits, labels, cost, num_items_in_batch, ignore_index, variant=variant,
                   ratio_clamp=ratio_clamp, weighting=weighting, gt_detach=gt_detach)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dense targets (a teacher, or cost-smoothed labels): the same rules on (likelihood, generalised DEMD).
+
+
+def dense_plain(rule, likelihood: str, want_demd: bool, logits: Tensor, labels: Tensor, spec,
+                teacher_logits: Tensor | None, cost, num_items_in_batch, ignore_index: int = IGNORE_INDEX,
+                **params) -> LossOutput:
+    """The plain path for a dense target: per-token (ce, likelihood, demd) from `dense.PlainDenseTerms`, then the
+    objective's rule on (likelihood, demd). `teacher_logits [B,T,V]` are aligned with `logits` (row t predicts
+    `labels[:, t+1]` for both); the logged `ce` is the CE to the labels, comparable across objectives."""
+    from emotune.objectives.common import target_rows
+    from emotune.objectives.dense import PlainDenseTerms
+    from emotune.objectives.token_terms import compute_dtype, plain_chunk_rows
+
+    with no_autocast(logits.device):
+        flat, rows, y = target_rows(logits, labels, ignore_index)
+        cdt = compute_dtype(logits.dtype)
+        e_hat = None if cost is None else as_matrix(cost, logits.shape[-1], logits.device).to(cdt)
+        teacher = None
+        if spec.kind == "teacher":
+            if teacher_logits is None:
+                raise ValueError("target 'teacher' needs teacher_logits [B,T,V]")
+            if teacher_logits.shape != logits.shape:
+                raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(logits.shape)}")
+            teacher = teacher_logits.detach().reshape(flat.shape)
+        chunk = plain_chunk_rows(logits.shape[-1], logits.device, demd=want_demd)
+        ce, lik, demd, q_y = PlainDenseTerms.apply(flat, rows, y, teacher, e_hat, spec, likelihood, want_demd, chunk)
+        out = rule(lik, demd if want_demd else None, q_y, lambda t: token_mean(t, num_items_in_batch), **params)
+        return make_output(out.loss, ce, demd=out.demd, weight=out.weight)
+
+
+def _kd(likelihood: str, logits, labels, teacher_logits, cost, target, temperature, top_k, epsilon, tau,
+        num_items_in_batch, ignore_index) -> LossOutput:
+    from emotune.objectives.dense import TargetSpec
+
+    spec = TargetSpec(target, temperature, top_k, epsilon, tau)
+    return dense_plain(kd_rule, likelihood, False, logits, labels, spec, teacher_logits, cost, num_items_in_batch,
+                       ignore_index)
+
+
+def kd_forward(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, cost=None, target: str = "teacher",
+               temperature: float = 1.0, top_k: int | None = None, epsilon: float = 0.1, tau: float = 0.1,
+               num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """Distillation baseline, forward KL: `sum_i p_i log(p_i / q_i)` to the dense target P.
+
+    Hinton's KD at the teacher's temperature (the student's distribution at temperature 1)."""
+    return _kd("forward_kl", logits, labels, teacher_logits, cost, target, temperature, top_k, epsilon, tau,
+               num_items_in_batch, ignore_index)
+
+
+def kd_reverse(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, cost=None, target: str = "teacher",
+               temperature: float = 1.0, top_k: int | None = None, epsilon: float = 0.1, tau: float = 0.1,
+               num_items_in_batch=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
+    """Distillation baseline, reverse KL: `sum_i q_i log(q_i / p_i)` to the dense target P (mode seeking)."""
+    return _kd("reverse_kl", logits, labels, teacher_logits, cost, target, temperature, top_k, epsilon, tau,
+               num_items_in_batch, ignore_index)

@@ -33,7 +33,8 @@ log = logging.getLogger("emotune.scheduling.report")
 # The paper's names and column order (Table 3); other tasks follow in name order.
 TASK_NAMES = {"tweet_eval": "TE", "sst2": "SST-2", "trec": "TREC", "subj": "Subj", "cr": "CR",
               "rotten_tomatoes": "RT", "ag_news": "AG", "mmlu": "MMLU"}
-OBJECTIVE_NAMES = {"mle": "MLE", "tailr": "TaiLr", "mixce": "MixCE", "emo": "EMO"}
+OBJECTIVE_NAMES = {"mle": "MLE", "tailr": "TaiLr", "mixce": "MixCE", "emo": "EMO", "kd_forward": "KD (forward KL)",
+                   "kd_reverse": "KD (reverse KL)"}
 PLOTS = ("acc_vs_step", "acc_vs_tokens", "final_by_task", "training")
 
 

@@ -115,6 +115,18 @@ class ObjectiveConfig(_Strict):
         return self
 
 
+class TeacherConfig(_Strict):
+    """The frozen teacher of `objective.params.target: teacher` (names as TRL's GKDConfig: the teacher's
+    checkpoint, `temperature`; `top_k` keeps the teacher's k most likely tokens, renormalised)."""
+
+    model: str = Field(validation_alias=AliasChoices("model", "name_or_path", "teacher_model_name_or_path"))
+    revision: str | None = None
+    torch_dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"  # auto: the student's dtype
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, ge=1)
+    trust_remote_code: bool = False
+
+
 class LoraConfig(_Strict):
     enabled: bool = False
     r: int = Field(16, ge=1)
@@ -130,6 +142,7 @@ class TrainConfig(_Strict):
     data: DataConfig
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    teacher: TeacherConfig | None = None  # distillation: objective.params.target = teacher
     # --- Hugging Face TrainingArguments names ---
     learning_rate: float = Field(2e-5, gt=0)
     per_device_train_batch_size: int = Field(8, ge=1)
@@ -178,6 +191,26 @@ class TrainConfig(_Strict):
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true: choose one mixed-precision mode")
         return self
+
+    @model_validator(mode="after")
+    def _teacher_and_target(self):
+        target = resolve(self.objective.name, self.objective.params)[1].get("target", "onehot")
+        if target == "teacher" and self.teacher is None:
+            raise ValueError(f"teacher: objective {self.objective.name!r} with target 'teacher' needs a teacher "
+                             "section (teacher.model: a checkpoint directory or hub id)")
+        if self.teacher is not None and target != "teacher":
+            raise ValueError(f"teacher: given, but objective {self.objective.name!r} has target {target!r} "
+                             "(set objective.params.target: teacher, or remove the teacher section)")
+        for key in ("temperature", "top_k"):
+            if self.teacher is not None and key in self.objective.params:
+                raise ValueError(f"objective.params.{key}: the teacher's {key} is set as teacher.{key}")
+        return self
+
+    def objective_params(self) -> dict[str, Any]:
+        """The objective's parameters, with the teacher's temperature and top_k for a teacher target."""
+        if self.teacher is None:
+            return dict(self.objective.params)
+        return {**self.objective.params, "temperature": self.teacher.temperature, "top_k": self.teacher.top_k}
 
     @property
     def dtype_name(self) -> str:

@@ -130,11 +130,22 @@ def _register_nested_params(head: nn.Module) -> None:
 
 
 @contextmanager
-def _head_returns_loss(head: nn.Module, labels: Tensor, objective: Objective, num_items, chunk_size, box: dict):
+def _no_teacher():
+    yield None, None
+
+
+@contextmanager
+def _head_returns_loss(head: nn.Module, labels: Tensor, objective: Objective, num_items, chunk_size, box: dict,
+                       teacher: tuple | None = None):
     def forward(hidden: Tensor, *args, **kwargs) -> Tensor:
         weight, bias, base, lora = _head_parts(head)
-        out = fused_loss(hidden, weight, labels.to(hidden.device), objective, chunk_size=chunk_size,
-                         num_items_in_batch=num_items, bias=bias, live_head=base.detach(), lora=lora)
+        from emotune.train.teacher import gathered_head  # (teacher.py imports this module)
+
+        # the teacher's head weight, gathered for this one call under ZeRO-3, applied chunk by chunk inside
+        with gathered_head(teacher[1]) if teacher is not None else _no_teacher() as (w_t, b_t):
+            out = fused_loss(hidden, weight, labels.to(hidden.device), objective, chunk_size=chunk_size,
+                             num_items_in_batch=num_items, bias=bias, live_head=base.detach(), lora=lora,
+                             teacher=None if teacher is None else (teacher[0], w_t, b_t))
         box["out"] = out
         return out.loss
 
@@ -151,22 +162,31 @@ def _head_returns_loss(head: nn.Module, labels: Tensor, objective: Objective, nu
             del head.forward
 
 
-def fused_causal_lm_loss(model: nn.Module, batch: dict, objective: Objective, chunk_size: int | None = None) -> LossOutput:
+def fused_causal_lm_loss(model: nn.Module, batch: dict, objective: Objective, chunk_size: int | None = None,
+                         teacher: nn.Module | None = None) -> LossOutput:
     """The objective's `LossOutput` for an HF causal LM and a batch (input_ids, attention_mask, labels,
-    optional num_items_in_batch), equal to `objective(model(**inputs).logits, labels)` without the logits."""
+    optional num_items_in_batch), equal to `objective(model(**inputs).logits, labels)` without the logits.
+    `teacher`: the frozen teacher model / engine of a teacher target (emotune.train.teacher)."""
+    from emotune.train import teacher as teachers
+
     inputs = dict(batch)
     labels = inputs.pop("labels")
     num_items = inputs.pop("num_items_in_batch", None)
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"objective {objective.name!r} with target 'teacher' needs the teacher model")
+    teacher = teacher if objective.needs_teacher else None
     reason = unfusable_reason(model)
     if reason is not None:
         if reason not in _warned:
             _warned.add(reason)
             warnings.warn(f"fused loss unavailable, computing the full logits instead: {reason}", stacklevel=2)
         logits = model(**inputs, use_cache=False).logits
-        return objective(logits, labels, num_items_in_batch=num_items)
+        t_logits = None if teacher is None else teachers.teacher_logits(teacher, inputs)
+        return objective(logits, labels, num_items_in_batch=num_items, teacher_logits=t_logits)
     head = hf_model(model).get_output_embeddings()
     box: dict = {}
-    with _head_returns_loss(head, labels, objective, num_items, chunk_size, box):
+    t = None if teacher is None else (teachers.teacher_hidden(teacher, inputs), teachers.teacher_head(teacher))
+    with _head_returns_loss(head, labels, objective, num_items, chunk_size, box, t):
         result = model(**inputs, use_cache=False)
     loss = result.logits if hasattr(result, "logits") else result[0]
     if "out" not in box or not torch.is_tensor(loss) or loss.dim() != 0:

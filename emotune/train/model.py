@@ -239,10 +239,9 @@ def unwrap(model):
 def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
     """The cost embedding the objective needs, or None. `frozen`: the full `[V, H]` output embedding of
     the (resized) base model, gathered under ZeRO-3; `external`: another checkpoint's head from its files."""
-    from emotune.objectives.registry import OBJECTIVES, resolve
+    from emotune.objectives.registry import needs_cost
 
-    name, _ = resolve(cfg.objective.name, cfg.objective.params)
-    if not OBJECTIVES[name].needs_cost:
+    if not needs_cost(cfg.objective.name, cfg.objective.params):
         return None
     source = cfg.objective.cost
     if source == "external":

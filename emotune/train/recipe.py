@@ -55,6 +55,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     best: dict | None = None  # the best checkpoint so far: {"step", "checkpoint", "metric", "value", "greater_is_better"}
     reexported: list[Path] = field(default_factory=list)  # exports a killed run never finished, written on resume
+    teacher: object = None  # the frozen teacher engine of a teacher target (emotune.train.teacher)
 
 
 @dataclass
@@ -67,13 +68,14 @@ class Model:
     hf_ds: object
     cost: object
     objective: object
+    teacher: object = None
 
 
 def _target_count(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
-def evaluate(engine, batches: list[dict], objective, fused: bool) -> dict:
+def evaluate(engine, batches: list[dict], objective, fused: bool, teacher=None) -> dict:
     from emotune.train.loss_step import loss_step
 
     engine.eval()
@@ -81,7 +83,7 @@ def evaluate(engine, batches: list[dict], objective, fused: bool) -> dict:
     with torch.no_grad():
         for batch in batches:
             batch = {k: v.to(engine.device) for k, v in batch.items()}
-            out = loss_step(engine, batch, objective, fused)
+            out = loss_step(engine, batch, objective, fused, teacher)
             n = int(out.n_tokens)
             sums[0] += float(out.ce) * n
             sums[1] += n
@@ -115,6 +117,10 @@ def preflight(cfg: TrainConfig) -> None:
         from emotune.train.cost import check_cost_source
 
         check_cost_source(cfg.objective.cost_source)
+    if cfg.teacher is not None:
+        from emotune.train.teacher import check_teacher
+
+        check_teacher(cfg)
     check_deepspeed(deepspeed_config(cfg, None, None), cfg.deepspeed)  # exists, parses, agrees with the run config
     if cfg.fused_loss:
         try:
@@ -157,7 +163,7 @@ def _run(cfg: TrainConfig) -> TrainResult:
     from emotune.train.batches import eval_batches
 
     val_batches = eval_batches(val_split, cfg.per_device_eval_batch_size, world, rank, tokenizer.pad_token_id)
-    result = TrainResult(engine, tokenizer, model.objective, model.cost, 0, 0)
+    result = TrainResult(engine, tokenizer, model.objective, model.cost, 0, 0, teacher=model.teacher)
     saver = Checkpointer(cfg, engine, tokenizer, result, rank, world, total_steps, batches.steps_per_epoch)
     saver.resume()
     saver.record_config()
@@ -218,12 +224,17 @@ def setup_model(cfg: TrainConfig, tokenizer, rank: int, world: int) -> Model:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cost = build_cost(cfg, model, vocab)
-    objective = build_objective(cfg.objective.name, cfg.objective.params, cost=cost)
+    objective = build_objective(cfg.objective.name, cfg.objective_params(), cost=cost)
     if cost is not None and rank == 0:
         log.info("cost embedding: %s, %s", cost.source, "live LM head" if cost.source == "adaptive" else tuple(cost.matrix().shape))
+    teacher = None
+    if cfg.teacher is not None:  # partitioned like the student (the same HfDeepSpeedConfig), frozen, no optimizer
+        from emotune.train.teacher import load_teacher
+
+        teacher = load_teacher(cfg, ds_config, vocab)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.gradient_checkpointing)  # the head Parameter (adaptive cost) is unchanged
-    return Model(model, ds_config, hf_ds, cost, objective)
+    return Model(model, ds_config, hf_ds, cost, objective, teacher)
 
 
 def setup_optimizer(cfg: TrainConfig, model: Model, train_split, tokenizer, world: int):
@@ -250,7 +261,7 @@ def step_divisor(micro: list[dict], world: int, accum: int) -> tuple[float, floa
     return max(n_targets, 1.0) / (world * accum), n_inputs
 
 
-def micro_steps(engine, micro: list[dict], objective, divisor: float, fused: bool) -> StepSums:
+def micro_steps(engine, micro: list[dict], objective, divisor: float, fused: bool, teacher=None) -> StepSums:
     """Forward, backward and DeepSpeed's step for each micro-batch (DeepSpeed applies the update on the last)."""
     from emotune.train.loss_step import loss_step
 
@@ -258,7 +269,7 @@ def micro_steps(engine, micro: list[dict], objective, divisor: float, fused: boo
     for batch in micro:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         batch["num_items_in_batch"] = torch.tensor(divisor, device=engine.device)
-        out = loss_step(engine, batch, objective, fused)
+        out = loss_step(engine, batch, objective, fused, teacher)
         engine.backward(out.loss)
         engine.step()
         sums.add(out)
@@ -278,7 +289,7 @@ def train(cfg: TrainConfig, engine, scheduler, batches, val_batches, result: Tra
         micro = batches.micro_batches(step, rank)
         divisor, n_inputs = step_divisor(micro, world, accum)
         lr = scheduler.get_last_lr()[0]
-        local = micro_steps(engine, micro, result.objective, divisor, cfg.fused_loss)
+        local = micro_steps(engine, micro, result.objective, divisor, cfg.fused_loss, result.teacher)
         if not skipped.applied(engine, step, report):  # fp16 overflow: same data again at the lower scale
             continue
         sums = local.all_reduced(all_reduce_sum)
@@ -300,7 +311,7 @@ def train(cfg: TrainConfig, engine, scheduler, batches, val_batches, result: Tra
             window.reset()
         evaluated = bool(val_batches) and (step % (cfg.eval_steps or cfg.save_steps) == 0 or step == total_steps)
         if evaluated:
-            ev = evaluate(engine, val_batches, result.objective, cfg.fused_loss)
+            ev = evaluate(engine, val_batches, result.objective, cfg.fused_loss, result.teacher)
             report({"step": step, **ev})
             last_metrics.update(ev)
         if step % cfg.save_steps == 0 or step == total_steps:
