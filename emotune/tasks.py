@@ -8,6 +8,7 @@ says *how*. Every task has a `kind`:
     kind: mmlu         # OpenCompass mmlu_ppl 5-shot (eval/icl/mmlu.py)
     kind: generation   # open-ended generation + MAUVE (eval/generation/task.py)
     kind: oracle       # the synthetic language's oracle metrics (eval/oracle_task.py, synthetic/oracle.py)
+    kind: instruct     # instruction following: responses + a local pairwise judge (eval/instruct/)
 
 This module only reads and checks task files and suites (yaml, no torch), so the evaluator and the
 scheduler (which hashes a suite's task definitions into its version) can both use it without depending on
@@ -41,7 +42,7 @@ from emotune.errors import EmotuneError, yaml_error
 from emotune.resources import resolve, shipped
 
 CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)
-KINDS = ("icl", "mmlu", "generation", "oracle")
+KINDS = ("icl", "mmlu", "generation", "oracle", "instruct")
 # The evaluator's scoring protocol: bump it when a default that changes scores changes, so that the
 # scheduler re-evaluates what an older protocol stored (2: OpenICL's tokenizer round trip before
 # retrieval by default, tokens equal to EOS left out of the score also when BOS is EOS).
@@ -186,7 +187,7 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
     task = Task(name=name, kind=kind, source=source, dataset=dict(dataset), raw=dict(cfg),
                 test_split=str(cfg.get("test_split", "test")), index_split=str(cfg.get("index_split", "train")),
                 options=dict(cfg.get("options") or {}))
-    if kind in ("generation", "oracle"):  # validated by their own modules
+    if kind in ("generation", "oracle", "instruct"):  # validated by their own modules
         return task
     if kind == "mmlu":
         task.index_split = str(cfg.get("dev_split", "dev"))
