@@ -68,8 +68,8 @@ class Against:
 
 def prepare_against(args, tasks: list[Task], opts: dict[str, Any]) -> Against:
     """Every check that needs no model (see the module docstring)."""
-    from emotune.hub import resolve
     from emotune.eval.instruct.task import _record, load_instructions, spec_of
+    from emotune.hub import resolve
 
     if not args.against:
         raise EmotuneError("--judge / --judge-format need --against OTHER (a checkpoint, an outputs JSON or "

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from emotune.errors import EmotuneError
-from emotune.eval.instruct.judge import LOSE, WIN, combine
 from emotune.eval.instruct.formats import FIRST, FORMATS, SECOND, TIE
+from emotune.eval.instruct.judge import LOSE, WIN, combine
 from emotune.eval.instruct.outputs import FIELDS, align, read_outputs, write_outputs
 from emotune.eval.instruct.stats import bootstrap_ci, summarize
 
