@@ -30,13 +30,14 @@ def instruct_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def tuned_model(path: Path, steps: int = 30, seed: int = 0):
+def tuned_model(path: Path, steps: int = 80, seed: int = 0):
     """A tiny LLaMA + tokenizer, instruction-tuned briefly on Alpaca rows (emotune.train.data's masking)."""
     from emotune.train.data import tokenize_instruction
 
     tok = make_tokenizer(path)
     model = make_tiny_llama(path, tok, seed=seed)
-    data = [tokenize_instruction(tok, r["instruction"], r["input"], r["output"], 96) for r in alpaca_rows(32, 1)]
+    data = [tokenize_instruction(tok, r["instruction"], r["input"], r["output"], 200) for r in alpaca_rows(32, 1)]
+    assert all(any(t != -100 for t in y) for _, y, _ in data), "a response was cut away: raise max_length"
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     torch.manual_seed(seed)
     model.train()
