@@ -763,6 +763,44 @@ CASES += [
 ]
 
 
+# --- eval: instruction following, --against and the judge (docs/instruct-eval.md)
+def instruct_args(w: World, d: Path, *extra: str) -> list[str]:
+    data = d / "data" / "alpaca_eval"
+    data.mkdir(parents=True)
+    rows = [{"instruction": f"say {i}", "output": f"ok {i}", "generator": "ref", "dataset": "x"} for i in range(3)]
+    (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["eval", "--suite", "instruct", "--model", str(w.model), "--out", str(d / "out"), f"data_dir={d / 'data'}",
+            *extra]
+
+
+def outputs_file(d: Path, records: list) -> Path:
+    path = d / "other.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+CASES += [
+    ("eval-instruct-no-judge", lambda w, d: (instruct_args(w, d, "--against", "reference"), ["--against", "--judge"])),
+    ("eval-instruct-judge-without-tokenizer", lambda w, d: (instruct_args(
+        w, d, "--against", "reference", "--judge", str(w.model_copy(d, ("tokenizer*", "special_tokens_map.json"),
+                                                                    "judge"))), ["--judge", "no tokenizer"])),
+    ("eval-instruct-judge-format", lambda w, d: (instruct_args(w, d, "--against", "reference", "--judge", str(w.model),
+                                                               "--judge-format", "gpt4"), ["--judge-format", "gpt4"])),
+    ("eval-instruct-outputs-wrong-format", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(d, [
+        {"instruction": "say 0", "output": "a", "generator": "g", "dataset": "x"},
+        {"instruction": "say 1", "response": "b", "generator": "g", "dataset": "x"}])), "--judge", str(w.model)),
+        ["other.json", "record 2", "'output'"])),
+    ("eval-instruct-outputs-not-a-list", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(
+        d, {"say 0": "a"})), "--judge", str(w.model)), ["other.json", "not a JSON list"])),
+    ("eval-instruct-different-instructions", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(d, [
+        {"instruction": f"tell {i}", "output": "a", "generator": "g", "dataset": "x"} for i in range(3)])),
+        "--judge", str(w.model)), ["different instruction sets", "other.json"])),
+    ("eval-instruct-against-missing-checkpoint", lambda w, d: (instruct_args(
+        w, d, "--against", str(d / "no-such-ckpt"), "--judge", str(w.model)), ["--against", "no-such-ckpt"])),
+    ("eval-instruct-bad-decoding", lambda w, d: (instruct_args(w, d, "decoding=beam"), ["decoding"])),
+]
+
+
 # ---------------------------------------------------------------------------------------------- the checks
 
 def check_outcome(rc: int, stderr: str, command: str, names: list[str], before: dict, after: dict) -> None:

@@ -80,6 +80,7 @@ def align(a: list[dict[str, str]], b: list[dict[str, str]], where_a: str, where_
     only_b = [r["instruction"] for r in b if r["instruction"] not in by_a]
     if only_a or only_b:
         side, inst = (where_a, only_a[0]) if only_a else (where_b, only_b[0])
-        raise EmotuneError(f"the two sides hold different instruction sets ({len(a)} vs {len(b)} records, "
-                           f"{len(only_a) + len(only_b)} not in both); only {side} has {inst[:60]!r}")
+        raise EmotuneError(f"the two sides hold different instruction sets: {where_a} ({len(a)} records) vs "
+                           f"{where_b} ({len(b)} records), {len(only_a) + len(only_b)} not in both; e.g. only "
+                           f"{side} has {inst[:60]!r}")
     return [(r, by_b[r["instruction"]]) for r in a]

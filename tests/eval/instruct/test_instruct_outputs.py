@@ -54,7 +54,7 @@ def test_align_pairs_by_instruction_and_refuses_different_sets():
     a = [rec(0, "a0"), rec(1, "a1")]
     b = [rec(1, "b1"), rec(0, "b0")]
     assert [(x["output"], y["output"]) for x, y in align(a, b, "A", "B")] == [("a0", "b0"), ("a1", "b1")]
-    with pytest.raises(EmotuneError, match="different instruction sets.*only A has 'do 1'"):
+    with pytest.raises(EmotuneError, match="different instruction sets: A .* vs B .*only A has 'do 1'"):
         align(a, [rec(0), rec(2)], "A", "B")
 
 
