@@ -745,6 +745,15 @@ CASES += [
         {"name": "same", "train": {"config": str(w.good_train)}, "matrix": {"seed": [1, 2]}}])), ["same"])),
     ("pipeline-missing-eval", pipe_with(lambda c, w, d: c.pop("eval"), ["eval"])),
     ("pipeline-override-not-kv", lambda w, d: (["pipeline", str(pipe(d, w)), "eval.jobs"], ["eval.jobs"])),
+    ("pipeline-pairwise-unknown-run", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": "nope", "judge": str(w.model), "task": "topic"}]), ["pairwise.0.b", "nope"])),
+    ("pipeline-pairwise-task-not-in-suite", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": str(w.run.parent), "judge": str(w.model)}]), ["pairwise.0.task", "alpaca_eval"])),
+    ("pipeline-pairwise-judge-missing", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": str(w.run.parent), "judge": str(d / "no-judge"), "task": "topic"}]),
+        ["pairwise.0.judge", "no-judge"])),
+    ("pipeline-pairwise-format", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": "x", "judge": "j", "format": "gpt4"}]), ["pairwise.0.format"])),
 ]
 
 

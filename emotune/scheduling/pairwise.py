@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emotune.atomic import AppendLog, read_json
 from emotune.errors import ArgumentParser, EmotuneError, one_line
+from emotune.hub import looks_like_path
 from emotune.scheduling.store import Store, default_store_path
 
 DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
@@ -239,6 +240,34 @@ class PairStore:
             return True
 
 
+def pairs_from_config(parts: list[PairwisePart], run_dirs: dict[str, Path], suite_version: str, suite_tasks,
+                      where: str) -> list[Pair]:
+    """The pipeline config's `pairwise:` entries as Pairs: run names resolved, tasks and judges checked."""
+    pairs = []
+    for i, part in enumerate(parts):
+        dirs = []
+        for key in ("a", "b"):
+            name = getattr(part, key)
+            if name in run_dirs:
+                dirs.append(str(Path(run_dirs[name]).resolve()))
+            elif Path(name).is_dir():
+                dirs.append(str(Path(name).resolve()))
+            else:
+                raise EmotuneError(f"{where}: pairwise.{i}.{key}: {name!r} is neither a run of this pipeline "
+                                   f"({', '.join(run_dirs) or 'none'}) nor a run directory")
+        if dirs[0] == dirs[1]:
+            raise EmotuneError(f"{where}: pairwise.{i}: a and b are the same run")
+        if part.task not in suite_tasks:
+            raise EmotuneError(f"{where}: pairwise.{i}.task: {part.task!r} is not a task of eval.suite "
+                               f"({', '.join(suite_tasks)}); its outputs would never be made")
+        if looks_like_path(part.judge) and not Path(part.judge).expanduser().is_dir():  # a hub id is checked by the job
+            raise EmotuneError(f"{where}: pairwise.{i}.judge: {part.judge} is not a model folder")
+        name = part.name or f"{Path(dirs[0]).name}-vs-{Path(dirs[1]).name}"
+        pairs.append(Pair(name, dirs[0], dirs[1], part.task, part.judge, part.format, suite_version,
+                          tuple(part.judge_args), part.judge_command or DEFAULT_JUDGE_COMMAND))
+    return pairs
+
+
 def finished_outputs(run: str, task: str, suite_version: str) -> dict[int, str]:
     """step -> the outputs file of run's finished `task` rows of this suite version (none: no store yet)."""
     path = default_store_path(run)
@@ -274,11 +303,11 @@ class PairwiseScheduler:
         self.procs = [p for p in self.procs if p.poll() is None]
         return len(self.procs)
 
-    def tick(self) -> int:
-        """Queue every step both runs have; launch claimed rows up to `jobs`. Returns how many launched."""
-        launched = 0
+    def enqueue(self) -> int:
+        """Queue every step at which both runs have finished outputs (a known key is never queued twice)."""
+        n = 0
         for path, pairs in self._stores().items():
-            if not Path(path).is_file() and not any(finished_outputs(p.run_a, p.task, p.suite_version) for p in pairs):
+            if not Path(path).is_file():  # run A has no results yet
                 continue
             store = PairStore(path)
             try:
@@ -286,7 +315,20 @@ class PairwiseScheduler:
                     a = finished_outputs(p.run_a, p.task, p.suite_version)
                     b = finished_outputs(p.run_b, p.task, p.suite_version)
                     for step in sorted(set(a) & set(b)):
-                        store.enqueue(p, step, a[step], b[step])
+                        n += store.enqueue(p, step, a[step], b[step])
+            finally:
+                store.close()
+        return n
+
+    def tick(self) -> int:
+        """Queue what is ready, then launch claimed rows up to `jobs`. Returns how many launched."""
+        self.enqueue()
+        launched = 0
+        for path, pairs in self._stores().items():
+            if not Path(path).is_file():
+                continue
+            store = PairStore(path)
+            try:
                 free = self.jobs - self.running()
                 if free <= 0:
                     continue
@@ -314,7 +356,8 @@ class PairwiseScheduler:
         return out
 
     def finished(self, training_over=None) -> bool:
-        """Every queued pair final and no job running (pairs that can still appear: the next tick queues them)."""
+        """No job running and every pair final, after queueing what the last evaluations made ready."""
+        self.enqueue()
         return self.running() == 0 and all(r.status in ("finished", "failed") for r in self.rows())
 
     def summary(self) -> str:

@@ -111,3 +111,32 @@ def test_the_pairwise_table_lives_beside_the_results(world):
         store.close()
     with Store(default_store_path(world["a"]), create=False) as s:  # the result rows are untouched
         assert sorted(r.step for r in s.rows()) == [3, 6]
+
+
+def test_the_report_shows_a_bar_per_judge_and_pair(world, tmp_path):
+    from emotune.scheduling.report import make_report
+
+    written = make_report([str(world["a"]), str(world["b"])], str(tmp_path / "report"))
+    md = written["markdown"].read_text()
+    assert "## Pairwise judgments (A vs B)" in md
+    # both judged versions of emo-vs-mle at step 3 (the constant judge: three ties each)
+    table = [ln for ln in md.splitlines() if ln.startswith("| emo-vs-mle")]
+    assert table and all("| 3 | 0 | 3 | 0 | 0 |" in ln for ln in table)
+    page = written["html"].read_text()
+    assert "id='pairwise'" in page and page.index("Pairwise judgments") < page.index("</body>")
+    assert written["pairwise"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pairs_from_config_checks_names_tasks_and_judges(world, tmp_path):
+    from emotune.errors import EmotuneError
+    from emotune.scheduling.pairwise import PairwisePart, pairs_from_config
+
+    runs = {"emo": world["a"], "mle": world["b"]}
+    part = PairwisePart(a="emo", b="mle", judge=world["judge"], format="pandalm")
+    (p,) = pairs_from_config([part], runs, VERSION, ["alpaca_eval"], "pipe.yaml")
+    assert (p.name, p.run_a, p.run_b, p.format) == ("emo-vs-mle", str(world["a"]), str(world["b"]), "pandalm")
+    assert p.version != pair(world).version  # another format: judged again
+    for bad, words in ((dict(b="emo"), "same run"), (dict(b="gpt"), "pairwise.0.b"),
+                       (dict(task="sst2"), "pairwise.0.task"), (dict(judge=str(tmp_path / "x")), "pairwise.0.judge")):
+        with pytest.raises(EmotuneError, match=words):
+            pairs_from_config([part.model_copy(update=bad)], runs, VERSION, ["alpaca_eval"], "pipe.yaml")
