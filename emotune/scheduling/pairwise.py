@@ -89,6 +89,7 @@ class PairwisePart(BaseModel):
     name: str | None = None  # default "A-vs-B"
     judge_args: list[str] = Field(default_factory=list)  # key=value for `emotune judge` (judge_mode=..., dtype=...)
     judge_command: str | None = None  # replaces DEFAULT_JUDGE_COMMAND ({a} {b} {judge} {format} {out} {python})
+    devices: str | None = None  # the judge job's CUDA_VISIBLE_DEVICES ("7", "6,7"); default: the pipeline's
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Pair:
     suite_version: str
     judge_args: tuple[str, ...] = ()
     command: str = DEFAULT_JUDGE_COMMAND
+    devices: str | None = None
 
     @property
     def version(self) -> str:
@@ -264,7 +266,7 @@ def pairs_from_config(parts: list[PairwisePart], run_dirs: dict[str, Path], suit
             raise EmotuneError(f"{where}: pairwise.{i}.judge: {part.judge} is not a model folder")
         name = part.name or f"{Path(dirs[0]).name}-vs-{Path(dirs[1]).name}"
         pairs.append(Pair(name, dirs[0], dirs[1], part.task, part.judge, part.format, suite_version,
-                          tuple(part.judge_args), part.judge_command or DEFAULT_JUDGE_COMMAND))
+                          tuple(part.judge_args), part.judge_command or DEFAULT_JUDGE_COMMAND, part.devices))
     return pairs
 
 
@@ -334,12 +336,14 @@ class PairwiseScheduler:
                     continue
                 commands = {p.version: p.command for p in pairs}
                 for row, token in store.claim(self.owner, self.ttl, list(commands), free, self.max_attempts):
+                    devices = next(p.devices for p in pairs if p.version == row.version)
+                    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}))
                     self.procs.append(subprocess.Popen(
                         [sys.executable, "-m", "emotune.scheduling.pairwise", "job", "--store", path, "--id",
                          str(row.id), "--token", token, "--ttl", str(self.ttl), "--max-attempts",
                          str(self.max_attempts), "--command", commands[row.version], "--args",
                          json.dumps(list(next(p.judge_args for p in pairs if p.version == row.version)))],
-                        start_new_session=True))
+                        start_new_session=True, env=env))
                     launched += 1
             finally:
                 store.close()
