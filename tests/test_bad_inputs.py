@@ -807,6 +807,16 @@ CASES += [
     ("eval-instruct-against-missing-checkpoint", lambda w, d: (instruct_args(
         w, d, "--against", str(d / "no-such-ckpt"), "--judge", str(w.model)), ["--against", "no-such-ckpt"])),
     ("eval-instruct-bad-decoding", lambda w, d: (instruct_args(w, d, "decoding=beam"), ["decoding"])),
+    ("eval-instruct-judge-without-against", lambda w, d: (instruct_args(w, d, "--judge", str(w.model)),
+                                                          ["--judge", "--against"])),
+    ("judge-outputs-wrong-format", lambda w, d: (["judge", str(outputs_file(d, [{"instruction": "a", "output": 1,
+                                                 "generator": "g", "dataset": "x"}])), str(d / "other.json"),
+                                                 "--judge", str(w.model), "--out", str(d / "o")],
+                                                ["other.json", "record 1", "'output'"])),
+    ("judge-without-tokenizer", lambda w, d: (["judge", str(outputs_file(d, [{"instruction": "a", "output": "b",
+                                              "generator": "g", "dataset": "x"}])), str(d / "other.json"), "--judge",
+                                              str(w.model_copy(d, ("tokenizer*", "special_tokens_map.json"), "j")),
+                                              "--out", str(d / "o")], ["--judge", "no tokenizer"])),
 ]
 
 
