@@ -44,17 +44,20 @@ def summarize(outcomes: Sequence[str | None], n_boot: int = 1000, seed: int = 0)
 def table(result: dict[str, Any]) -> str:
     """The win / tie / lose table `emotune eval --against` prints."""
     a, b = result["a"], result["b"]
-    head = f"{'A':<28} {'B':<28} {'judge':<14} {'win':>5} {'tie':>5} {'lose':>5} {'unparsed':>8}  " \
+    head = f"{'A':<28} {'B':<28} {'judge':<26} {'win':>5} {'tie':>5} {'lose':>5} {'unparsed':>8}  " \
            f"{'win rate (95% CI)':<22} {'len A':>6} {'len B':>6}"
     lo, hi = result["win_rate_ci"]
     rate = f"{result['win_rate']:5.1f} [{lo:5.1f}, {hi:5.1f}]" if result["n"] else "-"
-    judge = f"{Path(result['judge']['model']).name}/{result['judge']['format']}"
-    row = (f"{_short(a['name']):<28} {_short(b['name']):<28} {_short(judge, 14):<14} "
+    judge = f"{_short(result['judge']['model'], 17)} ({result['judge']['format']})"
+    row = (f"{_short(a['name']):<28} {_short(b['name']):<28} {judge:<26} "
            f"{result['win']:>5} {result['tie']:>5} {result['lose']:>5} {result['unparsed']:>8}  "
            f"{rate:<22} {a['mean_length']:>6.1f} {b['mean_length']:>6.1f}")
     return head + "\n" + "-" * len(head) + "\n" + row
 
 
 def _short(text: str, width: int = 28) -> str:
-    """A name that fits its column: paths keep their last components."""
+    """A name that fits its column: a path by its last two components (`emo/checkpoint-20`), cut from the left."""
+    parts = Path(text).parts
+    if len(parts) > 2 and ("/" in text or "\\" in text):
+        text = "/".join(parts[-2:])
     return text if len(text) <= width else "…" + text[-(width - 1):]
