@@ -230,12 +230,12 @@ class PairStore:
                             " lease_token=NULL, lease_expires=NULL, error=NULL",
                             (json.dumps(result, sort_keys=True), output_dir, time.time()), row_id, token)
 
-    def fail(self, row_id: int, token: str, error: str, max_attempts: int) -> bool:
+    def fail(self, row_id: int, token: str, error: str, max_attempts: int, retry: bool = True) -> bool:
         with self.tx() as db:
             r = db.execute("SELECT attempts, status, lease_token FROM pairwise WHERE id=?", (row_id,)).fetchone()
             if r is None or r["status"] != "running" or r["lease_token"] != token:
                 return False
-            status = "pending" if r["attempts"] < max_attempts else "failed"
+            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
             db.execute("UPDATE pairwise SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
                        " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
                        (status, error[-2000:], status, time.time(), row_id))
@@ -428,7 +428,10 @@ def run_pair_job(store_path: str, row_id: int, token: str, ttl: float, max_attem
         return 0
     if rc != 0:
         tail = (out / "judge.log").read_text(errors="replace")[-1500:]
-        store.fail(row_id, token, f"judge exited with status {rc}; end of {out / 'judge.log'}:\n{tail}", max_attempts)
+        # status 2 is bad input (emotune's one-line error: outputs of the wrong format, different instruction
+        # sets, a judge without a tokenizer): trying again cannot help
+        store.fail(row_id, token, f"judge exited with status {rc}; end of {out / 'judge.log'}:\n{tail}", max_attempts,
+                   retry=rc != 2)
         return 1
     try:
         full = read_json(out / RESULT, "pairwise result")

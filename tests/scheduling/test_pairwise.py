@@ -140,3 +140,23 @@ def test_pairs_from_config_checks_names_tasks_and_judges(world, tmp_path):
                        (dict(task="sst2"), "pairwise.0.task"), (dict(judge=str(tmp_path / "x")), "pairwise.0.judge")):
         with pytest.raises(EmotuneError, match=words):
             pairs_from_config([part.model_copy(update=bad)], runs, VERSION, ["alpaca_eval"], "pipe.yaml")
+
+
+def test_bad_input_fails_the_pair_at_once(world, tmp_path):
+    """Different instruction sets on the two sides: `emotune judge` exits 2, the row fails without retries."""
+    from emotune.scheduling.pairwise import run_pair_job
+
+    a = tmp_path / "a.json"
+    write_json(a, outputs_with_marker(instruct_rows(2), "a", True))
+    b = tmp_path / "b.json"
+    write_json(b, outputs_with_marker(instruct_rows(3), "b", False))
+    p = pair(world, "bootstrap=70")
+    store = PairStore(default_store_path(world["a"]))
+    try:
+        store.enqueue(p, 99, str(a), str(b))
+        (row, token), = store.claim("test", 60.0, [p.version])
+        assert run_pair_job(str(store.path), row.id, token, 60.0, 3, p.command, []) == 1
+        row = store.get(row.id)
+        assert (row.status, row.attempts) == ("failed", 1) and "different instruction sets" in row.error
+    finally:
+        store.close()
