@@ -62,7 +62,7 @@ def plot_pairs(rows: list[dict]) -> bytes:
     ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("instructions (A's win / tie / lose; both orders judged)")
-    ax.legend(loc="lower right", fontsize=8, ncols=3)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, ncols=3, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
 
