@@ -4,7 +4,7 @@ them against each other, once.
 A *pair* (pipeline config `pairwise:`, docs/instruct-eval.md) names run A, run B, an instruct task of the
 suite, a judge and its format. Each scheduler pass reads both runs' result stores; for every step at
 which both hold a finished row of that task (its predictions: the AlpacaEval outputs file), one row is
-queued in table `pairwise` of run A's store, keyed (run A, run B, step, task, judge, format, version):
+queued in table `pairwise` of run A's store (emotune.scheduling.pairwise_store), keyed (run A, run B, step, task, judge, format, version):
 `version` hashes the suite version and the judge's settings, so changing either judges again. Rows
 follow the result store's lease protocol (emotune.scheduling.store): claimed in one `BEGIN IMMEDIATE`
 transaction with a fresh token and an expiry, renewed by the job every ttl/4, finished only by the
@@ -18,63 +18,30 @@ of DIR/pairwise.json. Like the rest of emotune.scheduling it imports neither tor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emotune.atomic import AppendLog, read_json
-from emotune.errors import ArgumentParser, EmotuneError, one_line
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.hub import looks_like_path
+from emotune.scheduling.pairwise_store import DEFAULT_JUDGE_COMMAND, Pair, PairRow, PairStore
 from emotune.scheduling.store import Store, default_store_path
 
-DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
-                         "--out {out} progress=false")
 RESULT = "pairwise.json"
 # what a pairwise row keeps of the judge's result (the per-pair verdicts stay in RESULT)
 KEPT = ("win", "tie", "lose", "unparsed", "n", "win_rate", "win_rate_ci", "strict_win_rate", "a", "b", "judge")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pairwise (
-    id            INTEGER PRIMARY KEY,
-    run_a         TEXT NOT NULL,
-    run_b         TEXT NOT NULL,
-    step          INTEGER NOT NULL,
-    task          TEXT NOT NULL,
-    judge         TEXT NOT NULL,
-    format        TEXT NOT NULL,
-    version       TEXT NOT NULL,    -- suite version + judge settings
-    name          TEXT NOT NULL,    -- the pair's label (report, output folder)
-    outputs_a     TEXT NOT NULL,    -- the two AlpacaEval outputs files
-    outputs_b     TEXT NOT NULL,
-    status        TEXT NOT NULL DEFAULT 'pending',
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    lease_token   TEXT,
-    lease_owner   TEXT,
-    lease_expires REAL,
-    result        TEXT,             -- JSON: counts, win rate + interval, lengths
-    output_dir    TEXT,
-    host          TEXT,
-    created_at    REAL NOT NULL,
-    started_at    REAL,
-    finished_at   REAL,
-    error         TEXT,
-    UNIQUE (run_a, run_b, step, task, judge, format, version)
-);
-"""
+__all__ = ["DEFAULT_JUDGE_COMMAND", "Pair", "PairRow", "PairStore", "PairwisePart", "PairwiseScheduler",
+           "pairs_from_config", "run_pair_job"]
 
 
 class PairwisePart(BaseModel):
@@ -90,156 +57,6 @@ class PairwisePart(BaseModel):
     judge_args: list[str] = Field(default_factory=list)  # key=value for `emotune judge` (judge_mode=..., dtype=...)
     judge_command: str | None = None  # replaces DEFAULT_JUDGE_COMMAND ({a} {b} {judge} {format} {out} {python})
     devices: str | None = None  # the judge job's CUDA_VISIBLE_DEVICES ("7", "6,7"); default: the pipeline's
-
-
-@dataclass(frozen=True)
-class Pair:
-    name: str
-    run_a: str  # absolute run directories
-    run_b: str
-    task: str
-    judge: str
-    format: str
-    suite_version: str
-    judge_args: tuple[str, ...] = ()
-    command: str = DEFAULT_JUDGE_COMMAND
-    devices: str | None = None
-
-    @property
-    def version(self) -> str:
-        what = {"suite": self.suite_version, "format": self.format, "judge_args": list(self.judge_args)}
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class PairRow:
-    id: int
-    run_a: str
-    run_b: str
-    step: int
-    task: str
-    judge: str
-    format: str
-    version: str
-    name: str
-    outputs_a: str
-    outputs_b: str
-    status: str
-    attempts: int
-    lease_token: str | None
-    lease_owner: str | None
-    lease_expires: float | None
-    result: dict[str, Any] | None
-    output_dir: str | None
-    host: str | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-
-
-class PairStore:
-    """The `pairwise` table of one result store file (its own SQLite connection, WAL like the store)."""
-
-    def __init__(self, path: str | os.PathLike, timeout: float = 60.0, create: bool = True):
-        self.path = Path(path)
-        Store(self.path, timeout, create).close()  # the store's own checks: a file that is not a store is refused
-        self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
-        with self.tx() as db:
-            db.execute(_SCHEMA)
-
-    def close(self) -> None:
-        self.db.close()
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")  # the write lock up front: check-then-set is atomic
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-
-    def _row(self, r: sqlite3.Row) -> PairRow:
-        d = dict(r)
-        d["result"] = json.loads(d["result"]) if d["result"] else None
-        return PairRow(**d)
-
-    def rows(self, status: str | None = None) -> list[PairRow]:
-        q, args = "SELECT * FROM pairwise", []
-        if status:
-            q, args = q + " WHERE status=?", [status]
-        try:
-            return [self._row(r) for r in self.db.execute(q + " ORDER BY name, step, id", args)]
-        except (sqlite3.DatabaseError, ValueError, TypeError) as err:
-            raise EmotuneError(f"{self.path}: pairwise table is damaged ({one_line(err)})") from None
-
-    def get(self, row_id: int) -> PairRow | None:
-        r = self.db.execute("SELECT * FROM pairwise WHERE id=?", (row_id,)).fetchone()
-        return self._row(r) if r else None
-
-    def enqueue(self, pair: Pair, step: int, outputs_a: str, outputs_b: str) -> int:
-        with self.tx() as db:
-            cur = db.execute("INSERT OR IGNORE INTO pairwise (run_a, run_b, step, task, judge, format, version, name,"
-                             " outputs_a, outputs_b, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                             (pair.run_a, pair.run_b, step, pair.task, pair.judge, pair.format, pair.version,
-                              pair.name, outputs_a, outputs_b, time.time()))
-            return cur.rowcount
-
-    def claim(self, owner: str, ttl: float, versions: list[str], limit: int = 1,
-              max_attempts: int = 3) -> list[tuple[PairRow, str]]:
-        """Lease runnable rows of these versions: pending, or running under an expired lease."""
-        now, out = time.time(), []
-        with self.tx() as db:
-            marks = ",".join("?" * len(versions))
-            found = db.execute(f"SELECT * FROM pairwise WHERE version IN ({marks}) AND (status='pending' OR "
-                               "(status='running' AND lease_expires < ?)) ORDER BY step, id", [*versions, now]).fetchall()
-            for r in found:
-                if len(out) >= limit:
-                    break
-                if r["attempts"] >= max_attempts:
-                    db.execute("UPDATE pairwise SET status='failed', lease_token=NULL, finished_at=?,"
-                               " error=COALESCE(error, '') || ? WHERE id=?",
-                               (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
-                    continue
-                token = uuid.uuid4().hex
-                note = f"lease of {r['lease_owner']} expired; retrying" if r["status"] == "running" else None
-                db.execute("UPDATE pairwise SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
-                           " lease_expires=?, started_at=NULL, error=COALESCE(?, error) WHERE id=?",
-                           (token, owner, now + ttl, note, r["id"]))
-                out.append((self.get(r["id"]), token))
-        return out
-
-    def _update(self, sql: str, args: tuple, row_id: int, token: str) -> bool:
-        with self.tx() as db:
-            return db.execute(sql + " WHERE id=? AND lease_token=? AND status='running'",
-                              (*args, row_id, token)).rowcount == 1
-
-    def start(self, row_id: int, token: str, ttl: float, owner: str) -> bool:
-        return self._update("UPDATE pairwise SET started_at=?, host=?, lease_owner=?, lease_expires=?",
-                            (time.time(), socket.gethostname(), owner, time.time() + ttl), row_id, token)
-
-    def renew(self, row_id: int, token: str, ttl: float) -> bool:
-        return self._update("UPDATE pairwise SET lease_expires=?", (time.time() + ttl,), row_id, token)
-
-    def finish(self, row_id: int, token: str, result: dict[str, Any], output_dir: str) -> bool:
-        return self._update("UPDATE pairwise SET status='finished', result=?, output_dir=?, finished_at=?,"
-                            " lease_token=NULL, lease_expires=NULL, error=NULL",
-                            (json.dumps(result, sort_keys=True), output_dir, time.time()), row_id, token)
-
-    def fail(self, row_id: int, token: str, error: str, max_attempts: int, retry: bool = True) -> bool:
-        with self.tx() as db:
-            r = db.execute("SELECT attempts, status, lease_token FROM pairwise WHERE id=?", (row_id,)).fetchone()
-            if r is None or r["status"] != "running" or r["lease_token"] != token:
-                return False
-            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
-            db.execute("UPDATE pairwise SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
-                       " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
-                       (status, error[-2000:], status, time.time(), row_id))
-            return True
 
 
 def pairs_from_config(parts: list[PairwisePart], run_dirs: dict[str, Path], suite_version: str, suite_tasks,
@@ -372,15 +189,6 @@ class PairwiseScheduler:
                     if r.status == "finished" else (r.error or "").splitlines()[0] if r.error else "")
             lines.append(f"pairwise {r.name} step {r.step} ({r.format}): {r.status} {what}")
         return "\n".join(lines) or "pairwise: nothing judged yet"
-
-
-@dataclass
-class _Job:
-    store: PairStore
-    row: PairRow
-    token: str
-    ttl: float
-    lost: threading.Event = field(default_factory=threading.Event)
 
 
 def run_pair_job(store_path: str, row_id: int, token: str, ttl: float, max_attempts: int, command: str,
