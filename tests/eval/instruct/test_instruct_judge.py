@@ -102,3 +102,18 @@ def test_a_judge_that_prefers_one_side_gives_it_every_win(world, preferring_judg
     back = compare(plain, marked, "plain", "marked", preferring_judge, "plain", opts)
     assert (back["win"], back["tie"], back["lose"]) == (0, 0, 6) and back["win_rate"] == 0.0
     assert res["a"]["mean_length"] > 0 and res["b"]["mean_length"] > 0
+
+
+def test_chat_prompt_uses_the_tokenizers_template_and_refuses_none(world):
+    from emotune.errors import EmotuneError
+
+    tok = world["tok"]
+    with pytest.raises(EmotuneError, match="no chat template"):
+        render_prompt(tok, "Say hi", None, "chat")
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    try:
+        ids = render_prompt(tok, "Say hi", "to the river", "chat")
+        assert tok.decode(ids) == "<|user|> Say hi\n\nto the river\n<|assistant|> "
+    finally:
+        tok.chat_template = None
