@@ -8,6 +8,7 @@ says *how*. Every task has a `kind`:
     kind: mmlu         # OpenCompass mmlu_ppl 5-shot (eval/icl/mmlu.py)
     kind: generation   # open-ended generation + MAUVE (eval/generation/task.py)
     kind: oracle       # the synthetic language's oracle metrics (eval/oracle_task.py, synthetic/oracle.py)
+    kind: instruct     # instruction following: responses + a local pairwise judge (eval/instruct/)
 
 This module only reads and checks task files and suites (yaml, no torch), so the evaluator and the
 scheduler (which hashes a suite's task definitions into its version) can both use it without depending on
@@ -42,7 +43,7 @@ from emotune.resources import resolve, shipped
 from emotune.shards import check_shardable, check_shards
 
 CONFIG_DIR = shipped("eval")  # the shipped tasks/ and suites.yaml (importlib.resources)
-KINDS = ("icl", "mmlu", "generation", "oracle")
+KINDS = ("icl", "mmlu", "generation", "oracle", "instruct")
 # The evaluator's scoring protocol: bump it when a default that changes scores changes, so that the
 # scheduler re-evaluates what an older protocol stored (2: OpenICL's tokenizer round trip before
 # retrieval by default, tokens equal to EOS left out of the score also when BOS is EOS).
@@ -198,7 +199,7 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
     if "shards" in cfg:
         task.shards = check_shards(cfg["shards"], source)
         check_shardable(kind, task.shards, source)
-    if kind in ("generation", "oracle"):  # validated by their own modules
+    if kind in ("generation", "oracle", "instruct"):  # validated by their own modules
         return task
     if kind == "mmlu":
         task.index_split = str(cfg.get("dev_split", "dev"))

@@ -898,6 +898,15 @@ CASES += [
         {"name": "same", "train": {"config": str(w.good_train)}, "matrix": {"seed": [1, 2]}}])), ["same"])),
     ("pipeline-missing-eval", pipe_with(lambda c, w, d: c.pop("eval"), ["eval"])),
     ("pipeline-override-not-kv", lambda w, d: (["pipeline", str(pipe(d, w)), "eval.jobs"], ["eval.jobs"])),
+    ("pipeline-pairwise-unknown-run", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": "nope", "judge": str(w.model), "task": "topic"}]), ["pairwise.0.b", "nope"])),
+    ("pipeline-pairwise-task-not-in-suite", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": str(w.run.parent), "judge": str(w.model)}]), ["pairwise.0.task", "alpaca_eval"])),
+    ("pipeline-pairwise-judge-missing", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": str(w.run.parent), "judge": str(d / "no-judge"), "task": "topic"}]),
+        ["pairwise.0.judge", "no-judge"])),
+    ("pipeline-pairwise-format", pipe_with(lambda c, w, d: c.update(pairwise=[
+        {"a": "run", "b": "x", "judge": "j", "format": "gpt4"}]), ["pairwise.0.format"])),
 ]
 
 
@@ -913,6 +922,54 @@ CASES += [
     ("demo-eval-jobs-negative", lambda w, d: (["demo", "eval.jobs=-1"], ["eval.jobs"])),
     ("demo-override-not-kv", lambda w, d: (["demo", "eval.jobs"], ["eval.jobs"])),
     ("demo-bad-run-index", lambda w, d: (["demo", "runs.7.matrix.seed=[0]"], ["runs.7.matrix.seed"])),
+]
+
+
+# --- eval: instruction following, --against and the judge (docs/instruct-eval.md)
+def instruct_args(w: World, d: Path, *extra: str) -> list[str]:
+    data = d / "data" / "alpaca_eval"
+    data.mkdir(parents=True)
+    rows = [{"instruction": f"say {i}", "output": f"ok {i}", "generator": "ref", "dataset": "x"} for i in range(3)]
+    (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["eval", "--suite", "instruct", "--model", str(w.model), "--out", str(d / "out"), f"data_dir={d / 'data'}",
+            *extra]
+
+
+def outputs_file(d: Path, records: list) -> Path:
+    path = d / "other.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+CASES += [
+    ("eval-instruct-no-judge", lambda w, d: (instruct_args(w, d, "--against", "reference"), ["--against", "--judge"])),
+    ("eval-instruct-judge-without-tokenizer", lambda w, d: (instruct_args(
+        w, d, "--against", "reference", "--judge", str(w.model_copy(d, ("tokenizer*", "special_tokens_map.json"),
+                                                                    "judge"))), ["--judge", "no tokenizer"])),
+    ("eval-instruct-judge-format", lambda w, d: (instruct_args(w, d, "--against", "reference", "--judge", str(w.model),
+                                                               "--judge-format", "gpt4"), ["--judge-format", "gpt4"])),
+    ("eval-instruct-outputs-wrong-format", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(d, [
+        {"instruction": "say 0", "output": "a", "generator": "g", "dataset": "x"},
+        {"instruction": "say 1", "response": "b", "generator": "g", "dataset": "x"}])), "--judge", str(w.model)),
+        ["other.json", "record 2", "'output'"])),
+    ("eval-instruct-outputs-not-a-list", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(
+        d, {"say 0": "a"})), "--judge", str(w.model)), ["other.json", "not a JSON list"])),
+    ("eval-instruct-different-instructions", lambda w, d: (instruct_args(w, d, "--against", str(outputs_file(d, [
+        {"instruction": f"tell {i}", "output": "a", "generator": "g", "dataset": "x"} for i in range(3)])),
+        "--judge", str(w.model)), ["different instruction sets", "other.json"])),
+    ("eval-instruct-against-missing-checkpoint", lambda w, d: (instruct_args(
+        w, d, "--against", str(d / "no-such-ckpt"), "--judge", str(w.model)), ["--against", "no-such-ckpt"])),
+    ("eval-instruct-bad-decoding", lambda w, d: (instruct_args(w, d, "decoding=beam"), ["decoding"])),
+    ("eval-instruct-judge-without-against", lambda w, d: (instruct_args(w, d, "--judge", str(w.model)),
+                                                          ["--judge", "--against"])),
+    ("judge-outputs-wrong-format", lambda w, d: (["judge", str(outputs_file(d, [{"instruction": "a", "output": 1,
+                                                 "generator": "g", "dataset": "x"}])), str(d / "other.json"),
+                                                 "--judge", str(w.model), "--out", str(d / "o")],
+                                                ["other.json", "record 1", "'output'"])),
+    ("judge-without-tokenizer", lambda w, d: (["judge", str(outputs_file(d, [{"instruction": "a", "output": "b",
+                                              "generator": "g", "dataset": "x"}])), str(d / "other.json"), "--judge",
+                                              str(w.model_copy(d, ("tokenizer*", "special_tokens_map.json"), "j")),
+                                              "--out", str(d / "o")], ["--judge", "no tokenizer"])),
 ]
 
 

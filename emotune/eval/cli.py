@@ -4,6 +4,11 @@
     emotune eval --model PATH --tasks sst2,trec,my_task.yaml --out DIR [key=value ...]
     emotune eval my_task.yaml --model PATH --out DIR [key=value ...]
     emotune eval --evaluator lm_eval --model PATH --tasks arc_easy,harness_task.yaml --out DIR [num_fewshot=0 ...]
+    emotune eval --suite instruct --model PATH --against OTHER --judge JUDGE --judge-format F --out DIR
+
+`--against` (instruction-following suites, docs/instruct-eval.md): another checkpoint, an outputs file
+in AlpacaEval's format, or `reference` (the set's reference responses); the judge compares the two
+sides' responses in both orders and the win / tie / lose table is printed.
 
 Task files, options and key=value settings mix in any order. Writes `DIR/<task>.predictions.jsonl` per
 task and `DIR/summary.json` (emotune.eval.summary) after every task, so an interrupted run resumes where it
@@ -52,7 +57,8 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
         return run_mmlu_task(task, model, tokenizer, out_dir, **common)
     # kinds implemented in other modules, imported only when such a task runs
     module, func = {"generation": ("emotune.eval.generation.task", "run_generation_task"),
-                    "oracle": ("emotune.eval.oracle_task", "run_oracle_task")}[task.kind]
+                    "oracle": ("emotune.eval.oracle_task", "run_oracle_task"),
+                    "instruct": ("emotune.eval.instruct.task", "run_instruct_task")}[task.kind]
     try:
         run = getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as err:
@@ -85,6 +91,10 @@ def _arguments(argv: list[str]):
     ap.add_argument("--evaluator", choices=EVALUATORS, help="emotune (default: the paper's protocol) or lm_eval "
                     "(lm-evaluation-harness on harness task names / task YAMLs; key=value: num_fewshot, limit, "
                     "batch_size, dtype, device, bootstrap_iters, trust_remote_code); default: the suite's")
+    ap.add_argument("--against", help="instruct tasks: compare with another checkpoint, an AlpacaEval-format "
+                                      "outputs JSON, or `reference` (the set's reference responses)")
+    ap.add_argument("--judge", help="the pairwise judge: a local causal LM folder or hub id (with --against)")
+    ap.add_argument("--judge-format", default=None, help="autoj | pandalm | plain (default plain)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
     # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
     args = ap.parse_intermixed_args(argv)
@@ -197,6 +207,11 @@ def main(argv: list[str]) -> int:
         check_task_data(task, opts["data_dir"])
         if opts["shard"] is not None:
             check_shard_rows(task, opts)
+    against = None
+    if args.against or args.judge or args.judge_format:
+        from emotune.eval.instruct.against import prepare_against
+
+        against = prepare_against(args, tasks, opts)
     if todo:
         model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
     retriever = []
@@ -219,6 +234,10 @@ def main(argv: list[str]) -> int:
     for name, value in averages.items():
         print(f"[eval] {name}: {value:.4f}")
     print(f"[eval] summary: {path}")
+    if against is not None:
+        if todo:
+            del model  # the other side's checkpoint and the judge come next
+        against.run(out_dir, results)
     return 0
 
 

@@ -108,6 +108,21 @@ class EvalOptions(_Options):
     ce_vocab_size: Positive | None = Field(None, description=_GEN_DOC["ce_vocab_size"])
     metrics: GivenMetrics | None = Field(None, description=_GEN_DOC["metrics"])
     lm_limit: Positive | None = Field(None, description=_GEN_DOC["lm_limit"])
+    # instruction following (docs/instruct-eval.md): unset = the task file's options, else the default named
+    prompt: Literal["alpaca", "chat"] | None = Field(None, description="instruct: the prompt the model was tuned "
+                                                     "with: alpaca (default) | chat (the tokenizer's chat template)")
+    decoding: Literal["greedy", "sample"] | None = Field(None, description="instruct: greedy (default) | sample")
+    temperature: Annotated[float, Field(gt=0)] | None = Field(None, description="instruct, decoding=sample: "
+                                                              "temperature (default 0.7)")
+    max_new_tokens: Positive | None = Field(None, description="instruct: response length limit in tokens "
+                                            "(default 512; decoding stops at EOS)")
+    judge_mode: Literal["generate", "likelihood"] | None = Field(None, description="pairwise judge: generate a "
+                                                                 "verdict and parse it, or compare the likelihoods "
+                                                                 "of the verdict strings (default: per format)")
+    judge_max_new_tokens: Positive | None = Field(None, description="pairwise judge, judge_mode=generate: "
+                                                  "verdict length limit (default autoj 1024, pandalm 512, plain 16)")
+    bootstrap: Positive | None = Field(None, description="pairwise judge: bootstrap resamples of the win-rate "
+                                       "interval (default 1000, seeded by seed)")
 
     @field_validator("roundtrip_tokenizer", mode="before")
     @classmethod
@@ -217,7 +232,8 @@ def generation_options(task_options: dict[str, Any], given: dict[str, Any], sour
 
 # `emotune eval` passes every option to every task kind; these mean nothing to a generation task
 _OTHER_KINDS = {"encoder", "roundtrip_tokenizer", "scoring", "shared_prefix", "max_tokens", "retriever_batch_size",
-                "resume", "dtype", "shard"}
+                "resume", "dtype", "shard", "prompt", "decoding", "temperature", "max_new_tokens", "judge_mode",
+                "judge_max_new_tokens", "bootstrap"}
 
 
 def help_text() -> str:

@@ -25,6 +25,7 @@ RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "generation": ("runs", "seed", "limit", "lm_limit", "featurizer", "max_text_length", "pooling", "oracle",
                    "reference", "ce_vocab_size", "metrics", "data_dir"),
     "oracle": ("limit", "data_dir"),
+    "instruct": ("prompt", "decoding", "temperature", "max_new_tokens", "seed", "limit", "data_dir"),
 }
 
 

@@ -88,7 +88,24 @@ class OracleTaskFile(BaseModel):
     options: dict[str, Any] | None = None
 
 
-MODELS: dict[str, type[BaseModel]] = {"mmlu": MmluTaskFile, "generation": GenerationTaskFile, "oracle": OracleTaskFile}
+class InstructTaskFile(BaseModel):
+    """Every key of a `kind: instruct` task file (instruction following, docs/instruct-eval.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int
+    kind: Literal["instruct"] = "instruct"
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    test_split: str = "eval"
+    instruction_column: Annotated[str, Field(min_length=1)] = "instruction"
+    input_column: str | None = None  # an optional input shown with the instruction (Alpaca's "input")
+    reference_column: str | None = "output"  # the set's reference responses (`--against reference`)
+    generator_column: str | None = "generator"  # who wrote the reference
+    dataset_column: str | None = "dataset"  # the source subset of each instruction (AlpacaEval's `dataset`)
+    options: dict[str, Any] | None = None  # decoding defaults (emotune.eval.instruct.task.InstructOptions)
+
+
+MODELS: dict[str, type[BaseModel]] = {"mmlu": MmluTaskFile, "generation": GenerationTaskFile, "oracle": OracleTaskFile,
+                                      "instruct": InstructTaskFile}
 
 
 def check_task_file(task) -> None:

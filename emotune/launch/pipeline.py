@@ -18,6 +18,8 @@
       sbatch_args: []                              # slurm: #SBATCH lines for eval jobs
     report:
       out: null                                    # default RUN_DIR/report
+    pairwise:                                      # instruct suites: judge two runs' responses per step
+      - {a: emo, b: mle, judge: /models/autoj-13b, format: autoj}   # docs/instruct-eval.md
 
 Several runs in one config (the embedded demo: pre-train, then fine-tune with each objective and seed):
 
@@ -56,6 +58,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.scheduling.pairwise import PairwisePart
 
 log = logging.getLogger("emotune.pipeline")
 
@@ -103,6 +106,7 @@ class PipelineConfig(_Strict):
     run_dir: str | None = None
     eval: EvalPart
     report: ReportPart = Field(default_factory=ReportPart)
+    pairwise: list[PairwisePart] = Field(default_factory=list)  # judged pairs of runs (instruct suites)
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -212,6 +216,7 @@ def main(argv: list[str]) -> int:
         check_scheduler_args(scheduler_args(cfg.eval))
     except EmotuneError as err:
         raise EmotuneError(f"{args.config}: {err}") from None
+    pairs = make_pairwise(cfg, runs, args.config)
     for run in runs:  # fail early, before anything runs ({run:...} references are filled later)
         overrides = [o for o in run.train.overrides if "{run:" not in o]
         load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))
@@ -231,20 +236,20 @@ def main(argv: list[str]) -> int:
             schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval)))
         command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
         log.info("training %s: %s", run.name, " ".join(command))
-        status = _train_beside(command, schedulers, cfg.eval.poll)
+        status = _train_beside(command, schedulers + pairs, cfg.eval.poll)
         done[run.name] = run_dir
         if status != 0:
             failed = (" ".join(command), status)
             break
     log.info("training finished; evaluating the remaining checkpoints")
     while True:  # drain: every checkpoint the runs wrote, each task, to a terminal state
-        for sched in schedulers:
+        for sched in schedulers + pairs:
             sched.tick()
-        if all(sched.finished(training_over=lambda: True) for sched in schedulers):
+        if all(sched.finished(training_over=lambda: True) for sched in schedulers + pairs):
             break
         time.sleep(min(cfg.eval.poll, 2.0))
 
-    for sched in schedulers:
+    for sched in schedulers + pairs:
         print(sched.summary())
     evaluated = [s for s in schedulers if s.rows()]
     if cfg.report.enabled and evaluated:
@@ -256,6 +261,19 @@ def main(argv: list[str]) -> int:
     if failed:
         raise EmotuneError(f"training ({failed[0]}) exited with status {failed[1]}; the checkpoints it wrote were evaluated")
     return 1 if any(r.status in ("failed", "blocked") for s in schedulers for r in s.rows()) else 0
+
+
+def make_pairwise(cfg: PipelineConfig, runs: list[Run], where: str) -> list:
+    """The `pairwise:` section's scheduler (a list of zero or one), checked before anything runs."""
+    if not cfg.pairwise:
+        return []
+    from emotune.scheduling.pairwise import PairwiseScheduler, pairs_from_config
+    from emotune.scheduling.scheduler import resolve_suite
+
+    suite = resolve_suite(cfg.eval.suite, cfg.eval.eval_args)  # the version the evaluation rows carry
+    dirs = {r.name: r.run_dir for r in runs if r.run_dir is not None and r.evaluate}
+    pairs = pairs_from_config(cfg.pairwise, dirs, suite.version, suite.labels, where)
+    return [PairwiseScheduler(pairs, cfg.eval.lease_ttl, cfg.eval.max_attempts)]
 
 
 def _train_beside(command: list[str], schedulers: list, poll: float) -> int:

@@ -410,7 +410,9 @@ def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: 
         raise EmotuneError(f"--store {store}: no result store there")
     runs = [load_run(d, store, suite) for d in run_dirs]
     label_runs(runs)
-    return write_report(runs, Path(out))
+    from emotune.scheduling.report_pairwise import add_pairwise_section  # instruct suites' pairwise judgments
+
+    return add_pairwise_section(run_dirs, write_report(runs, Path(out)), store)
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 from emotune.atomic import atomic_open
 from emotune.errors import EmotuneError
 from emotune.objectives.common import IGNORE_INDEX
+from emotune.prompts import ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt  # noqa: F401  (re-exported)
 from emotune.train import chat
 from emotune.train.records import (  # noqa: F401  (re-exported: data.py is the entry point of the data path)
     MISSING,
@@ -44,22 +45,8 @@ from emotune.train.records import (  # noqa: F401  (re-exported: data.py is the 
 
 log = logging.getLogger("emotune.data")
 
-PROMPT_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-
-
-def alpaca_prompt(instruction: str, input_: str | None) -> str:
-    if input_ and input_.strip():
-        return PROMPT_INPUT.format(instruction=instruction, input=input_)
-    return PROMPT_NO_INPUT.format(instruction=instruction)
+# the Alpaca template lives below both stages: the evaluator renders the prompt the model was trained on
+PROMPT_INPUT, PROMPT_NO_INPUT = ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT
 
 
 def _text(row: dict, column: str) -> str:

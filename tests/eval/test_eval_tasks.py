@@ -41,7 +41,7 @@ def test_shipped_tasks_follow_the_protocol():
 
 def test_every_task_file_has_a_kind():
     for f in (CONFIG_DIR / "tasks").glob("*.yaml"):
-        assert load_task_file(f).kind in ("icl", "mmlu", "generation", "oracle")
+        assert load_task_file(f).kind in ("icl", "mmlu", "generation", "oracle", "instruct")
 
 
 ROWS = [{"text": f"row {i}", "label": i % 2} for i in range(10)]

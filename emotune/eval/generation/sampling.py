@@ -40,13 +40,17 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 @torch.no_grad()
 def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], min_new_tokens: int,
-                 max_new_tokens: int, eos_ids: Sequence[int] = (), pad_id: int = 0) -> list[list[int]]:
-    """Ancestral samples (temperature 1, full distribution) for left-padded prompts, one generator per row.
+                 max_new_tokens: int, eos_ids: Sequence[int] = (), pad_id: int = 0,
+                 temperature: float = 1.0) -> list[list[int]]:
+    """Ancestral samples (full distribution) for left-padded prompts, one generator per row.
 
     Returns the new tokens of each row: at least `min_new_tokens` (EOS masked out before that), at most
-    `max_new_tokens`, ending at the first EOS if one is drawn."""
+    `max_new_tokens`, ending at the first EOS if one is drawn. `temperature` divides the logits (in
+    float32); 0 is greedy decoding (the argmax, lowest id on a tie), which draws nothing."""
     if min_new_tokens > max_new_tokens:
         raise ValueError(f"min_new_tokens {min_new_tokens} > max_new_tokens {max_new_tokens}")
+    if not temperature >= 0:  # also nan
+        raise ValueError(f"temperature {temperature} < 0")
     dev = model_device(model)
     b = len(prompts)
     if min(len(p) for p in prompts) == 0:
@@ -72,8 +76,11 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
         logits = out.logits[:, -1, :].float()
         if step < min_new_tokens and len(eos):
             logits[:, eos] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
-        tok = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r]) for r in range(b)]).view(b)
+        if temperature == 0:
+            tok = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            tok = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r]) for r in range(b)]).view(b)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new = torch.cat([new, tok[:, None]], dim=1)
         if len(eos):

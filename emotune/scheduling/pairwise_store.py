@@ -1,0 +1,202 @@
+"""The `pairwise` table of a result store: one row per judged (run A, run B, step, task, judge, format,
+version), leased like the result rows (emotune.scheduling.store). Used by emotune.scheduling.pairwise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from emotune.errors import EmotuneError, one_line
+from emotune.scheduling.store import Store
+
+DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
+                         "--out {out} progress=false")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairwise (
+    id            INTEGER PRIMARY KEY,
+    run_a         TEXT NOT NULL,
+    run_b         TEXT NOT NULL,
+    step          INTEGER NOT NULL,
+    task          TEXT NOT NULL,
+    judge         TEXT NOT NULL,
+    format        TEXT NOT NULL,
+    version       TEXT NOT NULL,    -- suite version + judge settings
+    name          TEXT NOT NULL,    -- the pair's label (report, output folder)
+    outputs_a     TEXT NOT NULL,    -- the two AlpacaEval outputs files
+    outputs_b     TEXT NOT NULL,
+    status        TEXT NOT NULL DEFAULT 'pending',
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    lease_token   TEXT,
+    lease_owner   TEXT,
+    lease_expires REAL,
+    result        TEXT,             -- JSON: counts, win rate + interval, lengths
+    output_dir    TEXT,
+    host          TEXT,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    error         TEXT,
+    UNIQUE (run_a, run_b, step, task, judge, format, version)
+);
+"""
+
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    run_a: str  # absolute run directories
+    run_b: str
+    task: str
+    judge: str
+    format: str
+    suite_version: str
+    judge_args: tuple[str, ...] = ()
+    command: str = DEFAULT_JUDGE_COMMAND
+    devices: str | None = None
+
+    @property
+    def version(self) -> str:
+        what = {"suite": self.suite_version, "format": self.format, "judge_args": list(self.judge_args)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class PairRow:
+    id: int
+    run_a: str
+    run_b: str
+    step: int
+    task: str
+    judge: str
+    format: str
+    version: str
+    name: str
+    outputs_a: str
+    outputs_b: str
+    status: str
+    attempts: int
+    lease_token: str | None
+    lease_owner: str | None
+    lease_expires: float | None
+    result: dict[str, Any] | None
+    output_dir: str | None
+    host: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+class PairStore:
+    """The `pairwise` table of one result store file (its own SQLite connection, WAL like the store)."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 60.0, create: bool = True):
+        self.path = Path(path)
+        Store(self.path, timeout, create).close()  # the store's own checks: a file that is not a store is refused
+        self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
+        with self.tx() as db:
+            db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")  # the write lock up front: check-then-set is atomic
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _row(self, r: sqlite3.Row) -> PairRow:
+        d = dict(r)
+        d["result"] = json.loads(d["result"]) if d["result"] else None
+        return PairRow(**d)
+
+    def rows(self, status: str | None = None) -> list[PairRow]:
+        q, args = "SELECT * FROM pairwise", []
+        if status:
+            q, args = q + " WHERE status=?", [status]
+        try:
+            return [self._row(r) for r in self.db.execute(q + " ORDER BY name, step, id", args)]
+        except (sqlite3.DatabaseError, ValueError, TypeError) as err:
+            raise EmotuneError(f"{self.path}: pairwise table is damaged ({one_line(err)})") from None
+
+    def get(self, row_id: int) -> PairRow | None:
+        r = self.db.execute("SELECT * FROM pairwise WHERE id=?", (row_id,)).fetchone()
+        return self._row(r) if r else None
+
+    def enqueue(self, pair: Pair, step: int, outputs_a: str, outputs_b: str) -> int:
+        with self.tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO pairwise (run_a, run_b, step, task, judge, format, version, name,"
+                             " outputs_a, outputs_b, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             (pair.run_a, pair.run_b, step, pair.task, pair.judge, pair.format, pair.version,
+                              pair.name, outputs_a, outputs_b, time.time()))
+            return cur.rowcount
+
+    def claim(self, owner: str, ttl: float, versions: list[str], limit: int = 1,
+              max_attempts: int = 3) -> list[tuple[PairRow, str]]:
+        """Lease runnable rows of these versions: pending, or running under an expired lease."""
+        now, out = time.time(), []
+        with self.tx() as db:
+            marks = ",".join("?" * len(versions))
+            found = db.execute(f"SELECT * FROM pairwise WHERE version IN ({marks}) AND (status='pending' OR "
+                               "(status='running' AND lease_expires < ?)) ORDER BY step, id", [*versions, now]).fetchall()
+            for r in found:
+                if len(out) >= limit:
+                    break
+                if r["attempts"] >= max_attempts:
+                    db.execute("UPDATE pairwise SET status='failed', lease_token=NULL, finished_at=?,"
+                               " error=COALESCE(error, '') || ? WHERE id=?",
+                               (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
+                    continue
+                token = uuid.uuid4().hex
+                note = f"lease of {r['lease_owner']} expired; retrying" if r["status"] == "running" else None
+                db.execute("UPDATE pairwise SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
+                           " lease_expires=?, started_at=NULL, error=COALESCE(?, error) WHERE id=?",
+                           (token, owner, now + ttl, note, r["id"]))
+                out.append((self.get(r["id"]), token))
+        return out
+
+    def _update(self, sql: str, args: tuple, row_id: int, token: str) -> bool:
+        with self.tx() as db:
+            return db.execute(sql + " WHERE id=? AND lease_token=? AND status='running'",
+                              (*args, row_id, token)).rowcount == 1
+
+    def start(self, row_id: int, token: str, ttl: float, owner: str) -> bool:
+        return self._update("UPDATE pairwise SET started_at=?, host=?, lease_owner=?, lease_expires=?",
+                            (time.time(), socket.gethostname(), owner, time.time() + ttl), row_id, token)
+
+    def renew(self, row_id: int, token: str, ttl: float) -> bool:
+        return self._update("UPDATE pairwise SET lease_expires=?", (time.time() + ttl,), row_id, token)
+
+    def finish(self, row_id: int, token: str, result: dict[str, Any], output_dir: str) -> bool:
+        return self._update("UPDATE pairwise SET status='finished', result=?, output_dir=?, finished_at=?,"
+                            " lease_token=NULL, lease_expires=NULL, error=NULL",
+                            (json.dumps(result, sort_keys=True), output_dir, time.time()), row_id, token)
+
+    def fail(self, row_id: int, token: str, error: str, max_attempts: int, retry: bool = True) -> bool:
+        with self.tx() as db:
+            r = db.execute("SELECT attempts, status, lease_token FROM pairwise WHERE id=?", (row_id,)).fetchone()
+            if r is None or r["status"] != "running" or r["lease_token"] != token:
+                return False
+            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
+            db.execute("UPDATE pairwise SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
+                       " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
+                       (status, error[-2000:], status, time.time(), row_id))
+            return True
