@@ -846,7 +846,7 @@ def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, m
 
 def test_a_damaged_training_log_is_skipped_line_by_line(tmp_path):
     """The log may be being written (a torn last line) or damaged: its readable lines count, the rest is skipped."""
-    from emotune.scheduling.report import read_train_log
+    from emotune.scheduling.report_data import read_train_log
 
     log = tmp_path / "train_log.jsonl"
     log.write_bytes(json.dumps({"step": 1, "loss": 2.0}).encode() + b"\n" + BINARY + b"\n" + b'{"step": 2, "lo')

@@ -18,6 +18,9 @@
       sbatch_args: []                              # slurm: #SBATCH lines for eval jobs
     report:
       out: null                                    # default RUN_DIR/report
+      title: emotune report
+      intro: ""                                    # a paragraph under the title
+      headline: []                                 # task/metric the report leads with (default: all)
 
 Several runs in one config (the embedded demo: pre-train, then fine-tune with each objective and seed):
 
@@ -53,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
 
@@ -87,6 +90,19 @@ class EvalPart(_Strict):
 class ReportPart(_Strict):
     out: str | None = None
     enabled: bool = True
+    title: str = "emotune report"
+    intro: str = ""  # what the runs demonstrate, under the title
+    headline: list[str] = Field(default_factory=list)  # task/metric items the report leads with
+
+    @field_validator("headline")
+    @classmethod
+    def _directed(cls, items):  # checked before training, not when the report is written after it
+        from emotune.scheduling.report_data import METRICS
+
+        for item in items:
+            if item.rpartition("/")[2] not in METRICS:
+                raise ValueError(f"{item!r}: not a metric with a direction (one of {', '.join(sorted(METRICS))})")
+        return items
 
 
 class RunPart(_Strict):
@@ -203,7 +219,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
 
-    from emotune.scheduling.report import make_report
+    from emotune.scheduling.report import ReportOptions, make_report
     from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
     from emotune.train.config import load_config
 
@@ -250,7 +266,8 @@ def main(argv: list[str]) -> int:
     if cfg.report.enabled and evaluated:
         first = Path(cfg.run_dir) if cfg.runs else evaluated[0].run_dir
         out = cfg.report.out or str(first / "report")
-        written = make_report([str(s.run_dir) for s in evaluated], out)
+        options = ReportOptions(cfg.report.title, cfg.report.intro, list(cfg.report.headline))
+        written = make_report([str(s.run_dir) for s in evaluated], out, options=options)
         print(Path(written["markdown"]).read_text())
         print(f"emotune pipeline: report {written['html']}")
     if failed:

@@ -284,7 +284,7 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
 
 
 def test_report_labels_runs_by_the_objective_in_their_config_yaml(stage):
-    from emotune.scheduling.report import label_runs, load_run
+    from emotune.scheduling.report_data import label_runs, load_run
 
     runs = [load_run(str(stage["root"] / "full"), None, None)]  # no result store yet: only config.yaml names it
     label_runs(runs)
