@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 
 from emotune.scheduling.report_data import (
+    METRICS,
     RunData,
     group_colors,
     groups,
@@ -114,8 +115,7 @@ def plot_metrics(runs: list[RunData], panels: list[tuple[str, str]], x: str, tit
         else:
             per_run = [(r, r.series(task, key)) for r in runs]
         draw_groups(ax, per_run, colors, x, metric_scale(key))
-        ax.set_title("Average over tasks" if task == AVERAGE else f"{task_name(task)}: {metric_label(key, False).split(' ')[0]}",
-                     fontsize=10)
+        ax.set_title("Average accuracy over tasks" if task == AVERAGE else f"{task_name(task)}: {METRICS[key][0]}", fontsize=10)
         ax.set_xlabel("checkpoint step" if x == "step" else "tokens seen")
         ax.set_ylabel(metric_label(key), fontsize=8)
         ax.grid(alpha=0.3)

@@ -68,6 +68,8 @@ def test_headline_table_pools_seeds(tmp_path, seed_runs):
     # best per column follows the metric's direction: EMO's higher MAUVE and lower PPL_oracle are bold
     assert emo.count("**") == 6 and "**" not in mle
     assert "MAUVE: 64 model samples against 64 reference samples per checkpoint" in md
+    # the paper's accuracy table holds the accuracy task only: MAUVE is not averaged with accuracies
+    assert "## Results (paper layout)\n\n| Objective | synthetic_topic | Avg. |" in md
 
 
 def test_bad_headline_names_the_metric(tmp_path, seed_runs):
