@@ -219,6 +219,7 @@ CASES += [
     ("train-objective-unknown", train_with(objective__name="emx")),
     ("train-objective-param", train_with(objective__params={"bogus_weight": 1})),
     ("train-both-model-sources", train_with(model__config={"model_type": "llama"})),
+    ("train-report-to-unknown", lambda w, d: (lambda a, n: (a, n + ["report_to", "mlflow"]))(*train_with(report_to=["jsonl", "mlflow"])(w, d))),
 ]
 
 
@@ -679,6 +680,8 @@ CASES += [
     ("report-no-results", lambda w, d: (["report", str(d), "--out", str(d / "rep")], [str(d)])),
     ("report-missing-out", lambda w, d: (["report", str(w.run)], ["--out"])),
     ("report-unknown-option", lambda w, d: (["report", str(w.run), "--out", str(d / "rep"), "--sute", "x"], ["--sute"])),
+    ("report-headline-undirected", lambda w, d: (["report", str(w.run), "--out", str(d / "rep"), "--headline", "done/samples"],
+                                                 ["done/samples", "headline"])),
 ]
 
 
@@ -736,6 +739,8 @@ CASES += [
     ("pipeline-runs-without-run-dir", pipe_with(lambda c, w, d: (c.pop("train"), c.pop("run_dir"),
                                                                  c.update(runs=[{"name": "a", "train": {"config": "x"}}])), ["run_dir"])),
     ("pipeline-eval-jobs-zero", pipe_with(lambda c, w, d: c["eval"].update(jobs=0), ["eval.jobs"])),
+    ("pipeline-report-headline", pipe_with(lambda c, w, d: c.setdefault("report", {}).update(headline=["n_examples"]),
+                                           ["report.headline", "n_examples"])),
     ("pipeline-eval-runner", pipe_with(lambda c, w, d: c["eval"].update(runner="k8s"), ["eval.runner"])),
     ("pipeline-eval-devices", pipe_with(lambda c, w, d: c["eval"].update(devices="a;b"), ["--devices"])),
     ("pipeline-eval-sbatch-arg-newline", pipe_with(lambda c, w, d: c["eval"].update(runner="slurm", sbatch_args=["-p x\nrm"]),

@@ -36,6 +36,7 @@ from emotune.scheduling.report_data import (
     directed_metrics,
     label_runs,
     load_run,
+    objective_rank,
     task_order,
 )
 from emotune.scheduling.report_plots import AVERAGE, plot_final, plot_metrics, plot_training
@@ -202,8 +203,9 @@ def write_report(runs: list[RunData], out: Path, options: ReportOptions | None =
 
     matplotlib.use("Agg")
     options = options or ReportOptions()
-    out.mkdir(parents=True, exist_ok=True)
+    runs = sorted(runs, key=objective_rank)  # MLE, TaiLr, MixCE, EMO, then the rest: the same order everywhere
     headline = resolve_headline(runs, options.headline)
+    out.mkdir(parents=True, exist_ok=True)
     panels = headline + [p for p in directed_metrics(runs) if p not in headline]
     # the paper's table and the average: tasks scored by an accuracy (a MAUVE task is not averaged with them)
     accuracy_tasks = {t for r in runs for t, by_step in r.metrics.items() for m in by_step.values() if any(k in m for k in ACCURACIES)}
