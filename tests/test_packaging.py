@@ -38,7 +38,9 @@ def _imported_modules() -> dict[str, str]:
 
 def test_every_import_is_a_declared_dependency():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {_canonical(re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0]) for d in project["dependencies"]}
+    # runtime dependencies, and the extras of optional features (`wandb` for report_to: [wandb]); not `test`
+    optional = [d for extra, deps in project.get("optional-dependencies", {}).items() if extra != "test" for d in deps]
+    declared = {_canonical(re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0]) for d in project["dependencies"] + optional}
     dists = packages_distributions()
     undeclared = {}
     for module, where in _imported_modules().items():
