@@ -52,6 +52,15 @@ def average_series(r: RunData, tasks: list[str]) -> Series:
             for s in (r.complete_steps(tasks) if tasks else [])]
 
 
+def format_x(ax, x: str) -> None:
+    """Whole steps; tokens as 40k / 1.2M, a few ticks (long integers would overlap)."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    if x == "tokens":
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
 def draw_groups(ax, per_run: list[tuple[RunData, Series]], colors: dict[str, str], x: str, scale: float = 1.0,
                 mark_best: bool = True) -> None:
     """Thin line per run, bold mean ± std band per objective, ★ on each run's best checkpoint."""
@@ -117,6 +126,7 @@ def plot_metrics(runs: list[RunData], panels: list[tuple[str, str]], x: str, tit
         draw_groups(ax, per_run, colors, x, metric_scale(key))
         ax.set_title("Average accuracy over tasks" if task == AVERAGE else f"{task_name(task)}: {METRICS[key][0]}", fontsize=10)
         ax.set_xlabel("checkpoint step" if x == "step" else "tokens seen")
+        format_x(ax, x)
         ax.set_ylabel(metric_label(key), fontsize=8)
         ax.grid(alpha=0.3)
         if not ax.lines:
@@ -177,6 +187,7 @@ def plot_training(runs: list[RunData]) -> bytes:
                     ha="center", va="center", transform=ax.transAxes, color="gray")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        format_x(ax, "step")
         ax.set_ylabel(f"{title} {arrow + ' lower is better' if arrow else ''}", fontsize=8)
         ax.grid(alpha=0.3)
     _legend(fig, axes[0], runs)
