@@ -86,9 +86,9 @@ class RunData:
         out = []
         for step, m in sorted(self.metrics.get(task, {}).items()):
             v = m.get(key)
-            if _number(v):
+            if is_number(v):
                 se = m.get(key + STDERR_SUFFIX)
-                out.append((step, self.tokens.get(step), float(v), float(se) if _number(se) else None))
+                out.append((step, self.tokens.get(step), float(v), float(se) if is_number(se) else None))
         return out
 
     def last(self, task: str, key: str) -> float | None:
@@ -96,7 +96,7 @@ class RunData:
         return s[-1][2] if s else None
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -112,7 +112,7 @@ def task_name(task: str) -> str:
 def directed_metrics(runs: list[RunData], tasks: list[str] | None = None) -> list[tuple[str, str]]:
     """Every (task, metric) with a direction that some run has, tasks in report order, metrics in METRIC_ORDER."""
     have = {(t, k) for r in runs for t, by_step in r.metrics.items() for m in by_step.values() for k in m
-            if k in METRICS and _number(m[k])}
+            if k in METRICS and is_number(m[k])}
     order = tasks if tasks is not None else task_order({t for t, _ in have})
     return [(t, k) for t in order for k in METRIC_ORDER if (t, k) in have]
 
@@ -199,7 +199,7 @@ def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData
 
 def _tokens_from_train_log(data: RunData) -> None:
     """Tokens seen at a step whose manifest had none: the training log's record of that step."""
-    logged = {rec["step"]: rec["tokens_seen"] for rec in data.train if _number(rec.get("tokens_seen"))}
+    logged = {rec["step"]: rec["tokens_seen"] for rec in data.train if is_number(rec.get("tokens_seen"))}
     for step, tok in data.tokens.items():
         if tok is None and step in logged:
             data.tokens[step] = int(logged[step])

@@ -8,12 +8,13 @@ import html
 from emotune.scheduling.report_data import (
     METRICS,
     RunData,
-    _number,
     groups,
+    is_number,
     mean_std,
     metric_scale,
     objective_rank,
     task_name,
+    task_order,
 )
 
 
@@ -68,7 +69,7 @@ def sample_counts(runs: list[RunData], panels: list[tuple[str, str]]) -> dict[st
     """`<metric>_samples` the evaluator recorded for a headline metric (e.g. MAUVE's sample count)."""
     out = {}
     for task, key in panels:
-        ns = {int(m[key + "_samples"]) for r in runs for m in r.metrics.get(task, {}).values() if _number(m.get(key + "_samples"))}
+        ns = {int(m[key + "_samples"]) for r in runs for m in r.metrics.get(task, {}).values() if is_number(m.get(key + "_samples"))}
         if ns:
             out[METRICS[key][0]] = min(ns) if len(ns) == 1 else max(ns)
     return out
@@ -110,13 +111,11 @@ def best_line(runs: list[RunData]) -> str:
 def grouped_table(runs: list[RunData]) -> str:
     """Every metric of every task at each run's last evaluated step, runs of the same objective
     pooled: mean ± std over them (seeds), n = number of runs. Markdown."""
-    from emotune.scheduling.report_data import task_order
-
     columns: list[tuple[str, str]] = []
     for r in runs:
         for task in task_order(r.metrics):
             last = r.metrics[task][max(r.metrics[task])]
-            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and _number(last[k])]
+            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])]
     if not columns:
         return ""
     head = ["Objective", "runs"] + [f"{task_name(t)} {k}" for t, k in columns]
@@ -125,7 +124,7 @@ def grouped_table(runs: list[RunData]) -> str:
         cells = []
         for task, key in columns:
             vals = [r.metrics[task][max(r.metrics[task])].get(key) for r in members if r.metrics.get(task)]
-            vals = [float(v) for v in vals if _number(v)]
+            vals = [float(v) for v in vals if is_number(v)]
             if not vals:
                 cells.append("–")
                 continue
@@ -166,8 +165,8 @@ def steps_table_html(r: RunData, panels: list[tuple[str, str]]) -> str:
         for task, key in panels:
             m = r.metrics.get(task, {}).get(s, {})
             v, se = m.get(key), m.get(key + "_stderr")
-            txt = _fmt(metric_scale(key) * v) if _number(v) else "–"
-            cells.append(txt + (f" ± {metric_scale(key) * se:.2g}" if _number(v) and _number(se) else ""))
+            txt = _fmt(metric_scale(key) * v) if is_number(v) else "–"
+            cells.append(txt + (f" ± {metric_scale(key) * se:.2g}" if is_number(v) and is_number(se) else ""))
         row = "".join(f"<td>{c}</td>" for c in cells)
         body.append(f"<tr class='best'>{row}</tr>" if s == best else f"<tr>{row}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
