@@ -122,7 +122,8 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
 
     Task keys (all optional): `n_samples` (64), `max_new_tokens` (128), `seed` (0), `n_texts` (100,
     validation/test texts scored), `eps` (1e-6), `featurizer` (`minilm`: MAUVE of the samples against
-    as many of the oracle's, `none`: no MAUVE). Returns an emotune.eval.summary.TaskResult.
+    as many of the oracle's, a local model folder, or `none`: no MAUVE), `mauve_max_length` (128
+    featuriser tokens per text). Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
     spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))
