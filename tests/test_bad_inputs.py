@@ -219,6 +219,7 @@ CASES += [
     ("train-objective-unknown", train_with(objective__name="emx")),
     ("train-objective-param", train_with(objective__params={"bogus_weight": 1})),
     ("train-both-model-sources", train_with(model__config={"model_type": "llama"})),
+    ("train-report-to-unknown", lambda w, d: (lambda a, n: (a, n + ["report_to", "mlflow"]))(*train_with(report_to=["jsonl", "mlflow"])(w, d))),
 ]
 
 
@@ -832,6 +833,8 @@ CASES += [
     ("report-no-results", lambda w, d: (["report", str(d), "--out", str(d / "rep")], [str(d)])),
     ("report-missing-out", lambda w, d: (["report", str(w.run)], ["--out"])),
     ("report-unknown-option", lambda w, d: (["report", str(w.run), "--out", str(d / "rep"), "--sute", "x"], ["--sute"])),
+    ("report-headline-undirected", lambda w, d: (["report", str(w.run), "--out", str(d / "rep"), "--headline", "done/samples"],
+                                                 ["done/samples", "headline"])),
 ]
 
 
@@ -889,6 +892,8 @@ CASES += [
     ("pipeline-runs-without-run-dir", pipe_with(lambda c, w, d: (c.pop("train"), c.pop("run_dir"),
                                                                  c.update(runs=[{"name": "a", "train": {"config": "x"}}])), ["run_dir"])),
     ("pipeline-eval-jobs-zero", pipe_with(lambda c, w, d: c["eval"].update(jobs=0), ["eval.jobs"])),
+    ("pipeline-report-headline", pipe_with(lambda c, w, d: c.setdefault("report", {}).update(headline=["n_examples"]),
+                                           ["report.headline", "n_examples"])),
     ("pipeline-eval-runner", pipe_with(lambda c, w, d: c["eval"].update(runner="k8s"), ["eval.runner"])),
     ("pipeline-eval-devices", pipe_with(lambda c, w, d: c["eval"].update(devices="a;b"), ["--devices"])),
     ("pipeline-eval-sbatch-arg-newline", pipe_with(lambda c, w, d: c["eval"].update(runner="slurm", sbatch_args=["-p x\nrm"]),
@@ -1066,7 +1071,7 @@ def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, m
 
 def test_a_damaged_training_log_is_skipped_line_by_line(tmp_path):
     """The log may be being written (a torn last line) or damaged: its readable lines count, the rest is skipped."""
-    from emotune.scheduling.report import read_train_log
+    from emotune.scheduling.report_data import read_train_log
 
     log = tmp_path / "train_log.jsonl"
     log.write_bytes(json.dumps({"step": 1, "loss": 2.0}).encode() + b"\n" + BINARY + b"\n" + b'{"step": 2, "lo')

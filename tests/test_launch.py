@@ -185,3 +185,31 @@ def test_hadolint_passes_on_dockerfile():
     for i, line in enumerate(lines):
         if "hadolint ignore" in line:
             assert lines[i - 1].startswith("#") and not lines[i - 1].startswith("# hadolint"), f"unexplained ignore at line {i + 1}"
+
+
+def test_pipeline_gives_a_local_deepspeed_launch_a_free_master_port():
+    """29500 (DeepSpeed's default) taken by another job: the pipeline's launch gets another, free port."""
+    import socket
+
+    from emotune.launch.pipeline import resolve_command
+
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            busy.bind(("127.0.0.1", 29500))
+            busy.listen()
+        except OSError:
+            pass  # someone else's job holds it already: the same situation
+        cmd = resolve_command(["deepspeed", "--num_gpus", "2", "--module", "emotune.launch.train_entry", "c.yaml"])
+        assert cmd[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"]
+        assert cmd[3] == "--master_port" and cmd[5:] == ["--num_gpus", "2", "--module", "emotune.launch.train_entry", "c.yaml"]
+        port = int(cmd[4])
+        assert port != 29500
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free
+    # the user's own port, and multi-node launches (the hostfile's master), are left as given
+    given = ["deepspeed", "--master_port", "29601", "--num_gpus", "2", "x.py"]
+    assert resolve_command(given)[3:] == given[1:]
+    multi = ["deepspeed", "--hostfile", "hosts", "x.py"]
+    assert resolve_command(multi)[3:] == multi[1:]
+    assert resolve_command(["python", "x.py"]) == ["python", "x.py"]

@@ -38,9 +38,9 @@ def _imported_modules() -> dict[str, str]:
 
 def test_every_import_is_a_declared_dependency():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    # an optional extra (not `test`) declares what the package imports only when that feature runs
-    # (lm_eval: `pip install 'emotune[harness]'`, checked with an install hint in emotune.eval.harness)
-    optional = [d for extra, deps in project["optional-dependencies"].items() if extra != "test" for d in deps]
+    # runtime dependencies, and the extras of optional features (not `test`), which declare what the package
+    # imports only when that feature runs (lm_eval: `pip install 'emotune[harness]'`; wandb: report_to: [wandb])
+    optional = [d for extra, deps in project.get("optional-dependencies", {}).items() if extra != "test" for d in deps]
     declared = {_canonical(re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0]) for d in project["dependencies"] + optional}
     dists = packages_distributions()
     undeclared = {}

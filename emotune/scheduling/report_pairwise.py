@@ -5,13 +5,11 @@ pairwise rows (emotune.scheduling.pairwise). Per (pair, judge, format) the lates
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import sqlite3
 from pathlib import Path
 
-from emotune.atomic import write_bytes
 from emotune.scheduling.store import default_store_path
 
 COLORS = {"win": "#4c9a5a", "tie": "#b8b8b8", "lose": "#c8553d"}
@@ -46,7 +44,7 @@ def plot_pairs(rows: list[dict]) -> bytes:
     """One horizontal stacked bar per (pair, judge): win / tie / lose counts of side A, lengths on the right."""
     import matplotlib.pyplot as plt
 
-    from emotune.scheduling.report import _png
+    from emotune.scheduling.report_plots import _png
 
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.2))
     for y, row in enumerate(rows):
@@ -68,8 +66,7 @@ def plot_pairs(rows: list[dict]) -> bytes:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["## Pairwise judgments (A vs B)", "",
-             "| Pair | Judge | Step | Win | Tie | Lose | Unparsed | Win rate (95% CI) | Len A | Len B |",
+    lines = ["| Pair | Judge | Step | Win | Tie | Lose | Unparsed | Win rate (95% CI) | Len A | Len B |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         res = row["result"]
@@ -83,25 +80,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def add_pairwise_section(run_dirs: list[str], written: dict[str, Path], store: str | None = None) -> dict[str, Path]:
-    """Append the section to the report's results.md and report.html (both rewritten atomically), if any."""
+def pairwise_parts(run_dirs: list[str], store: str | None = None) -> tuple[str, str, bytes] | None:
+    """The section's Markdown, HTML table and bar plot, or None when no pair has been judged yet."""
     rows = read_pairs(run_dirs, store)
     if not rows:
-        return written
-    out = Path(written["markdown"]).parent
-    png = plot_pairs(rows)
-    written["pairwise"] = write_bytes(out / "pairwise.png", png)
+        return None
     md = markdown(rows)
-    write_bytes(written["markdown"], Path(written["markdown"]).read_bytes() + ("\n" + md).encode())
-    caption = "Pairwise judgments: win / tie / lose of side A per judge and pair, average response lengths"
-    section = (f"<h2>Pairwise judgments</h2>{_html_table(md)}<figure><img class='plot' id='pairwise' "
-               f"alt='{html.escape(caption)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-               f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    page = Path(written["html"]).read_text()
-    at = page.find("<h2>Every checkpoint</h2>")
-    at = at if at >= 0 else page.rfind("</body>")
-    write_bytes(written["html"], (page[:at] + section + "\n" + page[at:]).encode())
-    return written
+    return md, _html_table(md), plot_pairs(rows)
 
 
 def _html_table(md: str) -> str:

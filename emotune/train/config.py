@@ -167,7 +167,8 @@ class TrainConfig(_Strict):
     save_total_limit: int | None = Field(2, ge=1)  # resumable DeepSpeed states kept; HF exports are all kept
     seed: int = 42
     deepspeed: str = "configs/deepspeed/zero3-bf16.json"  # path to the DeepSpeed JSON ("auto" filled from here)
-    report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(default_factory=lambda: ["jsonl", "tensorboard"])
+    run_name: str | None = None  # the W&B run's name (default: the output_dir's folder name)
     disable_tqdm: bool = False
     resume_from_checkpoint: str | None = Field(None, validation_alias=AliasChoices("resume", "resume_from_checkpoint"))
     # Load a resume state this run did not write and verify (DeepSpeed unpickles it: it can run code).
@@ -185,6 +186,16 @@ class TrainConfig(_Strict):
         if v in (None, "none"):
             return []
         return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _wandb_installed(cls, v):  # checked when the config is read: before any process starts training
+        if "wandb" in v:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ValueError("includes wandb but the wandb package is not installed (pip install 'emotune[wandb]')") from None
+        return v
 
     @model_validator(mode="after")
     def _one_precision(self):
@@ -220,8 +231,8 @@ class TrainConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of what determines the trained weights (not where logs go, not resume)."""
-        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to", "trust_resume_state",
-                                                     "metric_for_best_model", "greater_is_better"})
+        data = self.model_dump(mode="json", exclude={"resume_from_checkpoint", "disable_tqdm", "report_to", "run_name",
+                                                     "trust_resume_state", "metric_for_best_model", "greater_is_better"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

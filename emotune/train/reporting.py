@@ -1,9 +1,12 @@
 """Where the training stage's records go, on rank 0 only: the console log, train_log.jsonl (atomic appends;
-records past a resumed step dropped), TensorBoard when installed, and the tqdm progress bar."""
+records past a resumed step dropped), TensorBoard when installed, Weights & Biases when `report_to` has
+`wandb` (as with HF's Trainer: project from WANDB_PROJECT, the run named `run_name`, WANDB_MODE=offline
+works without a network), and the tqdm progress bar."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +23,7 @@ class Reporter:
         self.rank = rank
         self.jsonl = None
         self.tb = None
+        self.wandb = None
         if rank != 0:
             return
         out = Path(cfg.output_dir)
@@ -33,6 +37,12 @@ class Reporter:
                 self.tb = SummaryWriter(str(out / "runs"))
             except ImportError:
                 log.warning("report_to has tensorboard but the tensorboard package is not installed: skipped")
+        if "wandb" in cfg.report_to:  # the config check made sure the package is there
+            import wandb
+
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT") or "emotune",
+                                    name=cfg.run_name or out.resolve().name, dir=os.environ.get("WANDB_DIR") or str(out),
+                                    config=cfg.model_dump(mode="json"))
 
     def __call__(self, record: dict) -> None:
         if self.rank != 0:
@@ -43,6 +53,10 @@ class Reporter:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k, v, record["step"])
+        if self.wandb:  # train/... and eval/... as HF's Trainer names them
+            prefix = "eval/" if any(k.startswith("eval_") for k in record) else "train/"
+            self.wandb.log({prefix + k.removeprefix("eval_"): v for k, v in record.items()
+                            if isinstance(v, (int, float)) and k != "step"}, step=record["step"])
         log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
     def close(self):
@@ -50,6 +64,8 @@ class Reporter:
             self.jsonl.close()
         if self.tb:
             self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
 
 
 def progress_bar(cfg: TrainConfig, rank: int, total_steps: int, step: int):

@@ -29,11 +29,15 @@ def test_reduced_demo_end_to_end(tmp_path):
     out = res.stdout
     assert "emotune pipeline: report runs/demo/report/report.html" in out
     assert (emotune.work / "runs/demo/report/report.html").stat().st_size > 10_000
+    # The report leads with MLE vs EMO on the oracle metrics and MAUVE, its sample count shown.
+    headline = out.split("## Headline: objectives compared")[1].split("## ")[0]
+    assert headline.splitlines()[2].startswith("| Objective | seeds | MAUVE ↑ | PPL_oracle ↓ | reverse CE ↓ |")
+    assert "MAUVE: 64 model samples against 64 reference samples per checkpoint" in headline
     # The pooled table: one row per objective, every oracle metric measured and finite.
     rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| (MLE|EMO) \| 1 \|.*$", out, re.M)}
     assert set(rows) == {"MLE", "EMO"}, out[-3000:]
     header = next(line for line in out.splitlines() if line.startswith("| Objective | runs |"))
-    for key in ("ppl_test", "ppl_oracle", "forward_ce", "reverse_ce", "synthetic_topic accuracy"):
+    for key in ("ppl_test", "ppl_oracle", "forward_ce", "reverse_ce", "mauve", "synthetic_topic accuracy"):
         assert key in header
     for row in rows.values():
         cells = [c.strip() for c in row.strip("|").split("|")][2:]

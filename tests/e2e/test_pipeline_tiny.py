@@ -42,7 +42,8 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     assert len(re.findall(r"<img class='plot'", page)) == 4 and page.count("data:image/png;base64,") == 4
     md = (report / "results.md").read_text()
     acc = 100 * rows[-1]["metrics"]["accuracy"]
-    assert md.splitlines()[0] == "| Objective | tiny_topic | Avg. |" and f"| EMO | {acc:.2f} |" in md.replace("**", "")
+    paper = md.split("## Results (paper layout)\n\n")[1]
+    assert paper.splitlines()[0] == "| Objective | tiny_topic | Avg. |" and f"| EMO | {acc:.2f} |" in paper.replace("**", "")
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any("demd" in rec for rec in log)  # the training curves have EMO's DEMD term to plot
     assert "emotune pipeline: report" in res.stdout

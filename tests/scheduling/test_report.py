@@ -57,11 +57,12 @@ def test_report_files_and_paper_table(tmp_path, runs):
     res = subprocess.run([PY, "-m", "emotune.launch.cli", "report", *map(str, runs), "--out", str(out)],
                          env=env(), capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
-    for name in ("acc_vs_step", "acc_vs_tokens", "final_by_task", "training"):
+    for name in ("metrics_vs_step", "metrics_vs_tokens", "final_by_task", "training"):
         data = (out / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     md = (out / "results.md").read_text()
-    lines = md.splitlines()
+    assert md.index("## Headline") < md.index("## Results (paper layout)")
+    lines = md.split("## Results (paper layout)\n\n")[1].splitlines()
     assert lines[0] == "| Objective | SST-2 | TREC | MMLU | Avg. |"
     assert [l.split("|")[1].strip() for l in lines[2:6]] == ["MLE", "TaiLr", "MixCE", "EMO"]
     # EMO at step 300: 0.5 + 0.05 + 0.15 + 0.01 * task index
@@ -96,7 +97,7 @@ def test_report_renders_in_headless_chromium(tmp_path, runs):
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     imgs = re.findall(r"<img [^>]*>", dom.stdout)
-    assert len(imgs) == 4
+    assert len(imgs) == page.read_text().count("<img ") == 4  # metrics vs step / tokens, final by task, training
     for img in imgs:  # the page's own check ran in the browser: every plot decoded with a real size
         assert 'data-rendered="yes"' in img, img[:200]
     assert 'data-plots-rendered="4/4"' in dom.stdout

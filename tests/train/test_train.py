@@ -1,8 +1,13 @@
 """The training stage on real DeepSpeed ZeRO-3 (one in-process CPU rank, tiny LLaMA): export reloads with the
 engine's logits, checkpoint layout + manifest, cost embedding, bit-identical resume, LoRA + instructions, errors."""
 
+import glob
 import json
+import os
 import shutil
+import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,10 +26,21 @@ from emotune.train.recipe import run
 def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage")
     setup = tiny_setup(root / "setup")
-    with single_rank():
-        cfg = validate(run_config(setup, root / "full", save_steps=2, save_total_limit=2, report_to=["jsonl", "tensorboard"]))
-        result = run(cfg)
-        yield {"root": root, "setup": setup, "cfg": cfg, "result": result}
+    # W&B as HF users set it up, offline: no network, the run's records in WANDB_DIR
+    wandb_env = {"WANDB_MODE": "offline", "WANDB_DIR": str(root / "wandb"), "WANDB_PROJECT": "emotune-test",
+                 "WANDB_SILENT": "true"}
+    saved = {k: os.environ.get(k) for k in wandb_env}
+    os.environ.update(wandb_env)
+    (root / "wandb").mkdir()
+    try:
+        with single_rank():
+            cfg = validate(run_config(setup, root / "full", save_steps=2, save_total_limit=2, run_name="tiny-emo",
+                                      report_to=["jsonl", "tensorboard", "wandb"]))
+            result = run(cfg)
+            yield {"root": root, "setup": setup, "cfg": cfg, "result": result}
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def unit(w):
@@ -98,6 +114,68 @@ def test_tensorboard_events_written(stage):
     acc.Reload()
     assert {"loss", "ce", "demd", "weight", "lr", "eval_ppl"} <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
+
+
+def wandb_records(path: str):
+    """The records of an offline W&B run file (`run-ID.wandb`), read with wandb's own protobuf messages.
+    The file is a LevelDB-style log: a 7-byte header, then records (CRC32, length, type) in 32 KiB blocks."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw, pos, buf = open(path, "rb").read(), 7, b""
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        left = 32768 - pos % 32768
+        _crc, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if left < 7 or (n == 0 and kind == 0):  # block padding
+            pos += left
+            continue
+        buf += raw[pos + 7:pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):  # FULL or LAST
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            buf = b""
+            yield rec
+
+
+def test_wandb_offline_run_has_the_training_curves(stage):
+    files = glob.glob(str(stage["root"] / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1, files
+    history, run = {}, None
+    for rec in wandb_records(files[0]):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = rec.run
+        elif kind == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+            history.setdefault(items["_step"], {}).update(items)
+    assert run.display_name == "tiny-emo" and run.project == "emotune-test"
+    assert json.loads(next(i.value_json for i in run.config.update if i.key == "objective"))["name"] == "emo"
+    log = [json.loads(l) for l in (stage["root"] / "full" / "train_log.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in log if "loss" in r}
+    evals = {r["step"]: r for r in log if "eval_ce" in r}
+    assert sorted(history) == sorted(train)  # every logged step, at its training step
+    for step, rec in train.items():
+        for key in ("loss", "ce", "demd", "lr", "tokens_seen"):
+            assert history[step]["train/" + key] == pytest.approx(rec[key], rel=1e-12), (step, key)
+    for step, rec in evals.items():
+        assert history[step]["eval/ce"] == pytest.approx(rec["eval_ce"], rel=1e-12)
+
+
+def test_report_to_wandb_without_the_package_is_one_line(stage, tmp_path):
+    """A wandb that cannot be imported (here: shadowed by one that raises ImportError) -> exit 2 naming report_to."""
+    fake = tmp_path / "shadow" / "wandb"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'wandb'\")\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(run_config(stage["setup"], tmp_path / "out", report_to=["jsonl", "wandb"])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "train", str(cfg)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "report_to" in err[0] and "wandb" in err[0] and str(cfg) in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cost_embedding_is_full_base_head(stage):
@@ -284,7 +362,7 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
 
 
 def test_report_labels_runs_by_the_objective_in_their_config_yaml(stage):
-    from emotune.scheduling.report import label_runs, load_run
+    from emotune.scheduling.report_data import label_runs, load_run
 
     runs = [load_run(str(stage["root"] / "full"), None, None)]  # no result store yet: only config.yaml names it
     label_runs(runs)
