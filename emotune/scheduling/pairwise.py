@@ -24,7 +24,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +34,7 @@ from emotune.atomic import AppendLog, read_json
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.hub import looks_like_path
 from emotune.scheduling.pairwise_store import DEFAULT_JUDGE_COMMAND, Pair, PairRow, PairStore
+from emotune.scheduling.runners import wait_under_lease
 from emotune.scheduling.store import Store, default_store_path
 
 RESULT = "pairwise.json"
@@ -214,25 +214,15 @@ def run_pair_job(store_path: str, row_id: int, token: str, ttl: float, max_attem
     except (KeyError, IndexError, ValueError) as err:
         store.fail(row_id, token, f"judge command {command!r}: bad placeholder {err}", 1)
         return 1
-    lost, exited = threading.Event(), threading.Event()
     with open(out / "judge.log", "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
 
-        def heartbeat():
+        def open_renew():
             beat = PairStore(store_path)
-            while not exited.wait(max(ttl / 4, 0.05)):
-                if not beat.renew(row_id, token, ttl):
-                    lost.set()
-                    proc.kill()
-                    break
-            beat.close()
+            return (lambda: beat.renew(row_id, token, ttl)), beat.close
 
-        hb = threading.Thread(target=heartbeat, daemon=True)
-        hb.start()
-        rc = proc.wait()
-        exited.set()
-        hb.join()
-    if lost.is_set():
+        rc, lost = wait_under_lease(proc, max(ttl / 4, 0.05), open_renew)
+    if lost:
         return 0
     if rc != 0:
         tail = (out / "judge.log").read_text(errors="replace")[-1500:]

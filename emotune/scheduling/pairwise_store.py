@@ -9,14 +9,12 @@ import os
 import socket
 import sqlite3
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from emotune.errors import EmotuneError, one_line
-from emotune.scheduling.store import Store
+from emotune.scheduling.store import Store, immediate_tx, lease_rows
 
 DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
                          "--out {out} progress=false")
@@ -113,15 +111,8 @@ class PairStore:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")  # the write lock up front: check-then-set is atomic
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def tx(self):
+        return immediate_tx(self.db)  # the store's own transaction: check-then-set is atomic
 
     def _row(self, r: sqlite3.Row) -> PairRow:
         d = dict(r)
@@ -157,20 +148,8 @@ class PairStore:
             marks = ",".join("?" * len(versions))
             found = db.execute(f"SELECT * FROM pairwise WHERE version IN ({marks}) AND (status='pending' OR "
                                "(status='running' AND lease_expires < ?)) ORDER BY step, id", [*versions, now]).fetchall()
-            for r in found:
-                if len(out) >= limit:
-                    break
-                if r["attempts"] >= max_attempts:
-                    db.execute("UPDATE pairwise SET status='failed', lease_token=NULL, finished_at=?,"
-                               " error=COALESCE(error, '') || ? WHERE id=?",
-                               (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
-                    continue
-                token = uuid.uuid4().hex
-                note = f"lease of {r['lease_owner']} expired; retrying" if r["status"] == "running" else None
-                db.execute("UPDATE pairwise SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
-                           " lease_expires=?, started_at=NULL, error=COALESCE(?, error) WHERE id=?",
-                           (token, owner, now + ttl, note, r["id"]))
-                out.append((self.get(r["id"]), token))
+            for row_id, token in lease_rows(db, "pairwise", found, owner, ttl, limit, max_attempts, now):
+                out.append((self.get(row_id), token))
         return out
 
     def _update(self, sql: str, args: tuple, row_id: int, token: str) -> bool:

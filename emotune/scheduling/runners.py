@@ -145,6 +145,32 @@ def read_job_result(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("status") in ("finished", "failed") else None
 
 
+def wait_under_lease(proc: subprocess.Popen, interval: float, open_renew) -> tuple[int, bool]:
+    """Wait for a job's process while a heartbeat thread renews its lease every `interval` seconds; a lease
+    that cannot be renewed (another runner took the row over) kills the process. `open_renew()` runs in the
+    thread (an SQLite connection belongs to its thread) and returns (renew() -> bool, close()).
+    Returns (exit status, whether the lease was lost)."""
+    lost, exited = threading.Event(), threading.Event()
+
+    def heartbeat():
+        renew, close = open_renew()
+        try:
+            while not exited.wait(interval):
+                if not renew():
+                    lost.set()
+                    proc.kill()
+                    break
+        finally:
+            close()
+
+    hb = threading.Thread(target=heartbeat, daemon=True)
+    hb.start()
+    rc = proc.wait()
+    exited.set()
+    hb.join()
+    return rc, lost.is_set()
+
+
 def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     """Run one leased (checkpoint, task) evaluation to the end. Exit status 0 = recorded or not ours."""
     # Long on purpose: the lease protocol (start, verify the files, run under a heartbeat, read the
@@ -178,29 +204,17 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
         cmd.append(f"shard={shard}")  # emotune eval's option (a command of your own may place {shard})
     log_path = out / "eval.log"
     t0 = time.time()
-    lost = threading.Event()
     with open(log_path, "ab") as logf:
         logf.write(f"\n$ {shlex.join(cmd)}\n".encode())
         logf.flush()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
-        exited = threading.Event()
 
-        def heartbeat():
+        def open_renew():
             beat = link.heartbeat_store()
-            while not exited.wait(max(ttl / 4, 0.05)):
-                if not link.renew(beat):
-                    lost.set()
-                    proc.kill()
-                    break
-            if beat is not None:
-                beat.close()
+            return (lambda: link.renew(beat)), (lambda: beat is not None and beat.close())
 
-        hb = threading.Thread(target=heartbeat, daemon=True)
-        hb.start()
-        rc = proc.wait()
-        exited.set()
-        hb.join()
-    if lost.is_set():
+        rc, lost = wait_under_lease(proc, max(ttl / 4, 0.05), open_renew)
+    if lost:
         print(f"emotune job {row_id}: lease lost while evaluating; stopped", file=sys.stderr)
         return 0
     if rc != 0:

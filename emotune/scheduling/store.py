@@ -144,6 +144,43 @@ def _row(r: sqlite3.Row) -> Row:
 
 
 
+@contextmanager
+def immediate_tx(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction; IMMEDIATE takes the write lock up front so check-then-set is atomic."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def lease_rows(db: sqlite3.Connection, table: str, found: list, owner: str, ttl: float, limit: int,
+               max_attempts: int, now: float, reset: str = "") -> list[tuple[int, str]]:
+    """The lease step of every job table (results, pairwise), inside the caller's transaction: each runnable
+    row of `found` (pending, or running under an expired lease) gets a fresh token, up to `limit`; a row that
+    already used `max_attempts` becomes failed instead. `reset`: more columns to clear (", col=NULL")."""
+    out: list[tuple[int, str]] = []
+    for r in found:
+        if len(out) >= limit:
+            break
+        if r["attempts"] >= max_attempts:
+            db.execute(f"UPDATE {table} SET status='failed', lease_token=NULL, finished_at=?,"
+                       " error=COALESCE(error, '') || ? WHERE id=?",
+                       (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
+            continue
+        token = uuid.uuid4().hex
+        note = None
+        if r["status"] == "running":
+            note = f"lease of {r['lease_owner']} expired (attempt {r['attempts']} died); retrying"
+        db.execute(f"UPDATE {table} SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
+                   f" lease_expires=?, started_at=NULL{reset}, error=COALESCE(?, error) WHERE id=?",
+                   (token, owner, now + ttl, note, r["id"]))
+        out.append((r["id"], token))
+    return out
+
+
 def check_store_file(path: Path, create: bool) -> bool:
     """Whether the store exists; an existing file that is not an SQLite database (0 bytes, garbage) is an
     error, never silently re-created as an empty store over the results someone may still recover."""
@@ -237,16 +274,9 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; IMMEDIATE takes the write lock up front so check-then-set is atomic."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def tx(self):
+        """One write transaction (immediate_tx)."""
+        return immediate_tx(self.db)
 
     # ------------------------------------------------------------------ enqueue and read
     def enqueue(self, run: str, step: int, fingerprint: str, suite: str, suite_version: str, tasks: list[str],
@@ -306,23 +336,9 @@ class Store:
             q, args = _where("SELECT * FROM results WHERE (status='pending' OR (status='running' AND lease_expires < ?))"
                              " AND NOT (shard=0 AND shards>1)", [now], run=run, suite_version=suite_version)
             q += " ORDER BY step, task, shard, id"
-            for r in db.execute(q, args).fetchall():
-                if len(out) >= limit:
-                    break
-                if r["attempts"] >= max_attempts:
-                    db.execute("UPDATE results SET status='failed', lease_token=NULL, finished_at=?,"
-                               " error=COALESCE(error, '') || ? WHERE id=?",
-                               (now, f"[gave up after {r['attempts']} attempts]", r["id"]))
-                    continue
-                token = uuid.uuid4().hex
-                note = None
-                if r["status"] == "running":
-                    note = f"lease of {r['lease_owner']} expired (attempt {r['attempts']} died); retrying"
-                db.execute("UPDATE results SET status='running', attempts=attempts+1, lease_token=?, lease_owner=?,"
-                           " lease_expires=?, external_id=NULL, started_at=NULL, host=NULL,"
-                           " error=COALESCE(?, error) WHERE id=?",
-                           (token, owner, now + ttl, note, r["id"]))
-                out.append((self.get(r["id"]), token))
+            for row_id, token in lease_rows(db, "results", db.execute(q, args).fetchall(), owner, ttl, limit,
+                                            max_attempts, now, reset=", external_id=NULL, host=NULL"):
+                out.append((self.get(row_id), token))
         return out
 
     def claim_merges(self, owner: str, ttl: float, run: str | None = None, suite_version: str | None = None,
