@@ -154,6 +154,22 @@ class AppendLog:
 # ----------------------------------------------------------------------------------------------
 # readers: the format each writer above writes; a missing or damaged file is one EmotuneError line
 
+def decode_utf8(path: str | os.PathLike) -> str:
+    """A user's data file as UTF-8 text; binary content (invalid UTF-8, NUL bytes) is one error naming the
+    file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise EmotuneError(f"{path}: line {line}: not UTF-8 text (byte {data[err.start]:#04x}; a binary file?)") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise EmotuneError(f"{path}: line {line}: contains NUL bytes (a binary file?)")
+    return text
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text()

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from emotune.atomic import decode_utf8
 from emotune.errors import EmotuneError, one_line
 from emotune.eval.task_files import check_task_file
 from emotune.tasks import Task
@@ -61,12 +62,7 @@ def read_local(path: str | Path) -> list[dict[str, Any]]:
         raise EmotuneError(f"{path}: data file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            line = data[: err.start].count(b"\n") + 1
-            raise EmotuneError(f"{path}:{line}: not UTF-8 text (a binary file?)") from None
+        text = decode_utf8(path)
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = list(json.loads(text))

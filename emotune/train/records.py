@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emotune.atomic import decode_utf8
 from emotune.errors import EmotuneError, one_line
 
 log = logging.getLogger("emotune.data")
@@ -22,18 +23,7 @@ TEXT_SUFFIXES = (".txt", ".text", ".raw")
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 
-def _decode(p: Path) -> str:
-    """The file as UTF-8 text; binary content is one error naming the file and line."""
-    data = p.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise EmotuneError(f"{p}: line {line}: not UTF-8 text (byte {data[err.start]:#04x}; a binary file?)") from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise EmotuneError(f"{p}: line {line}: contains NUL bytes (a binary file?)")
-    return text
+
 
 
 def _read_local(path: str, d=None) -> list[dict]:
@@ -47,9 +37,9 @@ def _read_local(path: str, d=None) -> list[dict]:
         if d is not None and d.format != "text":
             what = "instruction" if d.format == "instruction" else "conversation (data.format: chat)"
             raise EmotuneError(f"{path}: {what} data must be .jsonl, .json or .parquet records, not plain text")
-        return [{column: line} for line in _decode(p).splitlines()]
+        return [{column: line} for line in decode_utf8(p).splitlines()]
     if suffix in JSON_SUFFIXES:
-        text = _decode(p)
+        text = decode_utf8(p)
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
@@ -95,7 +85,7 @@ def check_local_files(cfg) -> None:
     for f in d.train_files + (d.validation_files or []):
         p = Path(f)
         if p.suffix.lower() in TEXT_SUFFIXES and d.format == "text":
-            n = len(_decode(p).splitlines()) if p.is_file() else 0  # plain text: every line is a record
+            n = len(decode_utf8(p).splitlines()) if p.is_file() else 0  # plain text: every line is a record
         else:
             n = len(_read_local(f, d))
         n_train += n if f in d.train_files else 0
