@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from emotune.errors import EmotuneError, one_line
-from emotune.eval.options import DTYPE_NAMES, Flag, Positive, _Options, error_line
+from emotune.eval.options import DTYPE_NAMES, Flag, Positive, _Options, error_line, key_values
 from emotune.harness_tasks import INSTALL_HINT, HarnessTask, harness_task, lm_eval_version
 
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
@@ -54,18 +53,7 @@ class HarnessOptions(_Options):
 
 def parse_harness_options(items: list[str]) -> dict[str, Any]:
     """`key=value` arguments (values read as YAML scalars) -> validated HarnessOptions, as a dict."""
-    keys = ", ".join(HarnessOptions.model_fields)
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise EmotuneError(f"argument {item!r}: expected key=value (keys: {keys})")
-        if key not in HarnessOptions.model_fields:
-            raise EmotuneError(f"argument {item!r}: unknown key {key!r} for --evaluator lm_eval (keys: {keys})")
-        try:
-            values[key] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            values[key] = value
+    values = key_values(items, HarnessOptions.model_fields, " for --evaluator lm_eval")
     try:
         opts = HarnessOptions(**values).model_dump()
     except ValidationError as err:

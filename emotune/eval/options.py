@@ -189,20 +189,27 @@ def error_line(err: ValidationError, values: dict[str, Any], prefix: str = "argu
     return f"{prefix} {key}={values.get(key)!r}: {msg}"
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` arguments (values read as YAML scalars) -> a validated EvalOptions, as a dict."""
-    keys = ", ".join(EvalOptions.model_fields)
+def key_values(items: list[str], known, whose: str = "") -> dict[str, Any]:
+    """`key=value` arguments -> {key: value}, each value read as a YAML scalar (a string where it is not one);
+    a key not in `known` is one error line naming the argument (`whose`: which options, for the message)."""
+    keys = ", ".join(known)
     values: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        if not sep:
             raise EmotuneError(f"argument {item!r}: expected key=value (keys: {keys})")
-        key, value = item.split("=", 1)
-        if key not in EvalOptions.model_fields:
-            raise EmotuneError(f"argument {item!r}: unknown key {key!r} (keys: {keys})")
+        if key not in known:
+            raise EmotuneError(f"argument {item!r}: unknown key {key!r}{whose} (keys: {keys})")
         try:
             values[key] = yaml.safe_load(value) if value != "" else None
         except yaml.YAMLError:
             values[key] = value
+    return values
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` arguments (values read as YAML scalars) -> a validated EvalOptions, as a dict."""
+    values = key_values(items, EvalOptions.model_fields)
     try:
         return EvalOptions(**values).model_dump()
     except ValidationError as err:
