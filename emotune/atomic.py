@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from emotune.errors import EmotuneError
+from emotune.errors import EmotuneError, yaml_error
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -168,6 +168,20 @@ def decode_utf8(path: str | os.PathLike) -> str:
         line = text[: text.index("\x00")].count("\n") + 1
         raise EmotuneError(f"{path}: line {line}: contains NUL bytes (a binary file?)")
     return text
+
+
+def read_user_yaml(path: str | os.PathLike, what: str, loader: type | None = None) -> Any:
+    """A user's YAML file (run config, task file, suite): UTF-8 text parsed safely (`loader`: a SafeLoader
+    subclass); unreadable, binary or invalid YAML is one line naming the file (and line)."""
+    path = Path(path)
+    try:
+        text = decode_utf8(path)
+    except OSError as err:
+        raise EmotuneError(f"{path}: cannot read {what} ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text) if loader is None else yaml.load(text, Loader=loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err) from None
 
 
 def _read_text(path: Path, what: str) -> str:

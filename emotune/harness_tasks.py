@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from emotune.errors import EmotuneError, yaml_error
+from emotune.atomic import decode_utf8, read_user_yaml
+from emotune.errors import EmotuneError
 
 HARNESS = "lm_eval"  # the `evaluator:` of a harness suite
 EVALUATORS = ("emotune", HARNESS)
@@ -51,15 +52,8 @@ def is_task_file(spec: str) -> bool:
 def read_harness_task_file(path: str | Path) -> HarnessTask:
     """A harness task YAML: its `task:` name, checked to be one directory name (it names the output folder)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-        cfg = yaml.load(text, Loader=_HarnessYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except OSError as err:
-        raise EmotuneError(f"{path}: cannot read harness task file ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a harness task file is YAML") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from None
+    cfg = read_user_yaml(path, "harness task file", loader=_HarnessYamlLoader)
+    text = decode_utf8(path)  # the task text itself goes into the suite version
     if not isinstance(cfg, dict):
         raise EmotuneError(f"{path}: a harness task file must be a YAML mapping (task, dataset_path, ...)")
     name = cfg.get("task")

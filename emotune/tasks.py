@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from emotune.errors import EmotuneError, yaml_error
+from emotune.atomic import read_user_yaml
+from emotune.errors import EmotuneError
 from emotune.resources import resolve, shipped
 from emotune.shards import check_shardable, check_shards
 
@@ -278,15 +278,7 @@ def check_templates(templates: dict, placeholders: dict[str, str], ice_token: An
 
 def load_task_file(path: str | Path) -> Task:
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as err:
-        raise EmotuneError(f"{path}: cannot read task file ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a task file is YAML") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from None
-    return task_from_dict(cfg, str(path))
+    return task_from_dict(read_user_yaml(path, "task file"), str(path))
 
 
 def load_task(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Task:
@@ -303,12 +295,7 @@ def load_task(name_or_path: str, config_dir: Path = CONFIG_DIR) -> Task:
 
 def load_suite(name: str, config_dir: Path = CONFIG_DIR) -> list[Task]:
     path = config_dir / "suites.yaml"
-    try:
-        suites = yaml.safe_load(path.read_text()) or {}
-    except OSError as err:
-        raise EmotuneError(f"{path}: cannot read suites ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from None
+    suites = read_user_yaml(path, "suites") or {}
     if name not in suites:
         raise EmotuneError(f"{path}: unknown suite {name!r} (known: {', '.join(suites)})")
     members = suites[name]

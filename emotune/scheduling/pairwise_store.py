@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError, one_line
-from emotune.scheduling.store import Store, immediate_tx, lease_rows
+from emotune.scheduling.store import Store, fail_row, immediate_tx, lease_rows
 
 DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
                          "--out {out} progress=false")
@@ -171,11 +171,4 @@ class PairStore:
 
     def fail(self, row_id: int, token: str, error: str, max_attempts: int, retry: bool = True) -> bool:
         with self.tx() as db:
-            r = db.execute("SELECT attempts, status, lease_token FROM pairwise WHERE id=?", (row_id,)).fetchone()
-            if r is None or r["status"] != "running" or r["lease_token"] != token:
-                return False
-            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
-            db.execute("UPDATE pairwise SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
-                       " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
-                       (status, error[-2000:], status, time.time(), row_id))
-            return True
+            return fail_row(db, "pairwise", row_id, token, error, max_attempts, retry)

@@ -34,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from emotune.errors import ArgumentParser, EmotuneError, yaml_error
+from emotune.atomic import read_user_yaml
+from emotune.errors import ArgumentParser, EmotuneError
 from emotune.harness_tasks import HARNESS
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
 from emotune.scheduling.harness_suite import harness_eval_command, resolve_harness_suite
@@ -105,12 +104,7 @@ def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Sui
         return Suite(*harness, evaluator=HARNESS)
     path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        try:
-            members = yaml.safe_load(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
-        except yaml.YAMLError as err:
-            raise yaml_error(path, err) from None
+        members = read_user_yaml(path, "suite file")
         entries, default = _suite_entries(path, members)
         specs = []
         for m, _ in entries:

@@ -181,6 +181,20 @@ def lease_rows(db: sqlite3.Connection, table: str, found: list, owner: str, ttl:
     return out
 
 
+def fail_row(db: sqlite3.Connection, table: str, row_id: int, token: str | None, error: str, max_attempts: int,
+             retry: bool) -> bool:
+    """A running row's attempt failed (inside the caller's transaction): pending again while attempts are left
+    and `retry`, else failed. Only the lease holder may (`token`; None: a scheduler that saw the job die)."""
+    r = db.execute(f"SELECT attempts, status, lease_token FROM {table} WHERE id=?", (row_id,)).fetchone()
+    if r is None or r["status"] != "running" or (token is not None and r["lease_token"] != token):
+        return False
+    status = "pending" if retry and r["attempts"] < max_attempts else "failed"
+    db.execute(f"UPDATE {table} SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
+               " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
+               (status, error[-2000:], status, time.time(), row_id))
+    return True
+
+
 def check_store_file(path: Path, create: bool) -> bool:
     """Whether the store exists; an existing file that is not an SQLite database (0 bytes, garbage) is an
     error, never silently re-created as an empty store over the results someone may still recover."""
@@ -423,14 +437,7 @@ class Store:
         token=None is for a scheduler acting on a row whose external job it saw die.
         """
         with self.tx() as db:
-            r = db.execute("SELECT attempts, status, lease_token FROM results WHERE id=?", (row_id,)).fetchone()
-            if r is None or r["status"] != "running" or (token is not None and r["lease_token"] != token):
-                return False
-            status = "pending" if retry and r["attempts"] < max_attempts else "failed"
-            db.execute("UPDATE results SET status=?, error=?, lease_token=NULL, lease_expires=NULL,"
-                       " finished_at=CASE WHEN ?='failed' THEN ? END WHERE id=?",
-                       (status, error[-2000:], status, time.time(), row_id))
-            return True
+            return fail_row(db, "results", row_id, token, error, max_attempts, retry)
 
     def block(self, row_id: int, error: str) -> bool:
         """Never to run: its parent (the SLURM training job) failed."""

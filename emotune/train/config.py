@@ -23,7 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emotune.errors import EmotuneError, yaml_error
+from emotune.atomic import read_user_yaml
+from emotune.errors import EmotuneError
 from emotune.objectives.registry import resolve
 from emotune.resources import names as shipped_names
 from emotune.resources import resolve as resolve_file
@@ -306,12 +307,7 @@ def read_yaml(path: str | Path, kind: str = "train") -> dict:
     if not path.is_file():
         path = Path(given)
         raise EmotuneError(f"config file {path} not found (shipped {kind} configs: {', '.join(shipped_names(kind))})")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a run config is YAML") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from None
+    data = read_user_yaml(path, "run config")
     if not isinstance(data, dict):
         raise EmotuneError(f"{path}: a run config must be a mapping of keys to values")
     return data
