@@ -4,6 +4,7 @@ F.cross_entropy, side by side in one run.
     .venv/bin/python benchmarks/loss.py --threads 1           # N in {1024, 8192}, V=32000, H=512, fp32 + bf16
     .venv/bin/python benchmarks/loss.py --sizes 1024 --repeats 1 --dtypes fp32   # quick look
     .venv/bin/python benchmarks/loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
+    .venv/bin/python benchmarks/loss.py --threads 1 --labels zipf --methods plain_mle,plain_emo_ours  # text-like ids
 
 Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
   torch_ce        logits = h Wᵀ, then F.cross_entropy as transformers' causal-LM loss calls it (float logits,
@@ -62,8 +63,20 @@ def _reset_peak() -> bool:
         return False
 
 
+def sample_labels(n: int, vocab: int, kind: str, g) -> "torch.Tensor":
+    """`uniform`: every id equally likely (nearly all targets distinct: the plain EMO path's worst case);
+    `zipf`: rank r drawn with probability ~ 1/r over a random ranking of the ids, as words in text are
+    (N = 1024 gives ~600 distinct targets, N = 8192 ~3100)."""
+    import torch
+
+    if kind == "uniform":
+        return torch.randint(0, vocab, (n,), generator=g)
+    ranks = torch.multinomial(1.0 / torch.arange(1, vocab + 1, dtype=torch.float64), n, replacement=True, generator=g)
+    return torch.randperm(vocab, generator=g)[ranks]
+
+
 def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, threads: int | None,
-           dtype_name: str = "fp32") -> dict:
+           dtype_name: str = "fp32", labels_kind: str = "uniform") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -76,7 +89,7 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
     g = torch.Generator().manual_seed(0)
     h = torch.randn(n, hidden, generator=g).to(dtype).requires_grad_(True)
     w = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype).requires_grad_(True)
-    y = torch.randint(0, vocab, (n,), generator=g)
+    y = sample_labels(n, vocab, labels_kind, g)
     cost = CostEmbedding(torch.randn(vocab, hidden, generator=g))
     e_hat = cost.matrix()
     chunk = chunk or default_chunk_size(vocab)
@@ -200,6 +213,8 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk (default: 2^24 / V tokens)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--labels", choices=("uniform", "zipf"), default="uniform",
+                    help="target ids: uniform (worst case for EMO's per-target cost columns) or zipf (text-like)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--step", action="store_true", help="instead: training-step time, tiny LLaMA, fused EMO vs MLE")
     ap.add_argument("--dense", action="store_true", help="instead: teacher-target EMO / KD, fused vs plain (fp32, N=8192)")
@@ -217,7 +232,7 @@ def main() -> None:
         return
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.vocab, args.hidden, args.chunk_size,
-                                args.threads, args.worker[2])))
+                                args.threads, args.worker[2], args.labels)))
         return
     if args.dense:  # the dense methods alone, float32 (the defaults of the other modes do not apply)
         args.methods = ",".join(DENSE_METHODS) if args.methods == ",".join(METHODS) else args.methods
@@ -231,7 +246,7 @@ def main() -> None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     runs: dict[tuple[str, int, str], list[dict]] = {}
     print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight) (ce_only_*: wrt the logits); "
-          f"dtypes {dtypes}; CPU threads={args.threads or 'default'}; {args.repeats} interleaved repeat(s), one "
+          f"dtypes {dtypes}; {args.labels} labels; CPU threads={args.threads or 'default'}; {args.repeats} interleaved repeat(s), one "
           f"process each; time = {'process CPU time (1 thread)' if args.threads == 1 else 'wall time'}")
     # Interleaved (rep -> N -> dtype -> method) so that load drifting on a shared machine hits every method alike.
     for rep in range(args.repeats):
@@ -242,6 +257,7 @@ def main() -> None:
                            str(args.hidden)]
                     cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
                     cmd += ["--threads", str(args.threads)] if args.threads else []
+                    cmd += ["--labels", args.labels]
                     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                     r = json.loads(out.stdout.strip().splitlines()[-1])
                     runs.setdefault((m, n, d), []).append(r)
@@ -277,7 +293,8 @@ def main() -> None:
                                 ("ce_only_mle", "ce_only_torch", "loss_only_mle_over_torch_ce"),
                                 ("plain_emo_ours", "plain_mle", "plain_emo_over_plain_mle")):
                 if {a, b} <= have:
-                    plain_line[f"time_{label}_{d}_n{n}"] = round(ratio("time_s", a, b, n, d), 4)
+                    tag = "" if args.labels == "uniform" else f"_{args.labels}"
+                    plain_line[f"time_{label}_{d}_n{n}{tag}"] = round(ratio("time_s", a, b, n, d), 4)
     if plain_line:
         print("plain ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in plain_line.items()))
     print(json.dumps({**headline, **plain_line}))

@@ -45,8 +45,8 @@ def token_terms(logits: Tensor, labels: Tensor, e_hat: Tensor | None = None,
     k_self = None
     if e_hat is not None:
         e_hat = e_hat.detach().to(device=logits.device, dtype=cdt)
-        k_self = self_cost(e_hat)
-    ce, demd, q_y = PlainTerms.apply(flat, rows, y, e_hat, k_self, plain_chunk_rows(logits.shape[-1], logits.device, e_hat is not None))
+        k_self = self_cost(e_hat[y])
+    ce, demd, q_y = PlainTerms.apply(flat, rows, y, e_hat, k_self, plain_chunk_rows(logits.shape[-1], logits.device))
     return (ce, None, None) if e_hat is None else (ce, demd, q_y)
 
 

@@ -24,7 +24,7 @@ def demd_one_hot(q: Tensor, y: Tensor, e_hat: Tensor) -> Tensor:
     """Per-token DEMD `[N]` for probabilities `q [N,V]`, targets `y [N]`, normalised cost embedding `Ê [V,H']`."""
     e_hat = e_hat.detach().to(q.dtype)
     k = 1.0 - e_hat[y] @ e_hat.T  # [N, V]: C[i, y_t] per row
-    k = k.scatter(-1, y[:, None], self_cost(e_hat)[y][:, None])
+    k = k.scatter(-1, y[:, None], self_cost(e_hat[y])[:, None])
     return (q * k).sum(-1)
 
 

@@ -156,7 +156,7 @@ class _Chunks:
         ce, ez, _, norm = self.softmax_ce(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
         k = None
         if self.e_hat is not None:
-            k, d = demd_terms(ez, norm, y[s:e], self.e_hat, self.k_self, out=self.kbuf[: e - s])
+            k, d = demd_terms(ez, norm, y[s:e], self.e_hat, self.k_self[s:e], out=self.kbuf[: e - s])
             self.d_all[s:e] = d
             self.qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
         self.ce_all[s:e] = ce
@@ -368,7 +368,7 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     with no_autocast(weight.device):
         e_hat = cost_matrix_for(objective, vocab, weight.device, live_head)
         e_hat = None if e_hat is None else e_hat.to(device=h.device, dtype=cdt)
-        k_self = None if e_hat is None else self_cost(e_hat)
+        k_self = None if e_hat is None else self_cost(e_hat[y])  # C[y, y] per target
     n = y.numel()
     # The divisor: the local count clamped to >= 1, or the caller's num_items_in_batch as given (a step with
     # fewer targets than ranks x accumulation steps has a divisor below 1); only <= 0 is replaced by 1.

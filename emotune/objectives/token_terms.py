@@ -13,9 +13,11 @@ demd to ~1e-7 noise of either sign, and EMO-2's weight demd / ce becomes garbage
 target's own term taken exactly keeps the relative accuracy of every term.
 
 `PlainTerms` is the plain path's autograd function: its forward keeps two floats per row (the row max and
-the softmax normaliser) and, for DEMD, the chunk's k; the backward recomputes q from the logits autograd
+the softmax normaliser) and, for DEMD, k for every target; the backward recomputes q from the logits autograd
 already holds. No copy of the full logits is made for the mask (rows are read by index, chunk by chunk),
 no probabilities are built for an objective that does not use them, and ignored rows get an exact zero.
+The cost columns C[:, y] of all targets come from one matmul (the cost embedding is read once); every pass
+over V after it walks a few cache-sized rows at a time, so each k row leaves memory once per pass direction.
 Everything runs with autocast disabled: the math is float32 (float64 stays float64) whatever the context.
 """
 
@@ -27,7 +29,8 @@ import torch
 from torch import Tensor
 
 # Plain path chunk: a few cache-sized rows on CPU (every pass after the first read stays in cache);
-# on an accelerator the launch count matters more, so much larger blocks.
+# on an accelerator the launch count matters more, so much larger blocks. (The dense-target kernel builds
+# its cost product chunk by chunk, and a matmul wants a few hundred rows to run at full speed.)
 CPU_CHUNK_FLOATS = 1 << 18
 CPU_DEMD_CHUNK_FLOATS = 1 << 23
 DEVICE_CHUNK_FLOATS = 1 << 24
@@ -50,16 +53,17 @@ def no_autocast(device: torch.device | str):
 
 
 def plain_chunk_rows(vocab: int, device: torch.device, demd: bool = False) -> int:
-    """Rows per block. DEMD's C[:, y] is a matmul that wants a few hundred rows to run at full speed."""
+    """Rows per block of the passes over V; `demd`: the dense kernel's blocks, which also hold a cost matmul."""
     cpu = torch.device(device).type == "cpu"
     floats = (CPU_DEMD_CHUNK_FLOATS if demd else CPU_CHUNK_FLOATS) if cpu else DEVICE_CHUNK_FLOATS
     return max(1, floats // max(vocab, 1))
 
 
-def self_cost(e_hat: Tensor) -> Tensor:
-    """k_yy = C[y, y] per token id, exactly: 0 for a unit row (a token is at distance 0 from itself), and
-    `1 - |ê|²` for the rows the eps policy shrank (a zero row has cost 1 to every token, itself included)."""
-    sq = (e_hat * e_hat).sum(-1)
+def self_cost(e_hat_rows: Tensor) -> Tensor:
+    """k_yy = C[y, y] for the given rows of Ê (the targets' rows: [N, H'] -> [N]), exactly: 0 for a unit row
+    (a token is at distance 0 from itself), and `1 - |ê|²` for the rows the eps policy shrank (a zero row has
+    cost 1 to every token, itself included). Only the targets' rows: the whole [V, H'] would be a pass over Ê."""
+    sq = (e_hat_rows * e_hat_rows).sum(-1)
     return torch.where((sq - 1.0).abs() < 1e-4, torch.zeros_like(sq), 1.0 - sq)
 
 
@@ -82,14 +86,24 @@ def softmax_again(z: Tensor, zmax: Tensor) -> Tensor:
     return z.sub_(zmax[:, None]).exp_()
 
 
-def demd_terms(e: Tensor, norm: Tensor, y: Tensor, e_hat: Tensor, k_self: Tensor,
+def cost_columns(cos: Tensor, y: Tensor, k_y: Tensor) -> Tensor:
+    """In place: the cosines ê_y·ê_i [c,V] of a block's targets become k = C[:, y] = 1 - cos, each target's own
+    cost k_y = C[y, y] taken exactly (0 for a unit row, not 1 - (1 ± ulp))."""
+    torch.sub(torch.ones((), dtype=cos.dtype, device=cos.device), cos, out=cos)  # one pass, in place
+    return cos.scatter_(-1, y[:, None], k_y[:, None])
+
+
+def expected_cost(e: Tensor, norm: Tensor, k: Tensor) -> Tensor:
+    """demd = <q, k> per row, q = e / norm: a row-wise dot without a c x V temporary."""
+    return torch.bmm(e[:, None, :], k[:, :, None]).view(-1) / norm
+
+
+def demd_terms(e: Tensor, norm: Tensor, y: Tensor, e_hat: Tensor, k_y: Tensor,
                out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk, q = e / norm; `k` is a fresh buffer (or `out`)."""
-    k = torch.mm(e_hat[y], e_hat.T, out=out)
-    torch.sub(torch.ones((), dtype=k.dtype, device=k.device), k, out=k)  # 1 - cos in one pass, in place
-    k.scatter_(-1, y[:, None], k_self[y][:, None])  # the target's own cost exactly (0), not 1 - (1 ± ulp)
-    demd = torch.bmm(e[:, None, :], k[:, :, None]).view(-1) / norm  # row-wise dot without a c x V temporary
-    return k, demd
+    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk, q = e / norm, k_y = C[y, y] per row; `k` is a
+    fresh buffer (or `out`)."""
+    k = cost_columns(torch.mm(e_hat[y], e_hat.T, out=out), y, k_y)
+    return k, expected_cost(e, norm, k)
 
 
 def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, k: Tensor | None,
@@ -132,8 +146,27 @@ def unused_ranges(blocks: list[tuple[int, int, int]], total: int) -> list[tuple[
     return out
 
 
+# Text repeats its tokens: a batch of 8k tokens of English has a few thousand distinct ones. Below this share of
+# distinct targets the plain path computes C[:, y] once per distinct target (fewer FLOPs, less memory); above it
+# the gather of each row would cost more than the matmul rows it saves.
+SHARED_COLUMNS_BELOW = 0.9
+
+
+def cost_table(y: Tensor, e_hat: Tensor, k_self: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The backward keeps k = C[:, y] (keeping it costs floats, recomputing it a matmul): `(table, col)` with
+    k of target t = `table[col[t]]`, one row per distinct target, `1 - cos` already taken; or, when nearly all
+    targets differ, `(cosines [N, V], None)`, one row per target, whose `1 - cos` the caller takes block by
+    block while the rows are in cache anyway. One matmul either way (Ê is read once)."""
+    ids, col = torch.unique(y, return_inverse=True)
+    if ids.numel() >= SHARED_COLUMNS_BELOW * y.numel():
+        return torch.mm(e_hat[y], e_hat.T), None
+    k_ids = torch.empty(ids.numel(), dtype=k_self.dtype, device=k_self.device).scatter_(0, col, k_self)
+    return cost_columns(torch.mm(e_hat[ids], e_hat.T), ids, k_ids), col
+
+
 class PlainTerms(torch.autograd.Function):
-    """(ce [N], demd [N] or empty, q_y [N]) for the logit rows `flat[rows]`; backward -> d/d flat."""
+    """(ce [N], demd [N] or empty, q_y [N]) for the logit rows `flat[rows]` (k_self [N]: C[y, y] per target);
+    backward -> d/d flat."""
 
     @staticmethod
     def forward(ctx, flat, rows, y, e_hat, k_self, chunk):
@@ -147,24 +180,29 @@ class PlainTerms(torch.autograd.Function):
             has_demd = e_hat is not None
             demd = torch.empty(n if has_demd else 0, dtype=cdt, device=flat.device)
             q_y = torch.empty_like(demd)
-            # k = C[:, y] for every target: the backward needs it (keeping it costs N x V floats, recomputing a matmul)
-            k_all = torch.empty((n, vocab) if has_demd else (0,), dtype=cdt, device=flat.device)
+            k_all, col = cost_table(y, e_hat, k_self) if has_demd else (torch.empty(0, dtype=cdt, device=flat.device), None)
             buf = torch.empty(min(chunk, max(n, 1)), vocab, dtype=cdt, device=flat.device)
+            kbuf = None if col is None else torch.empty_like(buf)
             for s, e, r in blocks:
                 z = buf[: e - s]
                 z.copy_(flat[r: r + e - s])
                 ce[s:e], ez, zmax[s:e], norm[s:e] = softmax_ce(z, y[s:e])
                 if has_demd:
-                    _, demd[s:e] = demd_terms(ez, norm[s:e], y[s:e], e_hat, k_self, out=k_all[s:e])
+                    if col is None:  # one column per target: `1 - cos` now, while the rows are in cache
+                        k = cost_columns(k_all[s:e], y[s:e], k_self[s:e])
+                    else:
+                        k = torch.index_select(k_all, 0, col[s:e], out=kbuf[: e - s])
+                    demd[s:e] = expected_cost(ez, norm[s:e], k)
                     q_y[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm[s:e]
-        ctx.save_for_backward(flat, y, zmax, norm, demd, k_all)
+            col = torch.empty(0, dtype=torch.long, device=flat.device) if col is None else col
+        ctx.save_for_backward(flat, y, zmax, norm, demd, k_all, col)
         ctx.blocks, ctx.chunk, ctx.has_demd = blocks, chunk, has_demd
         ctx.mark_non_differentiable(q_y)
         return ce, demd, q_y
 
     @staticmethod
     def backward(ctx, g_ce, g_demd, _g_qy):
-        flat, y, zmax, norm, demd, k_all = ctx.saved_tensors
+        flat, y, zmax, norm, demd, k_all, col = ctx.saved_tensors
         with no_autocast(flat.device):
             cdt = compute_dtype(flat.dtype)
             grad = torch.empty_like(flat)
@@ -176,6 +214,8 @@ class PlainTerms(torch.autograd.Function):
             buf = torch.empty(min(ctx.chunk, max(zmax.numel(), 1)), vocab, dtype=cdt, device=flat.device)
             direct = grad.dtype == cdt  # write the gradient straight into its rows; else one cast per block
             tmp = None if direct or not ctx.has_demd else torch.empty_like(buf)  # low-precision logits
+            shared = ctx.has_demd and col.numel() > 0  # one column per distinct target (see cost_table)
+            kbuf = torch.empty_like(buf) if shared else None
             for s, e, r in ctx.blocks:
                 z = buf[: e - s]
                 z.copy_(flat[r: r + e - s])
@@ -183,8 +223,11 @@ class PlainTerms(torch.autograd.Function):
                 rows_out = grad[r: r + e - s]
                 # the saved k is read, never modified (a retained graph may run this backward again)
                 out = rows_out if direct else (tmp[: e - s] if ctx.has_demd else None)
+                k = None
+                if ctx.has_demd:
+                    k = torch.index_select(k_all, 0, col[s:e], out=kbuf[: e - s]) if shared else k_all[s:e]
                 g = logit_grad(ez, norm[s:e], y[s:e], a_all[s:e], None if b_all is None else b_all[s:e],
-                               k_all[s:e] if ctx.has_demd else None, demd[s:e] if ctx.has_demd else None, out=out)
+                               k, demd[s:e] if ctx.has_demd else None, out=out)
                 if not direct:
                     rows_out.copy_(g)
         return grad, None, None, None, None, None
