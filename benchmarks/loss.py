@@ -63,7 +63,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def sample_labels(n: int, vocab: int, kind: str, g) -> "torch.Tensor":
+def sample_labels(n: int, vocab: int, kind: str, g):
     """`uniform`: every id equally likely (nearly all targets distinct: the plain EMO path's worst case);
     `zipf`: rank r drawn with probability ~ 1/r over a random ranking of the ids, as words in text are
     (N = 1024 gives ~600 distinct targets, N = 8192 ~3100)."""
