@@ -1,0 +1,113 @@
+"""The plain path's ways of keeping C[:, y] for the backward (emotune/objectives/token_terms.py): one table row
+per distinct target, the targets' own rows of a buffer that becomes the gradient, one table row per target.
+Each gives the float64 dense-matrix value and gradient, the low-precision ones bit for bit the same as each
+other, and a retained graph's second backward gives the first one's gradient without touching it."""
+
+import pytest
+import torch
+from objectives_reference import cost_matrix
+
+from emotune.objectives import emo
+from emotune.objectives import token_terms as tt
+
+LAYOUTS = {  # (SHARED_COLUMNS_BELOW, reuse the gradient's buffer)
+    "distinct-target-table": (1.01, True),
+    "in-place-rows": (0.0, True),
+    "per-target-table": (0.0, False),
+}
+
+
+def batch(V=7, B=2, T=9, dtype=torch.float64, seed=0, masked=True):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2).to(dtype)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    if masked:
+        labels[0, :3] = -100
+        labels[1, 5] = -100  # masked rows inside a sequence: several runs of consecutive rows
+    E = torch.randn(V, 4, generator=g, dtype=torch.float64)
+    return logits, labels, E
+
+
+def use_layout(monkeypatch, layout):
+    """Force one layout; returns the list the in-place buffer's builder appends to when it runs."""
+    share, reuse = LAYOUTS[layout]
+    monkeypatch.setattr(tt, "SHARED_COLUMNS_BELOW", share)
+    if not reuse:
+        monkeypatch.setattr(tt, "reuse_for_gradient", lambda flat, rows, cdt: False)
+    calls, build = [], tt.cosines_in_place
+
+    def spy(*args):
+        calls.append(1)
+        return build(*args)
+
+    monkeypatch.setattr(tt, "cosines_in_place", spy)
+    return calls
+
+
+def reference(logits, labels, E):
+    """EMO-1 by the dense cost matrix, float64 autograd."""
+    C = torch.tensor(cost_matrix(E.numpy()))
+    V = logits.shape[-1]
+    z, y = logits[:, :-1].reshape(-1, V).double(), labels[:, 1:].reshape(-1)
+    keep = y != -100
+    z, y = z[keep], y[keep]
+    ce = -torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
+    demd = (torch.softmax(z, -1) * C[:, y].T).sum(-1)
+    return (0.5 * (ce + (ce / demd).detach() * demd)).mean(), demd.mean()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_gives_the_float64_value_and_gradient(monkeypatch, layout):
+    calls = use_layout(monkeypatch, layout)
+    logits, labels, E = batch()
+    logits.requires_grad_(True)
+    got = emo(logits, labels, E)
+    (g_got,) = torch.autograd.grad(got.loss, logits)
+    assert len(calls) == (layout == "in-place-rows")
+    want, want_demd = reference(logits, labels, E)
+    (g_want,) = torch.autograd.grad(want, logits)
+    assert got.loss.item() == pytest.approx(want.item(), abs=1e-12)
+    assert got.demd.item() == pytest.approx(want_demd.item(), abs=1e-12)
+    assert torch.allclose(g_got, g_want, atol=1e-12, rtol=0)
+    assert (g_got[0, :2] == 0).all() and (g_got[1, 4] == 0).all() and (g_got[:, -1] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_layouts_agree_bit_for_bit(monkeypatch, dtype):
+    """The 2-byte gradient written over the float32 cost rows (in place) equals the one from a separate table."""
+    logits, labels, E = batch(V=300, B=3, T=40, dtype=dtype, seed=1)  # ~117 targets over 300 ids: mostly distinct
+    grads = {}
+    for layout in ("in-place-rows", "per-target-table"):
+        with monkeypatch.context() as m:
+            use_layout(m, layout)
+            x = logits.clone().requires_grad_(True)
+            out = emo(x, labels, E)
+            (grads[layout],) = torch.autograd.grad(out.loss, x)
+            grads[layout + " loss"] = out.loss.detach()
+    assert grads["in-place-rows"].dtype == dtype
+    assert torch.equal(grads["in-place-rows"], grads["per-target-table"])
+    assert torch.equal(grads["in-place-rows loss"], grads["per-target-table loss"])
+    assert torch.isfinite(grads["in-place-rows"].float()).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_retained_graph_runs_the_backward_twice_without_touching_the_first_gradient(monkeypatch, layout, dtype):
+    calls = use_layout(monkeypatch, layout)
+    logits, labels, E = batch(dtype=dtype)
+    x = logits.clone().requires_grad_(True)
+    loss = emo(x, labels, E).loss
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    kept = first.clone()
+    (second,) = torch.autograd.grad(loss, x)
+    assert len(calls) == (2 if layout == "in-place-rows" else 0)  # the second backward rebuilt its cost rows
+    assert torch.equal(first, kept)
+    assert torch.equal(second, kept)
+
+
+def test_heavily_masked_bf16_batch_keeps_a_per_target_table():
+    """Most rows masked (instruction tuning): a float32 [B*T, V] buffer would outweigh table + bf16 gradient."""
+    flat = torch.zeros(10, 5, dtype=torch.bfloat16)
+    assert not tt.reuse_for_gradient(flat, torch.arange(4), torch.float32)
+    assert tt.reuse_for_gradient(flat, torch.arange(5), torch.float32)
+    assert tt.reuse_for_gradient(flat.float(), torch.arange(1), torch.float32)
