@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from emotune.objectives.token_terms import PlainTerms, compute_dtype, plain_chunk_rows, self_cost
+from emotune.objectives.plain_terms import PlainTerms
+from emotune.objectives.token_terms import compute_dtype, plain_chunk_rows, self_cost
 
 IGNORE_INDEX = -100
 # Every ratio guards its denominator with this (docs/objectives.md, *Mixing MLE and DEMD*).

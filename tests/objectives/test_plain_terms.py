@@ -1,4 +1,4 @@
-"""The plain path's ways of keeping C[:, y] for the backward (emotune/objectives/token_terms.py): one table row
+"""The plain path's ways of keeping C[:, y] for the backward (emotune/objectives/plain_terms.py): one table row
 per distinct target, the targets' own rows of a buffer that becomes the gradient, one table row per target.
 Each gives the float64 dense-matrix value and gradient, the low-precision ones bit for bit the same as each
 other, and a retained graph's second backward gives the first one's gradient without touching it."""
@@ -8,7 +8,7 @@ import torch
 from objectives_reference import cost_matrix
 
 from emotune.objectives import emo
-from emotune.objectives import token_terms as tt
+from emotune.objectives import plain_terms as tt
 
 LAYOUTS = {  # (SHARED_COLUMNS_BELOW, reuse the gradient's buffer)
     "distinct-target-table": (1.01, True),
