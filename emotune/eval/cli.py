@@ -15,6 +15,11 @@ task and `DIR/summary.json` (emotune.eval.summary) after every task, so an inter
 stopped: a finished task is not redone when it was made with the same settings (emotune.eval.resume), and
 a run with other settings is refused rather than mixed with it. `--evaluator lm_eval` (or a suite whose
 `evaluator:` is lm_eval) runs lm-evaluation-harness instead (emotune.eval.harness).
+
+Every task it finishes is also recorded in a result store, the one the scheduler fills (`emotune eval` as a
+command: emotune.launch.eval_cmd, emotune.scheduling.record): that of the run whose checkpoint `--model` is
+(`emotune results RUN`, `emotune report RUN`), else `DIR/eval/results.sqlite` (`emotune results DIR`), or
+`--store PATH`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import argparse
 import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.options import help_text, parse_overrides
@@ -95,6 +100,8 @@ def _arguments(argv: list[str]):
                                       "outputs JSON, or `reference` (the set's reference responses)")
     ap.add_argument("--judge", help="the pairwise judge: a local causal LM folder or hub id (with --against)")
     ap.add_argument("--judge-format", default=None, help="autoj | pandalm | plain (default plain)")
+    ap.add_argument("--store", help="the result store to record each finished task in (default: that of the run "
+                    "whose checkpoint --model is, RUN/eval/results.sqlite, else OUT/eval/results.sqlite)")
     ap.add_argument("overrides", nargs="*", help="task YAML files and key=value settings")
     # intermixed: `emotune eval my_task.yaml --model P --out D limit=50` as documented
     args = ap.parse_intermixed_args(argv)
@@ -167,16 +174,26 @@ def _reusable(summary_path: Path, model: str, model_fp: str, keys: dict[str, dic
     return done
 
 
-def main(argv: list[str]) -> int:
+# record(summary.json, --store, task names or None for all) -> where it went, or None (not recorded)
+Recorder = Callable[[Path, "str | None", "list[str] | None"], "tuple[Path, Path] | None"]
+
+
+def main(argv: list[str], record: Recorder | None = None) -> int:
+    """`record`: puts each finished task's result in the result store (given by the `emotune eval` command,
+    emotune.launch.eval_cmd; this package does not import the store's)."""
     try:
         args, files = _arguments(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    record = record or (lambda *_: None)
     if _evaluator(args) == HARNESS:
         from emotune.eval.harness import run_harness
 
-        return run_harness(args.model, _harness_specs(args, files), Path(args.out),
-                           [a for a in args.overrides if a not in files], args.suite or "custom")
+        rc = run_harness(args.model, _harness_specs(args, files), Path(args.out),
+                         [a for a in args.overrides if a not in files], args.suite or "custom")
+        if rc == 0 and (Path(args.out) / "summary.json").is_file():
+            _recorded(record(Path(args.out) / "summary.json", args.store, None))
+        return rc
     opts = parse_overrides([a for a in args.overrides if a not in files])
     from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
 
@@ -228,17 +245,24 @@ def main(argv: list[str]) -> int:
         result.settings["resume_key"] = keys[task.name]
         results[task.name] = result
         save_summary(out_dir, args.model, suite, results)
+        record(summary_path, args.store, [task.name])  # recorded as it finishes: a crash later loses nothing
         print(f"[eval] {task.name}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
                                                   if "/" not in k) + f" ({result.seconds:.1f}s)", flush=True)
     path, averages = save_summary(out_dir, args.model, suite, results)
     for name, value in averages.items():
         print(f"[eval] {name}: {value:.4f}")
     print(f"[eval] summary: {path}")
+    _recorded(record(path, args.store, list(results)))  # the reused tasks too (made before recording, maybe)
     if against is not None:
         if todo:
             del model  # the other side's checkpoint and the judge come next
         against.run(out_dir, results)
     return 0
+
+
+def _recorded(where: tuple[Path, Path] | None) -> None:
+    if where is not None:
+        print(f"[eval] recorded in {where[0]} (see `emotune results {where[1]}`, `emotune report {where[1]} --out DIR`)")
 
 
 def averages(results: dict[str, TaskResult]) -> dict[str, float]:

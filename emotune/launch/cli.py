@@ -17,7 +17,7 @@ from emotune.errors import EmotuneError, run_cli
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("emotune.launch.demo:main", "run the embedded default job (offline, CPU is enough)"),
     "losses": ("emotune.launch.demo:list_losses", "list the training objectives and their parameters"),
-    "eval": ("emotune.eval.cli:main", "evaluate a checkpoint: ICL (TopK + PPL), MMLU 5-shot, generation suites"),
+    "eval": ("emotune.launch.eval_cmd:main", "evaluate a checkpoint: ICL (TopK + PPL), MMLU 5-shot, generation suites"),
     "judge": ("emotune.eval.instruct.judge_cli:main", "judge two AlpacaEval outputs files pairwise with a local "
               "LM: judge A.json B.json --judge DIR --out DIR"),
     "train": ("emotune.train.recipe:main", "fine-tune a causal LM (EMO, MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3: "

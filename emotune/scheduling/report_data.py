@@ -15,7 +15,7 @@ from pathlib import Path
 from emotune.atomic import read_jsonl
 from emotune.errors import EmotuneError
 from emotune.scheduling.discovery import read_best, read_run_config
-from emotune.scheduling.results import MAIN_METRICS, main_metric
+from emotune.scheduling.results import MAIN_METRICS, main_metric, nothing_to_show
 from emotune.scheduling.store import Store, default_store_path
 
 log = logging.getLogger("emotune.scheduling.report")
@@ -178,8 +178,11 @@ def load_run(run_dir: str, store_path: str | None, suite: str | None) -> RunData
         with Store(spath, create=False) as store:
             rows = store.rows(str(path), suite=suite)
     train, evals = read_train_log(path / "train_log.jsonl")
-    if not rows and not train:
-        raise EmotuneError(f"{run_dir}: no evaluation results ({spath}) and no training log (train_log.jsonl)")
+    if not rows:  # nothing to show: one line; only training curves: said on stderr, the report goes on
+        err = nothing_to_show(run_dir, spath, suite, spath.is_file())
+        if not train:
+            raise EmotuneError(f"{err} (and no training log, train_log.jsonl)")
+        log.warning("%s; the report shows %s's training curves only", err, run_dir)
     objective = next((r.objective for r in rows if r.objective), None) or run_objective(path)
     data = RunData(path, "", objective, train=train, evals=evals, best=read_best(path))
     latest: dict[tuple[str, int], object] = {}

@@ -7,6 +7,7 @@ import html
 
 from emotune.scheduling.report_data import (
     METRICS,
+    STDERR_SUFFIX,
     RunData,
     groups,
     is_number,
@@ -110,29 +111,41 @@ def best_line(runs: list[RunData]) -> str:
 
 def grouped_table(runs: list[RunData]) -> str:
     """Every metric of every task at each run's last evaluated step, runs of the same objective
-    pooled: mean ± std over them (seeds), n = number of runs. Markdown."""
+    pooled: mean ± std over them (seeds), n = number of runs. Scores in percent as in the other tables;
+    a metric's standard error (`<metric>_stderr`) beside it, not a column of its own. Markdown."""
     columns: list[tuple[str, str]] = []
     for r in runs:
         for task in task_order(r.metrics):
             last = r.metrics[task][max(r.metrics[task])]
-            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])]
+            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])
+                        and not (k.endswith(STDERR_SUFFIX) and k[: -len(STDERR_SUFFIX)] in last)]
     if not columns:
         return ""
-    head = ["Objective", "runs"] + [f"{task_name(t)} {k}" for t, k in columns]
+    head = ["Objective", "runs"] + [f"{task_name(t)} {k}" + (" (%)" if _pct(k) else "") for t, k in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---:"] + [":---:"] * len(columns)) + "|"]
     for name, members in groups(runs).items():
         cells = []
         for task, key in columns:
-            vals = [r.metrics[task][max(r.metrics[task])].get(key) for r in members if r.metrics.get(task)]
-            vals = [float(v) for v in vals if is_number(v)]
+            last = [r.metrics[task][max(r.metrics[task])] for r in members if r.metrics.get(task)]
+            vals = [float(m[key]) for m in last if is_number(m.get(key))]
             if not vals:
                 cells.append("–")
                 continue
-            mean, std = mean_std(vals)
-            cells.append(f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}")
+            scale = 100.0 if _pct(key) else 1.0
+            mean, std = mean_std([scale * v for v in vals])
+            ses = [scale * float(m[key + STDERR_SUFFIX]) for m in last if is_number(m.get(key)) and is_number(m.get(key + STDERR_SUFFIX))]
+            fmt = (lambda v: f"{v:.2f}") if _pct(key) else _fmt  # percent as in the paper's table: 50.00
+            cells.append(fmt(mean) + (f" ± {std:.2g}" if std is not None else "")
+                         + (f" (se {fmt(sum(ses) / len(ses))})" if ses else ""))
         lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
-    lines += ["", "Every metric at each run's last evaluated checkpoint; mean ± sample std over the runs of an objective (seeds)."]
+    lines += ["", "Every metric at each run's last evaluated checkpoint; mean ± sample std over the runs of an objective "
+                  "(seeds); (se …): the evaluator's standard error of that metric, averaged over the runs; (%): in percent."]
     return "\n".join(lines) + "\n"
+
+
+def _pct(key: str) -> bool:
+    """Shown in percent wherever the report shows it (accuracies, win rate): METRICS' flag."""
+    return key in METRICS and METRICS[key][2]
 
 
 def md_to_html_table(md: str) -> str:

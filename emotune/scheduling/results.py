@@ -4,7 +4,9 @@ The table has one line per checkpoint step and a column per task (the task's mai
 standard error `± se` where the evaluator gave one: `<metric>_stderr`, emotune.stats), plus the
 average and the job states; `--json` prints every row (metrics, timings, host, status, error). The
 run's best checkpoint (best.json: lowest validation loss by default) is marked `*`; `--best` shows
-only its rows.
+only its rows. RUN_DIR is a training run's folder, or an `emotune eval --out` folder (emotune.scheduling.record
+puts every result there, whichever command made it); where there is nothing to show, one line says what to
+run (exit status 2).
 """
 
 from __future__ import annotations
@@ -40,12 +42,33 @@ def main_stderr(metrics: dict[str, float] | None) -> float | None:
     return None if name is None else metrics.get(f"{name}_stderr")
 
 
+WHAT_TO_RUN = ("`emotune watch {run} --suite NAME` (every checkpoint of a training run) or `emotune eval --model "
+               "CKPT --suite NAME --out DIR` (one model)")
+
+
+def nothing_to_show(run_dir: str | Path, path: Path, suite: str | None = None, exists: bool = True) -> EmotuneError:
+    """One line for a folder with no results: where they were looked for, and what to run."""
+    run = Path(run_dir)
+    if (run / "summary.json").is_file():  # an `emotune eval --out` folder whose results went elsewhere
+        from emotune.scheduling.record import recorded_run
+
+        other = recorded_run(run / "summary.json")
+        if other is not None and other != run.resolve():
+            return EmotuneError(f"{run}: its evaluation evaluated a checkpoint of {other}, so its results are in that "
+                                f"run's store: `emotune results {other}`")
+        return EmotuneError(f"no results for {run} in {path}: {run / 'summary.json'} was not recorded (made before "
+                            f"emotune recorded every evaluation); run the same `emotune eval ... --out {run}` again: its "
+                            "finished tasks are reused, not redone, and recorded")
+    where = f"no result store at {path}" if not exists else \
+        f"no results for {run}{f' of suite {suite}' if suite else ''} in {path}"
+    return EmotuneError(f"{where}: run {WHAT_TO_RUN.format(run=run_dir)}, or pass --store")
+
+
 def open_store(run_dir: str, store: str | None) -> tuple[Store, str]:
     run = Path(run_dir)
     path = Path(store) if store else default_store_path(run)
     if not path.is_file():
-        raise EmotuneError(f"no result store at {path} (run `emotune watch {run_dir} --suite NAME` first, "
-                           f"or pass --store)")
+        raise nothing_to_show(run_dir, path, exists=False)
     return Store(path, create=False), str(run.resolve())
 
 
@@ -109,6 +132,8 @@ def main(argv: list[str]) -> int:
     store, run = open_store(args.run_dir, args.store)
     with store:  # closed even when the store turns out damaged: no -wal / -shm left behind
         rows = store.rows(run, suite=args.suite)
+    if not rows:
+        raise nothing_to_show(args.run_dir, store.path, args.suite)
     best = read_best(args.run_dir)
     if args.best:
         if best is None:

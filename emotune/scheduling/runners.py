@@ -34,6 +34,7 @@ from pathlib import Path
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
+from emotune.scheduling.record import JOB_ENV, task_result
 from emotune.scheduling.store import Row, Store
 from emotune.shards import shard_dir
 
@@ -207,7 +208,9 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     with open(log_path, "ab") as logf:
         logf.write(f"\n$ {shlex.join(cmd)}\n".encode())
         logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig)
+        # JOB_ENV: `emotune eval` leaves recording this job's result to us (emotune.scheduling.record)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_set_pdeathsig,
+                                env={**os.environ, JOB_ENV: str(row_id)})
 
         def open_renew():
             beat = link.heartbeat_store()
@@ -224,18 +227,12 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     from emotune.atomic import read_json
 
     try:  # the evaluator's summary.json (format: emotune.eval.summary; read as plain JSON, no eval import)
-        summary = read_json(out / "summary.json", "evaluation summary")
-        tasks = summary["tasks"]
-        # keyed by task name; an evaluator given a task file may key by what it was given
-        result = tasks[row.task] if row.task in tasks else next(iter(tasks.values())) if len(tasks) == 1 else tasks[row.task]
-        metrics = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
-    except (EmotuneError, OSError, ValueError, KeyError, TypeError) as err:
+        result = task_result(read_json(out / "summary.json", "evaluation summary"), row.task, out)
+    except (EmotuneError, OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as err:
         link.fail(f"evaluator wrote no usable {out / 'summary.json'} for task {row.task}: {err!r}", max_attempts)
         return 1
-    preds = result.get("predictions")
-    preds = str((out / preds).resolve()) if preds else None
-    if not link.finish(metrics=metrics, n_examples=result.get("n_examples"), predictions=preds,
-                       output_dir=str(out), eval_seconds=result.get("seconds")):
+    metrics = result["metrics"]
+    if not link.finish(output_dir=str(out), **result):
         print(f"emotune job {row_id}: lease lost before the result was recorded", file=sys.stderr)
         return 0
     print(f"emotune job {row_id}: step {row.step} {row.task} {metrics} ({time.time() - t0:.1f}s)")

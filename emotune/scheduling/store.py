@@ -314,6 +314,26 @@ class Store:
                 n += count
         return n
 
+    def record(self, run: str, step: int, fingerprint: str, suite: str, suite_version: str, task: str,
+               checkpoint: str, tokens_seen: int | None, objective: str | None, metrics: dict[str, float],
+               n_examples: int | None, predictions: str | None, output_dir: str | None,
+               eval_seconds: float | None) -> None:
+        """A result made outside the scheduler (`emotune eval` by hand; emotune.scheduling.record): a finished
+        row, created or, for the same key (the same settings evaluated again), updated. Never a job."""
+        now = time.time()
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO results (run, step, fingerprint, suite, suite_version, task, checkpoint, tokens_seen,"
+                " objective, status, attempts, runner, metrics, n_examples, predictions, output_dir, eval_seconds,"
+                " host, created_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,'finished',1,'eval',?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (run, step, fingerprint, suite_version, task, shard) DO UPDATE SET status='finished',"
+                " metrics=excluded.metrics, n_examples=excluded.n_examples, predictions=excluded.predictions,"
+                " output_dir=excluded.output_dir, eval_seconds=excluded.eval_seconds, host=excluded.host,"
+                " created_at=excluded.created_at, finished_at=excluded.finished_at, error=NULL",
+                (run, step, fingerprint, suite, suite_version, task, checkpoint, tokens_seen, objective,
+                 json.dumps(metrics, sort_keys=True), n_examples, predictions, output_dir, eval_seconds,
+                 socket.gethostname(), now, now - (eval_seconds or 0.0), now))
+
     def rows(self, run: str | None = None, status: str | tuple[str, ...] | None = None,
              suite: str | None = None, shards: bool = False) -> list[Row]:
         """The task rows (what results and reports read); `shards=True`: the shard rows (jobs) too."""

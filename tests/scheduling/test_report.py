@@ -77,7 +77,8 @@ def test_report_files_and_paper_table(tmp_path, runs):
 def test_report_bad_input(tmp_path):
     res = subprocess.run([PY, "-m", "emotune.launch.cli", "report", str(tmp_path), "--out", str(tmp_path / "o")],
                          env=env(), capture_output=True, text=True)
-    assert res.returncode == 2 and "no evaluation results" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "no result store" in res.stderr and "emotune eval --model" in res.stderr and "emotune watch" in res.stderr
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

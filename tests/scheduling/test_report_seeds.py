@@ -129,3 +129,23 @@ def test_metric_labels_say_which_way_is_better():
     assert metric_label("reverse_ce") == "reverse CE ↓ lower is better"
     assert metric_label("acc") == "accuracy (%) ↑ higher is better"
     assert metric_label("win_rate") == "win rate (%) ↑ higher is better"
+
+
+def test_pooled_table_in_percent_with_stderr_beside_its_metric(tmp_path, seed_runs):
+    """The pooled table shows an accuracy as the other tables do (50.00, not 0.5), and `acc_stderr` in the
+    cell of `acc`, not as a metric of its own."""
+    from emotune.scheduling.report import make_report
+
+    md = make_report([str(r) for r in seed_runs], str(tmp_path / "report"))["markdown"].read_text()
+    pooled = md.split("## All metrics, runs of an objective pooled\n\n")[1].split("\n\n")[0].splitlines()
+    head = [c.strip() for c in pooled[0].strip("|").split("|")]
+    assert "synthetic_topic acc (%)" in head and not any("stderr" in h for h in head), head
+    assert "synthetic_oracle mauve" in head and "synthetic_oracle ppl_test" in head  # not scores in percent: as they are
+    col = head.index("synthetic_topic acc (%)")
+    for row, obj in ((pooled[2], "mle"), (pooled[3], "emo")):
+        cell = [c.strip() for c in row.strip("|").split("|")][col]
+        accs = [100 * metrics_of(obj, s, STEPS[-1])["synthetic_topic"]["acc"] for s in range(3)]
+        ses = [100 * metrics_of(obj, s, STEPS[-1])["synthetic_topic"]["acc_stderr"] for s in range(3)]
+        mean, rest = cell.split(" ± ")
+        assert mean == f"{statistics.mean(accs):.2f}"
+        assert rest.endswith(f"(se {statistics.mean(ses):.2f})"), cell
