@@ -9,6 +9,11 @@ multi-line message or a traceback:
 - a hub id that is not in the local cache fails at once when the hub is unreachable (HF_HUB_OFFLINE=1,
   or no route to the endpoint) instead of spending ~50 s in huggingface_hub's retries; a cached one is
   loaded with `local_files_only=True` then, so nothing retries either.
+
+What loads from the hub without asking us first (a task's dataset, MAUVE's featuriser) is covered by
+`offline_if_unreachable`: a command calls it once before any such load; an unreachable endpoint then
+puts huggingface_hub, datasets and transformers in offline mode (what HF_HUB_OFFLINE=1 does), so every
+load uses the cache or fails (or falls back) at once, and the command says so in one line.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -36,20 +43,61 @@ def hub_offline_env() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"  # huggingface_hub's default endpoint
+
+
 @lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can this process reach the hub endpoint? False under HF_HUB_OFFLINE; else one TCP connect, cached."""
+def hub_reachable(timeout: float = 1.0) -> bool:
+    """Can this process reach the hub endpoint? False under HF_HUB_OFFLINE; else one TCP connect, cached.
+
+    Name lookup and connect run in a thread we stop waiting for after `timeout` s: a machine without a
+    network can hang in the resolver far longer than socket's own timeout covers."""
     if hub_offline_env():
         return False
-    from huggingface_hub import constants
-
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
-            return True
-    except OSError:
+    url = urlparse(hub_endpoint())
+    if not url.hostname:
         return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+                ok.append(True)
+        except (OSError, ValueError):
+            ok.append(False)
+
+    thread = threading.Thread(target=probe, name="emotune-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok and ok[0])
+
+
+_OFFLINE_BY_US: list[str] = []  # the endpoint offline_if_unreachable found unreachable (it then set HF_HUB_OFFLINE)
+
+
+def offline_reason() -> str:
+    if _OFFLINE_BY_US and _OFFLINE_BY_US[0] == hub_endpoint() and hub_offline_env():  # still as we left it
+        return f"the Hugging Face hub ({_OFFLINE_BY_US[0]}) is unreachable"
+    return "HF_HUB_OFFLINE=1" if hub_offline_env() else f"the Hugging Face hub ({hub_endpoint()}) is unreachable"
+
+
+def offline_if_unreachable() -> str | None:
+    """Offline mode for every Hugging Face library in this process when the hub cannot be reached (or
+    HF_HUB_OFFLINE=1 says so): loads use the local cache and fail at once, without retries. Returns the
+    line to tell the user (None: the hub is reachable). Call before the libraries load anything."""
+    if hub_reachable():
+        return None
+    why = offline_reason()
+    if not hub_offline_env():
+        _OFFLINE_BY_US[:] = [hub_endpoint()]
+    os.environ["HF_HUB_OFFLINE"] = "1"  # for libraries imported from now on, and for child processes
+    for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                          ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+        if module in sys.modules:  # already imported: they read the variable at import
+            for name in names:
+                setattr(sys.modules[module], name, True)
+    return f"{why}: offline, models, datasets and featurisers come from local files and the Hugging Face cache only"
 
 
 def _cached(repo_id: str, filename: str, revision: str | None) -> bool:
@@ -67,7 +115,7 @@ def hub_kwargs(source: str, key: str, revision: str | None = None, filename: str
         return {} if hub_reachable() else {"local_files_only": True}
     if hub_reachable():
         return {}
-    why = "HF_HUB_OFFLINE=1" if hub_offline_env() else "the hub is unreachable"
+    why = offline_reason()
     raise EmotuneError(f"{key}: {source!r} is not a local directory and not in the Hugging Face cache, and {why}; "
                        "download it first (huggingface-cli download) or give a local directory")
 

@@ -186,6 +186,11 @@ def main(argv: list[str], record: Recorder | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     record = record or (lambda *_: None)
+    from emotune.hub import offline_if_unreachable
+
+    offline = offline_if_unreachable()  # before any dataset / model / featuriser load: no minute of retries
+    if offline:
+        print(f"[eval] {offline}", flush=True)
     if _evaluator(args) == HARNESS:
         from emotune.eval.harness import run_harness
 
