@@ -245,7 +245,10 @@ def main(argv: list[str], record: Recorder | None = None) -> int:
 
     for task in todo:
         print(f"[eval] {task.name} ({task.kind}) ...", flush=True)
-        result = run_task(task, model, tokenizer, out_dir, opts, retriever_factory)
+        try:
+            result = run_task(task, model, tokenizer, out_dir, opts, retriever_factory)
+        except EmotuneError as err:  # the one line names the task file, whichever part of the task raised
+            raise (err if task.source in str(err) else EmotuneError(f"{task.source}: {err}")) from None
         result.settings.setdefault("dtype", str(next(model.parameters()).dtype).replace("torch.", ""))
         result.settings["resume_key"] = keys[task.name]
         results[task.name] = result

@@ -100,9 +100,18 @@ def perplexity(nlls: Sequence[np.ndarray], average: str = "token") -> float:
 def ppl_test(model, tokenizer, texts: Sequence[str], batch_size: int = 8, min_words: int = 20,
              max_tokens: int = 500) -> dict[str, float]:
     """PPL of the model on test texts, keeping the texts the paper's script keeps (>= `min_words`
-    space-separated words, <= `max_tokens` tokens)."""
-    seqs = [s for t, s in zip(texts, tokenize_texts(tokenizer, texts))
-            if len(t.split(" ")) >= min_words and len(s) <= max_tokens]
+    space-separated words, <= `max_tokens` tokens). No text left (every one filtered out, or too short
+    to score a token): EmotuneError naming the filter, never a silent `nan`."""
+    tokenized = tokenize_texts(tokenizer, texts)
+    short = sum(len(t.split(" ")) < min_words for t in texts)
+    long = sum(len(s) > max_tokens for t, s in zip(texts, tokenized) if len(t.split(" ")) >= min_words)
+    seqs = [s for t, s in zip(texts, tokenized) if len(t.split(" ")) >= min_words and len(s) <= max_tokens]
+    if not any(len(s) >= 2 for s in seqs):  # nothing to score: the perplexity would be nan
+        raise EmotuneError(
+            f"ppl_test: none of the {len(texts)} test texts passes the task's filter lm_min_words={min_words} "
+            f"(words, {short} have fewer), lm_max_tokens={max_tokens} ({long} have more tokens)"
+            + (f", {len(seqs)} left have under 2 tokens" if seqs else "")
+            + "; lower lm_min_words / raise lm_max_tokens in the task file, or leave ppl_test out of metrics=")
     nlls = token_nlls(ModelScorer(model, tokenizer), seqs, batch_size)
     return {"ppl_test": perplexity(nlls, "text"), "ppl_test_token": perplexity(nlls, "token"),
             "ppl_test_texts": float(len(seqs))}

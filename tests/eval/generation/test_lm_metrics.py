@@ -148,3 +148,15 @@ def test_ppl_test_and_ppl_oracle_of_a_model_with_its_tokenizer(tmp_path):
     assert out["ppl_test_token"] == pytest.approx(perplexity(nlls, "token"), rel=1e-6)
     # a model as oracle, through its tokenizer: same as scoring its token ids
     assert ppl_oracle(model, texts[:4], tokenizer=tok) == pytest.approx(perplexity(nlls, "token"), rel=1e-6)
+
+
+def test_ppl_test_with_every_text_filtered_out_names_the_filter(tmp_path):
+    """Not a silent ppl_test=nan with ppl_test_texts=0: one line naming the filter (exit 2 from the CLI)."""
+    tok = build_tokenizer(tmp_path)
+    model = build_llama(None, len(tok), seed=1)
+    with pytest.raises(EmotuneError, match=r"none of the 2 test texts .* lm_min_words=20 \(words, 2 have fewer\)"):
+        ppl_test(model, tok, ["too short", "also too short to count"])
+    long = sentences(SPORTS, 2, 25, 1)
+    with pytest.raises(EmotuneError, match=r"lm_max_tokens=5 \(2 have more tokens\)") as err:
+        ppl_test(model, tok, long, max_tokens=5)
+    assert "\n" not in str(err.value)
