@@ -2,7 +2,8 @@
 
     train:
       config: configs/train/tiny-cpu.yaml          # the training run's config
-      overrides: [max_steps=20]                    # its key=value overrides
+      overrides: [max_steps=20]                    # its key=value overrides (`train.overrides=[...]` on the
+                                                   # command line merges into them per key; `=[]` empties)
       command: null                                # default: this Python's `emotune train`; e.g.
                                                    # [deepspeed, --num_gpus, 8, --module, emotune.train.recipe]
     run_dir: runs/pipeline-tiny                    # the training output_dir (overrides the train config's)
@@ -203,10 +204,56 @@ def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
     return out
 
 
-def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
-    from emotune.train.config import apply_overrides, read_yaml
+# Lists of key=value settings: a command-line override of one merges into it per key (OVERRIDE_LISTS_HELP).
+OVERRIDE_LISTS = (("train", "overrides"), ("eval", "eval_args"), ("runs", None, "train", "overrides"))
+OVERRIDE_LISTS_HELP = ("train.overrides, eval.eval_args and runs.N.train.overrides hold key=value settings: "
+                       "`train.overrides=[objective.name=mle]` merges into the config's list (an item replaces "
+                       "the item of the same key, a new key is added); `train.overrides=[]` empties it")
 
-    data = apply_overrides(read_yaml(path, kind="pipeline"), overrides)
+
+def _is_override_list(path: list[str]) -> bool:
+    return any(len(path) == len(p) and all(want is None and part.isdigit() or part == want
+                                           for part, want in zip(path, p)) for p in OVERRIDE_LISTS)
+
+
+def merge_settings(current: list[str], new: Any, item: str) -> list[str]:
+    """`current` with each key=value of `new` in place of the same key's item (or added); [] empties it."""
+    new = new if isinstance(new, list) else [new]
+    if not new:
+        return []
+    out = list(current)
+    for setting in new:
+        if not isinstance(setting, str) or "=" not in setting or setting.startswith("="):
+            raise EmotuneError(f"override {item!r}: {setting!r} is not key=value ({OVERRIDE_LISTS_HELP})")
+        key = setting.split("=", 1)[0].strip()
+        out = [s for s in out if not (isinstance(s, str) and s.split("=", 1)[0].strip() == key)] + [setting]
+    return out
+
+
+def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
+    """`key=value` overrides in order, as for training, except that a key=value list merges (OVERRIDE_LISTS)."""
+    from emotune.train.config import apply_overrides, parse_override
+
+    for item in overrides:
+        path, value = parse_override(item)
+        if not _is_override_list(path):
+            data = apply_overrides(data, [item])
+            continue
+        node: Any = data
+        for part in path[:-1]:
+            node = node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) else \
+                node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                raise EmotuneError(f"override {item!r}: the config has no {'.'.join(path[:-1])}")
+        current = node.get(path[-1]) or []
+        node[path[-1]] = merge_settings(current if isinstance(current, list) else [current], value, item)
+    return data
+
+
+def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
+    from emotune.train.config import read_yaml
+
+    data = apply_pipeline_overrides(read_yaml(path, kind="pipeline"), overrides)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
@@ -233,7 +280,8 @@ def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
                                  "lands, and write the report — one command.")
     ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, train.overrides=[...])")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, ...); "
+                    + OVERRIDE_LISTS_HELP)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
