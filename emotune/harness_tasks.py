@@ -118,6 +118,29 @@ def shipped_suite_entry(name: str) -> Any | None:
     return suites.get(name) if isinstance(suites, dict) else None
 
 
+def shipped_suites() -> list[str]:
+    """Every suite name in the shipped configs/eval/suites.yaml, in its order (for --help)."""
+    from emotune.tasks import CONFIG_DIR
+
+    try:
+        suites = yaml.safe_load((CONFIG_DIR / "suites.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(name) for name in suites] if isinstance(suites, dict) else []
+
+
+def suites_help() -> str:
+    """`icl (7 tasks), mmlu (1 task), ..., harness (lm_eval: 6 tasks)`: the shipped suites, for --suite's help."""
+    out = []
+    for name in shipped_suites():
+        entry = shipped_suite_entry(name)
+        tasks = entry.get("tasks", []) if isinstance(entry, dict) else entry if isinstance(entry, list) else []
+        harness = isinstance(entry, dict) and entry.get("evaluator") == HARNESS
+        n = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
+        out.append(f"{name} ({'lm_eval: ' if harness else ''}{n})")
+    return ", ".join(out)
+
+
 def lm_eval_version() -> str | None:
     """The installed harness's version (its task definitions change with it), without importing it."""
     from importlib.metadata import PackageNotFoundError, version

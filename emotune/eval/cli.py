@@ -35,7 +35,7 @@ from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
 from emotune.eval.task_data import check_task_data, load_split
-from emotune.harness_tasks import EVALUATORS, HARNESS, harness_suite, shipped_suite_entry, suite_evaluator
+from emotune.harness_tasks import EVALUATORS, HARNESS, harness_suite, shipped_suite_entry, suite_evaluator, suites_help
 from emotune.shards import check_shardable, parse_shard, shard_range
 from emotune.tasks import CONFIG_DIR, Task, load_suite, load_task
 
@@ -90,7 +90,7 @@ def _arguments(argv: list[str]):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--suite", help="suite name from the shipped configs/eval/suites.yaml (icl, mmlu, paper, harness)")
+    group.add_argument("--suite", help="a suite of the shipped configs/eval/suites.yaml: " + suites_help())
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("--evaluator", choices=EVALUATORS, help="emotune (default: the paper's protocol) or lm_eval "

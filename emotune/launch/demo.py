@@ -15,8 +15,11 @@ DEMO_CONFIG = "configs/pipeline/demo.yaml"  # shipped (emotune/configs); a ./con
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+    if any(a in ("-h", "--help") for a in argv):
+        from emotune.launch.pipeline import help_epilog
+
+        print(f"usage: emotune demo [key=value ...]\n\n{__doc__}\nkey=value: overrides of {DEMO_CONFIG} "
+              f"(e.g. run_dir=runs/demo2 'runs.1.matrix.seed=[0]'),\nas for `emotune pipeline`:\n\n{help_epilog()}")
         return 0
     from emotune.launch.pipeline import main as pipeline_main
 

@@ -274,14 +274,37 @@ def scheduler_args(ev: EvalPart) -> argparse.Namespace:
                               sbatch_arg=list(ev.sbatch_args), setup=list(ev.setup), max_queued=64)
 
 
+def keys_help() -> str:
+    """What a pipeline config accepts (every key, sections with theirs) and the shipped ones, for --help."""
+    from emotune.harness_tasks import suites_help
+    from emotune.resources import names, resolve
+
+    parts = []
+    for name, field in PipelineConfig.model_fields.items():
+        sub = next((t for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                    if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        index = ".N" if getattr(field.annotation, "__origin__", None) is list else ""  # runs.1.train.config=...
+        parts.append(f"{name}{index}.{{{', '.join(sub.model_fields)}}}" if sub else name)
+    shipped = [n for n in names("pipeline") if "eval:" in resolve(f"configs/pipeline/{n}.yaml").read_text()]  # not suites
+    return (f"config keys (YAML, or key=value overrides, dotted for sections): {'; '.join(parts)}\n\n"
+            f"{OVERRIDE_LISTS_HELP}\n\neval.suite: a suite file of yours (a YAML list of tasks) or a shipped suite: "
+            f"{suites_help()}\n\nshipped configs (configs/pipeline/NAME.yaml): {', '.join(shipped)}")
+
+
+def help_epilog() -> str:
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(t, 100, break_on_hyphens=False) for t in keys_help().split("\n\n"))
+
+
 def main(argv: list[str]) -> int:
     # One screen on purpose: validate everything, prepare, train each run beside the scheduler, drain,
     # report; the order (and the exit status rule) is the whole command.
     ap = ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
-                                 "lands, and write the report — one command.")
+                        "lands, and write the report — one command.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=help_epilog())
     ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, ...); "
-                    + OVERRIDE_LISTS_HELP)
+    ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, ...; lists: below)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)

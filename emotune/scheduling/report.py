@@ -30,6 +30,7 @@ from typing import Callable
 
 from emotune.atomic import write_bytes
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.harness_tasks import shipped_suites
 from emotune.scheduling.report_data import (
     METRICS,
     RunData,
@@ -258,10 +259,12 @@ def make_report(run_dirs: list[str], out: str, store: str | None = None, suite: 
 
 def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="emotune report", description="Plots, an HTML page and the paper's table.")
-    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training runs' output_dirs and / or `emotune "
+                    "eval --out` folders, each with its results in RUN_DIR/eval/results.sqlite (or --store)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--store", help="one shared result database for all runs (default: each RUN_DIR/eval/results.sqlite)")
-    ap.add_argument("--suite", help="only this suite's results")
+    ap.add_argument("--suite", help="only this suite's results (the name it was evaluated under: a shipped suite, "
+                    f"{', '.join(shipped_suites())}, a suite file's stem, or custom for `emotune eval --tasks`)")
     ap.add_argument("--title", default=ReportOptions.title, help="the page's title")
     ap.add_argument("--headline", action="append", default=[], metavar="TASK/METRIC",
                     help="lead with this metric, e.g. synthetic_oracle/mauve, or mauve for every task's (repeatable); "

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.harness_tasks import shipped_suites
 from emotune.scheduling.discovery import read_best
 from emotune.scheduling.store import Row, Store, default_store_path
 
@@ -122,9 +123,11 @@ def _cell(v: float, se: float | None) -> str:
 
 def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="emotune results", description="Show the evaluation results of a run.")
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", metavar="RUN_DIR", help="a training run's output_dir (evaluated by `emotune watch` or "
+                    "`emotune eval --model RUN_DIR/checkpoint-N`), or an `emotune eval --out` folder")
     ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
-    ap.add_argument("--suite", help="only this suite")
+    ap.add_argument("--suite", help="only this suite's rows (the name it was evaluated under: a shipped suite, "
+                    f"{', '.join(shipped_suites())}, a suite file's stem, or custom for `emotune eval --tasks`)")
     ap.add_argument("--json", action="store_true", help="every row as JSON")
     ap.add_argument("--best", action="store_true",
                     help="only the best checkpoint's rows (RUN_DIR/best.json: lowest validation loss unless the run chose another metric)")

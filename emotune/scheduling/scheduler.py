@@ -36,7 +36,7 @@ from typing import Callable
 
 from emotune.atomic import read_user_yaml
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.harness_tasks import HARNESS
+from emotune.harness_tasks import HARNESS, suites_help
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
 from emotune.scheduling.harness_suite import harness_eval_command, resolve_harness_suite
 from emotune.scheduling.runners import (
@@ -425,7 +425,8 @@ def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="emotune watch",
                                  description="Evaluate every checkpoint of a run as it lands (each checkpoint x task once).")
     ap.add_argument("run_dir", help="the training run's output_dir (holds checkpoint-STEP/ folders)")
-    ap.add_argument("--suite", required=True, help="suite name (configs/eval/suites.yaml) or a YAML list of tasks")
+    ap.add_argument("--suite", required=True, help="a suite file of yours (a YAML list of task names / task files) "
+                    "or a shipped suite (configs/eval/suites.yaml): " + suites_help())
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one pass, wait for the local jobs it started, exit")
     mode.add_argument("--follow", action="store_true", help="poll until the run's final checkpoint is evaluated")

@@ -240,6 +240,21 @@ class TrainConfig(_Strict):
 # ----------------------------------------------------------------------------------------------
 # loading: YAML file + key=value overrides
 
+def keys_help() -> str:
+    """What a run config (and its key=value overrides) accepts, for `emotune train --help`: every key,
+    sections with theirs, the objectives and the shipped configs."""
+    from emotune.objectives.registry import ALIASES, OBJECTIVES
+
+    keys = []
+    for name, field in TrainConfig.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        keys.append(f"{name}.{{{', '.join(sub.model_fields)}}}" if sub else name)
+    return ("config keys (YAML, or key=value overrides, dotted for sections): " + "; ".join(keys) + "\n\n"
+            f"objective.name: {', '.join([*OBJECTIVES, *ALIASES])} (parameters: emotune losses)\n\n"
+            f"shipped configs (a name or configs/train/NAME.yaml; a file of yours by its path): "
+            f"{', '.join(shipped_names('train'))}")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item or item.startswith("="):
         raise EmotuneError(f"command-line override {item!r} is not key=value (e.g. learning_rate=1e-5, data.block_size=128)")

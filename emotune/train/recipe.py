@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,9 +327,13 @@ def train(cfg: TrainConfig, engine, scheduler, batches, val_batches, result: Tra
 # CLI
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from emotune.train.config import keys_help
+
     ap = ArgumentParser(prog="emotune train", description="Fine-tune a causal LM with EMO (or MLE, TaiLr, MixCE) on DeepSpeed ZeRO-3.",
-                                 epilog="Example: emotune train configs/train/tiny-cpu.yaml max_steps=20 objective.name=mle")
-    ap.add_argument("config", help="run config (YAML)")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="\n\n".join(textwrap.fill(part, 100, break_on_hyphens=False) for part in keys_help().split("\n\n"))
+                        + "\n\nExample: emotune train configs/train/tiny-cpu.yaml max_steps=20 objective.name=mle")
+    ap.add_argument("config", help="run config (YAML): a shipped name (below) or a path")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for sections (data.block_size=128)")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return ap.parse_intermixed_args(argv)  # --local_rank may come before or after the overrides
