@@ -28,7 +28,7 @@ import argparse
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.eval.options import help_text, parse_overrides
@@ -174,18 +174,26 @@ def _reusable(summary_path: Path, model: str, model_fp: str, keys: dict[str, dic
     return done
 
 
-# record(summary.json, --store, task names or None for all) -> where it went, or None (not recorded)
-Recorder = Callable[[Path, "str | None", "list[str] | None"], "tuple[Path, Path] | None"]
+class Recorder:
+    """Puts each finished task's result in the result store. This one records nothing; the `emotune eval`
+    command gives one that does (emotune.launch.eval_cmd: this package does not import the store's)."""
+
+    def check(self, model: str, out: Path, store: str | None) -> None:
+        """Before any work: the store it would record in is usable (EmotuneError otherwise); nothing written."""
+
+    def record(self, summary: Path, store: str | None, tasks: list[str] | None) -> tuple[Path, Path] | None:
+        """Record `tasks` (None: all) of the summary; (store, the folder `emotune results` takes) or None."""
+        return None
 
 
-def main(argv: list[str], record: Recorder | None = None) -> int:
-    """`record`: puts each finished task's result in the result store (given by the `emotune eval` command,
-    emotune.launch.eval_cmd; this package does not import the store's)."""
+def main(argv: list[str], recorder: Recorder | None = None) -> int:
     try:
         args, files = _arguments(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    record = record or (lambda *_: None)
+    recorder = recorder or Recorder()
+    recorder.check(args.model, Path(args.out), args.store)
+    record = recorder.record
     from emotune.hub import offline_if_unreachable
 
     offline = offline_if_unreachable()  # before any dataset / model / featuriser load: no minute of retries

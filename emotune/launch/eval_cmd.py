@@ -10,16 +10,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emotune.eval.cli import Recorder
 
-def record(summary: Path, store: str | None, tasks: list[str] | None) -> tuple[Path, Path] | None:
-    from emotune.scheduling.record import JOB_ENV, record_summary
 
-    if os.environ.get(JOB_ENV):
-        return None
-    return record_summary(summary, store, tasks)
+class StoreRecorder(Recorder):
+    def check(self, model: str, out: Path, store: str | None) -> None:
+        from emotune.scheduling.record import JOB_ENV, check_destination
+
+        if not os.environ.get(JOB_ENV):
+            check_destination(model, out, store)
+
+    def record(self, summary: Path, store: str | None, tasks: list[str] | None) -> tuple[Path, Path] | None:
+        from emotune.scheduling.record import JOB_ENV, record_summary
+
+        return None if os.environ.get(JOB_ENV) else record_summary(summary, store, tasks)
 
 
 def main(argv: list[str]) -> int:
     from emotune.eval.cli import main as evaluate
 
-    return evaluate(argv, record=record)
+    return evaluate(argv, StoreRecorder())

@@ -55,14 +55,33 @@ def _checkpoint(model: str):
     return None
 
 
+def destination(model: str, out: Path, store: str | None) -> tuple[Path, Path]:
+    """(store path, run folder) where the results of evaluating `model` into `out` are recorded."""
+    ckpt = _checkpoint(model)
+    run = ckpt.path.parent.resolve() if ckpt is not None else Path(out).resolve()
+    return (Path(store) if store else default_store_path(run)), run
+
+
+def check_destination(model: str, out: Path, store: str | None) -> None:
+    """Before an evaluation: its store, where one exists, is a usable result store (one line otherwise);
+    nothing is created (a bad input later must leave no empty store behind)."""
+    path, _ = destination(model, out, store)
+    if path.exists() or store:
+        if path.exists() and not path.is_file():
+            raise EmotuneError(f"--store {path}: is a directory, not a result store")
+        if path.is_file():
+            Store(path, create=False).close()
+        elif path.parent.exists() and not path.parent.is_dir():
+            raise EmotuneError(f"--store {path}: {path.parent} is a file, not a folder")
+
+
 def recorded_run(summary_path: Path) -> Path | None:
     """The run whose store `record_summary` puts this summary's results in (None: not a readable summary)."""
     try:
         model = read_json(summary_path, "evaluation summary")["model"]
     except (EmotuneError, KeyError, TypeError):
         return None
-    ckpt = _checkpoint(str(model))
-    return ckpt.path.parent.resolve() if ckpt is not None else summary_path.parent.resolve()
+    return destination(str(model), summary_path.parent, None)[1]
 
 
 def _suite_version(result: dict[str, Any]) -> str:
@@ -94,8 +113,7 @@ def record_summary(summary_path: Path, store: str | None = None, tasks: list[str
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise EmotuneError(f"{summary_path}: not an evaluation summary ({err!r})") from None
     ckpt = _checkpoint(model)
-    run = ckpt.path.parent.resolve() if ckpt is not None else out
-    path = Path(store) if store else default_store_path(run)
+    path, run = destination(model, out, store)
     with Store(path) as db:
         for name, (raw, fields) in rows.items():
             fp = ckpt.fingerprint if ckpt is not None else \

@@ -119,3 +119,13 @@ def test_a_summary_made_before_recording_says_how_to_record_it(setup, tmp_path, 
     assert "already in" in capsys.readouterr().out
     assert emotune(["results", str(out)]) == 0
     assert os.path.isfile(default_store_path(out))
+
+
+def test_an_unusable_store_is_refused_before_any_work(setup, tmp_path, capsys):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database at all" * 100)
+    out = tmp_path / "o"
+    assert evaluate(setup, setup / "model", out, "sst2", "--store", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(bad) in err and "result store" in err, err
+    assert not (out / "summary.json").exists() and bad.read_bytes() == b"not a database at all" * 100
