@@ -347,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("emotune").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    from emotune.hub import offline_if_unreachable
+
+    offline = offline_if_unreachable()  # a hub dataset / model offline: the cache or one line at once, no retries
+    if offline and rank == 0:
+        print(f"emotune train: {offline}", file=sys.stderr, flush=True)
     result = run(cfg)
     if result.checkpoints:
         print(f"emotune train: done at step {result.step}; last checkpoint {result.checkpoints[-1]}")
