@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     offline = offline_if_unreachable()  # a hub dataset / model offline: the cache or one line at once, no retries
     if offline and rank == 0:
-        print(f"emotune train: {offline}", file=sys.stderr, flush=True)
+        print(f"emotune train: {offline}", flush=True)  # stdout: stderr is for the one-line error
     result = run(cfg)
     if result.checkpoints:
         print(f"emotune train: done at step {result.step}; last checkpoint {result.checkpoints[-1]}")
