@@ -50,6 +50,11 @@ WHAT_TO_RUN = ("`emotune watch {run} --suite NAME` (every checkpoint of a traini
 def nothing_to_show(run_dir: str | Path, path: Path, suite: str | None = None, exists: bool = True) -> EmotuneError:
     """One line for a folder with no results: where they were looked for, and what to run."""
     run = Path(run_dir)
+    if suite and exists:  # results, but of other suites
+        with Store(path, create=False) as store:
+            have = sorted({r.suite for r in store.rows(str(run.resolve()))})
+        if have:
+            return EmotuneError(f"no results of suite {suite} for {run} in {path} (its suites: {', '.join(have)})")
     if (run / "summary.json").is_file():  # an `emotune eval --out` folder whose results went elsewhere
         from emotune.scheduling.record import recorded_run
 
