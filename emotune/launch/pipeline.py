@@ -208,7 +208,8 @@ def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
 OVERRIDE_LISTS = (("train", "overrides"), ("eval", "eval_args"), ("runs", None, "train", "overrides"))
 OVERRIDE_LISTS_HELP = ("train.overrides, eval.eval_args and runs.N.train.overrides hold key=value settings: "
                        "`train.overrides=[objective.name=mle]` merges into the config's list (an item replaces "
-                       "the item of the same key, a new key is added); `train.overrides=[]` empties it")
+                       "the item of the same key, a new key is added); `train.overrides=[]` empties it; any other "
+                       "list (report.headline, eval.sbatch_args ...) is replaced")
 
 
 def _is_override_list(path: list[str]) -> bool:
