@@ -50,3 +50,9 @@ def test_a_bad_item_is_one_line(item, says):
     with pytest.raises(EmotuneError, match=says) as err:
         load_pipeline_config(TINY, [item])
     assert "\n" not in str(err.value) and "merges" in str(err.value)
+
+
+def test_other_lists_are_replaced():
+    before = load_pipeline_config("configs/pipeline/demo.yaml", []).report.headline
+    cfg = load_pipeline_config("configs/pipeline/demo.yaml", ["report.headline=[mauve]"])
+    assert len(before) > 1 and cfg.report.headline == ["mauve"]
