@@ -58,6 +58,11 @@ def hub_reachable(timeout: float = 1.0) -> bool:
     url = urlparse(hub_endpoint())
     if not url.hostname:
         return False
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get(url.scheme) or urllib.request.getproxies().get("all")
+    if proxy and not urllib.request.proxy_bypass(url.hostname):  # behind a proxy, the proxy is what must answer
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     ok: list[bool] = []
 
     def probe() -> None:

@@ -99,3 +99,27 @@ def test_training_on_a_hub_dataset_fails_at_once(offline, tmp_path, capfd):
     lines = [ln for ln in err.splitlines() if ln.strip() and "real_accelerator" not in ln]
     assert rc == 2 and len(lines) == 1 and "wikitext" in lines[0] and "offline" in out, err
     assert seconds < 10, f"{seconds:.1f}s"  # model and tokenizer setup included; no download retries (25-35 s)
+
+
+def test_behind_a_proxy_the_proxy_is_probed(monkeypatch):
+    """A cluster that reaches the hub through HTTPS_PROXY is online though the endpoint's own port is not."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    for var in ("NO_PROXY", "no_proxy", "https_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # nothing resolves it
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    hub.hub_reachable.cache_clear()
+    try:
+        assert hub.hub_reachable()
+        monkeypatch.delenv("HTTPS_PROXY")
+        monkeypatch.delenv("https_proxy", raising=False)
+        hub.hub_reachable.cache_clear()
+        assert not hub.hub_reachable()
+    finally:
+        server.close()
+        hub.hub_reachable.cache_clear()
