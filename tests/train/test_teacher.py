@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train_fixtures import corpus_lines, make_tiny_llama, make_wordpiece_tokenizer
 
 from emotune.errors import EmotuneError
 from emotune.train.config import TeacherConfig, validate
 from emotune.train.teacher import check_teacher, load_teacher, teacher_ds_config, teacher_hidden
-from test_train_fixtures import corpus_lines, make_tiny_llama, make_wordpiece_tokenizer
 
 torch.set_num_threads(1)
 
