@@ -168,8 +168,9 @@ def parse_only(argv: list[str]) -> tuple[int, str, argparse.Namespace | None]:
         return parse
 
     err, out = io.StringIO(), io.StringIO()
-    with mock.patch.object(ArgumentParser, "parse_args", stop(argparse.ArgumentParser.parse_args)), \
-            mock.patch.object(ArgumentParser, "parse_intermixed_args", stop(argparse.ArgumentParser.parse_intermixed_args)), \
+    # Wrap whatever the class's own methods are (emotune's parse_args may itself parse intermixed).
+    with mock.patch.object(ArgumentParser, "parse_args", stop(ArgumentParser.parse_args)), \
+            mock.patch.object(ArgumentParser, "parse_intermixed_args", stop(ArgumentParser.parse_intermixed_args)), \
             contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             rc = cli.main(list(argv))
