@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import doc_blocks as db  # noqa: E402
+import doc_checks as dc  # noqa: E402
 
 RUN, E2E, CHECK, SKIP = "run", "e2e", "check", "skip"
 IMAGE = "the image is built and run by tests/e2e/test_image.py (podman, CPU torch); Docker and GPUs are not here"
@@ -184,6 +185,15 @@ def sandbox(tmp_path_factory):
     return db.make_sandbox(tmp_path_factory.mktemp("docs"))
 
 
+def test_extraction(tmp_path):
+    """Continuations joined, comments dropped (not a `#` inside quotes), console prompts taken, output left out."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("x\n  ```bash\n  a --x 1 \\\n     --y '#2'  # note\n  # alone\n  b\n  ```\n")
+    (tmp_path / "docs" / "d.md").write_text("```console\n$ c \\\n  d\nout # put\n$ e\n```\n```text\nf\n```\n")
+    got = [(c.where, c.key) for c in db.all_commands(tmp_path)]
+    assert got == [("README.md:3", "a --x 1 --y '#2'"), ("README.md:6", "b"), ("docs/d.md:2", "c d"), ("docs/d.md:5", "e")]
+
+
 def test_every_fence_has_a_language():
     """An untagged fence could hide a command from this test: tag it `bash` (commands) or `text` (output, trees)."""
     bad = [f"{b.path}:{b.line}" for b in db.blocks() if b.lang not in db.SHELL + db.NOT_SHELL]
@@ -217,11 +227,11 @@ def _commands(mode):
 
 @pytest.mark.parametrize("command", _commands(CHECK), ids=lambda c: c.where)
 def test_checked_command(command, sandbox):
-    rc, err, calls = db.captured_calls(command.key, sandbox, db.sandbox_env(CHECK_ENV))
+    rc, err, calls = dc.captured_calls(command.key, sandbox, db.sandbox_env(CHECK_ENV))
     assert rc == 0, f"{command.where}: bash exit {rc}: {err}"
     assert calls, f"{command.where}: started nothing that can be checked; classify it as run or skip"
     for call in calls:
-        problem = db.check_call(call, sandbox, db.sandbox_env(CHECK_ENV))
+        problem = dc.check_call(call, sandbox, db.sandbox_env(CHECK_ENV))
         assert problem is None, f"{command.where}: {problem}"
 
 
@@ -230,7 +240,7 @@ def test_run_command(command, sandbox):
     env = db.sandbox_env({**CHECK_ENV, **db.SLURM_ENV, "PATH": f"{sandbox / 'bin'}:{db.sandbox_env()['PATH']}"})
     proc = db.run_bash(command.key, sandbox, env, timeout=120)
     assert proc.returncode == 0, f"{command.where}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"
-    db.after_run(command, sandbox)
+    dc.after_run(command, sandbox)
 
 
 @pytest.mark.parametrize("block", [b for b in db.blocks() if b.lang in ("python", "yaml", "json")],
@@ -280,8 +290,8 @@ STALE_FORMS = {
 @pytest.mark.parametrize("text", STALE_FORMS, ids=range(len(STALE_FORMS)))
 def test_checks_catch_stale_forms(text, sandbox):
     command = db.Command(db.Block("stale.md", 1, "bash", text + "\n"), 2, text)
-    rc, err, calls = db.captured_calls(command.key, sandbox, db.sandbox_env(CHECK_ENV))
-    problems = [db.check_call(call, sandbox, db.sandbox_env(CHECK_ENV)) for call in calls]
+    rc, err, calls = dc.captured_calls(command.key, sandbox, db.sandbox_env(CHECK_ENV))
+    problems = [dc.check_call(call, sandbox, db.sandbox_env(CHECK_ENV)) for call in calls]
     found = [p for p in problems if p]
     assert found and STALE_FORMS[text] in found[0], (text, problems)
 
@@ -292,7 +302,7 @@ def test_slurm_eval_job_must_watch_the_trained_folder(sandbox):
             "--eval-command \"emotune watch runs/llama7b --suite paper --once\"")
     assert db.run_bash(text, sandbox, db.sandbox_env(), timeout=120).returncode == 0
     with pytest.raises(AssertionError, match="it would evaluate nothing"):
-        db.after_run(db.Command(db.Block("stale.md", 1, "bash", text), 2, text), sandbox)
+        dc.after_run(db.Command(db.Block("stale.md", 1, "bash", text), 2, text), sandbox)
 
 
 def test_memory_table_is_deepspeeds_estimate():
