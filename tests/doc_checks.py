@@ -204,6 +204,10 @@ def check_emotune(argv: list[str], sandbox: Path, env: dict) -> str | None:
                 rc = cli.main([*argv, "--dry-run"])
             if rc:
                 return f"emotune {shlex.join(argv)} --dry-run: exit {rc}: {errs.getvalue().strip()}"
+        if command in ("eval", "watch") and ns is not None:
+            problem = _check_task_names(ns)
+            if problem:
+                return f"emotune {shlex.join(argv)}: {problem}"
         if command == "train" and ns is not None:
             from emotune.errors import EmotuneError
             from emotune.train.config import load_config
@@ -212,6 +216,24 @@ def check_emotune(argv: list[str], sandbox: Path, env: dict) -> str | None:
                 load_config(ns.config, ns.overrides)
             except EmotuneError as err:
                 return f"emotune {shlex.join(argv)}: {err}"
+    return None
+
+
+def _check_task_names(ns: argparse.Namespace) -> str | None:
+    """A shipped suite or task named by `--suite` / `--tasks` exists (files of the user's own are not checked)."""
+    from emotune.errors import EmotuneError
+    from emotune.tasks import load_suite, load_task
+
+    files = (".yaml", ".yml")
+    try:
+        if isinstance(getattr(ns, "suite", None), str) and not ns.suite.endswith(files):
+            load_suite(ns.suite)
+        if getattr(ns, "tasks", None) and getattr(ns, "evaluator", None) != "lm_eval":
+            for name in ns.tasks.split(","):
+                if not name.endswith(files):
+                    load_task(name)
+    except EmotuneError as err:
+        return str(err)
     return None
 
 

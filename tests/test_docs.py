@@ -280,6 +280,8 @@ STALE_FORMS = {
     "emotune launch CONFIG --launcher torchrun --nodes 2 --procs-per-node 8 --master-addr node-001 --node-rank R":
         "invalid int value",
     "emotune train configs/train/no-such-recipe.yaml": "not found",
+    "emotune eval --model M --suite generations --out D": "generations",
+    "emotune eval --model M --tasks sst2,trec,sst5 --out D": "sst5",
     "emotune train CONFIG objective.name=nonsense": "objective",
     "docker build --build-arg NO_SUCH_ARG=1 -t emotune .": "declares no such ARG",
     "docker run --rm -v \"$PWD/runs:/runs\" emotune eval --suite paper --out /runs/x": "--model",
