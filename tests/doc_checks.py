@@ -208,6 +208,10 @@ def check_emotune(argv: list[str], sandbox: Path, env: dict) -> str | None:
             problem = _check_task_names(ns)
             if problem:
                 return f"emotune {shlex.join(argv)}: {problem}"
+        if command == "pipeline" and ns is not None:
+            problem = _check_pipeline(ns)
+            if problem:
+                return f"emotune {shlex.join(argv)}: {problem}"
         if command == "train" and ns is not None:
             from emotune.errors import EmotuneError
             from emotune.train.config import load_config
@@ -232,6 +236,22 @@ def _check_task_names(ns: argparse.Namespace) -> str | None:
             for name in ns.tasks.split(","):
                 if not name.endswith(files):
                     load_task(name)
+    except EmotuneError as err:
+        return str(err)
+    return None
+
+
+def _check_pipeline(ns: argparse.Namespace) -> str | None:
+    """The pipeline config loads with its overrides, and so does each run's training config (as the
+    pipeline itself checks them before it starts anything)."""
+    from emotune.errors import EmotuneError
+    from emotune.launch.pipeline import expand_runs, load_pipeline_config
+    from emotune.train.config import load_config
+
+    try:
+        for run in expand_runs(load_pipeline_config(ns.config, ns.overrides)):
+            overrides = [o for o in run.train.overrides if "{run:" not in o]
+            load_config(run.train.config, overrides + ([f"output_dir={run.run_dir}"] if run.run_dir else []))
     except EmotuneError as err:
         return str(err)
     return None

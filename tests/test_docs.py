@@ -7,7 +7,8 @@ Each command of a ```bash / ```sh / ```console block (tests/doc_blocks.py cuts t
   check  needs a GPU, a cluster, a container runtime or the hub: run with bash, but the programs it starts
          (emotune, deepspeed, torchrun, docker, srun, apptainer) only record their arguments, which are then
          parsed by the program's own parser; `emotune launch` also runs its --dry-run (it validates the run
-         config), `emotune train` loads its run config, containers and `bash -c` scripts are checked inside
+         config), `emotune train` and `pipeline` load their configs, `eval` / `watch` suite and task names
+         must be shipped ones, containers and `bash -c` scripts are checked inside
   skip   cannot be checked here; the reason says why
 Every block also passes `bash -n` and shellcheck. A command not in DOC_COMMANDS fails the test: a new or
 edited doc command must be classified here (`python tests/test_docs.py --list` prints the classification
@@ -281,6 +282,7 @@ STALE_FORMS = {
         "invalid int value",
     "emotune train configs/train/no-such-recipe.yaml": "not found",
     "emotune eval --model M --suite generations --out D": "generations",
+    "emotune pipeline configs/pipeline/tiny.yaml 'train.overrides=[objective.name=nonsense]'": "objective",
     "emotune eval --model M --tasks sst2,trec,sst5 --out D": "sst5",
     "emotune train CONFIG objective.name=nonsense": "objective",
     "docker build --build-arg NO_SUCH_ARG=1 -t emotune .": "declares no such ARG",
