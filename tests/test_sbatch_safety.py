@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from emotune.errors import EmotuneError
-from emotune.launch.launcher import LaunchPlan, sbatch_eval_script, sbatch_train_script
+from emotune.launch.launcher import LaunchPlan
+from emotune.launch.slurm_script import sbatch_eval_script, sbatch_train_script
 from emotune.scheduling.runners import SlurmRunner, job_output_dir
 from emotune.scheduling.store import Row
 
