@@ -94,17 +94,19 @@ export MASTER_PORT={master_port}
 
 DEEPSPEED_LAUNCH = """HOSTFILE={run_dir}/hostfile.$SLURM_JOB_ID
 printf '%s\\n' "$NODES" | sed 's/$/ slots={procs}/' > "$HOSTFILE"
+# --export=ALL: the tasks inherit this script's environment even where sbatch ran with --export=NONE.
 # The per-node shell gets its arguments positionally, so no argument is ever re-parsed by a shell.
 # shellcheck disable=SC2016  # $1, $SLURM_NODEID, ... expand in the per-node shell, not here
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\
+srun --export=ALL --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\
   'exec deepspeed --hostfile "$1" --num_gpus {procs} --no_ssh --node_rank "$SLURM_NODEID" \\
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --module {module} "${{@:2}}"' \\
   node "$HOSTFILE" {args}
 """
 
-TORCHRUN_LAUNCH = """# The per-node shell gets its arguments positionally, so no argument is ever re-parsed by a shell.
+TORCHRUN_LAUNCH = """# --export=ALL: the tasks inherit this script's environment even where sbatch ran with --export=NONE.
+# The per-node shell gets its arguments positionally, so no argument is ever re-parsed by a shell.
 # shellcheck disable=SC2016  # $SLURM_NODEID, ... expand in the per-node shell, not here
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\
+srun --export=ALL --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c \\
   'exec torchrun --nnodes {nodes} --nproc_per_node {procs} --node_rank "$SLURM_NODEID" \\
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m {module} "$@"' \\
   node {args}
