@@ -164,3 +164,18 @@ def test_launch_help_lists_what_it_accepts():
                  "--time", "--partition", "--account", "--cpus-per-task", "--exclusive", "--sbatch-arg", "MASTER_PORT",
                  "MASTER_ADDR", "SLURM_NODEID", "PET_NODE_RANK", "any order"):
         assert word in res.stdout, word
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--sbatch", "DIR", "--eval-command", "emotune eval 'x"], "--eval-command"),
+    (["--sbatch", "DIR", "--hostfile", "h"], "no meaning with --sbatch"),
+    (["--master-addr", "a b"], "not a host name"),
+    (["--env", "1A=2", "--dry-run"], "cannot be forwarded"),
+    (["--procs-per-node", "0"], "at least 1"),
+    (["--timeout-minutes", "0"], "at least 1"),
+    (["--sbatch", "DIR", "--sbatch-arg=--nodes=3"], "come from --nodes"),
+])
+def test_new_user_mistakes_are_one_line(started, capsys, tmp_path, argv, match):
+    argv = [str(tmp_path / "s") if a == "DIR" else a for a in argv]
+    one_line_error(capsys, ["launch", CFG, *argv], match)
+    assert not (tmp_path / "s").exists() and not started  # nothing written, nothing started

@@ -137,15 +137,26 @@ def executable(cmd: list[str]) -> list[str]:
     return cmd
 
 
+def _words(command: str) -> list[str]:
+    try:
+        words = shlex.split(command)
+    except ValueError as err:
+        raise EmotuneError(f"--eval-command {command!r}: {err}") from None
+    if not words:
+        raise EmotuneError("--eval-command is empty")
+    return words
+
+
 def write_sbatch(args: argparse.Namespace, plan: LaunchPlan) -> int:
     out = Path(args.sbatch)
+    plan.validate(slurm=True)
     gpus = args.gpus_per_node if args.gpus_per_node is not None else plan.procs()
     extra = SlurmOptions(args.time, args.partition, args.account, args.cpus_per_task, args.exclusive,
                          args.sbatch_arg).lines()
     run_dir = str(out.resolve())
     train = sbatch_train_script(plan, run_dir, gpus, extra=extra)
     env_lines = env_file_lines(plan)
-    evaluate = (sbatch_eval_script(shlex.split(args.eval_command), run_dir, gpus=min(gpus, 1), extra=extra,
+    evaluate = (sbatch_eval_script(_words(args.eval_command), run_dir, gpus=min(gpus, 1), extra=extra,
                                    env_file=str(Path(run_dir) / "rank.env")) if args.eval_command else None)
     if args.dry_run:
         print("# rank.env (exported by the script before srun):")

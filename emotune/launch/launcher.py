@@ -48,6 +48,7 @@ FORWARD_PREFIXES = ("HF_", "HUGGINGFACE_", "NCCL_", "GLOO_", "EMOTUNE_", "DS_BUI
 SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|(^|_)(API_)?KEY($|_)|AUTH", re.IGNORECASE)
 LAUNCHERS = ("deepspeed", "torchrun")
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+)\s+slots=(?P<slots>[1-9][0-9]*)$")
+_HOST = re.compile(r"[A-Za-z0-9_.\-]+|\[?[0-9A-Fa-f:.]+\]?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # DeepSpeed's pdsh runner puts a value with other characters in double quotes on the remote shell line,
 # where $ ` " \ are still interpreted, and strips surrounding blanks: such values cannot arrive intact.
@@ -73,6 +74,8 @@ class LaunchPlan:
     module_args: list[str] | None = None  # its arguments; None: CONFIG and the overrides
 
     def validate(self, slurm: bool = False) -> None:
+        if slurm and (self.hostfile or self.node_rank is not None):
+            raise EmotuneError("--hostfile and --node-rank have no meaning with --sbatch: SLURM picks the nodes")
         if self.launcher not in LAUNCHERS:
             raise EmotuneError(f"--launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if self.nodes < 1 or (self.procs_per_node is not None and self.procs_per_node < 1):
@@ -89,6 +92,8 @@ class LaunchPlan:
             raise EmotuneError(f"--timeout-minutes {self.timeout_minutes}: must be at least 1")
         if self.master_addr is not None:
             check_line_value(self.master_addr, "--master-addr")
+            if not _HOST.fullmatch(self.master_addr):
+                raise EmotuneError(f"--master-addr {self.master_addr!r}: not a host name or IP address")
         if self.nodes > 1 and not self.master_addr and not self.hostfile and not slurm:
             raise EmotuneError("several nodes need --master-addr (the first node's name) or a --hostfile whose first host it is")
         if self.hostfile and not slurm:

@@ -134,8 +134,6 @@ def sbatch_train_script(plan: LaunchPlan, run_dir: str, gpus_per_node: int, job_
     """A training script for `plan` (nodes x procs, DeepSpeed or torchrun); the rank environment is read
     from RUN_DIR/rank.env (write_env_file), the DeepSpeed hostfile is made from SLURM's node list."""
     plan.validate(slurm=True)
-    if plan.hostfile or plan.node_rank is not None:
-        raise EmotuneError("--hostfile and --node-rank have no meaning with --sbatch: SLURM picks the nodes")
     check_line_value(run_dir, "--sbatch directory")  # it goes into the #SBATCH --output line
     procs, args = plan.procs(), " ".join(shlex.quote(a) for a in entry_args(plan))
     if plan.launcher == "torchrun":
