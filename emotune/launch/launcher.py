@@ -95,7 +95,8 @@ class LaunchPlan:
             if not _HOST.fullmatch(self.master_addr):
                 raise EmotuneError(f"--master-addr {self.master_addr!r}: not a host name or IP address")
         if self.nodes > 1 and not self.master_addr and not self.hostfile and not slurm:
-            raise EmotuneError("several nodes need --master-addr (the first node's name) or a --hostfile whose first host it is")
+            raise EmotuneError("several nodes need --master-addr (the first node's name; in SLURM, the first of `scontrol "
+                               "show hostnames \"$SLURM_JOB_NODELIST\"`) or a --hostfile whose first host it is")
         if self.hostfile and not slurm:
             hosts = read_hostfile(self.hostfile)
             if len(hosts) != self.nodes:
