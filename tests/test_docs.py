@@ -55,8 +55,11 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
     "emotune launch CONFIG --launcher torchrun --nodes 2 --procs-per-node 8 --master-addr node-001 "
     "--node-rank \"$NODE_RANK\"": (CHECK, "2 nodes: dry run"),
     "emotune launch CONFIG output_dir=runs/llama7b --nodes 2 --procs-per-node 8 --sbatch runs/llama7b/slurm "
+    "--time 2-00:00:00 --partition gpu --account myproject --sbatch-arg=--qos=high "
     "--eval-command \"emotune watch runs/llama7b --suite paper --once\"": (
         RUN, "writes the two sbatch scripts; the eval job must watch the run's output_dir"),
+    "emotune launch configs/train/tiny-cpu.yaml --procs-per-node 2 --timeout-minutes 60 --env NCCL_DEBUG=INFO "
+    "output_dir=runs/probe --probe": (E2E, "starts 2 CPU ranks with the probe; each writes what it sees"),
     "jid=$(sbatch --parsable runs/llama7b/slurm/train.sbatch)": (
         SKIP, "a 2-node GPU SLURM cluster; tests/e2e/test_launch_slurm.py submits generated scripts to a real one-node cluster"),
     "sbatch --dependency=afterok:\"$jid\" runs/llama7b/slurm/eval.sbatch": (SKIP, "as the line before"),
