@@ -40,7 +40,7 @@ _HarnessYamlLoader.add_constructor("!function", lambda loader, node: loader.cons
 
 @dataclass(frozen=True)
 class HarnessTask:
-    name: str  # the harness task name: its registry name, or a YAML file's `task:`
+    name: str  # the harness task name: its registry name, or a YAML file's `task:` (a group file's `group:`)
     spec: str  # what the evaluator's --tasks gets: the name, or the YAML file's absolute path
     text: str = ""  # a YAML file's content (hashed into the suite version); "" for a registry name
 
@@ -50,21 +50,25 @@ def is_task_file(spec: str) -> bool:
 
 
 def read_harness_task_file(path: str | Path) -> HarnessTask:
-    """A harness task YAML: its `task:` name, checked to be one directory name (it names the output folder)."""
+    """A harness task YAML (its `task:` name) or group YAML (its `group:` name), the name checked to be one
+    directory name (it names the output folder)."""
     path = Path(path)
     cfg = read_user_yaml(path, "harness task file", loader=_HarnessYamlLoader)
     text = decode_utf8(path)  # the task text itself goes into the suite version
     if not isinstance(cfg, dict):
         raise EmotuneError(f"{path}: a harness task file must be a YAML mapping (task, dataset_path, ...)")
-    name = cfg.get("task")
-    if isinstance(name, list) or "group" in cfg:
-        raise EmotuneError(f"{path}: harness groups are not supported here; give each task's file or name")
+    key = "group" if "group" in cfg else "task"  # a group file names its group (its `task:` lists members)
+    name = cfg.get(key)
+    if key == "task" and isinstance(name, list):
+        raise EmotuneError(f"{path}: key 'task' is a list: a harness group file needs key 'group' (its name)")
     if not isinstance(name, str) or not name:
-        raise EmotuneError(f"{path}: missing key 'task' (the harness task's name)")
+        raise EmotuneError(f"{path}: missing key {key!r} (the harness {key}'s name)")
+    if key == "group" and not cfg.get("task"):
+        raise EmotuneError(f"{path}: key 'task' (the group's tasks) is missing or empty")
     from emotune.tasks import NAME_RE
 
     if not NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise EmotuneError(f"{path}: key 'task' must be letters, digits, '.', '_' or '-' (it becomes a "
+        raise EmotuneError(f"{path}: key {key!r} must be letters, digits, '.', '_' or '-' (it becomes a "
                            f"directory and job name; got {name!r})")
     return HarnessTask(name, str(path.resolve()), text)
 
