@@ -72,6 +72,11 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
                                 settings.get("evaluator", "emotune"), "kind": kind,
                                 "task_file": settings.get("task_file"), "scoring": settings.get("scoring"),
                                 "metadata": {"version": out["versions"][name]}}
+        if kind == "mmlu":  # which of its numbers OpenCompass calls `mmlu` (per subject) and `mmlu-weighted`
+            from emotune.shards import OPENCOMPASS_NAMES
+
+            oc = settings.get("opencompass_names") or OPENCOMPASS_NAMES
+            out["configs"][name]["opencompass_names"] = {k: f"{harness_name(v)},none" for k, v in oc.items()}
         out["higher_is_better"][name] = {names[k]: higher_is_better(names[k]) for k in metrics
                                          if not names[k].endswith("_stderr")}
         if "subtasks" not in settings:  # the harness counts documents per task, not per group
