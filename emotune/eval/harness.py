@@ -100,28 +100,66 @@ def _yaml_texts(roots: list[Path]):
     for root in roots:
         for path in sorted(root.rglob("*.yaml")):
             try:
-                yield path.read_text(errors="replace")
+                yield path, path.read_text(errors="replace")
             except OSError:
                 continue
 
 
+def _folder_names(folders: list[Path]) -> tuple[set[str], dict[str, tuple[Path, list[str]]]]:
+    """What the task files' folders define (tasks, groups, tags) and each group's members (group -> its
+    file, the names it lists), read with yaml's safe loader (their `!function` as text)."""
+    import yaml
+
+    from emotune.harness_tasks import _HarnessYamlLoader
+
+    defined: set[str] = set()
+    groups: dict[str, tuple[Path, list[str]]] = {}
+    for path, text in _yaml_texts(folders):
+        try:
+            cfg = yaml.load(text, Loader=_HarnessYamlLoader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError:
+            continue  # the harness skips it too; a given file's own errors were reported when it was read
+        if not isinstance(cfg, dict):
+            continue
+        tags, task = cfg.get("tag"), cfg.get("task")
+        defined |= {v for v in (*(tags if isinstance(tags, list) else [tags]),) if isinstance(v, str)}
+        if isinstance(cfg.get("group"), str):
+            defined.add(cfg["group"])
+            groups.setdefault(cfg["group"], (path, [m for m in (task if isinstance(task, list) else [task])
+                                                    if isinstance(m, str)]))
+        elif isinstance(task, str):
+            defined.add(task)
+    return defined, groups
+
+
 def check_registry_names(tasks: list[HarnessTask]) -> bool:
-    """Fail fast on a task name the harness cannot know: every registered name (a `task:`, `group:` or
-    `tag:` value) is text in one of its YAML files — the given task files' folders first, then its own
-    registry. Reading the files as text takes seconds; the harness's own index (parsing them) 15-60 s.
-    Returns whether the registry is needed (a name not in the task files' folders)."""
-    wanted = {t.name for t in tasks if not t.text}
+    """Fail fast on a name the harness cannot know: a given name, or a member of a group they reach, that
+    neither the task files' folders define nor any of the harness's own YAML files holds as text (reading
+    them takes seconds; the harness's index, parsing them, 15-60 s). Returns whether the registry is needed:
+    a name the folders do not define (a registry task, or a registry task a group file lists)."""
     folders = sorted({Path(t.spec).parent for t in tasks if t.text})
-    for text in _yaml_texts(folders):
-        wanted = {n for n in wanted if n not in text}
+    defined, groups = _folder_names(folders)
+    wanted: dict[str, Path | None] = {t.name: None for t in tasks}
+    todo = [t.name for t in tasks]
+    while todo:  # the members of the folders' groups that the given names reach
+        path, members = groups.get(todo.pop(), (None, []))
+        for m in members:
+            if m not in wanted:
+                wanted[m] = path
+                todo.append(m)
+    wanted = {n: g for n, g in wanted.items() if n not in defined}
     if not wanted:
         return False
     root = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks"  # without importing the harness
-    for text in _yaml_texts([root]):
-        wanted = {n for n in wanted if n not in text}
+    for _, text in _yaml_texts([root]):
+        wanted = {n: g for n, g in wanted.items() if n not in text}
         if not wanted:
             return True
-    raise EmotuneError(f"unknown harness task {sorted(wanted)[0]!r} (not in lm_eval {lm_eval_version()}'s registry)")
+    name, group = sorted(wanted.items(), key=lambda kv: (kv[1] is not None, kv[0]))[0]
+    if group is None:
+        raise EmotuneError(f"unknown harness task {name!r} (not in lm_eval {lm_eval_version()}'s registry)")
+    raise EmotuneError(f"{group}: harness group names task {name!r}, which is neither a task file next to it nor "
+                       f"in lm_eval {lm_eval_version()}'s registry")
 
 
 def _task_manager(tasks: list[HarnessTask], registry: bool):

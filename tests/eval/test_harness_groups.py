@@ -117,3 +117,23 @@ def test_what_cannot_be_expanded_is_refused_before_the_model_loads(world, tmp_pa
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert all(w in err for w in words), err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_registry_is_indexed_only_for_names_the_folders_do_not_define(tmp_path):
+    """The harness's registry index takes 15-60 s: runs whose names (and their groups' members) are all
+    defined next to the given files skip it; a group file listing a registry task needs it; a member
+    nothing defines is refused naming the group file (an unrelated broken group in the folder is not)."""
+    from emotune.errors import EmotuneError
+    from emotune.eval.harness import check_registry_names
+    from emotune.harness_tasks import harness_task
+
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"task": "tiny_t", "dataset_path": "json", "tag": "tiny_tags"}))
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump({"group": "tiny_own", "task": ["tiny_t"]}))
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump({"group": "tiny_mixed", "task": ["tiny_own", "arc_easy"]}))
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"group": "tiny_broken", "task": ["tiny_t", "no_such_member"]}))
+    assert check_registry_names([harness_task(str(tmp_path / "own.yaml")), harness_task("tiny_tags")]) is False
+    assert check_registry_names([harness_task(str(tmp_path / "mixed.yaml"))]) is True
+    with pytest.raises(EmotuneError, match=r"broken\.yaml: harness group names task 'no_such_member'"):
+        check_registry_names([harness_task(str(tmp_path / "broken.yaml"))])
+    with pytest.raises(EmotuneError, match="unknown harness task 'no_such_task'"):
+        check_registry_names([harness_task(str(tmp_path / "own.yaml")), harness_task("no_such_task")])
