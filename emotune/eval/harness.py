@@ -122,7 +122,7 @@ def _folder_names(folders: list[Path]) -> tuple[set[str], dict[str, tuple[Path, 
         if not isinstance(cfg, dict):
             continue
         tags, task = cfg.get("tag"), cfg.get("task")
-        defined |= {v for v in (*(tags if isinstance(tags, list) else [tags]),) if isinstance(v, str)}
+        defined |= {v for v in (tags if isinstance(tags, list) else [tags]) if isinstance(v, str)}
         if isinstance(cfg.get("group"), str):
             defined.add(cfg["group"])
             groups.setdefault(cfg["group"], (path, [m for m in (task if isinstance(task, list) else [task])

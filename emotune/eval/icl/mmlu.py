@@ -101,7 +101,7 @@ def candidates(subject: str, dev_rows: list[dict], row: dict, where: str, prompt
     return [prefix + q + prompt.answer.format(answer=x) for x in LETTERS]
 
 
-# where OpenCompass' HF wrapper finds max_seq_len when a model config does not give it (in this order)
+# the model config keys OpenCompass' HF model reads max_seq_len from, in its order (+ GPT-2's n_positions)
 POSITION_KEYS = ("max_position_embeddings", "seq_length", "model_max_length", "n_positions")
 
 
