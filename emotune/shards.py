@@ -79,6 +79,11 @@ def icl_metrics(records: list[dict]) -> dict[str, float]:
     return with_stderr({"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n})
 
 
+# OpenCompass' names for MMLU's two accuracies (its summarizer): `mmlu` is the mean over subjects (its
+# headline), `mmlu-weighted` the accuracy over all questions; ours are accuracy_macro and accuracy.
+OPENCOMPASS_NAMES = {"mmlu": "accuracy_macro", "mmlu-weighted": "accuracy"}
+
+
 def mmlu_metrics(records: list[dict]) -> dict[str, float]:
     """Micro accuracy over questions, macro over subjects (in the order they first appear), per subject."""
     per: dict[str, list[int]] = {}
@@ -169,6 +174,9 @@ def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
             f.write(line)
     settings = {k: v for k, v in (results[0].get("settings") or {}).items() if k not in ("shard", "shard_rows")}
     settings["merged_from_shards"] = len(results)
+    if kind == "mmlu":  # the rows max_seq_len touched, over all shards (emotune.eval.icl.mmlu.row_counts)
+        settings.update({"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
+                         "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)})
     merged = {"task": task, "kind": kind, "metrics": task_metrics(kind, records), "n_examples": len(records),
               "predictions": pred_name, "seconds": round(sum(float(r.get("seconds") or 0) for r in results), 3),
               "settings": settings}

@@ -52,6 +52,9 @@ from emotune.scheduling.report_tables import (
 )
 
 ACCURACIES = ("accuracy", "acc", "accuracy_macro", "exact_match")
+# OpenCompass reports MMLU twice (emotune.shards.OPENCOMPASS_NAMES); the paper table shows `accuracy`
+MMLU_NOTE = ("MMLU: accuracy over all questions, OpenCompass' `mmlu-weighted`; OpenCompass' headline `mmlu` "
+             "(the mean over subjects) is `accuracy_macro`, in the pooled table and `emotune results`.")
 
 
 @dataclass
@@ -137,6 +140,8 @@ def paper_section(ctx: ReportContext) -> Section | None:
     if not ctx.tasks:
         return None
     md = markdown_table(ctx.runs, ctx.tasks)
+    if "mmlu" in ctx.tasks:
+        md += "\n\n" + MMLU_NOTE + "\n"
     parts = md.split("\n\n")
     body = md_to_html_table(md) + "".join(f"<p>{html.escape(p.strip())}</p>" for p in parts[1:])
     plot = Plot("final_by_task", plot_final(ctx.runs, ctx.tasks, final_table(ctx.runs, ctx.tasks)),

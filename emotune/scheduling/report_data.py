@@ -33,7 +33,7 @@ OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"
 # and pooled; counts, fractions and spreads (`samples_ended`, `mauve_std`, `*_stderr`) are not scores.
 METRICS: dict[str, tuple[str, bool, bool]] = {
     "accuracy": ("accuracy", True, True), "acc": ("accuracy", True, True), "acc_norm": ("acc_norm", True, True),
-    "accuracy_macro": ("macro accuracy", True, True), "exact_match": ("exact match", True, True),
+    "accuracy_macro": ("macro accuracy (OpenCompass mmlu)", True, True), "exact_match": ("exact match", True, True),
     "mauve": ("MAUVE", True, False),
     "ppl_oracle": ("PPL_oracle", False, False), "ppl_test": ("PPL_test", False, False), "ppl": ("PPL", False, False),
     "forward_ce": ("forward CE", False, False), "reverse_ce": ("reverse CE", False, False),
