@@ -173,11 +173,12 @@ def rule_answer(fmt_name: str, verdict: str, critique: bool) -> str:
 
 class RuleJudge(torch.nn.Module):
     """A causal LM, deterministic and exact, that reads a judge prompt of format `fmt_name` and writes
-    rule_answer for rule_verdict of the two responses in it, then EOS: the next-token distribution at every
-    position puts 1 - 1e-6 on the token that extends the answer text longest (lowest id on a tie) and
-    spreads the rest; before the prompt's end it is uniform. It works on text (decode the prefix, find the
-    responses), so it knows nothing of how the evaluator tokenises: a verdict scored with other tokens than
-    the judge writes after the prompt gets probability ~1e-6 per token.
+    rule_answer for rule_verdict of the two responses in it, then EOS. It writes the answer's tokens as a judge
+    fine-tuned the way PandaLM was saw them in training (PandaLM's core/datasets.py tokenises prompt + answer
+    as one text and learns the tokens past the prompt's own tokenisation): at each position after the prompt it
+    puts 1 - 1e-6 on the next of those tokens while the text so far follows them, and is uniform elsewhere.
+    It reads text (decodes the prefix, finds the two responses), so it knows nothing of how the evaluator
+    builds its sequences: a verdict scored with other tokens gets probability ~1e-6 per token.
 
     Serves both of the judge's paths: `next_token_logprobs` (likelihood mode, through token_nlls) and a
     Hugging Face-style `forward` with a cache of the ids seen so far (generate mode, greedy)."""
@@ -187,16 +188,13 @@ class RuleJudge(torch.nn.Module):
         self.tok, self.fmt, self.critique = tokenizer, fmt_name, critique
         self.vocab = len(tokenizer)
         self.device = torch.device("cpu")
-        self.calls = 0
         self.generation_config = None
-        self.special = set(tokenizer.all_special_ids)
 
     def _text(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def _prompt_end(self, ids: list[int]) -> tuple[int, str, int] | None:
-        """(the first position whose prefix holds the whole prompt, the answer the rule gives for it, where
-        the prompt ends in that prefix's text), or None while the prompt is not complete."""
+    def _answer_ids(self, ids: list[int]) -> tuple[int, list[int]] | None:
+        """(the position where the prompt ends, the answer's tokens + EOS), or None while no prompt is complete."""
         import re
 
         marker = _PROMPT_END[self.fmt]
@@ -207,44 +205,29 @@ class RuleJudge(torch.nn.Module):
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if marker in self._text(ids[: mid + 1]) else (mid + 1, hi)
         text = self._text(ids[: lo + 1])
-        end = text.index(marker) + len(marker)
-        m = re.search(_RESPONSES[self.fmt], text[:end], re.S)
+        m = re.search(_RESPONSES[self.fmt], text, re.S)
         if m is None:
             return None
-        return lo, rule_answer(self.fmt, rule_verdict(m.group(1), m.group(2)), self.critique), end
-
-    def _next(self, ids: list[int], t: int, found) -> torch.Tensor:
-        """log-probs of the token after ids[: t + 1]."""
-        uniform = torch.full((self.vocab,), -math.log(self.vocab))
-        if found is None or t < found[0]:
-            return uniform
-        start, answer, end = found
-        head = ids[start : t + 1]  # decoded alone, the answer so far is its text past the prompt's end
-        base = self._text(ids[: start + 1])
-        written = (base + self._text(head)[len(self._text(head[:1])):])[end:] if len(head) > 1 else base[end:]
-        if not answer.startswith(written):
-            return uniform  # off the rule's answer
-        best = self.tok.eos_token_id
-        if written != answer:
-            best_len, now = len(written), self._text(head)
-            for c in range(self.vocab):
-                if c in self.special:
-                    continue
-                grown = self._text(head + [c])
-                ext = written + grown[len(now):] if grown.startswith(now) else None
-                if ext is not None and len(ext) > best_len and answer.startswith(ext):
-                    best, best_len = c, len(ext)
-        out = torch.full((self.vocab,), math.log(1e-6 / (self.vocab - 1)))
-        out[best] = math.log(1 - 1e-6)
-        return out
+        answer = rule_answer(self.fmt, rule_verdict(m.group(1), m.group(2)), self.critique)
+        whole = self.tok(text + answer)["input_ids"]
+        return lo, whole[len(self.tok(text)["input_ids"]):] + [self.tok.eos_token_id]
 
     def _row(self, ids: list[int], positions) -> torch.Tensor:
-        found = self._prompt_end(ids)
-        return torch.stack([self._next(ids, t, found) for t in positions])
+        """[len(positions), vocab] log-probs of the token after ids[: t + 1] for each t."""
+        found = self._answer_ids(ids)
+        out = torch.full((len(positions), self.vocab), -math.log(self.vocab))
+        for k, t in enumerate(positions):
+            if found is None or t < found[0]:
+                continue
+            start, answer = found
+            done = ids[start + 1 : t + 1]
+            if len(done) < len(answer) and answer[: len(done)] == done:  # still on the answer
+                out[k] = math.log(1e-6 / (self.vocab - 1))
+                out[k, answer[len(done)]] = math.log(1 - 1e-6)
+        return out
 
     def next_token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Right-padded rows (token_nlls): [B, T, vocab]."""
-        self.calls += 1
         out = torch.zeros(*input_ids.shape, self.vocab)
         for r in range(input_ids.shape[0]):
             n = int(attention_mask[r].sum())
@@ -255,7 +238,6 @@ class RuleJudge(torch.nn.Module):
         """Left-padded rows (the generation sampler): the cache is the real ids seen so far, per row."""
         from types import SimpleNamespace
 
-        self.calls += 1
         rows = []
         for r in range(input_ids.shape[0]):
             new = input_ids[r].tolist()
