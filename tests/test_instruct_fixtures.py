@@ -260,3 +260,30 @@ def rule_pairs(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
             side.append({"instruction": r["instruction"], "output": f"{MARKER} {text}" if mark else text,
                          "generator": name, "dataset": r["dataset"]})
     return a, b
+
+
+def _rule_judge_command(argv: list[str]) -> int:
+    """`python tests/test_instruct_fixtures.py A.json B.json JUDGE_DIR FORMAT OUT TAG [key=value ...]`: a
+    judge command for the scheduled pairwise job (its `judge_command`), judging with RuleJudge (the
+    tokenizer of JUDGE_DIR) through emotune's own comparison, and noting its TAG and CUDA_VISIBLE_DEVICES
+    in OUT/pairwise.json, so a test can tell which pair's command ran where."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from emotune.eval.instruct.outputs import read_outputs
+    from emotune.eval.instruct.pairwise import compare, write_result
+
+    a, b, judge, fmt, out, tag = argv[:6]
+    tok = AutoTokenizer.from_pretrained(judge)
+    opts = {"judge_mode": "likelihood", "bootstrap": 50}
+    result = compare(read_outputs(a), read_outputs(b), a, b, judge, fmt, opts, loaded=(RuleJudge(tok, fmt), tok))
+    result["ran"] = {"tag": tag, "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "args": argv[6:]}
+    write_result(Path(out) / "pairwise.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_rule_judge_command(sys.argv[1:]))
