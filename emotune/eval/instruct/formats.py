@@ -9,10 +9,11 @@ text that says none of the three is *unparsed* (None), never mapped to a guess.
           wrapper `[INST] ... [/INST]`: it writes a comparison, then "So, the final decision is Response 1
           / Response 2 / Tie"; the verdict is what follows the *last* "final decision is". Its default
           mode is generate (the decision comes after the critique; likelihood mode scores the decision
-          sentence right after the prompt, skipping the critique).
+          sentence right after the prompt, skipping the critique). Its example decodes greedily.
 - pandalm PandaLM (7B) reads "### Response 1 / ### Response 2" and answers on its first line `1`, `2` or
-          `Tie`, then a reason and a reference answer. Default mode generate; likelihood compares the
-          three first lines.
+          `Tie`, then a reason and a reference answer. Default mode generate, decoded as its inference
+          script does (beam search, 4 beams, repetition penalty 1.2); likelihood compares the three first
+          lines.
 - plain   for any other instruction-tuned model: asks for "A", "B" or "tie"; default mode likelihood.
 
 The protocol texts are the judges' training prompts (a judge only works on the prompt it was trained on);
