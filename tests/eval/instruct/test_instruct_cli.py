@@ -102,3 +102,20 @@ def test_judge_refuses_the_evaluators_other_options(world, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key 'encoder'" in err[0] and "judge_num_beams" in err[0]
     assert not out.exists()
+
+
+def test_stored_opponent_responses_with_other_settings_are_refused_before_any_model_loads(world, capsys):
+    judge = ["--judge", str(world / "judge")]
+    assert run(world, "keyed", "--against", str(world / "emo"), *judge) == 0
+    (outputs,) = (world / "keyed" / "against").glob("emo-*/alpaca_eval.outputs.json")
+    (world / "keyed" / "summary.json").unlink()  # so that only the opponent's stored responses can object
+    capsys.readouterr()
+    assert run(world, "keyed", "--against", str(world / "emo"), *judge, "max_new_tokens=6") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(outputs.parent / "summary.json") in err[0], err
+    assert "max_new_tokens=8" in err[0] and "max_new_tokens=6" in err[0]
+    assert not (world / "keyed" / "summary.json").exists()  # refused before the evaluated model ran
+    (outputs.parent / "summary.json").write_text("{not json")
+    assert run(world, "keyed", "--against", str(world / "emo"), *judge) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(outputs.parent / "summary.json") in err[0] and outputs.is_file()
