@@ -7,7 +7,10 @@ judges whose verdicts are known in advance:
   that verdict whatever it reads: with the responses swapped it still says "the first", which the
   position swap must turn into a tie;
 - `trained_judge`: a tiny LLaMA trained (~80 steps) on the plain format to answer " A" or " B" for the
-  response holding a marker word, wherever that response stands, followed by EOS.
+  response holding a marker word, wherever that response stands, followed by EOS;
+- `RuleJudge`: an exact causal LM for any format whose verdict depends on the pair and on the order
+  (`rule_verdict`), with `rule_pairs` giving a win, a loss, a real tie and a position-flip tie in turn; run as
+  a script, this file is a judge command for the scheduled pairwise job (`_rule_judge_command`).
 """
 
 from __future__ import annotations
