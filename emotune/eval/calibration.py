@@ -6,7 +6,8 @@ A branch point is a word class after which the grammar chooses among several cla
 a verb, a preposition or ".". At every such position of the validation texts the model's probability mass on
 each branch's tokens is summed (the words of that class; EOS for END), and so is the oracle's (exact) and the
 population optimum's of EMO-1 and EMO-2 (computed from the oracle's distribution and the cost embedding alone,
-no model). Each is averaged over the same positions (at most MAX_CONTEXTS per point, evenly spaced). Metrics, flat floats the result store keeps:
+no model). Each is averaged over the same positions (at most MAX_CONTEXTS per point, evenly spaced).
+Metrics, flat floats the result store keeps:
 
     calib/<point>/<branch>                 the model's mean mass (point: dot | noun)
     calib/<point>/<branch>/oracle          the language's
