@@ -50,8 +50,9 @@ def _with_std(p: tuple[float, float | None, int], pct: bool) -> str:
 
 
 def compare(runs: list[RunData], task: str, key: str) -> str | None:
-    """One sentence: EMO against MLE on `key`, in the paper's direction or not, judged by the seeds' spread
-    (the difference against twice its standard error over seeds)."""
+    """One sentence: EMO against MLE on `key`, in the paper's direction or not, judged by the difference against
+    twice its standard error: over seeds, and where the evaluator recorded `<key>_stderr` (accuracy on a finite
+    set of rows, the same for every run) also over rows, unpaired (conservative)."""
     g = groups(runs)
     if BASE not in g or CANDIDATE not in g:
         return None
@@ -66,13 +67,18 @@ def compare(runs: list[RunData], task: str, key: str) -> str | None:
     if base[1] is None or cand[1] is None:
         return head + (", the paper's direction" if better else ", not the paper's direction") + \
             "; one run per objective, so there is no spread to judge the difference by."
-    se = math.sqrt(cand[1] ** 2 / cand[2] + base[1] ** 2 / base[2])
+    var, over = cand[1] ** 2 / cand[2] + base[1] ** 2 / base[2], "seeds"
+    rows = [pooled(g[n], task, key + "_stderr") for n in (BASE, CANDIDATE)]
+    if all(r is not None for r in rows):
+        var += sum(r[0] ** 2 for r in rows)
+        over = "seeds and test rows"
+    se = math.sqrt(var)
     scale = 100 if pct else 1
-    size = f"difference {scale * diff:+.3g}{' points' if pct else ''}, standard error over seeds {scale * se:.2g}"
+    size = f"difference {scale * diff:+.3g}{' points' if pct else ''}, standard error over {over} {scale * se:.2g}"
     if abs(diff) > 2 * se:
         verdict = "reproduces the paper's direction" if better else "the opposite of the paper's direction: not reproduced"
         return f"{head}: {verdict} ({size})."
-    return f"{head}, within twice the standard error over seeds ({size}): neither reproduced nor contradicted here."
+    return f"{head}, within twice its standard error ({size}): neither reproduced nor contradicted here."
 
 
 def _mauve_context(runs: list[RunData]) -> str:
@@ -205,7 +211,8 @@ def verdict_markdown(runs: list[RunData]) -> str:
     rows = calibration_rows(runs)
     why = calibration_paragraph(rows, runs)
     md = ("EMO against MLE on the directions the paper reports, each run at its best checkpoint (lowest validation "
-          "loss, the paper's selection); a difference counts when it exceeds twice its standard error over seeds.\n\n"
+          "loss, the paper's selection); a difference counts when it exceeds twice its standard error "
+          "(over seeds, and over test rows where the evaluator recorded one).\n\n"
           + "\n".join(f"- {i}" for i in items) + "\n")
     if why:
         md += "\nThe mechanism, measured (calibration table below): " + why + "\n"
