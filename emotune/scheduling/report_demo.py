@@ -23,9 +23,10 @@ PAPER_DIRECTIONS = {
     "mauve": "MAUVE of the model's text against the language's",
     "ppl_oracle": "PPL_oracle of the model's samples",
     "reverse_ce": "reverse cross-entropy (precision)",
-    "forward_ce": "forward cross-entropy (recall)",
     "accuracy": "in-context accuracy after continual fine-tuning",
 }
+# Measured too, with no paper direction this report checks: compared in neutral words.
+ALSO_MEASURED = ("forward_ce", "ppl_test")
 BRANCH_POINTS = {"dot": "After a sentence end (\".\")", "noun": "After a noun"}
 BRANCH_NAMES = {"det": "determiner (the text goes on)", "it": "\"it is about …\"", "end": "end of text",
                 "verb": "verb", "prep": "preposition", "dot": "\".\""}
@@ -46,10 +47,12 @@ def _fmt(v: float, pct: bool) -> str:
 
 def _with_std(p: tuple[float, float | None, int], pct: bool) -> str:
     mean, std, _ = p
-    return _fmt(mean, pct) + (f" ± {_fmt(std, pct)}" if std is not None else "")
+    if std is None:
+        return _fmt(mean, pct)
+    return _fmt(mean, pct) + (f" ± {100 * std:.1f} %" if pct else f" ± {std:.2g}")
 
 
-def compare(runs: list[RunData], task: str, key: str) -> str | None:
+def compare(runs: list[RunData], task: str, key: str, directed: bool = True) -> str | None:
     """One sentence: EMO against MLE on `key`, in the paper's direction or not, judged by the difference against
     twice its standard error: over seeds, and where the evaluator recorded `<key>_stderr` (accuracy on a finite
     set of rows, the same for every run) also over rows, unpaired (conservative)."""
@@ -65,7 +68,7 @@ def compare(runs: list[RunData], task: str, key: str) -> str | None:
     better = (diff > 0) == higher and diff != 0
     head = f"{name}: EMO {_with_std(cand, pct)}, MLE {_with_std(base, pct)} — EMO {word}"
     if base[1] is None or cand[1] is None:
-        return head + (", the paper's direction" if better else ", not the paper's direction") + \
+        return head + ("" if not directed else ", the paper's direction" if better else ", not the paper's direction") + \
             "; one run per objective, so there is no spread to judge the difference by."
     var, over = cand[1] ** 2 / cand[2] + base[1] ** 2 / base[2], "seeds"
     rows = [pooled(g[n], task, key + "_stderr") for n in (BASE, CANDIDATE)]
@@ -75,6 +78,8 @@ def compare(runs: list[RunData], task: str, key: str) -> str | None:
     se = math.sqrt(var)
     scale = 100 if pct else 1
     size = f"difference {scale * diff:+.3g}{' points' if pct else ''}, standard error over {over} {scale * se:.2g}"
+    if not directed:
+        return f"{head} ({size}; {'more than' if abs(diff) > 2 * se else 'within'} twice its standard error)."
     if abs(diff) > 2 * se:
         verdict = "reproduces the paper's direction" if better else "the opposite of the paper's direction: not reproduced"
         return f"{head}: {verdict} ({size})."
@@ -128,6 +133,10 @@ def verdict_items(runs: list[RunData]) -> list[str]:
                 line += _accuracy_context(runs, task)
             items.append(line)
     return items
+
+
+def also_measured(runs: list[RunData]) -> list[str]:
+    return [line for key in ALSO_MEASURED if (line := compare(runs, ORACLE, key, directed=False)) is not None]
 
 
 def calibration_rows(runs: list[RunData]) -> dict[str, list[tuple[str, dict[str, float]]]]:
@@ -214,6 +223,9 @@ def verdict_markdown(runs: list[RunData]) -> str:
           "loss, the paper's selection); a difference counts when it exceeds twice its standard error "
           "(over seeds, and over test rows where the evaluator recorded one).\n\n"
           + "\n".join(f"- {i}" for i in items) + "\n")
+    more = also_measured(runs)
+    if more:
+        md += "\nAlso measured (no direction of the paper's checked here):\n\n" + "\n".join(f"- {i}" for i in more) + "\n"
     if why:
         md += "\nThe mechanism, measured (calibration table below): " + why + "\n"
     return md

@@ -79,13 +79,14 @@ def test_verdicts_follow_the_numbers_at_the_best_checkpoint(tmp_path):
     assert "(the ceiling)" in lines["MAUVE"] and "256 prefixes, 5 sampling runs" in lines["MAUVE"]
     assert "reproduces the paper's direction" in lines["PPL_oracle"]
     assert "reproduces the paper's direction" in lines["reverse CE"]
-    # 0.001 apart with seed std 0.02: unresolved, never called a reproduction either way
-    assert "neither reproduced nor contradicted" in lines["forward CE"]
+    # no paper direction checked for forward CE: neutral words; 0.001 apart with seed std 0.02: within
+    assert "within twice its standard error" in lines["forward CE"] and "reproduc" not in lines["forward CE"]
+    assert "Also measured (no direction of the paper's checked here)" in verdict
     assert "neither reproduced nor contradicted" in lines["accuracy"]
     assert "Bayes-optimal accuracy on the same rows is 76.4 %" in lines["accuracy"]
     # the numbers quoted are the best checkpoint's (the last step's are 0.5 higher)
     mle_mauve = statistics.mean(0.9 + 0.01 * s for s in range(3))
-    assert f"MLE {mle_mauve:.4g} ± 0.01" in lines["MAUVE"]
+    assert f"MLE {mle_mauve:.4g} ± 0.01 —" in lines["MAUVE"]
     assert "best checkpoint (lowest validation loss, the paper's selection)" in verdict
     # the mechanism paragraph quotes the measured masses and the predicted optimum
     assert "EMO-1's population optimum" in verdict and "end of text 4.0 %" in verdict
@@ -102,7 +103,7 @@ def test_single_seed_gives_direction_only(tmp_path):
     md, _ = report(tmp_path, make_runs(tmp_path / "a", seeds=1))
     verdict = section(md, "What reproduced here")
     assert "reproduces" not in verdict and "not reproduced" not in verdict
-    assert verdict.count("no spread to judge the difference by") == 5
+    assert verdict.count("no spread to judge the difference by") == 6  # 4 paper directions, 2 measured
 
 
 def test_accuracy_against_bayes_and_calibration_tables(tmp_path):
