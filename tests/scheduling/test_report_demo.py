@@ -97,6 +97,7 @@ def test_verdicts_follow_the_numbers_at_the_best_checkpoint(tmp_path):
     md2, _ = report(tmp_path / "b", make_runs(tmp_path / "b", mauve_gain=+0.3))
     line = next(x for x in section(md2, "What reproduced here").splitlines() if x.startswith("- MAUVE"))
     assert "reproduces the paper's direction" in line and "not reproduced" not in line
+    assert "which is what MAUVE compares" in verdict and "which is what MAUVE compares" not in md2
 
 
 def test_single_seed_gives_direction_only(tmp_path):
