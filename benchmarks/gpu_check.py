@@ -35,6 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import paired  # noqa: E402  (benchmarks/paired.py)
+
 from emotune.objectives import CostEmbedding, build_objective  # noqa: E402
 from emotune.objectives.fused import fused_loss  # noqa: E402
 
@@ -45,11 +47,11 @@ FIGURES: dict = {}
 
 def sizes(smoke: bool) -> dict:
     if smoke:
-        return dict(num_n=48, num_v=512, num_h=64, loss_n=256, vocabs=(512, 1024), loss_h=64,
+        return dict(num_n=48, num_v=512, num_h=64, loss_n=256, vocabs=(512, 1024), loss_h=64, loss_rounds=2,
                     model=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                num_key_value_heads=2, vocab_size=512),
                     batch=2, seq=32, steps=3, icl_examples=2, icl_demos=2, sample_rows=2, sample_tokens=8)
-    return dict(num_n=1024, num_v=32000, num_h=1024, loss_n=8192, vocabs=(32000, 128256), loss_h=4096,
+    return dict(num_n=1024, num_v=32000, num_h=1024, loss_n=8192, vocabs=(32000, 128256), loss_h=4096, loss_rounds=7,
                 # ~1.1B parameters: LLaMA architecture at TinyLlama's shape
                 model=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                            num_key_value_heads=4, vocab_size=32000),
@@ -163,24 +165,27 @@ def loss_bench(device, s: dict, compile_modes) -> None:
             tag = "-compile" if comp else ""
             methods[f"fused_mle{tag}"] = lambda c=comp: fused_loss(hidden, weight, y, mle, compile=c).loss
             methods[f"fused_emo{tag}"] = lambda c=comp: fused_loss(hidden, weight, y, emo, compile=c).loss
-        for name, fn in methods.items():
-            torch.autograd.grad(fn(), (hidden, weight))  # warm-up (kernels, compile)
+        calls = {name: (lambda fn=fn: torch.autograd.grad(fn(), (hidden, weight))) for name, fn in methods.items()}
+        peaks = {}
+        for name, call in calls.items():  # warm-up (kernels, compile) and the peak of one call, alone
+            call()
             base = reset_peak(device)
-            best = float("inf")
-            for _ in range(3):
-                t0 = clock()
-                torch.autograd.grad(fn(), (hidden, weight))
-                best = min(best, clock() - t0)
-            mem = peak_mb(device, base)
-            table[f"v{v}_{name}"] = {"peak_mb": None if mem is None else round(mem, 1), "ms": round(best * 1e3, 2)}
-            print(f"{v:>7} {name:<20}{'-' if mem is None else f'{mem:.0f}':>10}{best * 1e3:>10.1f}")
+            call()
+            peaks[name] = peak_mb(device, base)
+        # time: every method once per round, order reversed every other round (benchmarks/paired.py)
+        times = paired.run_rounds(calls, s["loss_rounds"], warmup=0, clock=clock)
+        for name in methods:
+            mem, ms = peaks[name], paired.median(times[name]) * 1e3
+            table[f"v{v}_{name}"] = {"peak_mb": None if mem is None else round(mem, 1), "ms": round(ms, 2)}
+            print(f"{v:>7} {name:<20}{'-' if mem is None else f'{mem:.0f}':>10}{ms:>10.1f}")
+        for key, a, b in (("plain_mle_over_torch_ce", "plain_mle", "torch_ce"),
+                          ("fused_emo_over_fused_mle", "fused_emo", "fused_mle"),
+                          ("plain_emo_over_plain_mle", "plain_emo", "plain_mle")):
+            stats = paired.summarize(paired.round_ratios(times, a, b))
+            print(paired.check(f"loss_v{v}_{key}", stats, 4 / 3 if key == "fused_emo_over_fused_mle" else None))
+            FIGURES[f"loss_v{v}_{key}"] = stats
         hidden = weight = cost = None  # freed before the next vocabulary size
     FIGURES["loss"] = table
-    for v in s["vocabs"]:
-        t = lambda k: table[f"v{v}_{k}"]["ms"]  # noqa: E731
-        FIGURES[f"loss_v{v}_plain_mle_over_torch_ce"] = round(t("plain_mle") / t("torch_ce"), 3)
-        FIGURES[f"loss_v{v}_fused_emo_over_fused_mle"] = round(t("fused_emo") / t("fused_mle"), 3)
-        FIGURES[f"loss_v{v}_plain_emo_over_plain_mle"] = round(t("plain_emo") / t("plain_mle"), 3)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,14 +312,16 @@ def icl_bench(device, s: dict) -> None:
     groups = [[tok(p)["input_ids"] for p in c] for c in prompts]
     batch = 8
     with torch.no_grad():
-        shared_token_nlls(model, groups[:1], batch)  # warm-up
-        t0 = clock()
-        per_label = [naive_token_nlls(model, [g_[j] for g_ in groups], batch) for j in range(len(groups[0]))]
-        full_s = clock() - t0
+        def full():
+            return [naive_token_nlls(model, [g_[j] for g_ in groups], batch) for j in range(len(groups[0]))]
+
+        per_label, nll_shared = full(), shared_token_nlls(model, groups, batch)  # warm-up, and the scores compared
         nll_full = [[per_label[j][i] for j in range(len(groups[0]))] for i in range(len(groups))]
-        t0 = clock()
-        nll_shared = shared_token_nlls(model, groups, batch)
-        shared_s = clock() - t0
+        # paired rounds (benchmarks/paired.py): the speedup per round, its median
+        times = paired.run_rounds({"full": full, "shared": lambda: shared_token_nlls(model, groups, batch)},
+                                  s["loss_rounds"], warmup=0, clock=clock)
+        speedup = paired.summarize(paired.round_ratios(times, "full", "shared"))
+        full_s, shared_s = paired.median(times["full"]), paired.median(times["shared"])
         pred_full = [argmin_first(rule_scores(c, n)) for c, n in zip(groups, nll_full)]
         pred_shared = [argmin_first(rule_scores(c, n)) for c, n in zip(groups, nll_shared)]
         prompts_ids = [tok(r["text"])["input_ids"] for r in tests[: s["sample_rows"]]]
@@ -326,13 +333,14 @@ def icl_bench(device, s: dict) -> None:
     n_new = sum(len(x) for x in new)
     print(f"icl: sst2 template, {len(groups)} test inputs x {len(groups[0])} labels, {s['icl_demos']} retrieved demos "
           f"(stand-in retriever {retrieve_s * 1e3:.1f} ms); full {full_s:.3f} s, shared {shared_s:.3f} s, "
-          f"speedup {full_s / shared_s:.2f}, identical predictions {pred_full == pred_shared}")
+          f"speedup {speedup['median']:.2f} [IQR {speedup['q1']:.2f}-{speedup['q3']:.2f}], "
+          f"identical predictions {pred_full == pred_shared}")
     print(f"sampling: {len(prompts_ids)} rows x {s['sample_tokens']} new tokens in {sample_s:.3f} s = "
           f"{n_new / sample_s:.0f} tokens/s")
     FIGURES.update(icl_full_s=round(full_s, 4), icl_shared_s=round(shared_s, 4),
-                   icl_speedup=round(full_s / shared_s, 3), icl_identical_predictions=pred_full == pred_shared,
+                   icl_speedup=speedup, icl_identical_predictions=pred_full == pred_shared,
                    sampling_tokens_per_s=round(n_new / sample_s, 1))
-    del model
+    model = None  # freed (the closures above hold the name, not the model)
 
 
 def main(argv=None) -> int:

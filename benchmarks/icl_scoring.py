@@ -10,13 +10,18 @@ punctuation mark; LLaMA's tokenizer gives somewhat more tokens per word, which f
     shared  emotune's scorer: common token prefix once per test input (MMLU: hint + demos once per subject),
             then only the label suffixes
 
-Prints a table (time per shape, speedup, whether predictions are identical, max |score difference|) and
-the suite speedup two ways: the measured total over the same number of test inputs per task
+Timing (benchmarks/paired.py): rounds, each scoring every task both ways on the same prompts, full and
+shared alternating in order (full first on even rounds, shared first on odd ones) after a warm-up; a
+speedup is formed per round and reported as the median of the per-round speedups with its interquartile
+range and the number of rounds, so load that drifts on a shared machine moves both arms alike.
+Prints a table (median time per shape, speedup, whether predictions are identical, max |score difference|)
+and the suite speedup two ways: the measured total over the same number of test inputs per task
 (`suite_speedup`, the paper's eight tasks), and the measured time per test input weighted by each task's
-real test-set size (`weighted_suite_speedup`, an estimate of the full test sets' cost).
-Ends with one JSON line: {"suite_speedup": ..., "identical_predictions": ..., ...}.
+real test-set size (`weighted_suite_speedup`, an estimate of the full test sets' cost), each checked
+against its target (>= 3.5 on a quiet machine). Ends with one JSON line: {"suite_speedup": {median, q1,
+q3, iqr, rounds}, "identical_predictions": ..., ...}.
 
-    python benchmarks/icl_scoring.py [--examples 8] [--batch 8] [--threads N]
+    python benchmarks/icl_scoring.py [--examples 8] [--batch 8] [--rounds 5] [--threads 1 --clock cpu]
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import paired  # noqa: E402  (benchmarks/paired.py)
 
 from emotune.eval.icl import mmlu  # noqa: E402
 from emotune.eval.icl.scorer import argmin_first, naive_token_nlls, rule_scores, shared_token_nlls  # noqa: E402
@@ -102,7 +110,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=8, help="test inputs per task")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=2, help="alternate full/shared runs; the fastest of each counts")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds: every task scored both ways once per round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (with --threads 1, robust to other load on a shared machine)")
@@ -133,53 +141,64 @@ def main(argv=None):
     print(f"model: LLaMA {args.layers} layers, width {args.width}, vocab {args.vocab}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, fp32, {torch.get_num_threads()} threads, "
           f"device cpu; {args.examples} test inputs per task, batch {args.batch}; {args.clock} clock, "
-          f"fastest of {args.repeats} alternating runs")
+          f"{args.rounds} paired rounds after a warm-up, median [IQR] of per-round speedups")
     groups = {k: [[tok(p)["input_ids"] for p in c] for c in v] for k, v in prompts.items()}
-    # warm-up (allocator, kernels)
-    shared_token_nlls(model, groups["sst2"][:2], args.batch)
-    naive_token_nlls(model, [s for g in groups["sst2"][:2] for s in g], args.batch)
+    # warm-up (allocator, kernels), and the scores compared once: both arms are deterministic
+    scores = {}
+    for name, g in groups.items():
+        _, nll_full = time_full(model, g, args.batch)
+        nll_shared = shared_token_nlls(model, g, args.batch)
+        scores[name] = ([rule_scores(c, n) for c, n in zip(g, nll_full)], [rule_scores(c, n) for c, n in zip(g, nll_shared)])
 
-    header = (f"{'task':<16}{'labels':>7}{'tokens':>8}{'full s':>9}{'shared s':>10}{'speedup':>9}{'same pred':>10}"
+    arms = {}
+    for name, g in groups.items():
+        arms[f"full:{name}"] = lambda g=g: time_full(model, g, args.batch)
+        arms[f"shared:{name}"] = lambda g=g: shared_token_nlls(model, g, args.batch)
+    # per round: for each task, full then shared (reversed every other round by run_rounds' order flip)
+    times = paired.run_rounds(arms, args.rounds, warmup=0, clock=CLOCK)
+
+    header = (f"{'task':<16}{'labels':>7}{'tokens':>8}{'full s':>9}{'shared s':>10}{'speedup [IQR]':>20}{'same pred':>10}"
               f"{'max |dscore|':>14}")
     print(header)
     print("-" * len(header))
-    per_input: dict[str, tuple[float, float]] = {}
     identical = True
     for name, g in groups.items():
-        t_full = t_shared = float("inf")
-        for _ in range(args.repeats):  # alternate, keep the fastest: robust to other load on the machine
-            t, nll_full = time_full(model, g, args.batch)
-            t_full = min(t_full, t)
-            t = CLOCK()
-            nll_shared = shared_token_nlls(model, g, args.batch)
-            t_shared = min(t_shared, CLOCK() - t)
-        s_full = [rule_scores(c, n) for c, n in zip(g, nll_full)]
-        s_shared = [rule_scores(c, n) for c, n in zip(g, nll_shared)]
+        s_full, s_shared = scores[name]
         same = [argmin_first(a) for a in s_full] == [argmin_first(b) for b in s_shared]
         diff = float(np.max(np.abs(np.array(s_full) - np.array(s_shared))))
         identical &= same
-        per_input[name] = (t_full / len(g), t_shared / len(g))
+        st = paired.summarize(paired.round_ratios(times, f"full:{name}", f"shared:{name}"))
         mean_tokens = np.mean([len(s) for c in g for s in c])
-        print(f"{name:<16}{len(g[0]):>7}{mean_tokens:>8.0f}{t_full:>9.2f}{t_shared:>10.2f}{t_full / t_shared:>8.2f}x"
+        print(f"{name:<16}{len(g[0]):>7}{mean_tokens:>8.0f}{paired.median(times['full:' + name]):>9.2f}"
+              f"{paired.median(times['shared:' + name]):>10.2f}{st['median']:>8.2f}x [{st['q1']:.2f}-{st['q3']:.2f}]"
               f"{str(same):>10}{diff:>14.2e}")
     print("-" * len(header))
 
-    def ratio(names, weighted):
-        w = {n: (TEST_SIZES[n] if weighted else 1) for n in names}
-        return sum(w[n] * per_input[n][0] for n in names) / sum(w[n] * per_input[n][1] for n in names)
+    def suite(names, weighted):
+        """Per-round suite speedup: summed full time over summed shared time per test input, optionally weighted
+        by each task's real test-set size."""
+        w = {n: (TEST_SIZES[n] if weighted else 1) / len(groups[n]) for n in names}
+        ratios = []
+        for r in range(args.rounds):
+            full = sum(w[n] * times[f"full:{n}"][r] for n in names)
+            shared = sum(w[n] * times[f"shared:{n}"][r] for n in names)
+            ratios.append(full / shared)
+        return paired.summarize(ratios)
 
-    icl = [n for n in per_input if n != "mmlu"]
-    paper = list(per_input)
-    print(f"suite speedup, same number of test inputs per task:  ICL (7 tasks) {ratio(icl, False):.2f}x, "
-          f"paper (8 tasks) {ratio(paper, False):.2f}x")
-    print(f"suite speedup, weighted by the real test-set sizes:  ICL (7 tasks) {ratio(icl, True):.2f}x, "
-          f"paper (8 tasks) {ratio(paper, True):.2f}x")
+    icl = [n for n in groups if n != "mmlu"]
+    paper = list(groups)
+    result = {"suite_speedup": suite(paper, False), "identical_predictions": bool(identical),
+              "icl_suite_speedup": suite(icl, False), "weighted_suite_speedup": suite(paper, True),
+              "weighted_icl_suite_speedup": suite(icl, True)}
+    # The floor: shared-prefix scoring never does more work than full scoring (speedup >= 1); target >= 3.5.
+    print(paired.check("suite_speedup (paper's 8 tasks, same inputs per task)", result["suite_speedup"], 1.0, ">= 3.5"))
+    print(paired.check("icl_suite_speedup (7 ICL tasks)", result["icl_suite_speedup"], 1.0))
+    print(paired.check("weighted_suite_speedup (by real test-set sizes)", result["weighted_suite_speedup"], 1.0))
+    print(paired.check("weighted_icl_suite_speedup", result["weighted_icl_suite_speedup"], 1.0))
+    print(f"identical predictions on every task: {identical}")
     # Headline: the measured total time over the same inputs per task (no extrapolation); the
     # test-size-weighted figures estimate the cost of the full test sets from the same measurements.
-    print(json.dumps({"suite_speedup": round(ratio(paper, False), 3), "identical_predictions": bool(identical),
-                      "icl_suite_speedup": round(ratio(icl, False), 3),
-                      "weighted_suite_speedup": round(ratio(paper, True), 3),
-                      "weighted_icl_suite_speedup": round(ratio(icl, True), 3)}))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 F.cross_entropy, side by side in one run.
 
     .venv/bin/python benchmarks/loss.py --threads 1           # N in {1024, 8192}, V=32000, H=512, fp32 + bf16
-    .venv/bin/python benchmarks/loss.py --sizes 1024 --repeats 1 --dtypes fp32   # quick look
+    .venv/bin/python benchmarks/loss.py --sizes 1024 --rounds 3 --dtypes fp32 --no-memory   # quick look
     .venv/bin/python benchmarks/loss.py --step --threads 1   # training step of a tiny LLaMA: EMO / MLE
     .venv/bin/python benchmarks/loss.py --threads 1 --labels zipf --methods plain_mle,plain_emo_ours  # text-like ids
 
@@ -22,11 +22,18 @@ Methods (hidden [N,H] and LM-head weight [V,H] in, gradients w.r.t. both out):
   fused_dense_emo --dense: fused_loss with teacher=(hidden_t, W_t): both heads applied chunk by chunk
   plain_dense_kd, fused_dense_kd   the same for the forward-KL KD baseline
 fp32 runs every method; bf16 (h, W and the logits in bfloat16, loss math float32) the plain ones.
-Each (method, N, repeat) runs in its own process so its peak RSS is its own: peak = VmHWM after one
-loss+backward minus VmRSS before it (inputs already allocated). Time of the same call: process CPU
-time with --threads 1 (robust on a shared machine), wall time otherwise; the minimum over the
-interleaved repeats is reported. Last line: one JSON object: the fused ratios at the largest N (float32), and
-for every N and dtype plain MLE / F.cross_entropy (with the head, and the loss alone) and plain EMO / plain MLE.
+Time: for each (N, dtype) one process builds every method on the same inputs and runs them in rounds
+(benchmarks/paired.py): every method once per round, the order reversed every other round, after one
+warm-up round; each ratio is formed per round and reported as the median with its interquartile range
+and the number of rounds — arms measured seconds apart, so load that drifts on a shared machine moves
+both sides of a ratio alike. Clock: process CPU time with --threads 1, wall time otherwise.
+Memory: each (method, N, dtype) once in its own process, so its peak RSS is its own: peak = VmHWM after
+one loss+backward minus VmRSS before it (inputs already allocated); deterministic, so not repeated.
+Before the JSON line each ratio is printed with the floor or target it is held against; a median below
+its physical floor (fused EMO / fused MLE >= 4/3 in FLOPs) is flagged as a measurement error.
+Last line: one JSON object: the fused ratios at the largest N (float32), and for every N and dtype plain
+MLE / F.cross_entropy (with the head, and the loss alone) and plain EMO / plain MLE; each time ratio as
+{median, q1, q3, iqr, rounds}. `benchmarks/stability.py` reruns it under load and compares.
 `--step`: training-step time (fused loss + backward + AdamW) of a tiny LLaMA, EMO over MLE.
 `--dense`: the dense-target (teacher) methods only, fp32, N=8192 by default; last line: fused over plain ratios.
 """
@@ -39,6 +46,9 @@ import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import paired  # noqa: E402  (benchmarks/paired.py, beside this file)
 
 METHODS = ("torch_ce", "plain_mle", "fused_mle", "plain_emo", "plain_emo_ours", "fused_emo", "ce_only_torch", "ce_only_mle")
 DENSE_METHODS = ("plain_dense_emo", "fused_dense_emo", "plain_dense_kd", "fused_dense_kd")
@@ -75,16 +85,16 @@ def sample_labels(n: int, vocab: int, kind: str, g):
     return torch.randperm(vocab, generator=g)[ranks]
 
 
-def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, threads: int | None,
-           dtype_name: str = "fp32", labels_kind: str = "uniform") -> dict:
+def build_arms(methods, n: int, vocab: int, hidden: int, chunk: int | None, dtype_name: str = "fp32",
+               labels_kind: str = "uniform") -> dict:
+    """method -> a callable doing one loss + backward (the gradient w.r.t. hidden and weight; ce_only_*: w.r.t.
+    the logits), all on the same inputs, built once."""
     import torch
     import torch.nn.functional as F
 
     from emotune.objectives import CostEmbedding, build_objective
     from emotune.objectives.fused import default_chunk_size, fused_loss
 
-    if threads:
-        torch.set_num_threads(threads)
     dtype = getattr(torch, DTYPES[dtype_name])
     g = torch.Generator().manual_seed(0)
     h = torch.randn(n, hidden, generator=g).to(dtype).requires_grad_(True)
@@ -97,7 +107,7 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
     labels = torch.cat([torch.tensor([-100]), y])[None]
     pad = torch.zeros(1, hidden, dtype=dtype)
     logits_leaf = None
-    if method.startswith("ce_only"):
+    if any(m.startswith("ce_only") for m in methods):
         logits_leaf = (torch.cat([h, pad]) @ w.T).detach()[None].requires_grad_(True)
 
     def plain(objective):
@@ -122,15 +132,16 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
 
     mle_obj, emo_obj = build_objective("mle"), build_objective("emo", {}, cost)
     dense_emo, dense_kd = build_objective("emo", {"target": "teacher"}, cost), build_objective("kd_forward")
-    h_t = torch.randn(n, hidden, generator=g).to(dtype) if method in DENSE_METHODS else None
-    w_t = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype) if method in DENSE_METHODS else None
+    dense = any(m in DENSE_METHODS for m in methods)
+    h_t = torch.randn(n, hidden, generator=g).to(dtype) if dense else None
+    w_t = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(dtype) if dense else None
 
     def plain_dense(objective):  # both models' logits materialised, as a trainer holding the teacher's output would
         logits = (torch.cat([h, pad]) @ w.T)[None]
         with torch.no_grad():
             teacher_logits = (torch.cat([h_t, pad]) @ w_t.T)[None]
         return objective(logits, labels, teacher_logits=teacher_logits).loss
-    run = {
+    losses = {
         "torch_ce": lambda: library_ce((torch.cat([h, pad]) @ w.T)[None]),
         "ce_only_torch": lambda: library_ce(logits_leaf),
         "ce_only_mle": lambda: mle_obj(logits_leaf, labels).loss,
@@ -143,20 +154,44 @@ def worker(method: str, n: int, vocab: int, hidden: int, chunk: int | None, thre
         "fused_dense_emo": lambda: fused_loss(h, w, y, dense_emo, chunk_size=chunk, teacher=(h_t, w_t, None)).loss,
         "plain_dense_kd": lambda: plain_dense(dense_kd),
         "fused_dense_kd": lambda: fused_loss(h, w, y, dense_kd, chunk_size=chunk, teacher=(h_t, w_t, None)).loss,
-    }[method]
+    }
 
-    wrt = (logits_leaf,) if logits_leaf is not None else (h, w)
-    torch.autograd.grad((h[:8] @ w.T).sum(), (h, w))  # one-time BLAS / autograd start-up, outside the peak
+    def arm(method):
+        wrt = (logits_leaf,) if method.startswith("ce_only") else (h, w)
+        return lambda: torch.autograd.grad(losses[method](), wrt)
+
+    torch.autograd.grad((h[:8] @ w.T).sum(), (h, w))  # one-time BLAS / autograd start-up
+    return {m: arm(m) for m in methods}
+
+
+def memory_worker(method: str, n: int, args) -> dict:
+    """Peak RSS of one loss + backward, alone in this process: deterministic, so measured once."""
+    import torch
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    run = build_arms([method], n, args.vocab, args.hidden, args.chunk_size, args.worker_dtype, args.labels)[method]
     base = _status_kb("VmRSS")
     exact = _reset_peak()
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    torch.autograd.grad(run(), wrt)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    run()
     peak_kb = _status_kb("VmHWM") - (base if exact else 0)
-    # With --threads 1 the process's CPU time is the cost itself, unaffected by other jobs queueing for the
-    # cores of a shared machine (wall time is not); with several threads only wall time means anything.
-    return {"method": method, "n": n, "dtype": dtype_name, "peak_mb": peak_kb / 1024, "time_s": cpu if threads == 1 else wall,
-            "wall_s": wall, "cpu_s": cpu, "chunk": chunk, "peak_exact": exact}
+    return {"method": method, "n": n, "peak_mb": peak_kb / 1024, "peak_exact": exact}
+
+
+def _log_stderr(line: str) -> None:  # the worker's stdout carries only its JSON line
+    print(line, file=sys.stderr, flush=True)
+
+
+def timing_worker(methods: list[str], n: int, args) -> dict:
+    """Every method on the same inputs, interleaved in rounds (benchmarks/paired.py): method -> seconds per round."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arms = build_arms(methods, n, args.vocab, args.hidden, args.chunk_size, args.worker_dtype, args.labels)
+    # With one thread the process's CPU time is the cost itself, not the time spent queueing for a core
+    # behind other jobs; with several threads only wall time means anything.
+    clock = time.process_time if args.threads == 1 else time.perf_counter
+    return paired.run_rounds(arms, args.rounds, warmup=1, clock=clock, log=_log_stderr)
 
 
 def step_benchmark(args) -> None:
@@ -180,28 +215,51 @@ def step_benchmark(args) -> None:
     ids = torch.randint(0, args.vocab, (args.step_batch, args.step_seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
-    clock = time.process_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time (see worker)
+    clock = time.process_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time (see timing_worker)
 
-    def step(objective) -> float:
-        t0 = clock()
+    def step(objective) -> None:
         fused_causal_lm_loss(model, batch, objective).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return clock() - t0
 
-    times: dict[str, list[float]] = {"mle": [], "emo": []}
-    for name in times:  # warm-up: optimizer state, allocator
-        step(objectives[name])
-    for rep in range(args.repeats):
-        for name in times:
-            times[name].append(step(objectives[name]))
-            print(f"  rep {rep} {name}: {times[name][-1]:.2f} s", flush=True)
-    med = {k: min(v) for k, v in times.items()}  # least-disturbed step of each
+    arms = {name: (lambda o=obj: step(o)) for name, obj in objectives.items()}
+    times = paired.run_rounds(arms, args.rounds, warmup=1, clock=clock, log=print)  # warm-up: optimizer state
+    stats = paired.summarize(paired.round_ratios(times, "emo", "mle"))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny LLaMA: {n_params / 1e6:.1f}M params, hidden {args.step_hidden}, {args.step_layers} layers, V={args.vocab}, "
           f"batch {args.step_batch}x{args.step_seq}; fused loss; AdamW step")
-    print(f"step time: MLE {med['mle']:.2f} s, EMO {med['emo']:.2f} s, EMO/MLE {med['emo'] / med['mle']:.3f}")
-    print(json.dumps({"step_time_emo_over_mle": round(med["emo"] / med["mle"], 4)}))
+    print(f"step time: MLE {paired.median(times['mle']):.2f} s, EMO {paired.median(times['emo']):.2f} s (medians)")
+    print(paired.check("step_time_emo_over_mle", stats))
+    print(json.dumps({"step_time_emo_over_mle": stats}))
+
+
+# (key, numerator, denominator, floor, target): the ratios each run reports, with what they are held against.
+# EMO's fused loss does one more N x V x d product (the cost rows) than MLE's three (logits, grad_h, grad_W),
+# so fused EMO / fused MLE cannot fall below 4/3 in FLOPs: a median under it is a disturbed measurement.
+FUSED_RATIOS = (("fused_emo_over_fused_mle", "fused_emo", "fused_mle", 4 / 3, "<= 1.40"),
+                ("fused_emo_over_plain_emo", "fused_emo", "plain_emo", None, None),
+                ("fused_emo_over_plain_emo_ours", "fused_emo", "plain_emo_ours", None, None),
+                ("fused_mle_over_plain_mle", "fused_mle", "plain_mle", None, None),
+                ("fused_dense_emo_over_plain_dense_emo", "fused_dense_emo", "plain_dense_emo", None, None),
+                ("fused_dense_kd_over_plain_dense_kd", "fused_dense_kd", "plain_dense_kd", None, None),
+                ("fused_dense_emo_over_fused_dense_kd", "fused_dense_emo", "fused_dense_kd", None, None))
+PLAIN_RATIOS = (("plain_mle_over_torch_ce", "plain_mle", "torch_ce", {"fp32": "<= 1.10"}),
+                ("loss_only_mle_over_torch_ce", "ce_only_mle", "ce_only_torch", {}),
+                ("plain_emo_over_plain_mle", "plain_emo_ours", "plain_mle", {"fp32": "<= 1.50"}))
+MEMORY_TARGETS = {"fused_emo_over_plain_emo": "<= 0.05"}
+
+
+def _worker_cmd(args, *extra: str) -> list[str]:
+    cmd = [sys.executable, __file__, *extra, "--vocab", str(args.vocab), "--hidden", str(args.hidden),
+           "--labels", args.labels, "--rounds", str(args.rounds)]
+    cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    return cmd
+
+
+def _run_json(cmd: list[str], env=None) -> dict:
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -211,11 +269,15 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--chunk-size", type=int, default=None, help="fused chunk (default: 2^24 / V tokens)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (every method once per round, after one warm-up round)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--labels", choices=("uniform", "zipf"), default="uniform",
                     help="target ids: uniform (worst case for EMO's per-target cost columns) or zipf (text-like)")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--no-memory", action="store_true", help="time ratios only (skip the one-process-per-method peaks)")
+    # The original code's layout takes ~3x fused EMO's time at N = 8192 (a third of a round) and its time
+    # ratio has no target; its memory (the 0.05 target) is measured whatever this says.
+    ap.add_argument("--untimed", default="plain_emo", help="methods measured for memory only (comma-separated; '' for none)")
     ap.add_argument("--step", action="store_true", help="instead: training-step time, tiny LLaMA, fused EMO vs MLE")
     ap.add_argument("--dense", action="store_true", help="instead: teacher-target EMO / KD, fused vs plain (fp32, N=8192)")
     # EMO adds one N x V x H' product to the LM head's three: its step overhead is that share of the head's
@@ -225,14 +287,20 @@ def main() -> None:
     ap.add_argument("--step-layers", type=int, default=8)
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-seq", type=int, default=256)
-    ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-worker", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--timing-worker", nargs=2, metavar=("METHODS", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-dtype", default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.step:
         step_benchmark(args)
         return
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.vocab, args.hidden, args.chunk_size,
-                                args.threads, args.worker[2], args.labels)))
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args)))
+        return
+    if args.timing_worker:
+        print(json.dumps(timing_worker(args.timing_worker[0].split(","), int(args.timing_worker[1]), args)))
         return
     if args.dense:  # the dense methods alone, float32 (the defaults of the other modes do not apply)
         args.methods = ",".join(DENSE_METHODS) if args.methods == ",".join(METHODS) else args.methods
@@ -242,62 +310,65 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     methods = args.methods.split(",")
     plan = {d: [m for m in methods if d == "fp32" or m in LOW_PRECISION_METHODS] for d in dtypes}
+    untimed = set(filter(None, args.untimed.split(",")))
+    timed = {d: [m for m in plan[d] if m not in untimed] for d in dtypes}
+    clock = "process CPU time (1 thread)" if args.threads == 1 else "wall time"
+    print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight) (ce_only_*: wrt the logits); dtypes {dtypes}; "
+          f"{args.labels} labels; CPU threads={args.threads or 'default'}; time: {clock}, every method once per round on "
+          f"the same inputs in one process, order reversed every other round, {args.rounds} rounds after a warm-up; "
+          f"ratios = median [IQR] of per-round ratios; memory: peak RSS, one process per method", flush=True)
+    times: dict[tuple[int, str], dict[str, list[float]]] = {}
+    peaks: dict[tuple[str, int, str], float] = {}
     # A fixed mmap threshold: every large tensor is its own mapping, returned on free, so peak RSS is exact.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    runs: dict[tuple[str, int, str], list[dict]] = {}
-    print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight) (ce_only_*: wrt the logits); "
-          f"dtypes {dtypes}; {args.labels} labels; CPU threads={args.threads or 'default'}; {args.repeats} interleaved repeat(s), one "
-          f"process each; time = {'process CPU time (1 thread)' if args.threads == 1 else 'wall time'}")
-    # Interleaved (rep -> N -> dtype -> method) so that load drifting on a shared machine hits every method alike.
-    for rep in range(args.repeats):
-        for n in sizes:
-            for d in dtypes:
-                for m in plan[d]:
-                    cmd = [sys.executable, __file__, "--worker", m, str(n), d, "--vocab", str(args.vocab), "--hidden",
-                           str(args.hidden)]
-                    cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
-                    cmd += ["--threads", str(args.threads)] if args.threads else []
-                    cmd += ["--labels", args.labels]
-                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
-                    runs.setdefault((m, n, d), []).append(r)
-                    print(f"  rep {rep} N={n} {d} {m}: {r['peak_mb']:.1f} MB, cpu {r['cpu_s']:.2f} s, "
-                          f"wall {r['wall_s']:.2f} s", flush=True)
-    # min over repeats: on a shared machine the least-disturbed run is the best estimate of the cost itself
-    rows = {k: {"peak_mb": max(r["peak_mb"] for r in v), "time_s": min(r["time_s"] for r in v)}
-            for k, v in runs.items()}
-    print(f"{'N':>6} {'dtype':>5} {'method':>15} {'peak MB':>10} {'time s':>8}")
+    mem_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    # Timing: no mmap and no trimming, so a freed [N, V] buffer is reused by the next call as a caching
+    # allocator (a GPU's) would. Otherwise every call maps fresh pages, and their first-touch faults
+    # (0.5-2 s per GB here, varying with the kernel's memory state) would be timed instead of the loss.
+    time_env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+    for n in sizes:
+        for d in dtypes:
+            print(f"N={n} {d}: timing {','.join(timed[d])}", flush=True)
+            times[(n, d)] = _run_json(_worker_cmd(args, "--timing-worker", ",".join(timed[d]), str(n), "--worker-dtype", d),
+                                      env=time_env) if timed[d] else {}
+            if args.no_memory:
+                continue
+            for m in plan[d]:
+                r = _run_json(_worker_cmd(args, "--memory-worker", m, str(n), "--worker-dtype", d), env=mem_env)
+                peaks[(m, n, d)] = r["peak_mb"]
+    print(f"{'N':>6} {'dtype':>5} {'method':>15} {'peak MB':>10} {'median s':>9}")
     for n in sizes:
         for d in dtypes:
             for m in plan[d]:
-                print(f"{n:>6} {d:>5} {m:>15} {rows[(m, n, d)]['peak_mb']:>10.1f} {rows[(m, n, d)]['time_s']:>8.2f}")
-    ratio = lambda key, a, b, n, d="fp32": rows[(a, n, d)][key] / rows[(b, n, d)][key]  # noqa: E731
-    headline: dict = {}
-    for n in sizes:
-        have = {m for m, k, d in rows if k == n and d == "fp32"}
-        line = {}
-        for short, key in (("mem", "peak_mb"), ("time", "time_s")):
-            for a, b in (("fused_emo", "fused_mle"), ("fused_emo", "plain_emo"), ("fused_emo", "plain_emo_ours"),
-                         ("fused_mle", "plain_mle"), ("fused_dense_emo", "plain_dense_emo"),
-                         ("fused_dense_kd", "plain_dense_kd"), ("fused_dense_emo", "fused_dense_kd")):
-                if {a, b} <= have:
-                    line[f"{short}_{a}_over_{b}"] = ratio(key, a, b, n)
-        if line:
-            print(f"N={n} fp32 fused ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in line.items()))
-            headline = {"n": n, **{k: round(v, 4) for k, v in line.items()}}
-    plain_line = {}
+                peak = f"{peaks[(m, n, d)]:>10.1f}" if (m, n, d) in peaks else f"{'-':>10}"
+                t = f"{paired.median(times[(n, d)][m]):>9.3f}" if m in times[(n, d)] else f"{'-':>9}"
+                print(f"{n:>6} {d:>5} {m:>15} {peak} {t}")
+    result: dict = {"rounds": args.rounds, "labels": args.labels}
+    n = max(sizes)  # the fused ratios at the largest N, float32
+    if "fp32" in dtypes:
+        result["n"] = n
+        have = set(times[(n, "fp32")])
+        for key, a, b, floor, target in FUSED_RATIOS:
+            if {a, b} <= have:
+                stats = paired.summarize(paired.round_ratios(times[(n, "fp32")], a, b))
+                print(paired.check(f"time_{key} (N={n} fp32)", stats, floor, target))
+                result[f"time_{key}"] = stats
+            if (a, n, "fp32") in peaks and (b, n, "fp32") in peaks:
+                mem = peaks[(a, n, "fp32")] / peaks[(b, n, "fp32")]
+                target = MEMORY_TARGETS.get(key)
+                ok = "" if not target else f"; target {target} {'met' if mem <= float(target.split()[1]) else 'NOT MET'}"
+                print(f"mem_{key} (N={n} fp32): {mem:.4f}{ok}")
+                result[f"mem_{key}"] = round(mem, 4)
+    tag = "" if args.labels == "uniform" else f"_{args.labels}"
     for n in sizes:
         for d in dtypes:
-            have = {m for m, k, dd in rows if k == n and dd == d}
-            for a, b, label in (("plain_mle", "torch_ce", "plain_mle_over_torch_ce"),
-                                ("ce_only_mle", "ce_only_torch", "loss_only_mle_over_torch_ce"),
-                                ("plain_emo_ours", "plain_mle", "plain_emo_over_plain_mle")):
+            have = set(times[(n, d)])
+            for label, a, b, targets in PLAIN_RATIOS:
                 if {a, b} <= have:
-                    tag = "" if args.labels == "uniform" else f"_{args.labels}"
-                    plain_line[f"time_{label}_{d}_n{n}{tag}"] = round(ratio("time_s", a, b, n, d), 4)
-    if plain_line:
-        print("plain ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in plain_line.items()))
-    print(json.dumps({**headline, **plain_line}))
+                    key = f"time_{label}_{d}_n{n}{tag}"
+                    stats = paired.summarize(paired.round_ratios(times[(n, d)], a, b))
+                    print(paired.check(key, stats, target=targets.get(d)))
+                    result[key] = stats
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

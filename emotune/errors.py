@@ -42,7 +42,17 @@ def yaml_error(path, err) -> EmotuneError:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are EmotuneErrors: one line (`emotune CMD: error: ...`), exit 2, no usage dump."""
+    """argparse whose errors are EmotuneErrors: one line (`emotune CMD: error: ...`), exit 2, no usage dump.
+
+    One grammar for every command: positionals, options and `key=value` overrides in any order
+    (`emotune launch CFG --procs-per-node 8 output_dir=/runs/x`). Plain argparse stops collecting a
+    `nargs="*"` positional at the first option, so `parse_args` parses intermixed; only a parser with
+    sub-commands (which argparse cannot intermix) keeps the plain order."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's API
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return super().parse_args(args, namespace)
+        return self.parse_intermixed_args(args, namespace)
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         raise EmotuneError(f"{message} (see {self.prog} --help)")

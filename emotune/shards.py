@@ -75,8 +75,19 @@ def shard_range(n_rows: int, k: int, n: int, where: str = "shard") -> range:
 # ------------------------------------------------------------------------------------ metrics from records
 
 def icl_metrics(records: list[dict]) -> dict[str, float]:
+    """Accuracy; and where every record knows the Bayes-optimal prediction (a task with `options.bayes_column`,
+    emotune.eval.icl.classification), `bayes_accuracy`: that prediction's accuracy on the same rows."""
     n = len(records)
-    return with_stderr({"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n})
+    metrics, counts = {"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n}
+    if n and all("bayes_correct" in r for r in records):
+        metrics["bayes_accuracy"] = sum(bool(r["bayes_correct"]) for r in records) / n
+        counts["bayes_accuracy"] = n
+    return with_stderr(metrics, counts)
+
+
+# OpenCompass' names for MMLU's two accuracies (its summarizer): `mmlu` is the mean over subjects (its
+# headline), `mmlu-weighted` the accuracy over all questions; ours are accuracy_macro and accuracy.
+OPENCOMPASS_NAMES = {"mmlu": "accuracy_macro", "mmlu-weighted": "accuracy"}
 
 
 def mmlu_metrics(records: list[dict]) -> dict[str, float]:
@@ -169,6 +180,9 @@ def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
             f.write(line)
     settings = {k: v for k, v in (results[0].get("settings") or {}).items() if k not in ("shard", "shard_rows")}
     settings["merged_from_shards"] = len(results)
+    if kind == "mmlu":  # the rows max_seq_len touched, over all shards (emotune.eval.icl.mmlu.row_counts)
+        settings.update({"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
+                         "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)})
     merged = {"task": task, "kind": kind, "metrics": task_metrics(kind, records), "n_examples": len(records),
               "predictions": pred_name, "seconds": round(sum(float(r.get("seconds") or 0) for r in results), 3),
               "settings": settings}

@@ -11,7 +11,9 @@ traceback, and leave every earlier output byte-identical. A few cases run throug
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ import pytest
 import yaml
 from scheduling_helpers import write_checkpoint
 from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_train_fixtures import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, run_config, write_corpus
+from test_train_fixtures import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, make_wordpiece_tokenizer, run_config, write_corpus
 
 from emotune.eval.summary import TaskResult, write_summary
 from emotune.launch.cli import main as cli_main
@@ -138,10 +140,29 @@ def world(tmp_path_factory) -> World:
                  store_path, evalout, good_task, suite, good_train, shipped("deepspeed/zero3-cpu-test.json"))
 
 
+# What a command never writes and the test run itself does (the repository's checkout, its tooling's caches)
+NOT_OUTPUTS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".whl", ".gl"}
+
+
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under root (the good run's outputs and the case's own inputs) and its SHA-256."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under root (the good run's outputs and the case's own inputs) and its SHA-256, every folder
+    (a command that only creates an empty run directory has written something too)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        parts = p.relative_to(root).parts
+        if NOT_OUTPUTS.intersection(parts) or any(part.endswith(".egg-info") for part in parts):
+            continue
+        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+    return out
+
+
+def snapshots(cwd: Path, root: Path) -> dict[str, str]:
+    """The world's outputs and, when a case runs elsewhere (the demo runs in the repository, where it writes its
+    runs/), everything under the directory it runs in."""
+    both = {f"world/{k}": v for k, v in snapshot(root).items()}
+    if cwd != root:
+        both.update({f"cwd/{k}": v for k, v in snapshot(cwd).items()})
+    return both
 
 
 # ---------------------------------------------------------------------------------------------- the corpus
@@ -237,6 +258,17 @@ def _(w, d):
 def _(w, d):
     return (["train", str(w.good_train), "objective.params={target: teacher, temperature: 2.0}", f"teacher.model={w.model}"],
             ["objective.params.temperature", "teacher.temperature"])
+
+
+@case("train-teacher-other-tokenizer")
+def _(w, d):  # as many output rows as the student, another tokenizer family: the same text, other ids
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(str(w.model)))
+    with contextlib.redirect_stderr(io.StringIO()):  # the save's progress bar is not the command's stderr
+        make_tiny_llama(d / "teacher", make_wordpiece_tokenizer(d / "tok", size), hidden=16, layers=1)
+    return (["train", str(w.good_train), "objective.params={target: teacher}", f"teacher.model={d / 'teacher'}"],
+            ["teacher.model", "the teacher's tokenizer is not the student's"])
 
 
 @case("train-teacher-dir-missing")
@@ -997,8 +1029,9 @@ def test_bad_input(world, name, build, capfd, monkeypatch):
     d = world.root / "cases" / name
     d.mkdir()
     argv, names = build(world, d)
-    monkeypatch.chdir(REPO if argv[0] == "demo" else world.root)
-    before = snapshot(world.root)
+    cwd = REPO if argv[0] == "demo" else world.root
+    monkeypatch.chdir(cwd)
+    before = snapshots(cwd, world.root)
     handlers, level = logging.root.handlers[:], logging.root.level
     t0 = time.time()
     try:
@@ -1010,13 +1043,29 @@ def test_bad_input(world, name, build, capfd, monkeypatch):
         logging.root.setLevel(level)
     seconds = time.time() - t0
     out, err = capfd.readouterr()
-    check_outcome(rc, err, argv[0], names, before, snapshot(world.root))
+    check_outcome(rc, err, argv[0], names, before, snapshots(cwd, world.root))
     assert seconds < 30, f"{name}: {seconds:.0f}s to report bad input (a hub id offline must fail fast)"
+
+
+def test_nothing_written_covers_the_directory_a_case_runs_in(tmp_path):
+    """The demo's cases run in the repository: a run folder (even an empty one) or a file it leaves there is caught."""
+    world_root, cwd = tmp_path / "world", tmp_path / "repo"
+    (world_root / "run").mkdir(parents=True)
+    cwd.mkdir()
+    before = snapshots(cwd, world_root)
+    (cwd / "runs" / "demo").mkdir(parents=True)
+    with pytest.raises(AssertionError, match=r"cwd/runs"):
+        check_outcome(2, "emotune demo: error: x\n", "demo", [], before, snapshots(cwd, world_root))
+    (cwd / "runs" / "demo" / "report.html").write_text("<html>")
+    with pytest.raises(AssertionError, match=r"cwd/runs/demo/report.html"):
+        check_outcome(2, "emotune demo: error: x\n", "demo", [], before, snapshots(cwd, world_root))
+    check_outcome(2, "emotune demo: error: x\n", "demo", [], before, before)
 
 
 def test_corpus_size():
     commands = {name.split("-")[0] for name, _ in CASES}
-    assert len(CASES) >= 60 and len({n for n, _ in CASES}) == len(CASES)
+    # the corpus as it stands (a case taken away must lower this on purpose), every name once
+    assert len(CASES) >= 214 and len({n for n, _ in CASES}) == len(CASES)
     assert {"train", "ds", "data", "eval", "watch", "results", "report", "launch", "pipeline", "demo"} <= commands
 
 

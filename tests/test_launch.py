@@ -15,9 +15,8 @@ from emotune.launch.launcher import (
     build_command,
     env_file_lines,
     read_hostfile,
-    sbatch_eval_script,
-    sbatch_train_script,
 )
+from emotune.launch.slurm_script import sbatch_eval_script, sbatch_train_script
 from emotune.resources import shipped
 
 REPO = Path(__file__).resolve().parents[1]

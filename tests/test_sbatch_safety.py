@@ -8,13 +8,17 @@ directory names are one path component.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from system_programs import require
 
 from emotune.errors import EmotuneError
-from emotune.launch.launcher import LaunchPlan, sbatch_eval_script, sbatch_train_script
+from emotune.launch.launcher import LaunchPlan
+from emotune.launch.slurm_script import SlurmOptions, sbatch_eval_script, sbatch_train_script
+from emotune.resources import shipped
 from emotune.scheduling.runners import SlurmRunner, job_output_dir
 from emotune.scheduling.store import Row
 
@@ -103,3 +107,57 @@ def test_training_script_writer_refuses_what_would_break_its_lines(tmp_path):
         sbatch_eval_script(["emotune", "eval"], str(tmp_path / "x\ny"))
     with pytest.raises(EmotuneError, match="--master-addr"):
         sbatch_train_script(LaunchPlan(config="c.yaml", master_addr="h\nrm -rf ~"), str(tmp_path), 1)
+
+
+def shellcheck(text: str, tmp_path: Path, name: str = "s.sbatch") -> None:
+    require([] if shutil.which("shellcheck") else ["shellcheck"], "the generated SLURM script lint", "Debian shellcheck")
+    path = tmp_path / name
+    path.write_text(text)
+    res = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+def test_generated_scripts_pass_shellcheck(tmp_path, launcher):
+    """Every script `emotune launch --sbatch` writes: training (both launchers, training and probe), evaluation."""
+    plan = LaunchPlan("my config.yaml", ["output_dir=runs/a b", "x=$(id)"], launcher=launcher, nodes=2,
+                      procs_per_node=4, timeout_minutes=5, env={"A": "x y"})
+    extra = SlurmOptions("2-00:00:00", "gpu,debug", "proj-1", 16, True, ["--qos=high", "--mem=0"]).lines()
+    train = sbatch_train_script(plan, str(tmp_path / "run dir"), 4, extra=extra)
+    shellcheck(train, tmp_path)
+    assert "SC2155" not in train and "export MASTER_ADDR=$" not in train  # a failing scontrol is not hidden
+    probe = sbatch_train_script(LaunchPlan("c.yaml", launcher=launcher, nodes=2, module="emotune.launch.probe",
+                                           module_args=["/runs/p", "A"]), str(tmp_path), 0)
+    shellcheck(probe, tmp_path)
+    ev = sbatch_eval_script(["emotune", "eval", "--model", "ck pt"], str(tmp_path), extra=extra,
+                            env_file=str(tmp_path / "rank.env"))
+    shellcheck(ev, tmp_path)
+    for line in ("--time=2-00:00:00", "--partition=gpu,debug", "--account=proj-1", "--cpus-per-task=16",
+                 "--exclusive", "--qos=high", "--mem=0"):
+        assert f"#SBATCH {line}\n" in train and f"#SBATCH {line}\n" in ev
+    assert sbatch_lines(train)[-1] == "#SBATCH --mem=0"  # before the first command: sbatch reads them all
+
+
+def test_shipped_slurm_examples_pass_shellcheck(tmp_path):
+    for path in sorted(shipped("slurm").glob("*.example")):
+        shellcheck(path.read_text(), tmp_path, path.name)
+
+
+def test_torchrun_script_runs_torchrun(tmp_path):
+    script = sbatch_train_script(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=8), str(tmp_path), 8)
+    assert "exec torchrun --nnodes 2 --nproc_per_node 8 --node_rank \"$SLURM_NODEID\"" in script
+    assert "deepspeed" not in script and "HOSTFILE" not in script
+    ds = sbatch_train_script(LaunchPlan("c.yaml", nodes=2, procs_per_node=8), str(tmp_path), 8)
+    assert "exec deepspeed --hostfile \"$1\" --num_gpus 8 --no_ssh" in ds and "exec torchrun" not in ds
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(time="2 days"), "--time"), (dict(time="1:00\n#SBATCH -x"), "--time"), (dict(partition="gpu;rm"), "--partition"),
+    (dict(account="a b"), "--account"), (dict(cpus_per_task=0), "--cpus-per-task"),
+    (dict(extra=["--nodes=4"]), "come from --nodes"), (dict(extra=["-N 4"]), "come from --nodes"),
+    (dict(extra=["--ntasks-per-node=8"]), "come from --nodes"), (dict(extra=["qos=high"]), "not an sbatch option"),
+])
+def test_bad_slurm_options_are_refused(options, match):
+    with pytest.raises(EmotuneError, match=match):
+        SlurmOptions(**options).lines()
+    assert SlurmOptions(time="90").lines() == ["--time=90"]

@@ -49,6 +49,25 @@ def make_tokenizer(path: Path, vocab_size: int = 400, pad: bool = True):
     return tok
 
 
+def make_wordpiece_tokenizer(path: Path, vocab_size: int):
+    """Another tokenizer family (BERT-style WordPiece, NFKC, whitespace pre-tokenizer) trained on the spot with the
+    same special tokens as `make_tokenizer`: equal sizes, other ids for the same text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(400)]
+    texts = corpus_lines(200) + [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
+    tk = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tk.normalizer, tk.pre_tokenizer, tk.decoder = normalizers.NFKC(), pre_tokenizers.Whitespace(), decoders.WordPiece()
+    tk.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, show_progress=False,
+                                                            special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    assert len(tok) == vocab_size, (len(tok), vocab_size)
+    tok.save_pretrained(str(path))
+    return tok
+
+
 def make_tiny_llama(path: Path, tokenizer, hidden: int = 32, layers: int = 2, tie: bool = False, vocab: int | None = None, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

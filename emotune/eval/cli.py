@@ -59,7 +59,7 @@ def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], 
     if task.kind == "mmlu":
         from emotune.eval.icl.mmlu import run_mmlu_task
 
-        return run_mmlu_task(task, model, tokenizer, out_dir, **common)
+        return run_mmlu_task(task, model, tokenizer, out_dir, max_tokens=opts["max_tokens"], **common)
     # kinds implemented in other modules, imported only when such a task runs
     module, func = {"generation": ("emotune.eval.generation.task", "run_generation_task"),
                     "oracle": ("emotune.eval.oracle_task", "run_oracle_task"),

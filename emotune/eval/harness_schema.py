@@ -2,7 +2,7 @@
 
 So that tools written for the harness (its `make_table`, leaderboards, notebooks) read our evaluations:
 
-    {"results": {"sst2": {"alias": "sst2", "acc,none": 0.875, "acc_stderr,none": 0.031, ...}},
+    {"results": {"sst2": {"name": "sst2", "alias": "sst2", "sample_len": 872, "acc,none": 0.875, "acc_stderr,none": 0.031, ...}},
      "versions": {"sst2": "emotune-2"}, "n-shot": {"sst2": 8},
      "configs": {"sst2": {"task": "sst2", "output_type": "multiple_choice", ...}},
      "higher_is_better": {"sst2": {"acc": true}}, "n-samples": {"sst2": {"original": 872, "effective": 872}},
@@ -48,7 +48,7 @@ def higher_is_better(name: str) -> bool | None:
 def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
     """The harness's results dict for one of our summaries (emotune.eval.summary format)."""
     out: dict[str, Any] = {"results": {}, "versions": {}, "n-shot": {}, "configs": {}, "higher_is_better": {},
-                           "n-samples": {}, "group_subtasks": {},
+                           "n-samples": {}, "groups": {}, "group_subtasks": {},
                            "config": {"model": "emotune", "model_args": f"pretrained={summary.get('model')}"},
                            "model_name": summary.get("model"), "emotune_version": summary.get("emotune_version",
                                                                                               __version__)}
@@ -58,7 +58,13 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
         settings = r.get("settings") or {}
         kind = r.get("kind", "")
         names = {k: k if kind == "lm_eval" else harness_name(k) for k in metrics}
-        out["results"][name] = {"alias": name, **{f"{names[k]},none": float(v) for k, v in metrics.items()}}
+        n = int(r.get("n_examples") or 0)
+        # the harness's per-result keys (name, alias, sample_len = the documents evaluated), then its metrics
+        out["results"][name] = {"name": name, "alias": name, "sample_len": n,
+                                **{f"{names[k]},none": float(v) for k, v in metrics.items()}}
+        if "subtasks" in settings:  # a harness group (summary written by the harness evaluator)
+            out["groups"][name] = out["results"][name]
+            out["group_subtasks"][name] = list(settings["subtasks"])
         out["versions"][name] = settings.get("version") or f"emotune-{_protocol()}"
         shots = settings.get("n_shot", settings.get("ice_num", settings.get("shots", 0)))
         out["n-shot"][name] = int(shots) if isinstance(shots, int) else 0
@@ -66,10 +72,17 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
                                 settings.get("evaluator", "emotune"), "kind": kind,
                                 "task_file": settings.get("task_file"), "scoring": settings.get("scoring"),
                                 "metadata": {"version": out["versions"][name]}}
+        if kind == "mmlu":  # which of its numbers OpenCompass calls `mmlu` (per subject) and `mmlu-weighted`
+            from emotune.shards import OPENCOMPASS_NAMES
+
+            oc = settings.get("opencompass_names") or OPENCOMPASS_NAMES
+            out["configs"][name]["opencompass_names"] = {k: f"{harness_name(v)},none" for k, v in oc.items()}
         out["higher_is_better"][name] = {names[k]: higher_is_better(names[k]) for k in metrics
                                          if not names[k].endswith("_stderr")}
-        n = int(r.get("n_examples") or 0)
-        out["n-samples"][name] = {"original": int(settings.get("n_original") or n), "effective": n}
+        if "subtasks" not in settings:  # the harness counts documents per task, not per group
+            out["n-samples"][name] = {"original": int(settings.get("n_original") or n), "effective": n}
+    if not out["groups"]:
+        del out["groups"]  # as the harness: only where a group aggregates
     return out
 
 

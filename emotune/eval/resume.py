@@ -21,7 +21,7 @@ from emotune.manifest import BadCheckpoint, file_entries, sha256_file
 # per task kind: the `emotune eval` options that change its results
 RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "icl": ("scoring", "encoder", "roundtrip_tokenizer", "limit", "max_tokens", "data_dir", "shard"),
-    "mmlu": ("scoring", "limit", "data_dir", "shard"),
+    "mmlu": ("scoring", "limit", "max_tokens", "data_dir", "shard"),
     "generation": ("runs", "seed", "limit", "lm_limit", "featurizer", "max_text_length", "pooling", "oracle",
                    "reference", "ce_vocab_size", "metrics", "data_dir"),
     "oracle": ("limit", "data_dir"),

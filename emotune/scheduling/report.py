@@ -53,6 +53,9 @@ from emotune.scheduling.report_tables import (
 )
 
 ACCURACIES = ("accuracy", "acc", "accuracy_macro", "exact_match")
+# OpenCompass reports MMLU twice (emotune.shards.OPENCOMPASS_NAMES); the paper table shows `accuracy`
+MMLU_NOTE = ("MMLU: accuracy over all questions, OpenCompass' `mmlu-weighted`; OpenCompass' headline `mmlu` "
+             "(the mean over subjects) is `accuracy_macro`, in the pooled table and `emotune results`.")
 
 
 @dataclass
@@ -117,8 +120,9 @@ def headline_section(ctx: ReportContext) -> Section | None:
         return None
     md = headline_table(ctx.runs, ctx.headline) if ctx.headline else ""
     counts = sample_counts(ctx.runs, ctx.headline)
-    note = ("Mean ± sample standard deviation over each objective's runs (seeds) at each run's last evaluated "
-            "checkpoint; ↑ higher / ↓ lower is better; the best mean per column in bold.")
+    note = ("Mean ± sample standard deviation over each objective's runs (seeds) at each run's best checkpoint "
+            "(the lowest validation loss, the paper's selection; the last evaluated checkpoint for a run that "
+            "recorded none); ↑ higher / ↓ lower is better; the best mean per column in bold.")
     if counts:
         note += " " + "; ".join(f"{name}: {n} model samples against {n} reference samples per checkpoint"
                                 for name, n in counts.items()) + "."
@@ -138,6 +142,8 @@ def paper_section(ctx: ReportContext) -> Section | None:
     if not ctx.tasks:
         return None
     md = markdown_table(ctx.runs, ctx.tasks)
+    if "mmlu" in ctx.tasks:
+        md += "\n\n" + MMLU_NOTE + "\n"
     parts = md.split("\n\n")
     body = md_to_html_table(md) + "".join(f"<p>{html.escape(p.strip())}</p>" for p in parts[1:])
     plot = Plot("final_by_task", plot_final(ctx.runs, ctx.tasks, final_table(ctx.runs, ctx.tasks)),
@@ -186,8 +192,20 @@ def pairwise_section(ctx: ReportContext) -> Section | None:
     return Section("Pairwise judgments (A vs B)", table, md, [Plot("pairwise", png, caption)])
 
 
+def _demo(name: str) -> Callable[[ReportContext], Section | None]:
+    """A section of emotune.scheduling.report_demo (imported when the report is built: it imports Section)."""
+    def make(ctx: ReportContext) -> Section | None:
+        from emotune.scheduling import report_demo
+
+        return getattr(report_demo, name)(ctx)
+
+    make.__name__ = name
+    return make
+
+
 SECTIONS: tuple[Callable[[ReportContext], Section | None], ...] = (
-    headline_section, paper_section, pooled_section, pairwise_section, training_section, checkpoints_section)
+    _demo("verdict_section"), headline_section, _demo("icl_section"), _demo("calibration_section"), paper_section,
+    pooled_section, pairwise_section, training_section, checkpoints_section)
 
 
 _CHECK_SCRIPT = """

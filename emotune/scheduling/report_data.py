@@ -33,7 +33,7 @@ OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"
 # and pooled; counts, fractions and spreads (`samples_ended`, `mauve_std`, `*_stderr`) are not scores.
 METRICS: dict[str, tuple[str, bool, bool]] = {
     "accuracy": ("accuracy", True, True), "acc": ("accuracy", True, True), "acc_norm": ("acc_norm", True, True),
-    "accuracy_macro": ("macro accuracy", True, True), "exact_match": ("exact match", True, True),
+    "accuracy_macro": ("macro accuracy (OpenCompass mmlu)", True, True), "exact_match": ("exact match", True, True),
     "mauve": ("MAUVE", True, False),
     "ppl_oracle": ("PPL_oracle", False, False), "ppl_test": ("PPL_test", False, False), "ppl": ("PPL", False, False),
     "forward_ce": ("forward CE", False, False), "reverse_ce": ("reverse CE", False, False),
@@ -95,6 +95,21 @@ class RunData:
     def last(self, task: str, key: str) -> float | None:
         s = self.series(task, key)
         return s[-1][2] if s else None
+
+    def selected_step(self, task: str) -> int | None:
+        """The checkpoint the report compares runs at: the run's best (lowest validation loss, best.json: the
+        paper's selection) when it was evaluated on `task`, else the last one evaluated."""
+        steps = self.metrics.get(task)
+        if not steps:
+            return None
+        best = self.best.get("step") if self.best else None
+        return best if best in steps else max(steps)
+
+    def selected(self, task: str, key: str) -> float | None:
+        """`key` of `task` at `selected_step` (None where that evaluation lacks it)."""
+        step = self.selected_step(task)
+        v = self.metrics[task][step].get(key) if step is not None else None
+        return float(v) if is_number(v) else None
 
 
 def is_number(v) -> bool:

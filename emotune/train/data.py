@@ -195,8 +195,27 @@ def build_splits(raw: RawSplits, tokenizer, cfg) -> tuple[TokenizedSplit, Tokeni
         val = TokenizedSplit([e[0] for e in vex], [e[1] for e in vex], vstats)
     if len(train) == 0:
         what = f"a single block of data.block_size={d.block_size} tokens" if d.format == "text" else "one usable example"
-        raise EmotuneError(f"{raw.source}: the training data gives not even {what}")
+        why = _all_cut_by_max_length(raw.train, tokenizer, d) if train.stats.get("dropped_response_cut") else ""
+        raise EmotuneError(f"{raw.source}: the training data gives not even {what}{why}")
     return train, val
+
+
+def _all_cut_by_max_length(records: list[dict], tokenizer, d) -> str:
+    """Why no example is left when max_length cut every response away: the shortest example and prompt (the first
+    target's position) untruncated, so the message says which max_length would keep one. Only on this error."""
+    lengths = []
+    for n, r in enumerate(records, 1):
+        if d.format == "chat":
+            ids, labels, _ = chat.tokenize_conversation(tokenizer, chat.conversation_of(r, d, f"record {n}"), 1 << 62)
+        else:
+            ids, labels, _ = tokenize_instruction(tokenizer, _text(r, d.instruction_column), _text(r, d.input_column),
+                                                  _text(r, d.output_column), 1 << 62)
+        first = next((i for i, label in enumerate(labels) if i > 0 and label != IGNORE_INDEX), len(ids))
+        lengths.append((len(ids), first))
+    shortest, prompt = min(n for n, _ in lengths), min(f for _, f in lengths)
+    return (f": data.max_length={d.max_length} cuts away the response of every one of its {len(records)} examples "
+            f"(the shortest is {shortest} tokens; the shortest prompt before a response token is {prompt}, so "
+            f"data.max_length must be at least {prompt + 1} to keep one)")
 
 
 def load_datasets(cfg, tokenizer, rank: int = 0, barrier: Callable[[], None] = lambda: None) -> tuple[TokenizedSplit, TokenizedSplit]:

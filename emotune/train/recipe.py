@@ -232,7 +232,7 @@ def setup_model(cfg: TrainConfig, tokenizer, rank: int, world: int) -> Model:
     if cfg.teacher is not None:  # partitioned like the student (the same HfDeepSpeedConfig), frozen, no optimizer
         from emotune.train.teacher import load_teacher
 
-        teacher = load_teacher(cfg, ds_config, vocab)
+        teacher = load_teacher(cfg, ds_config, vocab, tokenizer)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, cfg.gradient_checkpointing)  # the head Parameter (adaptive cost) is unchanged
     return Model(model, ds_config, hf_ds, cost, objective, teacher)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +37,12 @@ def teacher_ds_config(ds_config: dict) -> dict:
 
 
 def check_teacher(cfg) -> None:
-    """Preflight: the teacher's checkpoint exists and its config loads (before any process group)."""
+    """Preflight: the teacher's checkpoint exists, its config loads and its tokenizer is the student's (before any
+    process group, before anything is written). A student tokenizer trained on the data (not there yet) is compared
+    when the teacher is loaded (`load_teacher`)."""
     from transformers import AutoConfig
+
+    from emotune.train.model import load_tokenizer
 
     t = cfg.teacher
     extra = resolve(t.model, "teacher.model", t.revision, need_weights=True)
@@ -45,16 +50,76 @@ def check_teacher(cfg) -> None:
         AutoConfig.from_pretrained(t.model, revision=t.revision, trust_remote_code=t.trust_remote_code, **extra)
     except (OSError, ValueError) as err:
         raise EmotuneError(f"teacher.model: cannot load a model config from {t.model!r}: {one_line(err)}") from None
+    m = cfg.model
+    trained = Path(cfg.output_dir) / "tokenizer" / "tokenizer_config.json"
+    if not m.train_tokenizer_vocab_size or trained.is_file():  # load_tokenizer would train (and write) one: later
+        check_same_tokenizer(teacher_tokenizer(cfg), load_tokenizer(cfg))
 
 
-def load_teacher(cfg, ds_config: dict, vocab: int) -> nn.Module:
-    """The frozen teacher engine. Its output vocabulary must be the student's (`vocab` rows)."""
+def teacher_tokenizer(cfg):
+    """The tokenizer saved with the teacher (a checkpoint without one cannot be checked against the student's)."""
+    from transformers import AutoTokenizer
+
+    t = cfg.teacher
+    try:
+        extra = resolve(t.model, "teacher.model", t.revision, need_tokenizer=True, filename="tokenizer_config.json")
+    except EmotuneError as err:
+        raise EmotuneError(f"{err}; distillation checks that the teacher's tokenizer is the student's") from None
+    try:
+        return AutoTokenizer.from_pretrained(t.model, revision=t.revision, trust_remote_code=t.trust_remote_code, **extra)
+    except Exception as err:  # transformers raises what the tokenizer's family raises (OSError, ValueError, ...)
+        raise EmotuneError(f"teacher.model: cannot load a tokenizer from {t.model!r}: {one_line(err)}") from None
+
+
+# Text the two tokenizers must split alike: words, digits, runs of spaces, tabs and newlines, punctuation, accents,
+# CJK, emoji (byte fallback). Equal vocabularies with other merges or normalisers give these other ids.
+PROBES = ("The quick brown fox jumps over the lazy dog. 0123456789 3.14",
+          "  two spaces,\ttab\nnew line;  punctuation!? (x) [y] {z} <w> @#$%^&*_+=|~`'\"",
+          "caf\u00e9 na\u00efve Stra\u00dfe \u6771\u4eac \U0001f600 \u2014 \u201cquotes\u201d")
+# pad is left out: padded positions are masked and never targets, and a run may set pad = eos on its own copy
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token")
+
+
+def check_same_tokenizer(teacher_tok, student_tok) -> None:
+    """Refuse a teacher whose tokenizer maps the student's text to other ids: the same token -> id table (added tokens
+    included), the same BOS / EOS / UNK, the same ids for a few probe texts."""
+    why = _tokenizer_difference(teacher_tok, student_tok)
+    if why:
+        raise EmotuneError(f"teacher.model: the teacher's tokenizer is not the student's ({why}); distillation compares "
+                           "the two distributions id by id, so it needs the student's tokenizer")
+
+
+def _tokenizer_difference(t, s) -> str | None:
+    tv, sv = t.get_vocab(), s.get_vocab()
+    if tv != sv:
+        if len(tv) != len(sv):
+            return f"{len(tv)} tokens, the student's {len(sv)}"
+        token = min((k for k in tv.keys() | sv.keys() if tv.get(k) != sv.get(k)), key=lambda k: min(tv.get(k, 1 << 62),
+                                                                                                    sv.get(k, 1 << 62)))
+        if token not in sv or token not in tv:
+            return f"token {token!r} is only in the {'teacher' if token in tv else 'student'}'s vocabulary"
+        return f"token {token!r} is id {tv[token]} for the teacher, {sv[token]} for the student"
+    for name in SPECIAL_TOKENS:
+        if getattr(t, name) != getattr(s, name):
+            return f"{name} {getattr(t, name)!r}, the student's {getattr(s, name)!r}"
+    for text in PROBES:
+        ti, si = t(text)["input_ids"], s(text)["input_ids"]
+        if ti != si:
+            return f"{text[:20]!r}... is {ti[:8]}... for the teacher, {si[:8]}... for the student"
+    return None
+
+
+def load_teacher(cfg, ds_config: dict, vocab: int, tokenizer=None) -> nn.Module:
+    """The frozen teacher engine. Its output vocabulary must be the student's (`vocab` rows); with the student's
+    `tokenizer`, so must its tokenizer be (`check_same_tokenizer`)."""
     import deepspeed
     from transformers import AutoModelForCausalLM
 
     from emotune.train.model import DTYPES, output_vocab_size
 
     t = cfg.teacher
+    if tokenizer is not None:
+        check_same_tokenizer(teacher_tokenizer(cfg), tokenizer)
     dtype = DTYPES[cfg.dtype_name if t.torch_dtype == "auto" else t.torch_dtype]
     extra = resolve(t.model, "teacher.model", t.revision, need_weights=True)
     try:

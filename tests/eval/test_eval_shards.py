@@ -53,7 +53,7 @@ def test_shard_ranges_tile_the_rows():
 
 
 @pytest.mark.parametrize("task,extra", [("trec", ()), ("trec", ("shared_prefix=false",)), ("mmlu", ("limit=5",)),
-                                        ("mmlu", ("shared_prefix=false",))])
+                                        ("mmlu", ("shared_prefix=false",)), ("mmlu", ("max_tokens=70",))])
 def test_merged_shards_equal_the_unsharded_run(setup, tmp_path, task, extra):
     whole = tmp_path / "whole"
     assert run(setup, whole, *extra, task=task) == 0
@@ -72,6 +72,10 @@ def test_merged_shards_equal_the_unsharded_run(setup, tmp_path, task, extra):
         subjects = {"subject/anatomy", "subject/abstract_algebra", "subject/virology"}
         assert {k for k in merged["metrics"] if k.startswith("subject/")} == subjects | {f"{s}_stderr" for s in subjects}
         assert expected["n_examples"] == (4 + 5 + 3 if "limit=5" in extra else 4 + 6 + 3)
+        # the rows max_seq_len touched, counted over all shards (the first shard's own count is not the run's)
+        for key in ("rows_demos_dropped", "rows_truncated"):
+            assert merged["settings"][key] == expected["settings"][key]
+        assert (expected["settings"]["rows_demos_dropped"] > 0) == ("max_tokens=70" in extra)
     # a shard's records are its rows of the whole run, in order
     lines = (whole / f"{task}.predictions.jsonl").read_text().splitlines()
     first = [json.loads(x) for x in (dirs[1] / f"{task}.predictions.jsonl").read_text().splitlines()]

@@ -7,8 +7,10 @@ import json
 import math
 from dataclasses import asdict
 
+import lm_eval.utils  # the test extra pins lm_eval==0.4.13: without it these tests fail, they are not skipped
 import pytest
 import yaml
+from lm_eval.result_schema import EvalResults, _TaskMetrics
 
 from emotune.eval.harness import harness_metrics, metric_name
 from emotune.eval.harness_schema import to_harness_results
@@ -28,9 +30,13 @@ def _summary():
 
 
 def test_our_summary_in_the_harness_schema_reads_with_its_make_table():
-    utils = pytest.importorskip("lm_eval.utils")
+    utils = lm_eval.utils
     out = json.loads(json.dumps(to_harness_results(_summary())))  # what results.json holds
-    assert SCHEMA_KEYS <= set(out)
+    assert SCHEMA_KEYS <= set(out) and set(out) - {"emotune_version"} <= set(EvalResults.__annotations__)
+    for name, entry in out["results"].items():  # 0.4.13's per-result keys, then `metric,filter` numbers
+        assert _TaskMetrics.__required_keys__ <= set(entry) and entry["name"] == entry["alias"] == name
+        assert all(isinstance(v, float) for k, v in entry.items() if "," in k)
+    assert out["results"]["mmlu"]["sample_len"] == 4 and out["results"]["gen"]["sample_len"] == 10
     sst2 = out["results"]["sst2"]
     assert sst2["alias"] == "sst2" and sst2["acc,none"] == 0.875
     assert sst2["acc_stderr,none"] == pytest.approx(math.sqrt(0.875 * 0.125 / 7))  # the harness's formula
@@ -81,13 +87,41 @@ def test_harness_suites_for_the_scheduler(tmp_path, monkeypatch):
         load_suite("harness")  # our evaluator refuses it in one line, naming the way to run it
 
 
+def test_harness_suites_hold_only_what_the_harness_reports_a_result_under(tmp_path):
+    """A scheduled job records the result its evaluator reports under the member's name: a registry group
+    that aggregates (mmlu) or a group file that does is one; a tag (ai2_arc) or a group without an
+    aggregate is refused when the suite is read, in one line, not after every checkpoint's evaluation."""
+    from emotune.errors import EmotuneError
+    from emotune.harness_tasks import registry_kinds
+    from emotune.scheduling.scheduler import resolve_suite
+
+    assert registry_kinds(["arc_easy", "ai2_arc", "mmlu", "mmlu_anatomy"]) == {
+        "arc_easy": ("task", True), "ai2_arc": ("tag", False), "mmlu": ("group", True), "mmlu_anatomy": ("task", True)}
+    (tmp_path / "a.yaml").write_text("task: tiny_a\ndataset_path: json\n")
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"group": "tiny_g", "task": ["tiny_a"],
+                                                     "aggregate_metric_list": [{"metric": "acc"}]}))
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"group": "tiny_plain", "task": ["tiny_a"]}))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"evaluator": "lm_eval", "tasks": ["g.yaml", "mmlu"]}))
+    s = resolve_suite(str(suite))
+    assert s.labels == ("tiny_g", "mmlu")
+    (tmp_path / "a.yaml").write_text("task: tiny_a\ndataset_path: json\n# edited\n")
+    assert resolve_suite(str(suite)).version != s.version  # a member of the group file changed
+    for member, words in (("ai2_arc", ["tag", "'ai2_arc'"]), ("plain.yaml", ["group", "'tiny_plain'", "aggregate"])):
+        suite.write_text(yaml.safe_dump({"evaluator": "lm_eval", "tasks": ["arc_easy", member]}))
+        with pytest.raises(EmotuneError) as err:
+            resolve_suite(str(suite))
+        assert str(suite) in str(err.value) and all(w in str(err.value) for w in words), err.value
+
+
 def test_the_shipped_harness_suite_names_tasks_of_the_pinned_harness():
     """configs/eval/suites.yaml's `harness` suite: every member is a `task:` of a YAML file in lm_eval's own
     task folder (read as text: building the harness's index takes 15-60 s on a loaded machine)."""
     import re
     from pathlib import Path
 
-    tasks = pytest.importorskip("lm_eval.tasks")
+    import lm_eval.tasks as tasks
+
     from emotune.scheduling.scheduler import resolve_suite
 
     wanted = set(resolve_suite("harness").labels)
@@ -96,3 +130,14 @@ def test_the_shipped_harness_suite_names_tasks_of_the_pinned_harness():
     for f in [*root.glob("*/*.yaml"), *root.glob("*/*/*.yaml")]:  # where the common tasks live
         found |= set(re.findall(r"^task: *['\"]?([\w.-]+)['\"]? *$", f.read_text(errors="replace"), re.M)) & wanted
     assert found == wanted
+
+
+def test_no_harness_test_skips_when_the_harness_is_missing():
+    """The test extra pins lm_eval==0.4.13, so a test that needs it imports it: an environment without it
+    fails those tests instead of passing with them silently skipped."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    skipping = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                if 'importorskip("lm_eval' in p.read_text() and p != Path(__file__).resolve()]
+    assert skipping == []

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from test_train_fixtures import alpaca_rows, make_tokenizer, write_corpus
 from emotune.errors import EmotuneError
 from emotune.train import batches as B
 from emotune.train import data as D
+from emotune.train.chat import tokenize_conversation as chat_tokenize
 from emotune.train.config import validate
 
 
@@ -96,12 +98,48 @@ def test_local_readers_and_bad_lines(tmp_path):
         D.texts_of([{"text": "a"}], "body", "training data")
 
 
+@pytest.mark.parametrize("fmt", ["instruction", "chat"])
+def test_every_example_cut_away_says_which_max_length_and_the_shortest(tok, tmp_path, fmt):
+    """Not only "not even one usable example": the max_length that drops them and what would keep one."""
+    rows = alpaca_rows(4)
+    if fmt == "chat":
+        rows = [{"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+                for r in rows]
+    template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    cfg = cfg_for(tmp_path, format=fmt, max_length=8, **({"chat_template": template} if fmt == "chat" else {}))
+    if fmt == "chat":
+        tok.chat_template = template
+    lengths, firsts = [], []
+    for r in rows:
+        if fmt == "chat":
+            ids, labels, _ = chat_tokenize(tok, r["messages"], 10**6)
+        else:
+            ids, labels, _ = D.tokenize_instruction(tok, r["instruction"], r["input"], r["output"], 10**6)
+        lengths.append(len(ids))
+        firsts.append(next(i for i, label in enumerate(labels) if label != -100))
+    assert min(firsts) >= 8  # every response starts past max_length
+    raw = D.RawSplits(rows, [], "fp", "train.jsonl")
+    with pytest.raises(EmotuneError) as err:
+        D.build_splits(raw, tok, cfg)
+    msg = str(err.value)
+    assert msg.startswith("train.jsonl: the training data gives not even one usable example: data.max_length=8 cuts "
+                          "away the response of every one of its 4 examples"), msg
+    assert f"the shortest is {min(lengths)} tokens" in msg and f"must be at least {min(firsts) + 1} to keep one" in msg
+    cfg = cfg_for(tmp_path, format=fmt, max_length=min(firsts) + 1, **({"chat_template": template} if fmt == "chat" else {}))
+    train, _ = D.build_splits(raw, tok, cfg)  # the advice holds: the examples with the shortest prompt are kept
+    assert len(train) == firsts.count(min(firsts))
+    tok.chat_template = None
+
+
 def test_validation_split_percentage_is_seeded(tmp_path):
     write_corpus(tmp_path / "train.txt", 50)
     cfg = cfg_for(tmp_path, validation_split_percentage=10)
     a, b = D.read_records(cfg), D.read_records(cfg)
     assert len(a.validation) == 5 and len(a.train) == 45 and a.validation == b.validation
-    assert not {r["text"] for r in a.validation} & {r["text"] for r in a.train} or True  # lines may repeat
+    # a partition of the file's lines: every line in exactly one split (as a multiset: a line may repeat)
+    lines = (tmp_path / "train.txt").read_text().splitlines()
+    assert Counter(r["text"] for r in a.validation) + Counter(r["text"] for r in a.train) == Counter(lines)
+    assert len(set(lines)) == 50 and not {r["text"] for r in a.validation} & {r["text"] for r in a.train}
     other = D.read_records(cfg.model_copy(update={"seed": 4}))
     assert other.validation != a.validation
 

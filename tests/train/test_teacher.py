@@ -4,10 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train_fixtures import corpus_lines, make_tiny_llama, make_wordpiece_tokenizer
 
 from emotune.errors import EmotuneError
 from emotune.train.config import TeacherConfig, validate
-from emotune.train.teacher import load_teacher, teacher_ds_config, teacher_hidden
+from emotune.train.teacher import check_teacher, load_teacher, teacher_ds_config, teacher_hidden
 
 torch.set_num_threads(1)
 
@@ -85,3 +86,90 @@ def test_loss_step_with_a_teacher_fused_equals_plain(tmp_path):
         assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(ValueError, match="needs the teacher model"):
         loss_step(student, batch, objective, True)
+
+
+# --- the teacher's tokenizer is the student's (issue 24): equal output rows are not enough
+
+SIZE = 300
+
+
+def _bpe(path, texts, add_prefix_space=False):
+    from tokenizers import pre_tokenizers
+
+    from emotune.train.model import train_tokenizer
+
+    tok = train_tokenizer(texts, SIZE)
+    if add_prefix_space:  # same vocabulary and merges, another split of the same text
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert len(tok) == SIZE
+    tok.save_pretrained(str(path))
+    return tok
+
+
+def _checkpoint(path, tok):
+    make_tiny_llama(path, tok, hidden=16, layers=1)
+    return path
+
+
+def _cfg(tmp_path, student, teacher):
+    return validate({"output_dir": str(tmp_path / "out"), "model": {"name_or_path": str(student)},
+                     "data": {"train_files": ["x.txt"]}, "objective": {"name": "emo", "params": {"target": "teacher"}},
+                     "teacher": {"model": str(teacher)}})
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    d = tmp_path_factory.mktemp("student")
+    tok = _bpe(d / "tok", corpus_lines(200))
+    return _checkpoint(d / "model", tok), tok
+
+
+def _teachers():
+    def special(path):  # the same tokenizer whose EOS is another of its tokens
+        from emotune.train.model import train_tokenizer
+
+        tok = train_tokenizer(corpus_lines(200), SIZE)
+        tok.eos_token = "<pad>"
+        tok.save_pretrained(str(path))
+        return tok
+    return {
+        "another-family": (lambda p: make_wordpiece_tokenizer(p, SIZE), "token '<unk>' is only in the teacher's vocabulary"),
+        "same-family-other-text": (lambda p: _bpe(p, corpus_lines(200, seed=9) + ["zebra quartz vexing jumbo"] * 50),
+                                   "is id"),
+        "other-eos": (special, "eos_token '<pad>', the student's '</s>'"),
+        "same-vocab-other-split": (lambda p: _bpe(p, corpus_lines(200), add_prefix_space=True), "for the teacher"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_teachers()))
+def test_a_teacher_with_another_tokenizer_of_equal_size_is_refused(tmp_path, student, kind):
+    """Each teacher has the student's number of output rows (what alone was checked before), so it trained to exit 0."""
+    student_dir, student_tok = student
+    build, why = _teachers()[kind]
+    teacher = _checkpoint(tmp_path / "teacher", build(tmp_path / "teacher-tok"))
+    cfg = _cfg(tmp_path, student_dir, teacher)
+    with pytest.raises(EmotuneError, match=r"^teacher.model: the teacher's tokenizer is not the student's \(") as err:
+        check_teacher(cfg)  # the preflight: before anything is written
+    assert why in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(EmotuneError, match="teacher.model: the teacher's tokenizer is not the student's"):
+        load_teacher(cfg, {}, SIZE, student_tok)  # a tokenizer trained on the data is checked here
+
+
+def test_the_students_own_tokenizer_passes(tmp_path, student):
+    student_dir, student_tok = student
+    teacher = _checkpoint(tmp_path / "teacher", student_tok)
+    check_teacher(_cfg(tmp_path, student_dir, teacher))
+    student_tok.pad_token = student_tok.eos_token  # what a run's pad_token: eos does to its own copy: still the same
+    from emotune.train.teacher import check_same_tokenizer, teacher_tokenizer
+
+    check_same_tokenizer(teacher_tokenizer(_cfg(tmp_path, student_dir, teacher)), student_tok)
+
+
+def test_a_teacher_without_a_tokenizer_is_refused(tmp_path, student):
+    student_dir, student_tok = student
+    teacher = _checkpoint(tmp_path / "teacher", student_tok)
+    for f in list(teacher.glob("tokenizer*")) + list(teacher.glob("special_tokens_map.json")):
+        f.unlink()
+    with pytest.raises(EmotuneError, match="teacher.model: .* holds no tokenizer files .*the teacher's tokenizer is the student's"):
+        check_teacher(_cfg(tmp_path, student_dir, teacher))

@@ -6,9 +6,11 @@ file's `prompt:` (configs/eval/tasks/mmlu.yaml): there, each demo is
 (OpenCompass' ice_separator / ice_eos_token, so a blank line follows every demo); candidate for letter X =
 hint + demos + `{question}\nA. ...\nD. {D}\nAnswer: X`, scored with the same PPL rule as the ICL tasks.
 The hint and demos are common to every candidate of a subject, so the scorer computes them once per
-subject (its level-0 prefix). Reported: micro accuracy (all questions), macro accuracy (mean over
-subjects) and the accuracy of every subject. Tokens equal to the pad token (EOS where there is none) are
-left out of the score's sum and length, as OpenCompass does.
+subject (its level-0 prefix). Reported: micro accuracy (all questions; OpenCompass' `mmlu-weighted`),
+macro accuracy (mean over subjects; OpenCompass' headline `mmlu`) and the accuracy of every subject.
+A prompt longer than the model's positions loses demos from the end as in OpenCompass (`fit_demos`).
+Tokens equal to the pad token (EOS where there is none) are left out of the score's sum and length, as
+OpenCompass does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
 from emotune.eval.task_files import MmluPrompt, MmluTaskFile
-from emotune.shards import mmlu_metrics, parse_shard, shard_range, shard_settings
+from emotune.shards import OPENCOMPASS_NAMES, mmlu_metrics, parse_shard, shard_range, shard_settings
 from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"
@@ -99,6 +101,45 @@ def candidates(subject: str, dev_rows: list[dict], row: dict, where: str, prompt
     return [prefix + q + prompt.answer.format(answer=x) for x in LETTERS]
 
 
+# the model config keys OpenCompass' HF model reads max_seq_len from, in its order (+ GPT-2's n_positions)
+POSITION_KEYS = ("max_position_embeddings", "seq_length", "model_max_length", "n_positions")
+
+
+def model_max_positions(model) -> int | None:
+    """The longest sequence the model takes (its config's position limit), None where it states none."""
+    config = getattr(model, "config", None)
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_demos(subject: str, shots_rows: list[dict], row: dict, where: str, prompt: MmluPrompt, tokenizer,
+              cands: list[str], ids: list[list[int]], max_seq_len: int | None):
+    """OpenCompass' PPL inferencer rule for a prompt longer than max_seq_len: drop demos from the end
+    until every candidate fits (its token count with the special tokens the tokenizer adds). A question
+    too long even without demos is cut from the left to its last max_seq_len tokens, as OpenCompass' HF
+    model (truncation_side left) does. Returns (prompts, token ids, demos kept, tokens cut)."""
+    n = len(shots_rows)
+    if max_seq_len is None:
+        return cands, ids, n, 0
+    while n > 0 and max(len(t) for t in ids) > max_seq_len:
+        n -= 1
+        cands = candidates(subject, shots_rows[:n], row, where, prompt)
+        ids = tokenize_groups(tokenizer, [cands])[0]
+    cut = max(len(t) for t in ids) - max_seq_len
+    if cut > 0:
+        ids = [t[-max_seq_len:] for t in ids]
+    return cands, ids, n, max(cut, 0)
+
+
+def row_counts(records: list[dict]) -> dict[str, int]:
+    """How many rows max_seq_len touched (summary settings; a shard merge recomputes them from the rows)."""
+    return {"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
+            "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)}
+
+
 def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
     out: OrderedDict[str, list[tuple[int, dict]]] = OrderedDict()
     for i, r in enumerate(rows):
@@ -123,10 +164,14 @@ def evaluated_questions(task: Task, data_dir=None, limit: int | None = None) -> 
 def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
                   scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                   limit: int | None = None, progress: bool = True, shard: str | None = None,
-                  **_: Any) -> TaskResult:
+                  max_tokens: int | None = None, **_: Any) -> TaskResult:
     """`shard="K/N"`: only the K-th of N contiguous ranges of the questions in the order they are
     evaluated (subject by subject, after `limit`); a subject it touches is planned whole, so the scorer
-    makes exactly the whole run's model calls for its questions (emotune.shards)."""
+    makes exactly the whole run's model calls for its questions (emotune.shards).
+
+    max_seq_len (OpenCompass' model-side `max_seq_len`) = `max_tokens` where given, else the model's
+    position limit (its config's max_position_embeddings, as OpenCompass' HF model reads it); never more
+    than the positions the model has. Rows it touches record `demos_dropped` / `truncated_tokens`."""
     start = time.time()
     spec = read_task(task)
     scoring = scoring or task.options.get("scoring", "full")
@@ -141,6 +186,8 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         k, n_shards = parse_shard(shard)
         selected = shard_range(n_rows, k, n_shards)
         shard_info = shard_settings(selected, k, n_shards, n_rows)
+    positions = model_max_positions(model)
+    max_seq_len = min(x for x in (max_tokens, positions) if x is not None) if (max_tokens or positions) else None
     records = []
     ignore = opencompass_ignore_id(tokenizer)
     offset = 0
@@ -155,14 +202,23 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
                                f"(key 'shots')")
         prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
         groups = tokenize_groups(tokenizer, prompts)
+        kept, cut = [len(shots_rows)] * len(items), [0] * len(items)
+        for j, (i, r) in enumerate(items):
+            if max_seq_len is not None and max(len(t) for t in groups[j]) > max_seq_len:
+                prompts[j], groups[j], kept[j], cut[j] = fit_demos(subject, shots_rows, r, f"test row {i}", prompt,
+                                                                   tokenizer, prompts[j], groups[j], max_seq_len)
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress, select=mine if shard is not None else None)
         for j in mine:
             (i, r), scores, pred, cands = items[j], scored.scores[j], scored.predictions[j], prompts[j]
             gold = answer_index(r["answer"], f"test row {i}")
+            fitted = {"demos_dropped": len(shots_rows) - kept[j]} if kept[j] < len(shots_rows) else {}
+            if cut[j]:
+                fitted["truncated_tokens"] = cut[j]
             records.append({"id": i, "subject": subject, "input": r["question"],
                             "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
-                            "gold": LETTERS[gold], "correct": pred == gold, **prompt_record(cands, list(LETTERS))})
+                            "gold": LETTERS[gold], "correct": pred == gold, **fitted,
+                            **prompt_record(cands, list(LETTERS))})
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
     pred_name = f"{task.name}.predictions.jsonl"
@@ -170,6 +226,8 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
     metrics = mmlu_metrics(records)  # with the harness's stderr of every proportion
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots,
                 "subjects": len({r["subject"] for r in records}), "prompt": "opencompass mmlu_ppl",
-                "limit_per_subject": limit, "task_file": task.source, "ignore_token_id": ignore, **shard_info}
+                "limit_per_subject": limit, "task_file": task.source, "ignore_token_id": ignore,
+                "max_seq_len": max_seq_len, **row_counts(records), "opencompass_names": OPENCOMPASS_NAMES,
+                **shard_info}
     return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=len(records), predictions=pred_name,
                       seconds=round(time.time() - start, 3), settings=settings)
