@@ -130,6 +130,8 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
     "emotune report runs/emo-7b runs/mle-7b --out report/": (CHECK, "two 7B runs' results"),
     # docs/scheduling.md
     "emotune pipeline configs/pipeline/tiny.yaml": (CHECK, "minutes of CPU; the same pipeline runs in tests/e2e/test_pipeline_tiny.py"),
+    "emotune pipeline configs/pipeline/tiny.yaml run_dir=runs/tiny-mle 'train.overrides=[objective.name=mle]'": (
+        CHECK, "minutes of CPU; its merged overrides are checked in tests/test_pipeline_overrides.py"),
     "emotune watch runs/emo --suite icl": (CHECK, "a polling loop beside a running training job"),
     "emotune watch runs/emo --suite icl --follow": (CHECK, "a training job that is running"),
     "emotune watch runs/emo --suite icl --once": (CHECK, "a run folder and the hub's task data"),
