@@ -203,3 +203,20 @@ def test_an_external_cost_source_with_the_students_tokenizer_passes(tmp_path, st
         f.unlink()
     with pytest.raises(EmotuneError, match="objective.cost_source: .* holds no tokenizer files .*the student's"):
         check_cost_tokenizer(str(source), student_tok)
+
+
+def test_a_pad_token_the_run_added_is_not_a_difference(tmp_path):
+    """`model.pad_token: add` appends `<pad>` to the student's copy after the preflight compared it; the checkpoint's
+    tokenizer lacks it. Padded positions are never targets: still the same tokenizer (not so a token added in front)."""
+    import copy
+
+    from emotune.train.model import train_tokenizer
+    from emotune.train.same_tokenizer import tokenizer_difference
+
+    tok = train_tokenizer(corpus_lines(200), SIZE, pad=False)
+    student = copy.deepcopy(tok)
+    student.add_special_tokens({"pad_token": "<pad>"})
+    assert tokenizer_difference(tok, student) is None
+    other = copy.deepcopy(tok)
+    other.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert tokenizer_difference(other, student) == "301 tokens, the student's 300"  # ours without its pad
