@@ -75,8 +75,14 @@ def shard_range(n_rows: int, k: int, n: int, where: str = "shard") -> range:
 # ------------------------------------------------------------------------------------ metrics from records
 
 def icl_metrics(records: list[dict]) -> dict[str, float]:
+    """Accuracy; and where every record knows the Bayes-optimal prediction (a task with `options.bayes_column`,
+    emotune.eval.icl.classification), `bayes_accuracy`: that prediction's accuracy on the same rows."""
     n = len(records)
-    return with_stderr({"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n})
+    metrics, counts = {"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n}
+    if n and all("bayes_correct" in r for r in records):
+        metrics["bayes_accuracy"] = sum(bool(r["bayes_correct"]) for r in records) / n
+        counts["bayes_accuracy"] = n
+    return with_stderr(metrics, counts)
 
 
 # OpenCompass' names for MMLU's two accuracies (its summarizer): `mmlu` is the mean over subjects (its

@@ -7,11 +7,15 @@ judges whose verdicts are known in advance:
   that verdict whatever it reads: with the responses swapped it still says "the first", which the
   position swap must turn into a tie;
 - `trained_judge`: a tiny LLaMA trained (~80 steps) on the plain format to answer " A" or " B" for the
-  response holding a marker word, wherever that response stands, followed by EOS.
+  response holding a marker word, wherever that response stands, followed by EOS;
+- `RuleJudge`: an exact causal LM for any format whose verdict depends on the pair and on the order
+  (`rule_verdict`), with `rule_pairs` giving a win, a loss, a real tie and a position-flip tie in turn; run as
+  a script, this file is a judge command for the scheduled pairwise job (`_rule_judge_command`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -129,3 +133,160 @@ def outputs_with_marker(rows: list[dict], generator: str, marked: bool, seed: in
         out.append({"instruction": r["instruction"], "output": f"{MARKER} {text}" if marked else text,
                     "generator": generator, "dataset": r["dataset"]})
     return out
+
+
+# ------------------------------------------------ a judge that follows a rule: verdicts depend on the pair and order
+
+# where each format's prompt ends, and how its two responses are found in it (the formats' own prompt texts)
+_PROMPT_END = {"plain": "### Verdict:", "pandalm": "### Evaluation:\n", "autoj": "[/INST]"}
+_RESPONSES = {
+    "plain": r"### Response A:\n(.*)\n\n### Response B:\n(.*)\n\n### Verdict:$",
+    "pandalm": r"### Response 1:\n(.*)\n\n### Response 2:\n(.*)\n\n### Evaluation:\n$",
+    "autoj": r"\[Response 1\]: (.*)\n\*\*\*\n\[Response 2\]: (.*)\n\*\*\*\n\[END DATA\].*\[/INST\]$",
+}
+
+
+def rule_verdict(first: str, second: str) -> str:
+    """The rule: the response holding MARKER when only one does; a tie when both do; when neither does,
+    "first" (a position bias, which judging both orders must turn into a tie)."""
+    a, b = MARKER in first.split(), MARKER in second.split()
+    return "first" if a and not b else "second" if b and not a else "tie" if a else "first"
+
+
+def rule_outcome(a: str, b: str) -> tuple[str, str, str]:
+    """(verdict with A first, verdict with B first, A's outcome) under rule_verdict, worked out by hand."""
+    ab, ba = rule_verdict(a, b), rule_verdict(b, a)
+    return ab, ba, {("first", "second"): "win", ("second", "first"): "lose"}.get((ab, ba), "tie")
+
+
+def rule_answer(fmt_name: str, verdict: str, critique: bool) -> str:
+    """What the rule judge writes after the prompt: the format's verdict string, or (critique) a whole answer
+    in the judge's own shape (Auto-J: a critique, then its decision sentence; PandaLM: verdict, reason, reference)."""
+    from emotune.eval.instruct.formats import FORMATS
+
+    if not critique:
+        return FORMATS[fmt_name].continuations[verdict]
+    if fmt_name == "autoj":
+        said = {"first": "Response 1", "second": "Response 2", "tie": "Tie"}[verdict]
+        return f" Response 1 is short. Response 2 is short too.\n\nSo, the final decision is {said}."
+    if fmt_name == "pandalm":
+        return FORMATS["pandalm"].continuations[verdict] + "\n\n### Reason: the word.\n\n### Reference: none"
+    return FORMATS[fmt_name].continuations[verdict]
+
+
+class RuleJudge(torch.nn.Module):
+    """A causal LM, deterministic and exact, that reads a judge prompt of format `fmt_name` and writes
+    rule_answer for rule_verdict of the two responses in it, then EOS. It writes the answer's tokens as a judge
+    fine-tuned the way PandaLM was saw them in training (PandaLM's core/datasets.py tokenises prompt + answer
+    as one text and learns the tokens past the prompt's own tokenisation): at each position after the prompt it
+    puts 1 - 1e-6 on the next of those tokens while the text so far follows them, and is uniform elsewhere.
+    It reads text (decodes the prefix, finds the two responses), so it knows nothing of how the evaluator
+    builds its sequences: a verdict scored with other tokens gets probability ~1e-6 per token.
+
+    Serves both of the judge's paths: `next_token_logprobs` (likelihood mode, through token_nlls) and a
+    Hugging Face-style `forward` with a cache of the ids seen so far (generate mode, greedy)."""
+
+    def __init__(self, tokenizer, fmt_name: str, critique: bool = False):
+        super().__init__()
+        self.tok, self.fmt, self.critique = tokenizer, fmt_name, critique
+        self.vocab = len(tokenizer)
+        self.device = torch.device("cpu")
+        self.generation_config = None
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def _answer_ids(self, ids: list[int]) -> tuple[int, list[int]] | None:
+        """(the position where the prompt ends, the answer's tokens + EOS), or None while no prompt is complete."""
+        import re
+
+        marker = _PROMPT_END[self.fmt]
+        if marker not in self._text(ids):
+            return None
+        lo, hi = 0, len(ids) - 1  # the first prefix that holds the marker (monotone in the prefix length)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if marker in self._text(ids[: mid + 1]) else (mid + 1, hi)
+        text = self._text(ids[: lo + 1])
+        m = re.search(_RESPONSES[self.fmt], text, re.S)
+        if m is None:
+            return None
+        answer = rule_answer(self.fmt, rule_verdict(m.group(1), m.group(2)), self.critique)
+        whole = self.tok(text + answer)["input_ids"]
+        return lo, whole[len(self.tok(text)["input_ids"]):] + [self.tok.eos_token_id]
+
+    def _row(self, ids: list[int], positions) -> torch.Tensor:
+        """[len(positions), vocab] log-probs of the token after ids[: t + 1] for each t."""
+        found = self._answer_ids(ids)
+        out = torch.full((len(positions), self.vocab), -math.log(self.vocab))
+        for k, t in enumerate(positions):
+            if found is None or t < found[0]:
+                continue
+            start, answer = found
+            done = ids[start + 1 : t + 1]
+            if len(done) < len(answer) and answer[: len(done)] == done:  # still on the answer
+                out[k] = math.log(1e-6 / (self.vocab - 1))
+                out[k, answer[len(done)]] = math.log(1 - 1e-6)
+        return out
+
+    def next_token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Right-padded rows (token_nlls): [B, T, vocab]."""
+        out = torch.zeros(*input_ids.shape, self.vocab)
+        for r in range(input_ids.shape[0]):
+            n = int(attention_mask[r].sum())
+            out[r, :n] = self._row(input_ids[r, :n].tolist(), range(n))
+        return out
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=True, **_):
+        """Left-padded rows (the generation sampler): the cache is the real ids seen so far, per row."""
+        from types import SimpleNamespace
+
+        rows = []
+        for r in range(input_ids.shape[0]):
+            new = input_ids[r].tolist()
+            if past_key_values is None:
+                new = [t for t, m in zip(new, attention_mask[r].tolist()) if m]
+            rows.append((past_key_values[r] if past_key_values is not None else []) + new)
+        logits = torch.stack([self._row(ids, [len(ids) - 1]) for ids in rows])
+        return SimpleNamespace(logits=logits, past_key_values=rows)
+
+
+def rule_pairs(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Two outputs lists over instruct_rows(n) cycling through (A marked, B marked) = (1,0) (0,1) (1,1) (0,0):
+    a win, a loss, a real tie and a position-flip tie for the rule judge, in turn."""
+    rng, lines = random.Random(seed), corpus_lines(60, seed + 7)
+    a, b = [], []
+    for i, r in enumerate(instruct_rows(n)):
+        marks = [(1, 0), (0, 1), (1, 1), (0, 0)][i % 4]
+        for side, mark, name in ((a, marks[0], "side-a"), (b, marks[1], "side-b")):
+            text = rng.choice(lines)[:30].strip()
+            side.append({"instruction": r["instruction"], "output": f"{MARKER} {text}" if mark else text,
+                         "generator": name, "dataset": r["dataset"]})
+    return a, b
+
+
+def _rule_judge_command(argv: list[str]) -> int:
+    """`python tests/test_instruct_fixtures.py A.json B.json JUDGE_DIR FORMAT OUT TAG [key=value ...]`: a
+    judge command for the scheduled pairwise job (its `judge_command`), judging with RuleJudge (the
+    tokenizer of JUDGE_DIR) through emotune's own comparison, and noting its TAG and CUDA_VISIBLE_DEVICES
+    in OUT/pairwise.json, so a test can tell which pair's command ran where."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from emotune.eval.instruct.outputs import read_outputs
+    from emotune.eval.instruct.pairwise import compare, write_result
+
+    a, b, judge, fmt, out, tag = argv[:6]
+    tok = AutoTokenizer.from_pretrained(judge)
+    opts = {"judge_mode": "likelihood", "bootstrap": 50}
+    result = compare(read_outputs(a), read_outputs(b), a, b, judge, fmt, opts, loaded=(RuleJudge(tok, fmt), tok))
+    result["ran"] = {"tag": tag, "devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "args": argv[6:]}
+    write_result(Path(out) / "pairwise.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_rule_judge_command(sys.argv[1:]))

@@ -122,6 +122,11 @@ class EvalOptions(_Options):
                                                                  "of the verdict strings (default: per format)")
     judge_max_new_tokens: Positive | None = Field(None, description="pairwise judge, judge_mode=generate: "
                                                   "verdict length limit (default autoj 1024, pandalm 512, plain 16)")
+    judge_num_beams: Positive | None = Field(None, description="pairwise judge, judge_mode=generate: beams (default "
+                                             "the judge's own: pandalm 4, autoj and plain 1 = greedy)")
+    judge_repetition_penalty: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="pairwise judge, judge_mode=generate: Hugging Face repetition penalty (default the "
+        "judge's own: pandalm 1.2, autoj and plain 1 = none)")
     bootstrap: Positive | None = Field(None, description="pairwise judge: bootstrap resamples of the win-rate "
                                        "interval (default 1000, seeded by seed)")
 
@@ -241,13 +246,13 @@ def generation_options(task_options: dict[str, Any], given: dict[str, Any], sour
 # `emotune eval` passes every option to every task kind; these mean nothing to a generation task
 _OTHER_KINDS = {"encoder", "roundtrip_tokenizer", "scoring", "shared_prefix", "max_tokens", "retriever_batch_size",
                 "resume", "dtype", "shard", "prompt", "decoding", "temperature", "max_new_tokens", "judge_mode",
-                "judge_max_new_tokens", "bootstrap"}
+                "judge_max_new_tokens", "judge_num_beams", "judge_repetition_penalty", "bootstrap"}
 
 
-def help_text() -> str:
-    """The options and their meaning, for `emotune eval --help`."""
+def help_text(options: type[BaseModel] = EvalOptions) -> str:
+    """The options and their meaning, for `emotune eval --help` (or another command's own options)."""
     lines = []
-    for name, field in EvalOptions.model_fields.items():
+    for name, field in options.model_fields.items():
         default = field.get_default(call_default_factory=True)
         lines.append(f"  {name}={'' if default is None else default}\n      {field.description}")
     return "options (key=value):\n" + "\n".join(lines)

@@ -19,6 +19,7 @@ import torch
 
 from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
+from emotune.eval.calibration import calibration_metrics
 from emotune.eval.lm import next_token_logprobs, padded_batches
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_files import OracleTaskFile
@@ -146,6 +147,10 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
                "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"],
                "samples_ended": samples["ended_fraction"]}
     settings = {"eps": eps, "n_texts": n_texts, "data_dir": str(data)}
+    # the branch points' calibration table (emotune.eval.calibration): model vs oracle vs EMO's optimum
+    calib, settings["calibration"] = calibration_metrics(_model_log_probs(model, [oracle.encode(t) for t in valid]),
+                                                         oracle, valid, model, data)
+    metrics.update(calib)
     if spec.featurizer != "none":
         reference = oracle_samples(lang, spec.n_samples, spec.max_new_tokens, spec.seed)
         m = mauve_against_oracle(samples["texts"], reference, spec.featurizer, spec.mauve_max_length,

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n-valid", type=int, default=200)
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--n-icl-index", type=int, default=400)
-    ap.add_argument("--n-icl-test", type=int, default=200)
+    ap.add_argument("--n-icl-test", type=int, default=700, help="ambiguous classification rows (~1.5-point standard error)")
     ap.add_argument("--vocab-size", type=int, default=768, help="sentencepiece vocabulary (one token per word)")
     ap.add_argument("--force", action="store_true", help="rewrite the data even if OUT_DIR/language.json exists")
     args = ap.parse_args(argv)

@@ -5,7 +5,7 @@ A *pair* (pipeline config `pairwise:`, docs/instruct-eval.md) names run A, run B
 suite, a judge and its format. Each scheduler pass reads both runs' result stores; for every step at
 which both hold a finished row of that task (its predictions: the AlpacaEval outputs file), one row is
 queued in table `pairwise` of run A's store (emotune.scheduling.pairwise_store), keyed (run A, run B, step, task, judge, format, version):
-`version` hashes the suite version and the judge's settings, so changing either judges again. Rows
+`version` hashes the suite version, the judge's settings and its command, so changing any judges again. Rows
 follow the result store's lease protocol (emotune.scheduling.store): claimed in one `BEGIN IMMEDIATE`
 transaction with a fresh token and an expiry, renewed by the job every ttl/4, finished only by the
 current token's holder, retried after a killed job's lease runs out, failed after `max_attempts`. So
@@ -82,8 +82,13 @@ def pairs_from_config(parts: list[PairwisePart], run_dirs: dict[str, Path], suit
         if looks_like_path(part.judge) and not Path(part.judge).expanduser().is_dir():  # a hub id is checked by the job
             raise EmotuneError(f"{where}: pairwise.{i}.judge: {part.judge} is not a model folder")
         name = part.name or f"{Path(dirs[0]).name}-vs-{Path(dirs[1]).name}"
-        pairs.append(Pair(name, dirs[0], dirs[1], part.task, part.judge, part.format, suite_version,
-                          tuple(part.judge_args), part.judge_command or DEFAULT_JUDGE_COMMAND, part.devices))
+        pair = Pair(name, dirs[0], dirs[1], part.task, part.judge, part.format, suite_version,
+                    tuple(part.judge_args), part.judge_command or DEFAULT_JUDGE_COMMAND, part.devices)
+        same = next((j for j, p in enumerate(pairs) if p.key == pair.key), None)
+        if same is not None:  # one row per key: the two entries' names or devices could not both apply
+            raise EmotuneError(f"{where}: pairwise.{i} judges the same as pairwise.{same} (runs, task, judge, "
+                               "format, judge_args and judge_command all equal); remove one")
+        pairs.append(pair)
     return pairs
 
 
@@ -99,9 +104,15 @@ def finished_outputs(run: str, task: str, suite_version: str) -> dict[int, str]:
 
 
 def pair_output_dir(row: PairRow) -> Path:
+    """RUN_A/eval/pairwise/<name>/<format>-<hash of the row's key>/step-<step>: one folder per row, so two
+    pairs of one name (the default `A-vs-B` for two judges) never write into each other's folder."""
+    import hashlib
+
     from emotune.sbatch import path_component
 
-    return Path(row.run_a) / "eval" / "pairwise" / path_component(row.name, "pair name") / f"step-{row.step}"
+    digest = hashlib.sha256(json.dumps(list(row.key)).encode()).hexdigest()[:8]
+    return (Path(row.run_a) / "eval" / "pairwise" / path_component(row.name, "pair name") / f"{row.format}-{digest}"
+            / f"step-{row.step}")
 
 
 class PairwiseScheduler:
@@ -151,15 +162,16 @@ class PairwiseScheduler:
                 free = self.jobs - self.running()
                 if free <= 0:
                     continue
-                commands = {p.version: p.command for p in pairs}
-                for row, token in store.claim(self.owner, self.ttl, list(commands), free, self.max_attempts):
-                    devices = next(p.devices for p in pairs if p.version == row.version)
-                    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": devices} if devices is not None else {}))
+                by_key = {p.key: p for p in pairs}  # a row runs with its own pair's command, arguments and GPUs
+                claimed = store.claim(self.owner, self.ttl, sorted({p.version for p in pairs}), free,
+                                      self.max_attempts, keys=list(by_key))
+                for row, token in claimed:
+                    p = by_key[row.key]
+                    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": p.devices} if p.devices is not None else {}))
                     self.procs.append(subprocess.Popen(
                         [sys.executable, "-m", "emotune.scheduling.pairwise", "job", "--store", path, "--id",
                          str(row.id), "--token", token, "--ttl", str(self.ttl), "--max-attempts",
-                         str(self.max_attempts), "--command", commands[row.version], "--args",
-                         json.dumps(list(next(p.judge_args for p in pairs if p.version == row.version)))],
+                         str(self.max_attempts), "--command", p.command, "--args", json.dumps(list(p.judge_args))],
                         start_new_session=True, env=env))
                     launched += 1
             finally:
@@ -171,8 +183,8 @@ class PairwiseScheduler:
         for path in self._stores():
             if Path(path).is_file():
                 store = PairStore(path)
-                versions = {p.version for p in self.pairs}
-                out += [r for r in store.rows() if r.version in versions]
+                keys = {p.key for p in self.pairs}
+                out += [r for r in store.rows() if r.key in keys]
                 store.close()
         return out
 

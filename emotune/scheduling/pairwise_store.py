@@ -61,12 +61,20 @@ class Pair:
     suite_version: str
     judge_args: tuple[str, ...] = ()
     command: str = DEFAULT_JUDGE_COMMAND
-    devices: str | None = None
+    devices: str | None = None  # where the judge runs, not what it finds: not part of the version
 
     @property
     def version(self) -> str:
-        what = {"suite": self.suite_version, "format": self.format, "judge_args": list(self.judge_args)}
+        """What the verdicts depend on beyond the row's other key columns: the suite (its outputs), the format,
+        the judge's settings and the command that runs it."""
+        what = {"suite": self.suite_version, "format": self.format, "judge_args": list(self.judge_args),
+                "command": self.command}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        """The columns that identify its rows (with the step): one pair per key."""
+        return (self.run_a, self.run_b, self.task, self.judge, self.format, self.version)
 
 
 @dataclass
@@ -94,6 +102,10 @@ class PairRow:
     started_at: float | None
     finished_at: float | None
     error: str | None
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        return (self.run_a, self.run_b, self.task, self.judge, self.format, self.version)
 
 
 class PairStore:
@@ -140,14 +152,18 @@ class PairStore:
                               pair.name, outputs_a, outputs_b, time.time()))
             return cur.rowcount
 
-    def claim(self, owner: str, ttl: float, versions: list[str], limit: int = 1,
-              max_attempts: int = 3) -> list[tuple[PairRow, str]]:
-        """Lease runnable rows of these versions: pending, or running under an expired lease."""
+    def claim(self, owner: str, ttl: float, versions: list[str], limit: int = 1, max_attempts: int = 3,
+              keys: list[tuple] | None = None) -> list[tuple[PairRow, str]]:
+        """Lease runnable rows of these versions (and, given `keys`, only rows of those pairs: another
+        pipeline's pair in the same store is not ours to run): pending, or running under an expired lease."""
         now, out = time.time(), []
+        wanted = None if keys is None else {tuple(k) for k in keys}
         with self.tx() as db:
             marks = ",".join("?" * len(versions))
             found = db.execute(f"SELECT * FROM pairwise WHERE version IN ({marks}) AND (status='pending' OR "
                                "(status='running' AND lease_expires < ?)) ORDER BY step, id", [*versions, now]).fetchall()
+            if wanted is not None:
+                found = [r for r in found if self._row(r).key in wanted]
             for row_id, token in lease_rows(db, "pairwise", found, owner, ttl, limit, max_attempts, now):
                 out.append((self.get(row_id), token))
         return out

@@ -119,8 +119,9 @@ def headline_section(ctx: ReportContext) -> Section | None:
         return None
     md = headline_table(ctx.runs, ctx.headline) if ctx.headline else ""
     counts = sample_counts(ctx.runs, ctx.headline)
-    note = ("Mean ± sample standard deviation over each objective's runs (seeds) at each run's last evaluated "
-            "checkpoint; ↑ higher / ↓ lower is better; the best mean per column in bold.")
+    note = ("Mean ± sample standard deviation over each objective's runs (seeds) at each run's best checkpoint "
+            "(the lowest validation loss, the paper's selection; the last evaluated checkpoint for a run that "
+            "recorded none); ↑ higher / ↓ lower is better; the best mean per column in bold.")
     if counts:
         note += " " + "; ".join(f"{name}: {n} model samples against {n} reference samples per checkpoint"
                                 for name, n in counts.items()) + "."
@@ -190,8 +191,20 @@ def pairwise_section(ctx: ReportContext) -> Section | None:
     return Section("Pairwise judgments (A vs B)", table, md, [Plot("pairwise", png, caption)])
 
 
+def _demo(name: str) -> Callable[[ReportContext], Section | None]:
+    """A section of emotune.scheduling.report_demo (imported when the report is built: it imports Section)."""
+    def make(ctx: ReportContext) -> Section | None:
+        from emotune.scheduling import report_demo
+
+        return getattr(report_demo, name)(ctx)
+
+    make.__name__ = name
+    return make
+
+
 SECTIONS: tuple[Callable[[ReportContext], Section | None], ...] = (
-    headline_section, paper_section, pooled_section, pairwise_section, training_section, checkpoints_section)
+    _demo("verdict_section"), headline_section, _demo("icl_section"), _demo("calibration_section"), paper_section,
+    pooled_section, pairwise_section, training_section, checkpoints_section)
 
 
 _CHECK_SCRIPT = """

@@ -96,6 +96,21 @@ class RunData:
         s = self.series(task, key)
         return s[-1][2] if s else None
 
+    def selected_step(self, task: str) -> int | None:
+        """The checkpoint the report compares runs at: the run's best (lowest validation loss, best.json: the
+        paper's selection) when it was evaluated on `task`, else the last one evaluated."""
+        steps = self.metrics.get(task)
+        if not steps:
+            return None
+        best = self.best.get("step") if self.best else None
+        return best if best in steps else max(steps)
+
+    def selected(self, task: str, key: str) -> float | None:
+        """`key` of `task` at `selected_step` (None where that evaluation lacks it)."""
+        step = self.selected_step(task)
+        v = self.metrics[task][step].get(key) if step is not None else None
+        return float(v) if is_number(v) else None
+
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -193,3 +193,34 @@ def plot_training(runs: list[RunData]) -> bytes:
     _legend(fig, axes[0], runs)
     fig.suptitle("Training curves")
     return _png(fig)
+
+
+def plot_ceiling(runs: list[RunData], task: str) -> bytes:
+    """Accuracy per objective (bar: mean ± std over its runs at their best checkpoints; dots: the runs, with
+    the evaluator's standard error) against the Bayes-optimal accuracy on the same rows (dashed)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = group_colors(runs)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
+    names = list(groups(runs))
+    for i, name in enumerate(names):
+        members = groups(runs)[name]
+        vals = [(100 * v, r.selected(task, "accuracy_stderr")) for r in members if (v := r.selected(task, "accuracy")) is not None]
+        if not vals:
+            continue
+        ys = np.array([v for v, _ in vals])
+        ax.bar(i, ys.mean(), 0.6, yerr=ys.std(ddof=1) if len(ys) > 1 else None, capsize=4, color=colors[name],
+               alpha=0.75, label=f"{name} (n={len(ys)})")
+        ax.errorbar(i + np.linspace(-0.15, 0.15, len(vals)), ys, yerr=[100 * se if se is not None else 0 for _, se in vals],
+                    fmt="o", color="black", ms=3, elinewidth=0.8, capsize=2)
+    bayes = [100 * v for r in runs if (v := r.selected(task, "bayes_accuracy")) is not None]
+    if bayes:
+        ax.axhline(float(np.mean(bayes)), color="black", ls="--", lw=1.2, label=f"Bayes-optimal {np.mean(bayes):.1f} %")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("accuracy (%) ↑ higher is better")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{task_name(task)}: accuracy against its Bayes ceiling", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

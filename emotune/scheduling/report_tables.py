@@ -36,8 +36,9 @@ def _fmt(v: float) -> str:
 
 
 def headline_table(runs: list[RunData], panels: list[tuple[str, str]]) -> str:
-    """Per objective: mean ± sample std over its runs (seeds) of each headline metric at each run's last
-    evaluated checkpoint, the number of runs, the best mean per column in bold. Markdown."""
+    """Per objective: mean ± sample std over its runs (seeds) of each headline metric at each run's best
+    checkpoint (RunData.selected_step: lowest validation loss; the last evaluated where none was recorded),
+    the number of runs, the best mean per column in bold. Markdown."""
     names = [METRICS[k][0] for _, k in panels]
     head = ["Objective", "seeds"] + [
         (f"{n}" if names.count(n) == 1 else f"{task_name(t)} {n}") + (" (%)" if METRICS[k][2] else "")
@@ -46,7 +47,7 @@ def headline_table(runs: list[RunData], panels: list[tuple[str, str]]) -> str:
     for name, members in groups(runs).items():
         cells: list[tuple[float, str] | None] = []
         for task, key in panels:
-            vals = [v for v in (r.last(task, key) for r in members) if v is not None]
+            vals = [v for v in (r.selected(task, key) for r in members) if v is not None]
             if not vals:
                 cells.append(None)
                 continue
@@ -115,7 +116,9 @@ def grouped_table(runs: list[RunData]) -> str:
     for r in runs:
         for task in task_order(r.metrics):
             last = r.metrics[task][max(r.metrics[task])]
-            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])]
+            # the branch-point masses (calib/...) have their own table (report_demo.calibration_section)
+            columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])
+                        and not k.startswith("calib/")]
     if not columns:
         return ""
     head = ["Objective", "runs"] + [f"{task_name(t)} {k}" for t, k in columns]

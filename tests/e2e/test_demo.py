@@ -2,7 +2,7 @@
 
 Less data, one seed, fewer evaluation examples; everything else (synthetic language, sentencepiece
 tokenizer, MLE pre-training, ZeRO-3 fine-tuning on 2 ranks, ICL + oracle evaluation of every
-checkpoint, the report) is the real demo.
+checkpoint, calibration at the branch points, the report) is the real demo.
 """
 
 import math
@@ -43,6 +43,15 @@ def test_reduced_demo_end_to_end(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         values = [float(c) for c in cells]
         assert all(math.isfinite(v) for v in values) and len(values) >= 6
+    # What reproduced (one seed: directions only, never a verdict), accuracy against its Bayes ceiling, and the
+    # calibration table with EMO's population optimum, all from the evaluated numbers.
+    verdict = out.split("## What reproduced here")[1].split("\n## ")[0]
+    assert "no spread to judge the difference by" in verdict and "reproduces" not in verdict
+    assert "Bayes-optimal (%)" in out.split("## In-context accuracy against its Bayes ceiling")[1]
+    calib = out.split("## Calibration at the language's branch points")[1].split("\n## ")[0]
+    assert "| Context | next | language | MLE | EMO | EMO-1 optimum | EMO-2 optimum |" in calib
+    end = next(line for line in calib.splitlines() if "| end of text |" in line)
+    assert [c.strip() for c in end.strip("|").split("|")][2] == "20.0"  # the language ends 20 % after "."
     # Both fine-tuning runs started from the pre-trained checkpoint and were evaluated at every checkpoint.
     for run in ("mle-seed0", "emo-seed0"):
         assert "model.name_or_path=runs/demo/pretrain/checkpoint-" in res.stderr

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,58 @@ def test_bad_input_fails_the_pair_at_once(world, tmp_path):
         assert (row.status, row.attempts) == ("failed", 1) and "different instruction sets" in row.error
     finally:
         store.close()
+
+
+def rule_command(tag: str) -> str:
+    """A judge command running the rule judge (tests/test_instruct_fixtures.py) and noting `tag`."""
+    return f"{{python}} {REPO / 'tests' / 'test_instruct_fixtures.py'} {{a}} {{b}} {{judge}} {{format}} {{out}} {tag}"
+
+
+def test_pairs_differing_only_in_command_and_devices_each_run_their_own(world):
+    """Two pairs alike but for judge_command and devices are two judgments (the command is part of the
+    version), and each row runs its own pair's command on its own GPUs; the rule judge's verdicts depend on
+    the pair: run A's responses hold the marker word, B's do not, so A wins every pair."""
+    base = pair(world)
+    one = replace(base, command=rule_command("one"), devices="3")
+    two = replace(base, command=rule_command("two"), devices="5")
+    assert one.version != two.version
+    sched = PairwiseScheduler([one, two], ttl=30.0, jobs=2)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (sched.rows() and sched.finished()):
+        sched.tick()
+        time.sleep(0.2)
+    rows = {r.version: r for r in sched.rows()}
+    assert set(rows) == {one.version, two.version}
+    for p, tag in ((one, "one"), (two, "two")):
+        row = rows[p.version]
+        assert row.status == "finished", row.error
+        ran = json.loads((pair_output_dir(row) / "pairwise.json").read_text())["ran"]
+        assert (ran["tag"], ran["devices"]) == (tag, p.devices)
+        assert (row.result["win"], row.result["tie"], row.result["lose"]) == (3, 0, 0)
+        assert [rec["verdict_ab"] for rec in json.loads((pair_output_dir(row) / "pairwise.json").read_text())
+                ["pairs"]] == ["first"] * 3
+
+
+def test_two_judges_of_one_pair_name_write_their_own_folders(world, tmp_path):
+    """The default name is A-vs-B whatever the judge: two formats of one pair must not share a folder (each
+    job deletes and reads its folder's pairwise.json)."""
+    store = PairStore(default_store_path(world["a"]))
+    try:
+        plain, pandalm = pair(world, "bootstrap=80"), replace(pair(world, "bootstrap=80"), format="pandalm")
+        for p in (plain, pandalm):
+            store.enqueue(p, 77, "a.json", "b.json")
+        rows = [r for r in store.rows() if r.step == 77]
+        assert len(rows) == 2 and pair_output_dir(rows[0]) != pair_output_dir(rows[1])
+    finally:
+        store.close()
+
+
+def test_the_same_pair_twice_is_refused(world):
+    from emotune.errors import EmotuneError
+    from emotune.scheduling.pairwise import PairwisePart, pairs_from_config
+
+    runs = {"emo": world["a"], "mle": world["b"]}
+    part = PairwisePart(a="emo", b="mle", judge=world["judge"], devices="1")
+    with pytest.raises(EmotuneError, match="pairwise.1 judges the same as pairwise.0"):
+        pairs_from_config([part, part.model_copy(update={"devices": "2", "name": "x"})], runs, VERSION,
+                          ["alpaca_eval"], "pipe.yaml")

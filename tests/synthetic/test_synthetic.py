@@ -74,3 +74,36 @@ def test_summary_control_and_topic_posterior(lang):
         t, k = lang.sample(rng, summary=False)
         hits += int(np.argmax(lang.topic_posterior(t)) == k)
     assert hits >= 28
+
+
+def test_first_sentences_follow_the_language(lang):
+    """`sample_sentence` draws a text's first sentence (its own inverse-CDF stream): the first two words'
+    frequencies match the exact probabilities, and every sentence ends at its only "."."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    sentences = [lang.sample_sentence(rng) for _ in range(n)]
+    assert all(s.split()[-1] == "." and s.split().count(".") == 1 for s, _ in sentences)
+    first = Counter(s.split()[0] for s, _ in sentences)
+    exact = lang.next_word_probs([])
+    for word, c in first.most_common(5):
+        p = exact[lang.words.index(word)]
+        assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+    second = Counter(s.split()[1] for s, _ in sentences)
+    exact2 = sum(exact[w] * lang.next_word_probs([w]) for w in np.nonzero(exact[: lang.n_words])[0])
+    for word, c in second.most_common(5):
+        p = exact2[lang.words.index(word)]
+        assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+    # the topic drawn is the text's: its posterior favours it most of the time
+    hits = sum(int(np.argmax(lang.topic_posterior(s)) == k) for s, k in sentences[:300])
+    assert hits > 0.8 * 300
+
+
+def test_ambiguous_rows_carry_their_exact_posterior(lang):
+    rows = lang.ambiguous_rows(np.random.default_rng(8), 60, max_posterior=0.9)
+    assert len(rows) == 60
+    for r in rows:
+        post = lang.topic_posterior(r["text"])
+        assert r["posterior"] == pytest.approx(list(post), abs=1e-15) and post.max() <= 0.9
+        assert r["bayes_label"] == int(np.argmax(post)) and r["text"].endswith(" .")
+    # genuinely ambiguous: the posterior's own guess is wrong on some rows
+    assert 0 < sum(r["bayes_label"] != r["label"] for r in rows) < 60

@@ -85,6 +85,18 @@ def candidates(task: Task, index_rows, index_labels, demo_ids: list[int], row: d
     return [task.prompt(label, row, ice) for label in task.labels]
 
 
+def bayes_labels(task: Task, test_rows: list[dict]) -> list[Any] | None:
+    """The Bayes-optimal label of every test row, from the column `options.bayes_column` names (a task whose
+    exact posterior is known, like the demo's synthetic language): its accuracy is the task's ceiling,
+    reported as `bayes_accuracy` beside the model's. None when the task names no such column."""
+    column = task.options.get("bayes_column")
+    if column is None:
+        return None
+    check_columns(task, test_rows, task.test_split, [str(column)])
+    return [task.label_key(r[column], f"split {task.test_split!r} row {i} column {column!r}")
+            for i, r in enumerate(test_rows)]
+
+
 def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, retriever, data_dir=None,
                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                  limit: int | None = None, max_tokens: int | None = None, progress: bool = True,
@@ -95,6 +107,7 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
     start = time.time()
     scoring = scoring or task.options.get("scoring", "full")
     test_rows, gold, demo_ids, prompts, index = prepare(task, retriever, data_dir, limit, tokenizer)
+    bayes = bayes_labels(task, test_rows)  # before the model runs: a missing column fails in a second
     groups = tokenize_groups(tokenizer, prompts)
     # OpenICL's max_model_token_num, by default the model's positions (emotune.eval.icl.fit)
     seq_len, n_demos, fitted = max_seq_len(model, max_tokens), [len(d) for d in demo_ids], []
@@ -118,9 +131,10 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
         row = test_rows[i]
         pred = labels[scored.predictions[i]]
         ok = pred == gold[i]
+        extra = {} if bayes is None else {"bayes": bayes[i], "bayes_correct": bayes[i] == gold[i]}
         records.append({"id": i, "input": task.input_text(row), "demo_ids": demo_ids[i],
                         "scores": {str(lab): sc for lab, sc in zip(labels, scored.scores[i])},
-                        "prediction": pred, "gold": gold[i], "correct": bool(ok),
+                        "prediction": pred, "gold": gold[i], "correct": bool(ok), **extra,
                         **fitted[i].record(n_demos[i], labels), **prompt_record(prompts[i], labels)})
     out_dir = Path(out_dir)
     pred_name = f"{task.name}.predictions.jsonl"

@@ -2,8 +2,8 @@
 
 The raw input text of every index row and test row is embedded by a sentence-transformers encoder
 (L2-normalised float32); each test row gets the ids of its k most similar index rows by exact inner
-product (faiss `IndexFlatIP`), **most similar first**. The index embeddings are cached on disk per
-(task, encoder, data fingerprint), so re-evaluating another checkpoint on the same task skips them.
+product (faiss `IndexFlatIP`), **most similar first**. The index and the test rows' embeddings are cached on
+disk per (task, encoder, data fingerprint), so re-evaluating another checkpoint on the same task skips them.
 
 OpenICL first round-trips every text through a tokenizer (encode with truncation, then decode without
 special tokens): whatever the tokenizer normalises (unknown characters, spaces, a sentencepiece model's
@@ -169,7 +169,8 @@ class TopkRetriever:
             return [[] for _ in query_texts]
         if k > len(index_texts):
             raise EmotuneError(f"task {task!r}: ice_num={k} but the retrieval index has only {len(index_texts)} rows")
-        return topk_ids(self.index_embeddings(index_texts, task), self.embed(query_texts), k)
+        # the queries are cached like the index: every checkpoint of a run embeds the same test rows
+        return topk_ids(self.index_embeddings(index_texts, task), self.index_embeddings(query_texts, f"{task}-queries"), k)
 
 
 def topk_ids(index_emb: np.ndarray, query_emb: np.ndarray, k: int) -> list[list[int]]:

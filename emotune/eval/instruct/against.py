@@ -1,15 +1,22 @@
 """`emotune eval --against OTHER --judge J`: what the instruct tasks' responses are compared with.
 
-OTHER is another checkpoint (its responses are made with the same settings, into DIR/against/), an
-outputs file in AlpacaEval's format, or `reference` (the task's own reference responses). Everything
-that can be checked without a model is checked before the evaluated model loads: the judge's folder
-(tokenizer and weights), the format, the outputs file (every record) and that both sides hold the same
-instructions.
+OTHER is another checkpoint (its responses are made with the same settings, into
+DIR/against/<name>-<weights hash>/, an evaluation folder of its own with a summary.json), an outputs file
+in AlpacaEval's format, or `reference` (the task's own reference responses). A checkpoint's responses are
+keyed like every result of `emotune eval` (emotune.eval.resume: the weights' fingerprint, the dtype, the
+task definition and the options that change responses): a later run reuses them only under the same key,
+so another opponent or another checkpoint of the same name gets its own folder and its own responses, and
+other settings are refused in one line (or made again with resume=false). Everything that can be checked
+without a model is checked before the evaluated model loads: the judge's folder (tokenizer and weights),
+the format, the outputs file (every record), that both sides hold the same instructions, and whether the
+opponent's stored responses can be reused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,9 @@ class Against:
     model_name: str
     tasks: list[Task]
     opts: dict[str, Any]
+    folder: Path | None = None  # kind "model": where its responses live (under DIR/against/)
+    keys: dict[str, dict] = field(default_factory=dict)  # kind "model": each task's result key
+    reuse: set[str] = field(default_factory=set)  # kind "model": tasks whose stored responses have that key
 
     def _other(self, task: Task, out_dir: Path) -> list[dict]:
         from emotune.eval.instruct.task import load_instructions, reference_outputs
@@ -37,17 +47,25 @@ class Against:
             return reference_outputs(task, load_instructions(task, self.opts["data_dir"], self.opts["limit"]))
         if self.kind == "file":
             return read_outputs(self.source)
-        path = out_dir / "against" / f"{task.name}.outputs.json"
-        if not path.exists():
-            from emotune.eval.instruct.task import run_instruct_task
-            from emotune.eval.lm import load_causal_lm
+        if task.name not in self.reuse:
+            self._respond(task)
+        return read_outputs(self.folder / f"{task.name}.outputs.json")
 
-            print(f"[eval] {task.name}: responses of --against {self.source} ...", flush=True)
-            model, tok = load_causal_lm(self.source, "--against", self.opts["dtype"], self.opts["device"],
-                                        self.opts["trust_remote_code"])
-            run_instruct_task(task, model, tok, out_dir / "against", **self.opts)
-            del model
-        return read_outputs(path)
+    def _respond(self, task: Task) -> None:
+        """The opponent checkpoint's responses, recorded with their key in the folder's summary.json."""
+        from emotune.eval.instruct.task import run_instruct_task
+        from emotune.eval.lm import load_causal_lm
+        from emotune.eval.summary import write_summary
+
+        print(f"[eval] {task.name}: responses of --against {self.source} -> {self.folder} ...", flush=True)
+        model, tok = load_causal_lm(self.source, "--against", self.opts["dtype"], self.opts["device"],
+                                    self.opts["trust_remote_code"])
+        result = run_instruct_task(task, model, tok, self.folder, **self.opts)
+        del model
+        result.settings["resume_key"] = self.keys[task.name]
+        results = _stored(self.folder)
+        results[task.name] = result
+        write_summary(self.folder, self.source, "against", list(results.values()))
 
     def run(self, out_dir: Path, results: dict) -> list[dict[str, Any]]:
         loaded = load_judge(self.judge, self.opts)
@@ -59,7 +77,7 @@ class Against:
                   f"({self.fmt}) ...", flush=True)
             result = compare(mine, other, self.model_name, self.source, self.judge, self.fmt, self.opts, loaded)
             result["task"] = task.name
-            path = write_result(out_dir / result_name(task.name, self.judge, self.fmt), result)
+            path = write_result(out_dir / result_name(task.name, self.judge, self.fmt, self.source), result)
             print(table(result))
             print(f"[eval] pairwise result: {path}")
             done.append(result)
@@ -90,7 +108,46 @@ def prepare_against(args, tasks: list[Task], opts: dict[str, Any]) -> Against:
             rows = load_instructions(task, opts["data_dir"], opts["limit"])
             mine = [_record(spec, r, "", "") for r in rows]
             align(mine, other, f"task {task.name}", source)
+        return Against(kind, source, str(args.judge), args.judge_format or "plain", str(args.model), instruct, opts)
     else:
         kind = "model"
         resolve(source, "--against", need_tokenizer=True, need_weights=True)
-    return Against(kind, source, str(args.judge), args.judge_format or "plain", str(args.model), instruct, opts)
+    against = Against(kind, source, str(args.judge), args.judge_format or "plain", str(args.model), instruct, opts)
+    if kind == "model":
+        _key_opponent(against, Path(args.out))
+    return against
+
+
+def _stored(folder: Path) -> dict:
+    """The task results in an opponent folder's summary.json (none yet: empty)."""
+    from emotune.eval.summary import TaskResult, read_summary
+
+    path = folder / "summary.json"
+    if not path.exists():
+        return {}
+    try:
+        return {name: TaskResult(**r) for name, r in read_summary(path)["tasks"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise EmotuneError(f"{path}: not a valid summary; move it away or pass resume=false") from None
+
+
+def _key_opponent(against: Against, out_dir: Path) -> None:
+    """The opponent's folder (named by the checkpoint and its weights' fingerprint), each task's key, and which
+    stored responses carry that key; stored ones with another key are refused (resume=false makes them again)."""
+    from emotune.eval.lm import resolve_dtype
+    from emotune.eval.resume import check_reusable, model_fingerprint, result_key
+
+    fp = model_fingerprint(against.source)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(against.source.rstrip("/")).name)[:60] or "model"
+    against.folder = out_dir / "against" / f"{name}-{hashlib.sha256(fp.encode()).hexdigest()[:10]}"
+    dtype = str(resolve_dtype(str(against.opts["dtype"]), against.opts["device"] or "cpu")).replace("torch.", "")
+    stored = _stored(against.folder) if against.opts.get("resume", True) else {}
+    for task in against.tasks:
+        against.keys[task.name] = key = result_key(task, against.opts, fp, dtype)
+        old = stored.get(task.name)
+        if old is None or not (against.folder / str(old.predictions)).is_file():
+            continue
+        check_reusable(against.folder / "summary.json", task.name, old.settings or {}, key)
+        against.reuse.add(task.name)
+        print(f"[eval] {task.name}: responses of --against {against.source} already in {against.folder} "
+              "with the same settings, reused", flush=True)

@@ -9,10 +9,11 @@ text that says none of the three is *unparsed* (None), never mapped to a guess.
           wrapper `[INST] ... [/INST]`: it writes a comparison, then "So, the final decision is Response 1
           / Response 2 / Tie"; the verdict is what follows the *last* "final decision is". Its default
           mode is generate (the decision comes after the critique; likelihood mode scores the decision
-          sentence right after the prompt, skipping the critique).
+          sentence right after the prompt, skipping the critique). Its example decodes greedily.
 - pandalm PandaLM (7B) reads "### Response 1 / ### Response 2" and answers on its first line `1`, `2` or
-          `Tie`, then a reason and a reference answer. Default mode generate; likelihood compares the
-          three first lines.
+          `Tie`, then a reason and a reference answer. Default mode generate, decoded as its inference
+          script does (beam search, 4 beams, repetition penalty 1.2); likelihood compares the three first
+          lines.
 - plain   for any other instruction-tuned model: asks for "A", "B" or "tie"; default mode likelihood.
 
 The protocol texts are the judges' training prompts (a judge only works on the prompt it was trained on);
@@ -47,8 +48,9 @@ _PLAIN = (
     "\n\n### Instruction:\n{instruction}\n\n### Response A:\n{first}\n\n### Response B:\n{second}\n\n"
     "### Verdict:"
 )
-# special tokens PandaLM strips from responses before it judges them
-_SPECIAL = re.compile(r"<unk>|<pad>|<s>|</s>|\[PAD\]|<\|endoftext\|>|\[UNK\]|\[CLS\]|\[MASK\]")
+# special tokens PandaLM strips from responses before it judges them (its inference script's whole list)
+_SPECIAL = re.compile(r"<unk>|<pad>|<s>|</s>|\[PAD\]|<\|endoftext\|>|\[UNK\]|\[CLS\]|\[MASK\]|<\|startofpiece\|>"
+                      r"|<\|endofpiece\|>|\[gMASK\]|\[sMASK\]")
 
 
 def _autoj_prompt(instruction: str, first: str, second: str) -> str:
@@ -94,14 +96,17 @@ class JudgeFormat:
     continuations: dict[str, str]  # verdict -> the string whose likelihood stands for it
     default_mode: str  # "generate" | "likelihood"
     max_new_tokens: int  # generate mode's default limit
+    num_beams: int = 1  # generate mode's default decoding: the judge's own inference settings
+    repetition_penalty: float = 1.0
 
 
 FORMATS: dict[str, JudgeFormat] = {
     "autoj": JudgeFormat("autoj", _autoj_prompt, _autoj_parse,
                          {FIRST: " So, the final decision is Response 1", SECOND: " So, the final decision is "
                           "Response 2", TIE: " So, the final decision is Tie"}, "generate", 1024),
+    # PandaLM's inference script decodes with beam search (4 beams, early stopping) and repetition penalty 1.2
     "pandalm": JudgeFormat("pandalm", _pandalm_prompt, _pandalm_parse, {FIRST: "1", SECOND: "2", TIE: "Tie"},
-                           "generate", 512),
+                           "generate", 512, num_beams=4, repetition_penalty=1.2),
     "plain": JudgeFormat("plain", _plain_prompt, _plain_parse, {FIRST: " A", SECOND: " B", TIE: " tie"},
                          "likelihood", 16),
 }

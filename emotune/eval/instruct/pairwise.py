@@ -4,6 +4,7 @@ judge` run. Writes one JSON result (counts, win rate + interval, lengths, every 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ def load_judge(judge: str, opts: dict[str, Any]):
     return load_causal_lm(judge, "--judge", str(opts.get("dtype") or "auto"), opts.get("device"), False)
 
 
-def result_name(task: str, judge: str, fmt: str) -> str:
-    """`<task>.pairwise-<format>-<judge hash>.json`: one file per (task, judge, format)."""
-    return f"{task}.pairwise-{fmt}-{hashlib.sha256(str(judge).encode()).hexdigest()[:8]}.json"
+def result_name(task: str, judge: str, fmt: str, against: str) -> str:
+    """`<task>.pairwise-<format>-<hash of judge and opponent>.json`: one file per (task, judge, format, opponent),
+    so judging against another opponent into the same folder does not overwrite the first result."""
+    digest = hashlib.sha256(json.dumps([str(judge), str(against)]).encode()).hexdigest()[:8]
+    return f"{task}.pairwise-{fmt}-{digest}.json"
 
 
 def compare(a: list[dict], b: list[dict], a_name: str, b_name: str, judge: str, fmt_name: str, opts: dict[str, Any],
@@ -48,8 +51,10 @@ def compare(a: list[dict], b: list[dict], a_name: str, b_name: str, judge: str, 
     t0 = time.time()
     model, tokenizer = loaded if loaded is not None else load_judge(judge, opts)
     mode = opts.get("judge_mode") or fmt.default_mode
+    beams = opts.get("judge_num_beams") or fmt.num_beams
+    penalty = opts.get("judge_repetition_penalty") or fmt.repetition_penalty
     records = judge_pairs(model, tokenizer, pairs, fmt, mode, opts.get("judge_max_new_tokens"),
-                          int(opts.get("batch_size") or 4), bool(opts.get("progress")))
+                          int(opts.get("batch_size") or 4), bool(opts.get("progress")), beams, penalty)
     len_a = response_lengths(tokenizer, [p[0]["output"] for p in pairs])
     len_b = response_lengths(tokenizer, [p[1]["output"] for p in pairs])
     for rec, la, lb in zip(records, len_a, len_b):
@@ -61,7 +66,9 @@ def compare(a: list[dict], b: list[dict], a_name: str, b_name: str, judge: str, 
         "b": {"name": b_name, "generator": pairs[0][1]["generator"], "mean_length": float(np.mean(len_b))},
         "judge": {"model": str(judge), "format": fmt.name, "mode": mode,
                   "max_new_tokens": (opts.get("judge_max_new_tokens") or fmt.max_new_tokens) if mode == "generate"
-                  else None, "orders": "both (A first, then B first); a verdict that flips is a tie"},
+                  else None, "num_beams": beams if mode == "generate" else None,
+                  "repetition_penalty": penalty if mode == "generate" else None,
+                  "orders": "both (A first, then B first); a verdict that flips is a tie"},
         "length_unit": "tokens of the judge's tokenizer", "seconds": time.time() - t0, "pairs": records,
     })
     return result

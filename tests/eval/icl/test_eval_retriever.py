@@ -54,13 +54,13 @@ def test_index_embeddings_are_cached_per_task_encoder_and_data(tmp_path, retriev
     r1._model = retriever.model  # load the encoder once per module
     first = r1.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2")
     assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS)]
-    assert len(list(tmp_path.glob("sst2-*.npy"))) == 1
-    r2 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)  # a new run (another checkpoint): index read from disk
+    assert len(list(tmp_path.glob("sst2-*.npy"))) == 2  # the index and the test rows
+    r2 = Counting(None, cache_dir=tmp_path, roundtrip_tokenizer=None)  # a new run (another checkpoint): both read from disk
     r2._model = retriever.model
     assert r2.retrieve(TRAIN_TEXTS, TEST_TEXTS, 3, task="sst2") == first
-    assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS), len(TEST_TEXTS)]
+    assert calls == [len(TRAIN_TEXTS), len(TEST_TEXTS)]
     r2.retrieve(TRAIN_TEXTS[:-1], TEST_TEXTS, 3, task="sst2")  # other data: other fingerprint
-    assert len(list(tmp_path.glob("sst2-*.npy"))) == 2
+    assert len(list(tmp_path.glob("sst2-*.npy"))) == 3 and calls == [len(TRAIN_TEXTS), len(TEST_TEXTS), len(TRAIN_TEXTS) - 1]
 
 
 def test_roundtrip_is_explicit_and_applied(tmp_path, retriever):
