@@ -105,6 +105,13 @@ def mmlu_metrics(records: list[dict]) -> dict[str, float]:
     return with_stderr(metrics, {"accuracy": total, **{f"subject/{s}": n for s, (_, n) in per.items()}})
 
 
+def row_counts(records: list[dict]) -> dict[str, int]:
+    """How many rows of an ICL / MMLU task lost demos or tokens to the model's positions
+    (emotune.eval.icl.fit); a shard merge recomputes them over all shards' rows."""
+    return {"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
+            "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)}
+
+
 def task_metrics(kind: str, records: list[dict]) -> dict[str, float]:
     """A shardable task's metrics from its per-row records (the evaluator and the merge both use this)."""
     if kind == "icl":
@@ -180,9 +187,8 @@ def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
             f.write(line)
     settings = {k: v for k, v in (results[0].get("settings") or {}).items() if k not in ("shard", "shard_rows")}
     settings["merged_from_shards"] = len(results)
-    if kind == "mmlu":  # the rows max_seq_len touched, over all shards (emotune.eval.icl.mmlu.row_counts)
-        settings.update({"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
-                         "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)})
+    if kind in ("icl", "mmlu"):  # the rows max_seq_len touched, over all shards
+        settings.update(row_counts(records))
     merged = {"task": task, "kind": kind, "metrics": task_metrics(kind, records), "n_examples": len(records),
               "predictions": pred_name, "seconds": round(sum(float(r.get("seconds") or 0) for r in results), 3),
               "settings": settings}

@@ -271,6 +271,17 @@ def _(w, d):  # as many output rows as the student, another tokenizer family: th
             ["teacher.model", "the teacher's tokenizer is not the student's"])
 
 
+@case("train-cost-other-tokenizer")
+def _(w, d):  # objective.cost: external from a head with as many rows as the student's, of another tokenizer family
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(str(w.model)))
+    with contextlib.redirect_stderr(io.StringIO()):  # the save's progress bar is not the command's stderr
+        make_tiny_llama(d / "cost", make_wordpiece_tokenizer(d / "tok", size), hidden=16, layers=1)
+    return (["train", str(w.good_train), "objective.cost=external", f"objective.cost_source={d / 'cost'}"],
+            ["objective.cost_source", "the cost source's tokenizer is not the student's"])
+
+
 @case("train-teacher-dir-missing")
 def _(w, d):
     return (["train", str(w.good_train), "objective.params={target: teacher}", f"teacher.model={d}/absent"],
@@ -1065,7 +1076,7 @@ def test_nothing_written_covers_the_directory_a_case_runs_in(tmp_path):
 def test_corpus_size():
     commands = {name.split("-")[0] for name, _ in CASES}
     # the corpus as it stands (a case taken away must lower this on purpose), every name once
-    assert len(CASES) >= 214 and len({n for n, _ in CASES}) == len(CASES)
+    assert len(CASES) >= 215 and len({n for n, _ in CASES}) == len(CASES)
     assert {"train", "ds", "data", "eval", "watch", "results", "report", "launch", "pipeline", "demo"} <= commands
 
 

@@ -84,9 +84,9 @@ class EvalOptions(_Options):
                        "else float32)")
     device: str | None = Field(None, description="cpu | cuda | cuda:1 ... (default cuda if available)")
     limit: Positive | None = Field(None, description="evaluate only the first N test rows (per subject for MMLU)")
-    max_tokens: Positive | None = Field(None, description="drop the least similar demos until every candidate fits "
-                                        "(OpenICL's max_model_token_num); MMLU: the last demos until it fits "
-                                        "(OpenCompass' max_seq_len; default and at most the model's positions)")
+    max_tokens: Positive | None = Field(None, description="longest prompt scored, default and at most the model's "
+                                        "positions: longer ones lose their last demos (OpenICL's "
+                                        "max_model_token_num, OpenCompass' max_seq_len; docs/evaluation.md)")
     data_dir: str | None = Field(None, description="local data: DIR/<task>/<split>.jsonl|csv|parquet (or DIR/<split>.*)")
     cache_dir: str | None = Field(None, description="retriever embedding cache (default $EMOTUNE_CACHE or "
                                   "~/.cache/emotune)")

@@ -103,6 +103,10 @@ def result_key(task, opts: dict[str, Any], model_fp: str, dtype: str) -> dict[st
     key: dict[str, Any] = {"model": model_fp, "dtype": dtype, "kind": task.kind}
     if task.kind == "icl":
         key["ice_num"] = task.ice_num
+    if task.kind in ("icl", "mmlu"):  # how a prompt past max_seq_len is fitted (the rule's version)
+        from emotune.eval.icl.fit import FIT_RULE
+
+        key["prompt_fit"] = FIT_RULE
     for name in RESULT_OPTIONS.get(task.kind, ()):
         value = opts.get(name)
         if name == "scoring":

@@ -1,7 +1,8 @@
 """Read another checkpoint's LM head for the `external` cost embedding (docs/objectives.md, *Cost embedding*).
 
 Only the one tensor is read, from the safetensors files (never a pickle, never the whole model): the
-paper's LoRA runs took LLaMA-2-13B's head as the cost for every model size. Works on a local
+paper's LoRA runs took LLaMA-2-13B's head as the cost for every model size, which shares their tokenizer:
+the source's tokenizer must be the student's (`check_cost_tokenizer`). Works on a local
 directory or a hub id (only the index and the shard holding the head are downloaded).
 """
 
@@ -16,6 +17,7 @@ from safetensors import safe_open
 from emotune.errors import EmotuneError, one_line
 from emotune.hub import check_safetensors, hub_kwargs, resolve, safetensors_files
 from emotune.objectives.cost import CostEmbedding
+from emotune.train.same_tokenizer import check_same_tokenizer, load_checkpoint_tokenizer
 
 # Where causal LMs keep the output embedding; tied models keep only the input one.
 HEAD_KEYS = ("lm_head.weight", "embed_out.weight", "output.weight")
@@ -95,6 +97,20 @@ def load_lm_head(source: str) -> torch.Tensor:
         raise EmotuneError(f"{shard}: cannot read tensor {key} ({one_line(err)})") from None
 
 
-def external_cost(source: str, vocab_size: int) -> CostEmbedding:
-    """An `external` cost embedding from another checkpoint; its vocabulary must match the model's."""
+COST_WHY = ("the external cost gives token id i the row i of that checkpoint's head, so it needs the student's "
+            "tokenizer")
+
+
+def check_cost_tokenizer(source: str, student_tok) -> None:
+    """Refuse a cost source whose tokenizer is not the student's (an equal number of rows is not enough: another
+    family's head of the same size would give every token another token's embedding)."""
+    other = load_checkpoint_tokenizer(source, KEY, "the external cost checks that its tokenizer is the student's")
+    check_same_tokenizer(other, student_tok, f"{KEY} ({source})", "cost source", COST_WHY)
+
+
+def external_cost(source: str, vocab_size: int, tokenizer=None) -> CostEmbedding:
+    """An `external` cost embedding from another checkpoint; its vocabulary must match the model's, and its
+    tokenizer the student's `tokenizer` where given."""
+    if tokenizer is not None:
+        check_cost_tokenizer(source, tokenizer)
     return CostEmbedding.external(load_lm_head(source), vocab_size, name=f"LM head of {source}")

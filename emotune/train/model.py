@@ -233,12 +233,20 @@ def unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def student_tokenizer_exists(cfg) -> bool:
+    """False where the student's tokenizer is trained on the data and not there yet (load_tokenizer would train
+    and write it): the checks that compare it with another checkpoint's then run when the model is built."""
+    trained = Path(cfg.output_dir) / "tokenizer" / "tokenizer_config.json"
+    return not cfg.model.train_tokenizer_vocab_size or trained.is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # cost embedding
 
-def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
+def build_cost(cfg, model, vocab_size: int, tokenizer=None) -> CostEmbedding | None:
     """The cost embedding the objective needs, or None. `frozen`: the full `[V, H]` output embedding of
-    the (resized) base model, gathered under ZeRO-3; `external`: another checkpoint's head from its files."""
+    the (resized) base model, gathered under ZeRO-3; `external`: another checkpoint's head from its files
+    (its tokenizer checked against the student's `tokenizer` where given)."""
     from emotune.objectives.registry import needs_cost
 
     if not needs_cost(cfg.objective.name, cfg.objective.params):
@@ -247,7 +255,7 @@ def build_cost(cfg, model, vocab_size: int) -> CostEmbedding | None:
     if source == "external":
         from emotune.train.cost import external_cost
 
-        return external_cost(cfg.objective.cost_source, vocab_size)
+        return external_cost(cfg.objective.cost_source, vocab_size, tokenizer)
     if source == "adaptive":
         return CostEmbedding.adaptive(unwrap(model))
     cost = CostEmbedding.frozen(unwrap(model))

@@ -115,9 +115,12 @@ def preflight(cfg: TrainConfig) -> None:
     check_model_config(cfg)  # the model's files / config, its tokenizer, block_size vs its positions
     check_chat_template(cfg)  # data.format: chat: a template to render conversations with
     if cfg.objective.cost == "external":
-        from emotune.train.cost import check_cost_source
+        from emotune.train.cost import check_cost_source, check_cost_tokenizer
+        from emotune.train.model import load_tokenizer, student_tokenizer_exists
 
         check_cost_source(cfg.objective.cost_source)
+        if student_tokenizer_exists(cfg):  # else checked when the model is built (build_cost)
+            check_cost_tokenizer(cfg.objective.cost_source, load_tokenizer(cfg))
     if cfg.teacher is not None:
         from emotune.train.teacher import check_teacher
 
@@ -224,7 +227,7 @@ def setup_model(cfg: TrainConfig, tokenizer, rank: int, world: int) -> Model:
         raise EmotuneError(f"the model's vocabulary ({vocab}) is smaller than the tokenizer's ({len(tokenizer)})")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    cost = build_cost(cfg, model, vocab)
+    cost = build_cost(cfg, model, vocab, tokenizer)
     objective = build_objective(cfg.objective.name, cfg.objective_params(), cost=cost)
     if cost is not None and rank == 0:
         log.info("cost embedding: %s, %s", cost.source, "live LM head" if cost.source == "adaptive" else tuple(cost.matrix().shape))

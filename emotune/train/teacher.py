@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from emotune.errors import EmotuneError, one_line
 from emotune.hub import resolve
+from emotune.train import same_tokenizer
 from emotune.train.fused_head import hf_model
+from emotune.train.same_tokenizer import load_checkpoint_tokenizer
 
 
 def teacher_ds_config(ds_config: dict) -> dict:
@@ -42,7 +43,7 @@ def check_teacher(cfg) -> None:
     when the teacher is loaded (`load_teacher`)."""
     from transformers import AutoConfig
 
-    from emotune.train.model import load_tokenizer
+    from emotune.train.model import load_tokenizer, student_tokenizer_exists
 
     t = cfg.teacher
     extra = resolve(t.model, "teacher.model", t.revision, need_weights=True)
@@ -50,63 +51,23 @@ def check_teacher(cfg) -> None:
         AutoConfig.from_pretrained(t.model, revision=t.revision, trust_remote_code=t.trust_remote_code, **extra)
     except (OSError, ValueError) as err:
         raise EmotuneError(f"teacher.model: cannot load a model config from {t.model!r}: {one_line(err)}") from None
-    m = cfg.model
-    trained = Path(cfg.output_dir) / "tokenizer" / "tokenizer_config.json"
-    if not m.train_tokenizer_vocab_size or trained.is_file():  # load_tokenizer would train (and write) one: later
+    if student_tokenizer_exists(cfg):  # else load_tokenizer would train (and write) one: checked in load_teacher
         check_same_tokenizer(teacher_tokenizer(cfg), load_tokenizer(cfg))
+
+
+TEACHER_WHY = "distillation compares the two distributions id by id, so it needs the student's tokenizer"
 
 
 def teacher_tokenizer(cfg):
     """The tokenizer saved with the teacher (a checkpoint without one cannot be checked against the student's)."""
-    from transformers import AutoTokenizer
-
     t = cfg.teacher
-    try:
-        extra = resolve(t.model, "teacher.model", t.revision, need_tokenizer=True, filename="tokenizer_config.json")
-    except EmotuneError as err:
-        raise EmotuneError(f"{err}; distillation checks that the teacher's tokenizer is the student's") from None
-    try:
-        return AutoTokenizer.from_pretrained(t.model, revision=t.revision, trust_remote_code=t.trust_remote_code, **extra)
-    except Exception as err:  # transformers raises what the tokenizer's family raises (OSError, ValueError, ...)
-        raise EmotuneError(f"teacher.model: cannot load a tokenizer from {t.model!r}: {one_line(err)}") from None
-
-
-# Text the two tokenizers must split alike: words, digits, runs of spaces, tabs and newlines, punctuation, accents,
-# CJK, emoji (byte fallback). Equal vocabularies with other merges or normalisers give these other ids.
-PROBES = ("The quick brown fox jumps over the lazy dog. 0123456789 3.14",
-          "  two spaces,\ttab\nnew line;  punctuation!? (x) [y] {z} <w> @#$%^&*_+=|~`'\"",
-          "caf\u00e9 na\u00efve Stra\u00dfe \u6771\u4eac \U0001f600 \u2014 \u201cquotes\u201d")
-# pad is left out: padded positions are masked and never targets, and a run may set pad = eos on its own copy
-SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token")
+    return load_checkpoint_tokenizer(t.model, "teacher.model", "distillation checks that the teacher's tokenizer is "
+                                     "the student's", t.revision, t.trust_remote_code)
 
 
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
-    """Refuse a teacher whose tokenizer maps the student's text to other ids: the same token -> id table (added tokens
-    included), the same BOS / EOS / UNK, the same ids for a few probe texts."""
-    why = _tokenizer_difference(teacher_tok, student_tok)
-    if why:
-        raise EmotuneError(f"teacher.model: the teacher's tokenizer is not the student's ({why}); distillation compares "
-                           "the two distributions id by id, so it needs the student's tokenizer")
-
-
-def _tokenizer_difference(t, s) -> str | None:
-    tv, sv = t.get_vocab(), s.get_vocab()
-    if tv != sv:
-        if len(tv) != len(sv):
-            return f"{len(tv)} tokens, the student's {len(sv)}"
-        token = min((k for k in tv.keys() | sv.keys() if tv.get(k) != sv.get(k)), key=lambda k: min(tv.get(k, 1 << 62),
-                                                                                                    sv.get(k, 1 << 62)))
-        if token not in sv or token not in tv:
-            return f"token {token!r} is only in the {'teacher' if token in tv else 'student'}'s vocabulary"
-        return f"token {token!r} is id {tv[token]} for the teacher, {sv[token]} for the student"
-    for name in SPECIAL_TOKENS:
-        if getattr(t, name) != getattr(s, name):
-            return f"{name} {getattr(t, name)!r}, the student's {getattr(s, name)!r}"
-    for text in PROBES:
-        ti, si = t(text)["input_ids"], s(text)["input_ids"]
-        if ti != si:
-            return f"{text[:20]!r}... is {ti[:8]}... for the teacher, {si[:8]}... for the student"
-    return None
+    """Refuse a teacher whose tokenizer maps the student's text to other ids (emotune.train.same_tokenizer)."""
+    same_tokenizer.check_same_tokenizer(teacher_tok, student_tok, "teacher.model", "teacher", TEACHER_WHY)
 
 
 def load_teacher(cfg, ds_config: dict, vocab: int, tokenizer=None) -> nn.Module:

@@ -173,3 +173,50 @@ def test_a_teacher_without_a_tokenizer_is_refused(tmp_path, student):
         f.unlink()
     with pytest.raises(EmotuneError, match="teacher.model: .* holds no tokenizer files .*the teacher's tokenizer is the student's"):
         check_teacher(_cfg(tmp_path, student_dir, teacher))
+
+
+@pytest.mark.parametrize("kind", list(_teachers()))
+def test_an_external_cost_source_with_another_tokenizer_is_refused(tmp_path, student, kind):
+    """`objective.cost: external` checked only the number of rows: a head of another tokenizer with as many rows
+    gave every token another token's embedding. The cost source shares the teacher's check."""
+    from emotune.train.cost import check_cost_tokenizer, external_cost
+
+    student_dir, student_tok = student
+    build, why = _teachers()[kind]
+    source = str(_checkpoint(tmp_path / "cost", build(tmp_path / "cost-tok")))
+    pattern = r"^objective.cost_source \(.*cost\): the cost source's tokenizer is not the student's \("
+    with pytest.raises(EmotuneError, match=pattern) as err:
+        check_cost_tokenizer(source, student_tok)  # the preflight's check
+    assert why.replace("teacher", "cost source") in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EmotuneError, match=pattern):
+        external_cost(source, SIZE, student_tok)  # when the model is built (a tokenizer trained on the data)
+
+
+def test_an_external_cost_source_with_the_students_tokenizer_passes(tmp_path, student):
+    from emotune.train.cost import check_cost_tokenizer, external_cost
+
+    student_dir, student_tok = student
+    check_cost_tokenizer(str(student_dir), student_tok)
+    assert external_cost(str(student_dir), SIZE, student_tok).matrix().shape[0] == SIZE
+    source = _checkpoint(tmp_path / "cost", student_tok)
+    for f in list(source.glob("tokenizer*")) + list(source.glob("special_tokens_map.json")):
+        f.unlink()
+    with pytest.raises(EmotuneError, match="objective.cost_source: .* holds no tokenizer files .*the student's"):
+        check_cost_tokenizer(str(source), student_tok)
+
+
+def test_a_pad_token_the_run_added_is_not_a_difference(tmp_path):
+    """`model.pad_token: add` appends `<pad>` to the student's copy after the preflight compared it; the checkpoint's
+    tokenizer lacks it. Padded positions are never targets: still the same tokenizer (not so a token added in front)."""
+    import copy
+
+    from emotune.train.model import train_tokenizer
+    from emotune.train.same_tokenizer import tokenizer_difference
+
+    tok = train_tokenizer(corpus_lines(200), SIZE, pad=False)
+    student = copy.deepcopy(tok)
+    student.add_special_tokens({"pad_token": "<pad>"})
+    assert tokenizer_difference(tok, student) is None
+    other = copy.deepcopy(tok)
+    other.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert tokenizer_difference(other, student) == "301 tokens, the student's 300"  # ours without its pad

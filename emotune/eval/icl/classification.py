@@ -3,7 +3,8 @@
 For each test row: retrieve `ice_num` demos from the index split (most similar first), write each demo as its
 gold label's template, ICE block = '\\n'.join(demos) + '\\n' (OpenICL's ice_separator and ice_eos_token),
 candidate l = templates[l] with the ICE block at its ice token (in front if it has none) and the test input
-filled in; score every candidate (scorer.py) and predict the lowest score. Writes
+filled in; a prompt longer than the model's positions (or `max_tokens`) loses its least similar demos
+(fit.py); score every candidate (scorer.py) and predict the lowest score. Writes
 `<out_dir>/<task>.predictions.jsonl` (every candidate prompt included) and returns a TaskResult.
 
 A retriever is any object with `retrieve(index_texts, query_texts, k, task=...)` and `settings()`; one that
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from emotune.atomic import write_jsonl
+from emotune.eval.icl.fit import fit_prompts, max_seq_len
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
-from emotune.shards import icl_metrics, parse_shard, shard_range, shard_settings
+from emotune.shards import icl_metrics, parse_shard, row_counts, shard_range, shard_settings
 from emotune.tasks import Task
 
 ICE_SEPARATOR = "\n"
@@ -107,12 +109,14 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
     test_rows, gold, demo_ids, prompts, index = prepare(task, retriever, data_dir, limit, tokenizer)
     bayes = bayes_labels(task, test_rows)  # before the model runs: a missing column fails in a second
     groups = tokenize_groups(tokenizer, prompts)
-    if max_tokens is not None:  # OpenICL's max_model_token_num: drop the least similar demos until it fits
-        for i, cands in enumerate(groups):
-            while max(len(s) for s in cands) > max_tokens and demo_ids[i]:
-                demo_ids[i] = demo_ids[i][:-1]
-                prompts[i] = candidates(task, *index, demo_ids[i], test_rows[i])
-                cands = groups[i] = tokenize_groups(tokenizer, [prompts[i]])[0]
+    # OpenICL's max_model_token_num, by default the model's positions (emotune.eval.icl.fit)
+    seq_len, n_demos, fitted = max_seq_len(model, max_tokens), [len(d) for d in demo_ids], []
+    for i, row in enumerate(test_rows):
+        def build(n, ids=demo_ids[i], row=row):
+            return candidates(task, *index, ids[:n], row)
+        fitted.append(fit_prompts(build, n_demos[i], prompts[i], groups[i], tokenizer, seq_len,
+                                  same_demos=scoring == "continuation"))
+        prompts[i], groups[i], demo_ids[i] = fitted[i].prompts, fitted[i].ids, demo_ids[i][:fitted[i].kept]
     selected, shard_info = range(len(test_rows)), {}
     if shard is not None:
         k, n_shards = parse_shard(shard)
@@ -131,14 +135,15 @@ def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, re
         records.append({"id": i, "input": task.input_text(row), "demo_ids": demo_ids[i],
                         "scores": {str(lab): sc for lab, sc in zip(labels, scored.scores[i])},
                         "prediction": pred, "gold": gold[i], "correct": bool(ok), **extra,
-                        **prompt_record(prompts[i], labels)})
+                        **fitted[i].record(n_demos[i], labels), **prompt_record(prompts[i], labels)})
     out_dir = Path(out_dir)
     pred_name = f"{task.name}.predictions.jsonl"
     write_jsonl(out_dir / pred_name, records)
     n = len(records)
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "ice_num": task.ice_num,
                 "index_split": task.index_split, "test_split": task.test_split, "limit": limit,
-                "max_tokens": max_tokens, "task_file": task.source, "ignore_token_id": openicl_ignore_id(tokenizer),
+                "max_tokens": max_tokens, "max_seq_len": seq_len, **row_counts(records), "task_file": task.source,
+                "ignore_token_id": openicl_ignore_id(tokenizer),
                 **retriever.settings(), **shard_info}
     return TaskResult(task=task.name, kind="icl", metrics=icl_metrics(records), n_examples=n,
                       predictions=pred_name, seconds=round(time.time() - start, 3), settings=settings)

@@ -8,7 +8,7 @@ hint + demos + `{question}\nA. ...\nD. {D}\nAnswer: X`, scored with the same PPL
 The hint and demos are common to every candidate of a subject, so the scorer computes them once per
 subject (its level-0 prefix). Reported: micro accuracy (all questions; OpenCompass' `mmlu-weighted`),
 macro accuracy (mean over subjects; OpenCompass' headline `mmlu`) and the accuracy of every subject.
-A prompt longer than the model's positions loses demos from the end as in OpenCompass (`fit_demos`).
+A prompt longer than the model's positions loses demos from the end as in OpenCompass (emotune.eval.icl.fit).
 Tokens equal to the pad token (EOS where there is none) are left out of the score's sum and length, as
 OpenCompass does.
 """
@@ -25,11 +25,12 @@ from typing import Any
 from emotune.atomic import write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.icl.classification import prompt_record, tokenize_groups
+from emotune.eval.icl.fit import fit_prompts, max_seq_len
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
 from emotune.eval.task_files import MmluPrompt, MmluTaskFile
-from emotune.shards import OPENCOMPASS_NAMES, mmlu_metrics, parse_shard, shard_range, shard_settings
+from emotune.shards import OPENCOMPASS_NAMES, mmlu_metrics, parse_shard, row_counts, shard_range, shard_settings
 from emotune.tasks import Task, read_task_file
 
 LETTERS = "ABCD"
@@ -101,45 +102,6 @@ def candidates(subject: str, dev_rows: list[dict], row: dict, where: str, prompt
     return [prefix + q + prompt.answer.format(answer=x) for x in LETTERS]
 
 
-# the model config keys OpenCompass' HF model reads max_seq_len from, in its order (+ GPT-2's n_positions)
-POSITION_KEYS = ("max_position_embeddings", "seq_length", "model_max_length", "n_positions")
-
-
-def model_max_positions(model) -> int | None:
-    """The longest sequence the model takes (its config's position limit), None where it states none."""
-    config = getattr(model, "config", None)
-    for key in POSITION_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def fit_demos(subject: str, shots_rows: list[dict], row: dict, where: str, prompt: MmluPrompt, tokenizer,
-              cands: list[str], ids: list[list[int]], max_seq_len: int | None):
-    """OpenCompass' PPL inferencer rule for a prompt longer than max_seq_len: drop demos from the end
-    until every candidate fits (its token count with the special tokens the tokenizer adds). A question
-    too long even without demos is cut from the left to its last max_seq_len tokens, as OpenCompass' HF
-    model (truncation_side left) does. Returns (prompts, token ids, demos kept, tokens cut)."""
-    n = len(shots_rows)
-    if max_seq_len is None:
-        return cands, ids, n, 0
-    while n > 0 and max(len(t) for t in ids) > max_seq_len:
-        n -= 1
-        cands = candidates(subject, shots_rows[:n], row, where, prompt)
-        ids = tokenize_groups(tokenizer, [cands])[0]
-    cut = max(len(t) for t in ids) - max_seq_len
-    if cut > 0:
-        ids = [t[-max_seq_len:] for t in ids]
-    return cands, ids, n, max(cut, 0)
-
-
-def row_counts(records: list[dict]) -> dict[str, int]:
-    """How many rows max_seq_len touched (summary settings; a shard merge recomputes them from the rows)."""
-    return {"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
-            "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)}
-
-
 def by_subject(rows: list[dict]) -> "OrderedDict[str, list[tuple[int, dict]]]":
     out: OrderedDict[str, list[tuple[int, dict]]] = OrderedDict()
     for i, r in enumerate(rows):
@@ -186,8 +148,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         k, n_shards = parse_shard(shard)
         selected = shard_range(n_rows, k, n_shards)
         shard_info = shard_settings(selected, k, n_shards, n_rows)
-    positions = model_max_positions(model)
-    max_seq_len = min(x for x in (max_tokens, positions) if x is not None) if (max_tokens or positions) else None
+    seq_len = max_seq_len(model, max_tokens)
     records = []
     ignore = opencompass_ignore_id(tokenizer)
     offset = 0
@@ -202,22 +163,22 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
                                f"(key 'shots')")
         prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
         groups = tokenize_groups(tokenizer, prompts)
-        kept, cut = [len(shots_rows)] * len(items), [0] * len(items)
+        fitted = []
         for j, (i, r) in enumerate(items):
-            if max_seq_len is not None and max(len(t) for t in groups[j]) > max_seq_len:
-                prompts[j], groups[j], kept[j], cut[j] = fit_demos(subject, shots_rows, r, f"test row {i}", prompt,
-                                                                   tokenizer, prompts[j], groups[j], max_seq_len)
+            def build(n, r=r, i=i, subject=subject, demos=shots_rows):
+                return candidates(subject, demos[:n], r, f"test row {i}", prompt)
+            fitted.append(fit_prompts(build, len(shots_rows), prompts[j], groups[j], tokenizer, seq_len,
+                                      same_demos=scoring == "continuation"))
+            prompts[j], groups[j] = fitted[j].prompts, fitted[j].ids
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress, select=mine if shard is not None else None)
         for j in mine:
             (i, r), scores, pred, cands = items[j], scored.scores[j], scored.predictions[j], prompts[j]
             gold = answer_index(r["answer"], f"test row {i}")
-            fitted = {"demos_dropped": len(shots_rows) - kept[j]} if kept[j] < len(shots_rows) else {}
-            if cut[j]:
-                fitted["truncated_tokens"] = cut[j]
             records.append({"id": i, "subject": subject, "input": r["question"],
                             "scores": dict(zip(LETTERS, scores)), "prediction": LETTERS[pred],
-                            "gold": LETTERS[gold], "correct": pred == gold, **fitted,
+                            "gold": LETTERS[gold], "correct": pred == gold,
+                            **fitted[j].record(len(shots_rows), list(LETTERS)),
                             **prompt_record(cands, list(LETTERS))})
     if not records:
         raise EmotuneError(f"{task.source}: no MMLU test rows to evaluate")
@@ -227,7 +188,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
     settings = {"scoring": scoring, "shared_prefix": shared_prefix, "shots": shots,
                 "subjects": len({r["subject"] for r in records}), "prompt": "opencompass mmlu_ppl",
                 "limit_per_subject": limit, "task_file": task.source, "ignore_token_id": ignore,
-                "max_seq_len": max_seq_len, **row_counts(records), "opencompass_names": OPENCOMPASS_NAMES,
+                "max_seq_len": seq_len, **row_counts(records), "opencompass_names": OPENCOMPASS_NAMES,
                 **shard_info}
     return TaskResult(task=task.name, kind="mmlu", metrics=metrics, n_examples=len(records), predictions=pred_name,
                       seconds=round(time.time() - start, 3), settings=settings)

@@ -190,7 +190,11 @@ def _level2(model, cands, plen, last, layers, mask1):
         ids2, mask2 = pad_right(row_in)
         ids2, mask2 = ids2.to(dev), mask2.to(dev)
         offsets = torch.tensor([plen[i] for i in row_src], device=dev)
-        pos2 = offsets[:, None] + torch.arange(ids2.shape[1], device=dev)[None, :]
+        # a padded slot repeats its row's last position: the row's offset plus the batch's longest suffix
+        # could pass the model's positions (GPT-2: no embedding there) though every real token is within
+        ends = torch.tensor([len(x) - 1 for x in row_in], device=dev)
+        steps = torch.minimum(torch.arange(ids2.shape[1], device=dev)[None, :], ends[:, None])
+        pos2 = offsets[:, None] + steps
         mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
         logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
         for r, key in enumerate(rows):

@@ -85,7 +85,7 @@ def ours(checkpoint, tmp_path_factory):
     return tokenizer, TopkRetriever(None, cache_dir=tmp_path_factory.mktemp("cache"))  # default: OpenICL's round trip
 
 
-def run_openicl(checkpoint, n_labels, out_dir, templates=None, column_token_map=None):
+def run_openicl(checkpoint, n_labels, out_dir, templates=None, column_token_map=None, max_model_token_num=None):
     from datasets import Dataset, DatasetDict
     from openicl import DatasetReader, PPLInferencer, PromptTemplate
     from openicl import TopkRetriever as OpenICLTopk
@@ -101,6 +101,7 @@ def run_openicl(checkpoint, n_labels, out_dir, templates=None, column_token_map=
     real_retrieve = retriever.retrieve
     retriever.retrieve = lambda: captured.append(real_retrieve()) or captured[-1]  # record what inference uses
     inferencer = PPLInferencer(model_name=str(checkpoint), tokenizer_name=str(checkpoint), batch_size=4,
+                               max_model_token_num=max_model_token_num,
                                output_json_filepath=str(out_dir), output_json_filename="predictions")
     predictions = inferencer.inference(retriever, ice_template=template)
     return captured[0], predictions, json.loads((out_dir / "predictions.json").read_text()), inferencer.model
@@ -158,6 +159,26 @@ def test_native_evaluator_matches_openicl(checkpoint, shims, ours, tmp_path, n_l
     result = run_icl_task(task, model, tokenizer, tmp_path / "ours", retriever=retriever, progress=False)
     assert_predictions_file_matches(tmp_path / "ours", result, log, labels, predictions, ids)
     assert result.settings["roundtrip_tokenizer"] == "model"
+
+
+def test_long_prompts_lose_demos_as_in_openicl(checkpoint, shims, ours, tmp_path):
+    """OpenICL's max_model_token_num (our max_tokens): labels in template order each drop the last demos
+    while their prompt is too long, earlier labels keep theirs. 4 labels, the last one the longest."""
+    tokenizer, retriever = ours
+    task = write_task(tmp_path, 4, TEMPLATES[4])
+    _, _, _, prompts, _ = prepare(task, retriever, tokenizer=tokenizer)
+    lengths = sorted(max(len(ids) for ids in group) for group in tokenize_groups(tokenizer, prompts))
+    limit = lengths[len(lengths) // 2]  # about half the rows lose demos
+    ids, predictions, log, model = run_openicl(checkpoint, 4, tmp_path / "openicl", max_model_token_num=limit)
+    result = run_icl_task(task, model, tokenizer, tmp_path / "ours", retriever=retriever, progress=False,
+                          max_tokens=limit)
+    records = [json.loads(x) for x in (tmp_path / "ours" / result.predictions).read_text().splitlines()]
+    kept = [len(r["demo_ids"]) for r in records]
+    # OpenICL's final (shortened) demo lists are its ids' prefixes
+    assert_predictions_file_matches(tmp_path / "ours", result, log, list(TEMPLATES[4]), predictions,
+                                    [i[:k] for i, k in zip(ids, kept)])
+    assert 0 < result.settings["rows_demos_dropped"] < len(records) and result.settings["max_seq_len"] == limit
+    assert any("demos_kept_by_label" in r for r in records)  # a later label dropped more than an earlier one
 
 
 def test_openicl_templates_render_as_openicl(tmp_path_factory, shims, tmp_path):
