@@ -66,6 +66,9 @@ class GenerationTaskFile(BaseModel):
     prefix_words: Annotated[int, Field(strict=True, ge=1)]
     continuation_words: Annotated[int, Field(strict=True, ge=1)]
     new_tokens: Annotated[int, Field(strict=True, ge=1)]  # min_new_tokens; max_new_tokens = new_tokens + 1
+    # the EOS rule of the one MAUVE protocol (eval/generation/protocol.py): the paper's `min_new_tokens`, or
+    # `ignore` (exactly new_tokens tokens, EOS neither stops nor is masked)
+    eos: Literal["min_new_tokens", "ignore"] = "min_new_tokens"
     test_split: str = "test"
     ce_split: str | None = "validation"  # validation text for the forward / reverse CE; none = skip it
     prefix_filter: PrefixFilter = Field(default_factory=PrefixFilter)
