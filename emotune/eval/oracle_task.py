@@ -148,7 +148,7 @@ def _model_folder(path: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def _featurizer(name: str, data: Path, device: str | None):
+def _featurizer(name: str, data: Path, device: str | None, pooling: str = "auto"):
     """`minilm` = the packaged all-MiniLM-L6-v2 encoder; otherwise a model folder or a run folder (its last
     complete checkpoint), as given or relative to data_dir (the demo's `../pretrain`)."""
     from emotune.eval.generation.mauve import make_featurizer
@@ -163,7 +163,7 @@ def _featurizer(name: str, data: Path, device: str | None):
             raise EmotuneError(f"synthetic_oracle: featurizer {name!r} is neither a model folder nor a run folder "
                                f"with a complete checkpoint (as given, or relative to data_dir {data}); use minilm, "
                                "a model folder, or none")
-    return make_featurizer(str(folder.resolve()), max_length=512, batch_size=64, device=device)
+    return make_featurizer(str(folder.resolve()), max_length=512, pooling=pooling, batch_size=64, device=device)
 
 
 def _language_ceiling(oracle: TokenOracle, windows, spec, fz, text, human: list[str], data: Path) -> list[float]:
@@ -221,7 +221,7 @@ def mauve_by_protocol(model, tokenizer, oracle: TokenOracle, documents: list[lis
 
     human = [text(w.prefix, w.reference) for w in windows]
     model_texts = [[text(w.prefix, s) for w, s in zip(windows, run)] for run in samples]
-    fz = _featurizer(featurizer, data, None if torch.cuda.is_available() else "cpu")
+    fz = _featurizer(featurizer, data, None if torch.cuda.is_available() else "cpu", spec.mauve_pooling)
     ceiling = _language_ceiling(oracle, windows, spec, fz, text, human, data)
     fz.max_length, truncated = protocol.covering_length(fz, human + [t for run in model_texts for t in run],
                                                         spec.mauve_max_length)

@@ -96,6 +96,9 @@ class OracleTaskFile(BaseModel):
     # the featuriser: `minilm` (the packaged all-MiniLM-L6-v2 encoder), a model folder (relative: to
     # data_dir), or `none` (no MAUVE)
     featurizer: Annotated[str, Field(min_length=1)] = "minilm"
+    # features of a text: `last` token's final hidden state (mauve-text's rule), `mean` over its tokens, `auto` =
+    # mean for a sentence encoder, last otherwise
+    mauve_pooling: Literal["auto", "last", "mean"] = "auto"
     # featuriser tokens per text: `auto` = the longest text's, nothing cut; a number cuts (and counts) the longer
     mauve_max_length: Literal["auto"] | Annotated[int, Field(strict=True, ge=1)] = "auto"
     dataset: dict[str, Any] = Field(default_factory=dict)

@@ -35,7 +35,8 @@ def demo(tmp_path_factory):
 
 
 SMALL = ("name: synthetic_oracle\nkind: oracle\nn_samples: 3\nmax_new_tokens: 12\nn_texts: 5\nseed: 0\n"
-         "mauve_prefixes: 6\nmauve_prefix_tokens: 5\nmauve_new_tokens: 8\nmauve_runs: 2\nfeaturizer: ../model\n")
+         "mauve_prefixes: 6\nmauve_prefix_tokens: 5\nmauve_new_tokens: 8\nmauve_runs: 2\nfeaturizer: ../model\n"
+         "mauve_pooling: mean\n")
 
 
 def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
@@ -81,7 +82,7 @@ def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
     def text(pre, cont):
         return tok.decode(pre[1:] + cont, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    fz = Featurizer(str(root / "model"), max_length=64, pooling="last")
+    fz = Featurizer(str(root / "model"), max_length=64, pooling="mean")
     p = fz([text(pre, ref) for pre, ref in zip(prefixes, refs)])
     scores = [mauve.compute_mauve(p_features=p, q_features=fz([text(pre, s) for pre, s in zip(prefixes, run)]),
                                   verbose=False).mauve for run in runs]
@@ -96,7 +97,7 @@ def test_oracle_task_reports_the_oracle_metrics(demo, tmp_path):
     assert len(samples["texts"]) == 3 and 0 < want["mauve"] <= 1
     settings = result["settings"]["mauve"]
     assert settings["featurizer"].startswith(str((root / "model").resolve())) and settings["truncated_texts"] == 0
-    assert (settings["prefix_tokens"], settings["new_tokens"], settings["eos"]) == (5, 8, "ignore")
+    assert (settings["prefix_tokens"], settings["new_tokens"], settings["eos"], settings["pooling"]) == (5, 8, "ignore", "mean")
     assert len(list((data / "mauve-features").glob("*ceiling*.json"))) == 1  # the language side, kept for later
     assert set(result["metrics"]) == set(want)
     for key, value in want.items():

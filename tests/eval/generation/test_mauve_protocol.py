@@ -133,3 +133,4 @@ def test_shipped_oracle_task_is_the_demo_protocol():
     assert (f.mauve_prefix_tokens, f.mauve_new_tokens) == (20, 80)
     assert f.mauve_eos == "ignore" and f.mauve_runs == 5 and f.mauve_prefixes >= 256
     assert f.mauve_max_length == "auto"  # the featuriser covers the whole text
+    assert f.mauve_pooling == "mean"  # features of the whole window, not its last token
