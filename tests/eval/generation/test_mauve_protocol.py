@@ -134,3 +134,13 @@ def test_shipped_oracle_task_is_the_demo_protocol():
     assert f.mauve_eos == "ignore" and f.mauve_runs == 5 and f.mauve_prefixes >= 256
     assert f.mauve_max_length == "auto"  # the featuriser covers the whole text
     assert f.mauve_pooling == "mean"  # features of the whole window, not its last token
+
+
+def test_the_eos_rule_is_a_task_key():
+    from emotune.eval.generation.task import spec_from_task
+
+    raw = yaml.safe_load((TASKS / "generation-wikitext2.yaml").read_text())
+    assert spec_from_task(raw).eos == "min_new_tokens"
+    assert spec_from_task({**raw, "eos": "ignore"}).eos == "ignore"
+    with pytest.raises(EmotuneError, match="eos"):
+        spec_from_task({**raw, "eos": "stop"})
