@@ -210,7 +210,7 @@ def mauve_by_protocol(model, tokenizer, oracle: TokenOracle, documents: list[lis
                            f"of {P} + {G} tokens from a document start, not {spec.mauve_prefixes}")
     eos = _eos_ids(tokenizer, model)
     samples = sample_runs(model, [w.prefix for w in windows], [w.start for w in windows], runs, spec.seed, G,
-                          spec.mauve_eos, eos, pad_id_of(tokenizer, eos), batch_size=2048)
+                          spec.mauve_eos, eos, pad_id_of(tokenizer, eos), batch_size=256)
     if any(len(s) != G for run in samples for s in run) or any(len(w.reference) != G for w in windows):
         raise EmotuneError(f"synthetic_oracle: a sample or reference is not {G} tokens long")  # the protocol's promise
 
