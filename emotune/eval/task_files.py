@@ -66,6 +66,9 @@ class GenerationTaskFile(BaseModel):
     prefix_words: Annotated[int, Field(strict=True, ge=1)]
     continuation_words: Annotated[int, Field(strict=True, ge=1)]
     new_tokens: Annotated[int, Field(strict=True, ge=1)]  # min_new_tokens; max_new_tokens = new_tokens + 1
+    # the EOS rule of the one MAUVE protocol (eval/generation/protocol.py): the paper's `min_new_tokens`, or
+    # `ignore` (exactly new_tokens tokens, EOS neither stops nor is masked)
+    eos: Literal["min_new_tokens", "ignore"] = "min_new_tokens"
     test_split: str = "test"
     ce_split: str | None = "validation"  # validation text for the forward / reverse CE; none = skip it
     prefix_filter: PrefixFilter = Field(default_factory=PrefixFilter)
@@ -79,15 +82,25 @@ class OracleTaskFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | int
     kind: Literal["oracle"] = "oracle"
-    n_samples: Annotated[int, Field(strict=True, ge=1)] = 64  # samples from BOS for PPL_oracle
-    max_new_tokens: Annotated[int, Field(strict=True, ge=1)] = 128
+    n_samples: Annotated[int, Field(strict=True, ge=1)] = 64  # free-running samples from BOS (PPL_oracle, ...)
+    max_new_tokens: Annotated[int, Field(strict=True, ge=1)] = 128  # ... stopping at EOS or here
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
     n_texts: Annotated[int, Field(strict=True, ge=1)] = 100  # validation / test texts scored
     eps: Annotated[float, Field(gt=0, lt=1)] = ORACLE_EPS  # the oracle's smoothing (reverse CE, PPL_oracle)
-    # MAUVE of the n_samples model samples against n_samples oracle samples: `minilm` (the packaged
-    # all-MiniLM-L6-v2 encoder), a local model folder, or `none`
+    # MAUVE by the paper's protocol (emotune.eval.generation.protocol) on the packed held-out stream
+    mauve_prefixes: Annotated[int, Field(strict=True, ge=4)] = 256  # windows, each from a document start
+    mauve_prefix_tokens: Annotated[int, Field(strict=True, ge=1)] = 20  # P
+    mauve_new_tokens: Annotated[int, Field(strict=True, ge=1)] = 80  # G: sampled, and the reference's length
+    mauve_runs: Annotated[int, Field(strict=True, ge=1)] = 5
+    mauve_eos: Literal["ignore", "min_new_tokens"] = "ignore"  # EOS neither stops nor is masked
+    # the featuriser: `minilm` (the packaged all-MiniLM-L6-v2 encoder), a model folder (relative: to
+    # data_dir), or `none` (no MAUVE)
     featurizer: Annotated[str, Field(min_length=1)] = "minilm"
-    mauve_max_length: Annotated[int, Field(strict=True, ge=1)] = 128  # featuriser tokens per text (right-truncated)
+    # features of a text: `last` token's final hidden state (mauve-text's rule), `mean` over its tokens, `auto` =
+    # mean for a sentence encoder, last otherwise
+    mauve_pooling: Literal["auto", "last", "mean"] = "auto"
+    # featuriser tokens per text: `auto` = the longest text's, nothing cut; a number cuts (and counts) the longer
+    mauve_max_length: Literal["auto"] | Annotated[int, Field(strict=True, ge=1)] = "auto"
     dataset: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] | None = None
 

@@ -69,8 +69,14 @@ class DataConfig(_Strict):
     text_column: str = "text"
     # raw text: packed into blocks of block_size tokens
     block_size: int = Field(256, ge=2)
-    add_eos: bool = False  # append EOS after every document before packing
-    skip_empty: bool = True  # drop whitespace-only lines/documents (WikiText has many)
+    # How documents are packed (docs/training.md, *Data*): `group_texts` = HF run_clm's (and the EMO paper's
+    # code's): each document as `tokenizer(text)` gives it (its own special tokens, e.g. LLaMA's BOS), groups of
+    # `packing_group_size` documents (datasets.map's batch of 1000) concatenated and cut into blocks, each
+    # group's remainder dropped; `stream` = all documents one stream, only its last remainder dropped.
+    packing: Literal["group_texts", "stream"] = "group_texts"
+    packing_group_size: int = Field(1000, ge=1)
+    add_eos: bool = False  # append EOS after every document before packing (run_clm does not)
+    skip_empty: bool = False  # drop whitespace-only documents (run_clm keeps them: WikiText has many)
     # instruction data (Alpaca: instruction / input / output columns)
     max_length: int = Field(512, ge=2)
     instruction_column: str = "instruction"

@@ -1,10 +1,11 @@
 """Training data: raw text packed into blocks, Alpaca-format instructions with the prompt masked, or
 conversations rendered with the tokenizer's chat template, loss on the assistant turns (chat.py).
 
-Raw text (continual fine-tuning, language modelling): every document (a line of a .txt file, the text
-column of a .jsonl/.parquet file or hub dataset) is tokenised with the tokenizer's special tokens,
-optionally followed by EOS, all documents are concatenated and cut into `block_size` blocks; the
-remainder is dropped (as HF `run_clm.py` does). Labels are the input ids (the loss shifts them).
+Raw text (continual fine-tuning, language modelling): by default as HF `run_clm.py`'s `group_texts` (the
+EMO paper's code): every document (a line of a .txt file, the text column of a .jsonl/.parquet file or hub
+dataset) is `tokenizer(text)`, its own special tokens and no EOS (`data.add_eos` appends one), groups of
+1000 documents are concatenated and cut into `block_size` blocks, each group's remainder dropped
+(`data.packing: stream` = one group). Labels are the input ids (the loss shifts them).
 
 Instructions (Alpaca format: instruction / input / output): prompt = the Alpaca template, target =
 output + EOS. Prompt tokens get label -100, so only response tokens (+EOS) are targets. Examples longer
@@ -75,29 +76,42 @@ def _batched(items: list, n: int = 1000) -> Iterator[list]:
 
 
 def pack_texts(texts: Iterable[str], tokenizer, block_size: int, add_eos: bool = False, skip_empty: bool = True,
-               max_blocks: int | None = None) -> tuple[np.ndarray, dict]:
-    """Tokenise documents, concatenate and cut into `[N, block_size]` blocks (remainder dropped)."""
+               max_blocks: int | None = None, group_size: int | None = None) -> tuple[np.ndarray, dict]:
+    """Tokenise documents, concatenate and cut into `[N, block_size]` blocks.
+
+    Each document is `tokenizer(text)["input_ids"]` (the tokenizer's own special tokens), plus EOS with
+    `add_eos`. `group_size`: documents per group, each group concatenated and cut on its own and its
+    remainder dropped, as HF run_clm's `group_texts` under `datasets.map(batched=True)` (1000); None = one
+    group, the whole stream (only the last remainder dropped)."""
     texts = [t for t in texts if not (skip_empty and not t.strip())]
     if add_eos and tokenizer.eos_token_id is None:
         raise EmotuneError("data.add_eos is set but the tokenizer has no EOS token")
-    chunks: list[np.ndarray] = []  # numpy per batch of documents: WikiText-103 is ~120M tokens
-    n_docs = n_tokens = 0
-    for batch in _batched(texts):
-        encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
-        if add_eos:
-            encoded = [ids + [tokenizer.eos_token_id] for ids in encoded]
-        flat = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64)
-        chunks.append(flat)
-        n_docs += len(encoded)
-        n_tokens += len(flat)
-        if max_blocks is not None and n_tokens >= max_blocks * block_size:
-            break  # enough text tokenised for the requested number of blocks
-    buf = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
-    n_blocks = len(buf) // block_size
+    blocks: list[np.ndarray] = []  # numpy per group of documents: WikiText-103 is ~120M tokens
+    n_docs = n_tokens = n_blocks = dropped = 0
+    for group in _batched(texts, group_size or max(len(texts), 1)):
+        chunks = []
+        for batch in _batched(group):
+            encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
+            if add_eos:
+                encoded = [ids + [tokenizer.eos_token_id] for ids in encoded]
+            chunks.append(np.fromiter((t for ids in encoded for t in ids), dtype=np.int64))
+            n_docs += len(encoded)
+            if group_size is None and max_blocks is not None and \
+                    (sum(len(c) for c in chunks) // block_size) >= max_blocks:
+                break  # enough text tokenised for the requested number of blocks
+        buf = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        n = len(buf) // block_size
+        n_tokens += len(buf)
+        dropped += len(buf) - n * block_size
+        blocks.append(buf[: n * block_size].reshape(n, block_size))
+        n_blocks += n
+        if max_blocks is not None and n_blocks >= max_blocks:
+            break
+    out = np.concatenate(blocks) if blocks else np.zeros((0, block_size), np.int64)
     if max_blocks is not None:
-        n_blocks = min(n_blocks, max_blocks)
-    blocks = buf[: n_blocks * block_size].reshape(n_blocks, block_size)
-    return blocks, {"documents": n_docs, "tokens": n_tokens, "blocks": n_blocks, "dropped_tail_tokens": len(buf) - n_blocks * block_size}
+        out = out[:max_blocks]
+    return out, {"documents": n_docs, "tokens": n_tokens, "blocks": len(out), "dropped_tail_tokens": dropped,
+                 "packing": "stream" if group_size is None else f"group_texts/{group_size}"}
 
 
 def tokenize_instruction(tokenizer, instruction: str, input_: str | None, output: str,
@@ -179,13 +193,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def build_splits(raw: RawSplits, tokenizer, cfg) -> tuple[TokenizedSplit, TokenizedSplit]:
     d = cfg.data
     if d.format == "text":
+        group = d.packing_group_size if d.packing == "group_texts" else None
         blocks, stats = pack_texts(texts_of(raw.train, d.text_column, "training data"), tokenizer, d.block_size, d.add_eos,
-                                   d.skip_empty, d.max_train_samples)
+                                   d.skip_empty, d.max_train_samples, group)
         train = TokenizedSplit(list(blocks), list(blocks), stats)
         vblocks, vstats = (np.zeros((0, d.block_size), np.int64), {})
         if raw.validation:
             vblocks, vstats = pack_texts(texts_of(raw.validation, d.text_column, "validation data"), tokenizer, d.block_size,
-                                         d.add_eos, d.skip_empty, d.max_eval_samples)
+                                         d.add_eos, d.skip_empty, d.max_eval_samples, group)
         val = TokenizedSplit(list(vblocks), list(vblocks), vstats)
     else:
         tokenize = chat.tokenize_conversations if d.format == "chat" else tokenize_instructions

@@ -95,13 +95,20 @@ class Featurizer:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         _, tok = self.load()
-        out = []
-        for i, text in enumerate(texts):
-            ids = tok.encode(text, truncation=True, max_length=self.max_length)
+        out = tok(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        for i, ids in enumerate(out):
             if not ids:
-                raise EmotuneError(f"featurizer: text {i} has no tokens ({text!r})")
-            out.append(ids)
+                raise EmotuneError(f"featurizer: text {i} has no tokens ({texts[i]!r})")
         return out
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Each text's featuriser token count, nothing cut (how long a max length must be to cover it)."""
+        _, tok = self.load()
+        return [len(ids) for ids in tok(list(texts))["input_ids"]]
+
+    def max_positions(self) -> int | None:
+        model, _ = self.load()
+        return getattr(model.config, "max_position_embeddings", None)
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Unbiased, batch-invariant ancestral sampling (temperature 1, full distribution) from a causal LM.
 
 Seeding: every (prefix, run) pair has its own torch.Generator, seeded from (seed, run, prefix index)
-through numpy's SeedSequence. Its draws do not depend on which other prompts share the batch, so a
+through numpy's SeedSequence, which draws the row's uniforms; a token is the inverse CDF of the row's
+next-token distribution at its uniform. The draws do not depend on which other prompts share the batch, so a
 batched run gives the same tokens as one prompt at a time, up to float rounding: left padding changes
 the shapes the model's matmuls see, and a last-bit difference in a probability could in principle move a
 draw across a CDF boundary (probability ~1e-7 per token in float32; never seen in the tests). HF
@@ -58,6 +59,9 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
     ids, mask = pad_left(prompts, pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+    # each row's uniforms for every step, drawn up front from its own generator: a draw is then the
+    # inverse CDF (float64) of the row's distribution at its uniform, one vectorised op per step
+    uniforms = torch.stack([torch.rand(max_new_tokens, generator=g, device=dev, dtype=torch.float64) for g in gens])
     params = inspect.signature(model.forward).parameters
     cache_kw = cache_kwarg(model)
     use_pos = "position_ids" in params
@@ -79,8 +83,9 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
         if temperature == 0:
             tok = logits.argmax(dim=-1)
         else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            tok = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r]) for r in range(b)]).view(b)
+            cdf = torch.softmax(logits / temperature, dim=-1).double().cumsum(-1)
+            x = uniforms[:, step : step + 1] * cdf[:, -1:]
+            tok = torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[1] - 1).view(b)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new = torch.cat([new, tok[:, None]], dim=1)
         if len(eos):
@@ -118,32 +123,59 @@ def _decode_continuation(tokenizer, prompt_ids: list[int], new_ids: list[int], p
     return tokenizer.decode(list(new_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False).strip()
 
 
-def generate_samples(model, tokenizer, examples: Sequence[Example], runs: int, seed: int, new_tokens: int,
-                     batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
-    """`runs` samples per prefix; one record per (run, prefix), runs in order."""
-    eos = _eos_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    prompts = [list(tokenizer(ex.prefix)["input_ids"]) for ex in examples]
-    jobs = [(run, i) for run in range(runs) for i in range(len(examples))]
+EOS_RULES = ("min_new_tokens", "ignore")
+
+
+def sample_runs(model, prompts: Sequence[Sequence[int]], keys: Sequence[int], runs: int, seed: int, new_tokens: int,
+                eos_rule: str, eos_ids: Sequence[int], pad_id: int, batch_size: int = 32,
+                progress: bool = False) -> list[list[list[int]]]:
+    """`runs` samples of every prompt: `[run][prompt] -> new token ids`. Row (run, i) is seeded by
+    (seed, run, keys[i]), so a sample does not depend on the batch it ran in.
+
+    `eos_rule` (docs/generation-eval.md): `min_new_tokens`, the paper's HF generate call
+    (`min_new_tokens = new_tokens`, `max_new_tokens = new_tokens + 1`: EOS is masked until `new_tokens`
+    tokens exist and ends the sample after that); `ignore`, exactly `new_tokens` tokens, EOS neither masked
+    nor stopping (a sample runs on past a document end as the packed text it is compared with does)."""
+    if eos_rule not in EOS_RULES:
+        raise EmotuneError(f"eos rule {eos_rule!r}: use one of {', '.join(EOS_RULES)}")
+    lo, hi, stop = (new_tokens, new_tokens + 1, list(eos_ids)) if eos_rule == "min_new_tokens" else \
+        (0, new_tokens, [])
+    jobs = [(run, i) for run in range(runs) for i in range(len(prompts))]
     # similar prompt lengths share a batch (less padding); results go back to job order
     order = sorted(range(len(jobs)), key=lambda j: (len(prompts[jobs[j][1]]), j))
-    samples: list[list[int] | None] = [None] * len(jobs)
+    out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(runs)]
     t0 = time.time()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        seeds = [row_seed(seed, jobs[j][0], examples[jobs[j][1]].index) for j in chunk]
-        outs = sample_batch(model, [prompts[jobs[j][1]] for j in chunk], seeds, new_tokens, new_tokens + 1, eos, pad)
-        for j, o in zip(chunk, outs):
-            samples[j] = o
+        seeds = [row_seed(seed, jobs[j][0], keys[jobs[j][1]]) for j in chunk]
+        rows = sample_batch(model, [prompts[jobs[j][1]] for j in chunk], seeds, lo, hi, stop, pad_id)
+        for j, row in zip(chunk, rows):
+            out[jobs[j][0]][jobs[j][1]] = row
         if progress:
             print(f"[generation] {min(start + batch_size, len(order))}/{len(order)} samples "
                   f"({time.time() - t0:.0f}s)", flush=True)
+    return out
+
+
+def pad_id_of(tokenizer, eos: Sequence[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+
+
+def generate_samples(model, tokenizer, examples: Sequence[Example], runs: int, seed: int, new_tokens: int,
+                     batch_size: int = 32, progress: bool = False,
+                     eos_rule: str = "min_new_tokens") -> list[dict[str, Any]]:
+    """`runs` samples per prefix; one record per (run, prefix), runs in order."""
+    eos = _eos_ids(tokenizer, model)
+    prompts = [list(tokenizer(ex.prefix)["input_ids"]) for ex in examples]
+    samples = sample_runs(model, prompts, [ex.index for ex in examples], runs, seed, new_tokens, eos_rule, eos,
+                          pad_id_of(tokenizer, eos), batch_size, progress)
     records = []
-    for (run, i), toks in zip(jobs, samples):
-        ex = examples[i]
-        cont = _decode_continuation(tokenizer, prompts[i], toks, ex.prefix)
-        records.append({"run": run, "row": ex.index, "seed": row_seed(seed, run, ex.index), "prefix": ex.prefix,
-                        "human_continuation": ex.continuation, "sample": cont, "text": f"{ex.prefix} {cont}",
-                        "n_new_tokens": len(toks), "eos": bool(toks and toks[-1] in eos),
-                        "prompt_tokens": prompts[i], "tokens": toks})
+    for run in range(runs):
+        for i, ex in enumerate(examples):
+            toks = samples[run][i]
+            cont = _decode_continuation(tokenizer, prompts[i], toks, ex.prefix)
+            records.append({"run": run, "row": ex.index, "seed": row_seed(seed, run, ex.index), "prefix": ex.prefix,
+                            "human_continuation": ex.continuation, "sample": cont, "text": f"{ex.prefix} {cont}",
+                            "n_new_tokens": len(toks), "eos": bool(set(toks) & set(eos)),
+                            "prompt_tokens": prompts[i], "tokens": toks})
     return records

@@ -8,12 +8,14 @@ lengths. The recipe:
                is the first k whitespace words, the human continuation the next m words.
  2. sampling   unbiased ancestral sampling (temperature 1, no top-k / top-p), exactly `new_tokens` new
                tokens at least and `new_tokens + 1` at most (EOS is masked out until the minimum is
-               reached, as `min_new_tokens` does in HF generate); `runs` samples per prefix (default 5).
+               reached, as `min_new_tokens` does in HF generate; the task key `eos: ignore` samples exactly
+               `new_tokens`, EOS neither masked nor stopping); `runs` samples per prefix (default 5).
  3. raw JSONL  every sample with its prefix, human continuation, seed and tokens: `<task>.generations.jsonl`.
  4. metrics    MAUVE of prefix+sample (q) against prefix+human (p) per run, mean and std over runs
-               (mauve.py); ROUGE-1/2/L; PPL_test of the model on the test text; PPL_oracle of the
-               samples under an oracle model; forward / reverse token-level CE against a reference model
-               on validation text (lm_metrics.py). Metrics whose model is not given are skipped.
+               and the human-vs-human ceiling (protocol.py, shared with the oracle task); ROUGE-1/2/L;
+               PPL_test of the model on the test text; PPL_oracle of the samples under an oracle model;
+               forward / reverse token-level CE against a reference model on validation text
+               (lm_metrics.py). Metrics whose model is not given are skipped.
 
 Seeding and batch invariance: see sampling.py.
 """
@@ -50,6 +52,7 @@ class GenerationSpec:
     prefix_words: int
     continuation_words: int
     new_tokens: int  # min_new_tokens; max_new_tokens = new_tokens + 1
+    eos: str = "min_new_tokens"  # the EOS rule (sampling.sample_runs)
     test_split: str = "test"
     ce_split: str | None = "validation"
     max_rows: int = 4000
@@ -72,7 +75,7 @@ def spec_from_task(task: Any) -> GenerationSpec:
     f = read_task_file(GenerationTaskFile, cfg, source)
     ce_split = None if f.ce_split in (None, "none") else str(f.ce_split)
     return GenerationSpec(name=str(f.name), source=source, text_column=f.text_column, prefix_words=f.prefix_words,
-                          continuation_words=f.continuation_words, new_tokens=f.new_tokens,
+                          continuation_words=f.continuation_words, new_tokens=f.new_tokens, eos=f.eos,
                           test_split=str(f.test_split), ce_split=ce_split, **f.prefix_filter.model_dump(),
                           lm_min_words=f.lm_min_words, lm_max_tokens=f.lm_max_tokens)
 
@@ -167,20 +170,23 @@ def _resolve_model(obj: Any, key: str, opts: dict[str, Any]):
 
 def _mauve(task, spec: GenerationSpec, opts: dict[str, Any], records: list[dict], examples: list[Example],
            human: list[str], metrics: dict[str, float], settings: dict[str, Any]) -> None:
-    """MAUVE of prefix+sample against prefix+human per run (the human features cached per dataset)."""
-    from emotune.eval.generation.mauve import cached_features, make_featurizer, mauve_over_runs
+    """MAUVE by the one protocol (protocol.py): prefix+sample against prefix+human per run, the human features
+    cached per dataset; the ceiling is human against human (two random halves, one halving per run)."""
+    from emotune.eval.generation import protocol
+    from emotune.eval.generation.mauve import cached_features, make_featurizer
 
     fz = make_featurizer(str(opts["featurizer"]), opts["max_text_length"], opts["pooling"], device=opts["device"],
                          trust_remote_code=bool(opts["trust_remote_code"]))
     p_feats, cache_file, hit = cached_features(fz, human, _feature_cache_dir(opts), _dataset_id(task),
                                                spec.test_split)
-    q_all = fz([r["text"] for r in records])
-    q_runs = [q_all[run * len(examples) : (run + 1) * len(examples)] for run in range(opts["runs"])]
-    m = mauve_over_runs(p_feats, q_runs)
-    metrics["mauve"], metrics["mauve_std"] = m["mauve"], m["mauve_std"]
-    for run, score in enumerate(m["runs"]):
-        metrics[f"mauve/run{run}"] = score
+    q_runs = protocol.featurise_runs(fz, [[r["text"] for r in records if r["run"] == run] for run in range(opts["runs"])])
+    truncated = sum(n > fz.max_length for n in fz.token_lengths(human + [r["text"] for r in records]))
+    ceiling = protocol.split_half_ceiling(p_feats, opts["runs"], opts["seed"]) if len(human) >= 4 else [float("nan")]
+    metrics.update(protocol.protocol_metrics(p_feats, q_runs, ceiling))
     settings.update({"featurizer": fz.identity, "max_text_length": fz.max_length, "pooling": fz.pooling,
+                     "truncated_texts": truncated,
+                     "mauve_ceiling": "human vs human: MAUVE of one random half of the human texts against the "
+                                      "other (n/2 vs n/2), one halving per run",
                      "human_feature_cache": str(cache_file) if cache_file else None,
                      "human_features_cached": hit,
                      "mauve": "mauve-text defaults: buckets n/10, scaling 5, seed 25"})
@@ -242,7 +248,7 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
 
     # 2-3. samples, saved before any metric runs (a failing metric never loses them)
     records = generate_samples(model, tokenizer, examples, opts["runs"], opts["seed"], spec.new_tokens,
-                               opts["gen_batch_size"], bool(opts["progress"]))
+                               opts["gen_batch_size"], bool(opts["progress"]), spec.eos)
     pred_name = f"{task.name}.generations.jsonl"
     write_jsonl(out_dir / pred_name, records)
     by_run = [[r for r in records if r["run"] == run] for run in range(opts["runs"])]
@@ -251,13 +257,15 @@ def run_generation_task(task: Any, model, tokenizer, out_dir: str | os.PathLike,
     metrics: dict[str, float] = {}
     settings: dict[str, Any] = {
         "prefix_words": spec.prefix_words, "continuation_words": spec.continuation_words,
-        "min_new_tokens": spec.new_tokens, "max_new_tokens": spec.new_tokens + 1, "runs": opts["runs"],
+        "eos": spec.eos, "min_new_tokens": spec.new_tokens if spec.eos == "min_new_tokens" else 0,
+        "max_new_tokens": spec.new_tokens + (spec.eos == "min_new_tokens"), "runs": opts["runs"],
         "seed": opts["seed"], "sampling": "ancestral (temperature 1, top_k 0, top_p 1), per-prefix generators",
         "test_split": spec.test_split, "prefix_filter": {"max_rows": spec.max_rows, "min_chars": spec.min_chars,
                                                          "extra_words": spec.extra_words, "exclude": spec.exclude},
         "dataset": _dataset_id(task), "metrics": opts["metrics"],
     }
     metrics["mean_new_tokens"] = float(np.mean([r["n_new_tokens"] for r in records]))
+    metrics["samples_ended"] = float(np.mean([r["eos"] for r in records]))  # drew an EOS (diagnostic)
 
     # 4a. MAUVE
     featurizer = opts["featurizer"]

@@ -135,7 +135,11 @@ def test_run_generation_task_end_to_end(setup):
     again = run_generation_task(task, model, tok, root / "out2", **{**opts, "metrics": "mauve"})
     assert again.settings["human_features_cached"] is True
     assert again.metrics["mauve"] == pytest.approx(m["mauve"])
-    assert set(again.metrics) == {"mauve", "mauve_std", "mauve/run0", "mauve/run1", "mean_new_tokens"}
+    assert set(again.metrics) == {"mauve", "mauve_std", "mauve_runs", "mauve_prefixes", "mauve_ceiling",
+                                  "mauve_ceiling_std", "mauve/run0", "mauve/run1", "mean_new_tokens", "samples_ended"}
+    assert again.metrics["mauve_runs"] == 2 and again.metrics["mauve_prefixes"] == 14
+    assert 0 < again.metrics["mauve_ceiling"] <= 1  # human vs human, two random halves per run
+    assert again.settings["eos"] == "min_new_tokens" and again.settings["truncated_texts"] >= 0
     assert (root / "out2" / again.predictions).read_text() == (out / res.predictions).read_text()
 
 
