@@ -150,7 +150,10 @@ def test_launch_cli_dry_run_and_bad_input(tmp_path):
     cfg = tmp_path / "c.yaml"
     shutil.copy(shipped("train/tiny-cpu.yaml"), cfg)  # launch validates the run config first
     emotune = [sys.executable, "-m", "emotune"]
-    out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True)
+    # a user's shell, not this test process's (in-process one-rank groups of other tests set MASTER_PORT, RANK, ...)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True,
+                         env=env)
     assert out.returncode == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in out.stdout
     bad = subprocess.run([*emotune, "launch", str(tmp_path / "missing.yaml"), "--dry-run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.yaml not found" in bad.stderr and "Traceback" not in bad.stderr
