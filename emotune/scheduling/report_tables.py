@@ -119,9 +119,10 @@ def grouped_table(runs: list[RunData]) -> str:
         for task in task_order(r.metrics):
             last = r.metrics[task][max(r.metrics[task])]
             # the branch-point masses (calib/...) have their own table (report_demo.calibration_section);
+            # MAUVE's single sampling runs (mauve/run0...) are summed up by mauve ± mauve_std;
             # a metric's stderr goes in its cell, not a column of its own
             columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])
-                        and not k.startswith("calib/")
+                        and not k.startswith(("calib/", "mauve/run"))
                         and not (k.endswith(STDERR_SUFFIX) and k[: -len(STDERR_SUFFIX)] in last)]
     if not columns:
         return ""
