@@ -329,6 +329,7 @@ def main(argv: list[str]) -> int:
             raise EmotuneError(f"pipeline prepare step {' '.join(command)!r} failed")
 
     schedulers, done, failed = [], {}, None
+    slots: dict = {}  # one local slot table for every run's scheduler: eval.jobs / eval.devices hold for the pipeline
     for run in runs:
         overrides = fill_run_refs(list(run.train.overrides), done)
         if run.run_dir is not None:
@@ -336,7 +337,7 @@ def main(argv: list[str]) -> int:
         run_dir = Path(load_config(run.train.config, overrides).output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if run.evaluate:
-            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval)))
+            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval), slots))
         command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
         log.info("training %s: %s", run.name, " ".join(command))
         status = _train_beside(command, schedulers + pairs, cfg.eval.poll)

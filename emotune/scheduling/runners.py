@@ -253,16 +253,19 @@ class LocalRunner:
 
     devices: e.g. ["0", "1"] (a job per GPU), ["0,1"] (one job on two GPUs), or [None] (inherit the
     environment: CPU runs). The jobs are new process sessions, so they outlive a killed scheduler.
+    slots: a slot table shared with other runners (a pipeline's runs, one scheduler each), so that the
+    devices / `jobs` limit holds for all of them together rather than for each run.
     """
 
     name = "local"
 
     def __init__(self, store_path: str, eval_command: str, ttl: float, devices: list[str | None] | None = None,
-                 log_dir: str | Path | None = None):
+                 log_dir: str | Path | None = None, slots: dict[int, subprocess.Popen] | None = None):
         self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
         self.devices = devices or [None]  # one slot per entry
         self.log_dir = Path(log_dir) if log_dir else None
-        self.procs: dict[int, subprocess.Popen] = {}  # slot -> running job
+        self.procs: dict[int, subprocess.Popen] = {} if slots is None else slots  # slot -> running job
+        self.mine: set[int] = set()  # pids this runner started (running() and wait() count only these)
 
     def _free_slots(self) -> list[int]:
         for slot, p in list(self.procs.items()):
@@ -294,16 +297,18 @@ class LocalRunner:
         if log is not subprocess.DEVNULL:
             log.close()
         self.procs[slot] = proc
+        self.mine.add(proc.pid)
         return Launch("local", f"{socket.gethostname()}:{proc.pid}" + (f" cuda:{dev}" if dev is not None else ""))
 
     def running(self) -> int:
         self._free_slots()
-        return len(self.procs)
+        return sum(1 for p in self.procs.values() if p.pid in self.mine)
 
     def wait(self) -> None:
-        for p in list(self.procs.values()):
-            p.wait()
-        self.procs.clear()
+        for slot, p in list(self.procs.items()):
+            if p.pid in self.mine:
+                p.wait()
+                del self.procs[slot]
 
 
 # --- SLURM ---------------------------------------------------------------------------------------------

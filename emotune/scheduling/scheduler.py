@@ -335,7 +335,7 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def build_runner(args, store_path: str, eval_command: str, run_dir: Path):
+def build_runner(args, store_path: str, eval_command: str, run_dir: Path, slots: dict | None = None):
     if args.runner == "local":
         devices: list[str | None] | None = None
         if args.devices:
@@ -343,7 +343,7 @@ def build_runner(args, store_path: str, eval_command: str, run_dir: Path):
                        args.devices.split(";" if ";" in args.devices else ",")]
         if args.jobs:
             devices = (devices or [None]) * args.jobs if not args.devices else devices
-        return LocalRunner(store_path, eval_command, args.lease_ttl, devices, log_dir=run_dir / "eval" / "logs")
+        return LocalRunner(store_path, eval_command, args.lease_ttl, devices, log_dir=run_dir / "eval" / "logs", slots=slots)
     return SlurmRunner(store_path, eval_command, args.lease_ttl, run_dir / "eval" / "slurm",
                        sbatch_args=args.sbatch_arg, after=args.after, max_queued=args.max_queued, setup=args.setup)
 
@@ -399,7 +399,9 @@ def check_scheduler_args(args) -> None:
             raise EmotuneError(f"--setup {line!r}: one shell line per --setup (no newlines)")
 
 
-def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
+def make_scheduler(run_dir: str, suite_name: str, args, slots: dict | None = None) -> Scheduler:
+    """`slots`: a local slot table shared by several schedulers (a pipeline's runs): their jobs together stay
+    within --jobs / --devices."""
     run = Path(run_dir)
     if not run.is_dir():
         raise EmotuneError(f"run directory {run_dir} does not exist")
@@ -416,7 +418,7 @@ def make_scheduler(run_dir: str, suite_name: str, args) -> Scheduler:
         eval_command = harness_eval_command(eval_command)
     store_path = str(Path(args.store or default_store_path(run)).resolve())
     store = Store(store_path)
-    runner = build_runner(args, store_path, eval_command, run)
+    runner = build_runner(args, store_path, eval_command, run, slots)
     os.environ["EMOTUNE_MAX_ATTEMPTS"] = str(args.max_attempts)
     return Scheduler(run, suite, store, runner, args.lease_ttl, args.max_attempts, args.after)
 

@@ -130,6 +130,26 @@ def test_local_runner_assigns_devices(tmp_path):
     assert len(cuda) == 4 and set(cuda) == {"0", "1"}
 
 
+def test_runners_sharing_a_slot_table_hold_the_jobs_limit_together(tmp_path):
+    """A pipeline has one scheduler per run; with `eval.jobs: 1` its runs together run one evaluation at a time,
+    not one each (six at once on two cores made the demo's evaluations fight over them)."""
+    from emotune.scheduling.runners import LocalRunner
+
+    slots: dict = {}
+    a, b = (LocalRunner(str(tmp_path / f"{n}.sqlite"), "true", 60.0, [None], slots=slots) for n in "ab")
+    alone = LocalRunner(str(tmp_path / "c.sqlite"), "true", 60.0, [None])
+    job = subprocess.Popen(["sleep", "30"])
+    try:
+        a.procs[0] = job  # a job of runner a in the one slot
+        a.mine.add(job.pid)
+        assert a.capacity() == b.capacity() == 0 and alone.capacity() == 1
+        assert (a.running(), b.running()) == (1, 0)  # each counts (and waits for) only its own jobs
+    finally:
+        job.kill()
+        job.wait()
+    assert a.capacity() == b.capacity() == 1
+
+
 def test_watch_rejects_bad_input(tmp_path):
     suite = write_suite(tmp_path)
     res = _watch(tmp_path / "nope", suite, "--once")
