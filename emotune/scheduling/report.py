@@ -124,8 +124,7 @@ def headline_section(ctx: ReportContext) -> Section | None:
             "(the lowest validation loss, the paper's selection; the last evaluated checkpoint for a run that "
             "recorded none); ↑ higher / ↓ lower is better; the best mean per column in bold.")
     if counts:
-        note += " " + "; ".join(f"{name}: {n} model samples against {n} reference samples per checkpoint"
-                                for name, n in counts.items()) + "."
+        note += " " + "; ".join(f"{name}: {text}" for name, text in counts.items()) + "."
     if md:
         md += "\n" + note + "\n"
     panels = list(ctx.panels) + ([(AVERAGE, "accuracy")] if len(ctx.tasks) > 1 else [])

@@ -67,13 +67,23 @@ def headline_table(runs: list[RunData], panels: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sample_counts(runs: list[RunData], panels: list[tuple[str, str]]) -> dict[str, int]:
-    """`<metric>_samples` the evaluator recorded for a headline metric (e.g. MAUVE's sample count)."""
+def sample_counts(runs: list[RunData], panels: list[tuple[str, str]]) -> dict[str, str]:
+    """How a headline metric was sampled, where the evaluator recorded it: MAUVE's protocol (`<metric>_prefixes`,
+    `<metric>_runs`, `<metric>_ceiling`) or an older summary's sample count (`<metric>_samples`)."""
+    def seen(task: str, name: str) -> list[float]:
+        return sorted({float(m[name]) for r in runs for m in r.metrics.get(task, {}).values() if is_number(m.get(name))})
+
     out = {}
     for task, key in panels:
-        ns = {int(m[key + "_samples"]) for r in runs for m in r.metrics.get(task, {}).values() if is_number(m.get(key + "_samples"))}
-        if ns:
-            out[METRICS[key][0]] = min(ns) if len(ns) == 1 else max(ns)
+        prefixes, n_runs, ceiling, samples = (seen(task, key + s) for s in ("_prefixes", "_runs", "_ceiling", "_samples"))
+        if prefixes and n_runs:
+            text = f"{max(prefixes):.0f} prefixes × {max(n_runs):.0f} sampling runs per checkpoint"
+            if ceiling:
+                text += f", the reference against the data's own text (ceiling) {sum(ceiling) / len(ceiling):.3f}"
+            out[METRICS[key][0]] = text
+        elif samples:
+            n = int(max(samples))
+            out[METRICS[key][0]] = f"{n} model samples against {n} reference samples per checkpoint"
     return out
 
 

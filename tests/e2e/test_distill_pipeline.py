@@ -19,8 +19,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = [
+    # 260 test texts: MAUVE's protocol takes its 256 windows from document starts of the held-out text
     'prepare.0=[emotune, synth, runs/distill/data, --n-pretrain, "200", --n-finetune, "20", --n-valid, "16",'
-    ' --n-test, "16", --n-icl-index, "20", --n-icl-test, "8"]',
+    ' --n-test, "260", --n-icl-index, "20", --n-icl-test, "8"]',
     # the teacher's own overrides, kept, and a step budget
     'runs.0.train.overrides=[model.tokenizer_name_or_path=runs/distill/data/tokenizer,'
     ' "data.train_files=[runs/distill/data/pretrain.txt]", "data.validation_files=[runs/distill/data/valid.txt]",'
