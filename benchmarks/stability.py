@@ -8,7 +8,8 @@ core busy, and compare every reported time ratio with its quiet median.
 The benchmark's last stdout line must be its JSON object; every entry of the form {"median": ...} is a time
 ratio (benchmarks/paired.py). A ratio holds when each loaded run's median lies within --tolerance (default
 10 %) of the quiet median. `--quiet-json FILE` reuses a quiet run's JSON line (saved from an earlier run)
-instead of measuring it again. The busy process is a pure-Python spin loop (one core), started before the
+instead of measuring it again; then only the ratios the loaded runs report are compared (a quiet run of the
+whole benchmark can serve several loaded runs of parts of it). The busy process is a pure-Python spin loop (one core), started before the
 loaded runs and killed after them. Last line: one JSON object {ratio: {quiet, loaded: [...], max_dev, ok}, ...}.
 """
 
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
         spinner.kill()
         spinner.wait()
     report, all_ok = {}, True
+    if args.quiet_json:  # the part of the quiet run that the loaded runs measured again
+        quiet = {k: v for k, v in quiet.items() if any(k in r for r in loaded)}
     print(f"{'ratio':<48}{'quiet':>8}  {'loaded runs':<26}{'max dev':>8}")
     for key, q in quiet.items():
         runs = [r[key] for r in loaded if key in r]
