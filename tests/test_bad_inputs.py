@@ -260,25 +260,26 @@ def _(w, d):
             ["objective.params.temperature", "teacher.temperature"])
 
 
-@case("train-teacher-other-tokenizer")
-def _(w, d):  # as many output rows as the student, another tokenizer family: the same text, other ids
+def _other_tokenizer_model(w, path: Path) -> Path:
+    """A tiny LLaMA with as many output rows as the student's, of another tokenizer family: same text, other ids."""
     from transformers import AutoTokenizer
 
     size = len(AutoTokenizer.from_pretrained(str(w.model)))
     with contextlib.redirect_stderr(io.StringIO()):  # the save's progress bar is not the command's stderr
-        make_tiny_llama(d / "teacher", make_wordpiece_tokenizer(d / "tok", size), hidden=16, layers=1)
-    return (["train", str(w.good_train), "objective.params={target: teacher}", f"teacher.model={d / 'teacher'}"],
+        make_tiny_llama(path, make_wordpiece_tokenizer(path.parent / "tok", size), hidden=16, layers=1)
+    return path
+
+
+@case("train-teacher-other-tokenizer")
+def _(w, d):
+    return (["train", str(w.good_train), "objective.params={target: teacher}",
+             f"teacher.model={_other_tokenizer_model(w, d / 'teacher')}"],
             ["teacher.model", "the teacher's tokenizer is not the student's"])
 
 
 @case("train-cost-other-tokenizer")
-def _(w, d):  # objective.cost: external from a head with as many rows as the student's, of another tokenizer family
-    from transformers import AutoTokenizer
-
-    size = len(AutoTokenizer.from_pretrained(str(w.model)))
-    with contextlib.redirect_stderr(io.StringIO()):  # the save's progress bar is not the command's stderr
-        make_tiny_llama(d / "cost", make_wordpiece_tokenizer(d / "tok", size), hidden=16, layers=1)
-    return (["train", str(w.good_train), "objective.cost=external", f"objective.cost_source={d / 'cost'}"],
+def _(w, d):  # objective.cost: external from such a head
+    return (["train", str(w.good_train), "objective.cost=external", f"objective.cost_source={_other_tokenizer_model(w, d / 'cost')}"],
             ["objective.cost_source", "the cost source's tokenizer is not the student's"])
 
 

@@ -194,3 +194,21 @@ def build_family(path: Path, family: str, seed: int = 3):
     else:
         raise ValueError(family)
     return tok
+
+
+def demo_language_world(root: Path, n_valid: int, n_test: int, tie_word_embeddings: bool = True):
+    """The demo's synthetic language at a small size under `root/data` and a 1-layer LLaMA config for its
+    tokenizer (torch seeded 0): (data dir, tokenizer, config) for the oracle-task and calibration tests."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from emotune.synthetic.language import write_demo_data
+
+    data = root / "data"
+    write_demo_data(data, n_pretrain=600, n_finetune=300, n_valid=n_valid, n_test=n_test, n_icl_index=4, n_icl_test=4)
+    tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      tie_word_embeddings=tie_word_embeddings)
+    return data, tok, cfg

@@ -9,27 +9,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from test_eval_fixtures import demo_language_world, one_torch_thread  # noqa: F401  (autouse: one torch thread)
 
 from emotune.eval import calibration as calib
 from emotune.eval.oracle_task import _model_log_probs
-from emotune.synthetic.language import load_demo_language, write_demo_data
+from emotune.synthetic.language import load_demo_language
 from emotune.synthetic.oracle import TokenOracle
 from emotune.synthetic.population import cost_matrix, population_optimum
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("calib")
-    data = root / "data"
-    write_demo_data(data, n_pretrain=600, n_finetune=300, n_valid=6, n_test=2, n_icl_index=4, n_icl_test=4)
-    tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    data, tok, cfg = demo_language_world(root, n_valid=6, n_test=2, tie_word_embeddings=False)
     base = LlamaForCausalLM(cfg)
     base.save_pretrained(str(root / "runs" / "pretrain" / "final"))
     torch.manual_seed(1)
