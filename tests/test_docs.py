@@ -39,6 +39,7 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
     # README.md
     "make demo": (SKIP, "creates .venv (pip) and runs the 10-minute demo; `emotune demo` is tests/e2e/test_demo.py"),
     "make test": (SKIP, "the whole suite, this test included: CI's own command (.ci/run)"),
+    "make test-fast": (SKIP, "the suite but its e2e tests, this test included: it would run itself"),
     "docker build -t emotune .": (CHECK, "the build context; " + IMAGE),
     DOCKER_RUN.replace("{gpus}", "all --ipc=host") + "launch configs/train/llama7b-wikitext103-emo.yaml "
     "--procs-per-node 8 output_dir=/runs/llama7b-emo": (CHECK, "8 GPUs: the launch inside, dry run"),
