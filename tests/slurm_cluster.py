@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support import free_port
 from system_programs import require
 
 BINARIES = {"munged": "munge", "mungekey": "munge", "munge": "munge", "slurmctld": "slurm-wlm",
@@ -41,12 +42,6 @@ def _which(name: str) -> str | None:
 
 def missing_binaries() -> list[str]:
     return sorted({f"{b} (Debian package {pkg})" for b, pkg in BINARIES.items() if _which(b) is None})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONF = """ClusterName=ci{suffix}
@@ -164,7 +159,7 @@ def start_cluster() -> SlurmCluster:
         except OSError:
             pass
         (d / "slurm.conf").write_text(CONF.format(d=d, host=host, cpus=os.cpu_count() or 1, mem=mem,
-                                                  ctld_port=_free_port(), d_port=_free_port(), suffix=d.name[-4:]))
+                                                  ctld_port=free_port(), d_port=free_port(), suffix=d.name[-4:]))
         conf = str(d / "slurm.conf")
         cluster.procs["slurmctld"] = subprocess.Popen([_which("slurmctld"), "-D", "-i", "-f", conf], env=env,
                                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

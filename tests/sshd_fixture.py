@@ -16,18 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from support import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def missing_programs() -> list[str]:
     return [name for name, path in (("sshd", SSHD), ("pdsh", shutil.which("pdsh")), ("ssh-keygen", shutil.which("ssh-keygen")))
             if not path or not os.path.exists(path)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -29,8 +29,7 @@ from typing import Callable
 import pytest
 import yaml
 from scheduling_helpers import write_checkpoint
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_train_fixtures import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, make_wordpiece_tokenizer, run_config, write_corpus
+from train_builders import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, make_wordpiece_tokenizer, run_config, write_corpus
 
 from emotune.eval.summary import TaskResult, write_summary
 from emotune.launch.cli import main as cli_main

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_eval_fixtures import build_llama, build_tokenizer, one_torch_thread  # noqa: F401
+from eval_builders import build_llama, build_tokenizer  # noqa: F401
 
 from emotune import hub
 from emotune.launch.cli import main as emotune

@@ -21,7 +21,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_fixtures import free_port, losses_from_log, run_config, tiny_setup
+from support import free_port
+from train_builders import losses_from_log, run_config, tiny_setup
 
 from emotune.manifest import verify_checkpoint
 from emotune.train import checkpoint as ckpt

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
 from emotune.tasks import load_suite
 

@@ -21,8 +21,8 @@ import subprocess
 import lm_eval  # noqa: F401 - pinned by the test extra: missing, this fails (it is not skipped)
 import pytest
 import yaml
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer  # noqa: F401
 from scheduling_helpers import PY, env, write_model_checkpoint
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread  # noqa: F401
 from transformers import AutoTokenizer
 
 from emotune.scheduling.store import Store, default_store_path

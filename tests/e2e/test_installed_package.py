@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import yaml
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 from installed_venv import install_wheel
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
 from emotune.tasks import load_suite
 

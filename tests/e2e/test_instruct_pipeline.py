@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import yaml
-from test_instruct_fixtures import constant_judge, instruct_rows
-from test_train_fixtures import REPO, alpaca_rows, run_config, tiny_setup
+from instruct_builders import constant_judge, instruct_rows
+from train_builders import REPO, alpaca_rows, run_config, tiny_setup
 
 
 @pytest.mark.e2e

@@ -28,7 +28,7 @@ ROWS = [("the movie was great fun", 1), ("a dull boring film", 0), ("great actin
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from test_eval_fixtures import build_llama, build_tokenizer
+    from eval_builders import build_llama, build_tokenizer
 
     d = tmp_path_factory.mktemp("sharded")
     tok = build_tokenizer(d / "tok")

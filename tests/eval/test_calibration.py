@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_eval_fixtures import demo_language_world, one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from eval_builders import demo_language_world  # noqa: F401  (autouse: one torch thread)
 
 from emotune.eval import calibration as calib
 from emotune.eval.oracle_task import _model_log_probs

@@ -64,7 +64,7 @@ def test_the_mmlu_prompt_is_the_task_files_data():
 
 
 def test_token_nlls_match_a_float64_reference():
-    from test_eval_fixtures import build_llama
+    from eval_builders import build_llama
 
     torch.set_num_threads(1)
     model = build_llama(None, 40, seed=3)

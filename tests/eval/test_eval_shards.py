@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread, rows, write_jsonl  # noqa: F401
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 
 from emotune.eval.summary import read_summary
 from emotune.launch.cli import main as emotune

@@ -12,7 +12,7 @@ import json
 import lm_eval  # noqa: F401 - the test extra pins it: a missing harness fails here, it is not skipped
 import pytest
 import yaml
-from test_eval_fixtures import build_llama, build_tokenizer, one_torch_thread  # noqa: F401
+from eval_builders import build_llama, build_tokenizer  # noqa: F401
 
 from emotune.launch.cli import main as cli_main
 from emotune.stats import mean_stderr

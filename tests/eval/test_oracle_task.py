@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from test_eval_fixtures import demo_language_world, one_torch_thread  # noqa: F401  (autouse: one torch thread)
+from eval_builders import demo_language_world  # noqa: F401  (autouse: one torch thread)
 
 from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
 from emotune.eval.oracle_task import test_perplexity as perplexity

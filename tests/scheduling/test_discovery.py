@@ -68,7 +68,7 @@ def test_final_and_lora_model_path(tmp_path):
 def test_training_stage_export_is_discovered(tmp_path):
     """The training stage's own exporter and our discovery agree on the contract."""
     import torch
-    from test_eval_fixtures import build_llama, build_tokenizer
+    from eval_builders import build_llama, build_tokenizer
 
     from emotune.train.checkpoint import export_checkpoint
 

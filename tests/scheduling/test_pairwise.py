@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_instruct_fixtures import constant_judge, instruct_rows, outputs_with_marker
-from test_train_fixtures import REPO, make_tokenizer
+from instruct_builders import constant_judge, instruct_rows, outputs_with_marker
+from train_builders import REPO, make_tokenizer
 
 from emotune.atomic import write_json
 from emotune.scheduling.pairwise import Pair, PairStore, PairwiseScheduler, pair_output_dir
@@ -164,8 +164,8 @@ def test_bad_input_fails_the_pair_at_once(world, tmp_path):
 
 
 def rule_command(tag: str) -> str:
-    """A judge command running the rule judge (tests/test_instruct_fixtures.py) and noting `tag`."""
-    return f"{{python}} {REPO / 'tests' / 'test_instruct_fixtures.py'} {{a}} {{b}} {{judge}} {{format}} {{out}} {tag}"
+    """A judge command running the rule judge (tests/instruct_builders.py) and noting `tag`."""
+    return f"{{python}} {REPO / 'tests' / 'instruct_builders.py'} {{a}} {{b}} {{judge}} {{format}} {{out}} {tag}"
 
 
 def test_pairs_differing_only_in_command_and_devices_each_run_their_own(world):

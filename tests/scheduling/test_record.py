@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 from scheduling_helpers import write_model_checkpoint
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread, rows, write_jsonl  # noqa: F401
 
 from emotune.launch.cli import main as emotune
 from emotune.scheduling.record import JOB_ENV

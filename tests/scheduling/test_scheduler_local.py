@@ -22,7 +22,7 @@ def _watch(run, suite, *extra, timeout=240):
 
 def test_real_evaluator_on_good_checkpoints_only(tmp_path):
     """`emotune watch --once` runs `emotune eval` per (checkpoint, task); bad checkpoints are never evaluated."""
-    from test_eval_fixtures import build_llama, build_tokenizer
+    from eval_builders import build_llama, build_tokenizer
 
     run = tmp_path / "run"
     run.mkdir()

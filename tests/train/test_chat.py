@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from test_train_fixtures import alpaca_rows, make_tokenizer
+from train_builders import alpaca_rows, make_tokenizer
 
 from emotune.errors import EmotuneError
 from emotune.train import chat as C

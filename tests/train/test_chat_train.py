@@ -4,7 +4,7 @@ loss falls, and the exported tokenizer carries the chat template the data was re
 import json
 
 import torch
-from test_train_fixtures import alpaca_rows, losses_from_log, run_config, single_rank, tiny_setup
+from train_builders import alpaca_rows, losses_from_log, run_config, single_rank, tiny_setup
 
 from emotune.train.config import validate
 from emotune.train.recipe import run

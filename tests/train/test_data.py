@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from test_train_fixtures import alpaca_rows, make_tokenizer, write_corpus
+from train_builders import alpaca_rows, make_tokenizer, write_corpus
 
 from emotune.errors import EmotuneError
 from emotune.train import batches as B

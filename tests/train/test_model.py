@@ -3,7 +3,7 @@
 import pytest
 import torch
 from safetensors import safe_open
-from test_train_fixtures import make_tiny_llama, make_tokenizer, single_rank
+from train_builders import make_tiny_llama, make_tokenizer, single_rank
 
 from emotune.errors import EmotuneError
 from emotune.resources import shipped

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_train_fixtures import corpus_lines, make_tokenizer
+from train_builders import corpus_lines, make_tokenizer
 
 from emotune.train import data as D
 from emotune.train.config import validate

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_train_fixtures import corpus_lines, make_tiny_llama, make_wordpiece_tokenizer
+from train_builders import corpus_lines, make_tiny_llama, make_wordpiece_tokenizer
 
 from emotune.errors import EmotuneError
 from emotune.train.config import TeacherConfig, validate

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
-from test_train_fixtures import losses_from_log, run_config, single_rank, tiny_setup
+from train_builders import losses_from_log, run_config, single_rank, tiny_setup
 
 from emotune.launch.cli import main as cli_main
 from emotune.manifest import verify_checkpoint
@@ -239,7 +239,7 @@ def test_lora_instruction_run_exports_adapter_and_merged(stage):
 
 def test_cli_errors_are_one_line(stage, tmp_path, capsys):
     setup = stage["setup"]
-    from test_train_fixtures import make_tiny_llama, make_tokenizer
+    from train_builders import make_tiny_llama, make_tokenizer
 
     other = tmp_path / "other"
     make_tiny_llama(other, make_tokenizer(tmp_path / "t2", vocab_size=300), hidden=16)

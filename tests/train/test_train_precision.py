@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +26,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: the shared fixture modules
 
+from support import free_port  # noqa: E402
+
 from emotune.resources import shipped  # noqa: E402  (after the path set-up: this file also runs as a script)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fp16_ds_config(path: Path, initial_scale_power: int) -> Path:
@@ -51,7 +46,7 @@ def _fp16_ds_config(path: Path, initial_scale_power: int) -> Path:
 def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path):
     # its own process: DeepSpeed keeps process-group state that a later in-process run must not inherit
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
-               MASTER_PORT=str(_free_port()))
+               MASTER_PORT=str(free_port()))
     env.pop("DS_ACCELERATOR", None)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
@@ -78,7 +73,7 @@ def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path):
 def fp16_worker(tmp: str, out_path: str) -> None:
     """One rank, fp16 ZeRO-3: the CPU accelerator's fp16 capability check switched off, nothing else."""
     from deepspeed.accelerator import get_accelerator
-    from test_train_fixtures import run_config, tiny_setup
+    from train_builders import run_config, tiny_setup
 
     from emotune.train.config import validate
     from emotune.train.recipe import run
@@ -100,7 +95,7 @@ def test_bf16_two_ranks_matches_fp32_end_to_end(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1")
     env.pop("DS_ACCELERATOR", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, str(tmp_path), str(out)]
+           "--master_port", str(free_port()), __file__, str(tmp_path), str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     res = json.loads(out.read_text())
@@ -123,7 +118,7 @@ def main(tmp: str, out_path: str) -> None:
     import torch
     import torch.distributed as dist
     from safetensors import safe_open
-    from test_train_fixtures import run_config, tiny_setup
+    from train_builders import run_config, tiny_setup
 
     from emotune.objectives.cost import normalize_rows
     from emotune.train.config import validate

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_generation_fixtures import (
+from generation_builders import (
     MARKETS,
     SPORTS,
     build_gpt2,
     build_llama,
     build_tokenizer,
-    one_thread,  # noqa: F401 (autouse: one torch thread)
     sentences,
 )
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_generation_fixtures import (
+from generation_builders import (
     MARKETS,
     SPORTS,
     build_gpt2,
     build_llama,
     build_tokenizer,
-    one_thread,  # noqa: F401 (autouse: one torch thread)
     sentences,
     write_jsonl,
 )

@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_generation_fixtures import (
+from generation_builders import (
     SPORTS,
     build_llama,
     build_tokenizer,
-    one_thread,  # noqa: F401 (autouse: one torch thread)
     sentences,
 )
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_generation_fixtures import MARKETS, SPORTS, build_llama, build_tokenizer, one_thread, sentences  # noqa: F401
+from generation_builders import MARKETS, SPORTS, build_llama, build_tokenizer, sentences  # noqa: F401
 
 from emotune.errors import EmotuneError
 from emotune.eval.generation import protocol

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread, rows, write_jsonl  # noqa: F401
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 
 from emotune.errors import EmotuneError
 from emotune.eval.icl import mmlu

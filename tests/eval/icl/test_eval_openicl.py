@@ -25,7 +25,7 @@ except ImportError:  # the Makefile's test install puts it there; elsewhere: ski
     require(["openicl==0.1.8"], "the OpenICL cross-check", "pip install --no-deps openicl==0.1.8 evaluate==0.4.6; "
             "pip install rank_bm25==0.2.2 openai==3.57.0 (make test does)")
 
-from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_family, one_torch_thread, rows  # noqa: E402, F401
+from eval_builders import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_family, rows  # noqa: E402, F401
 
 from emotune.eval.icl.classification import openicl_ignore_id, prepare, run_icl_task, tokenize_groups  # noqa: E402
 from emotune.eval.icl.retriever import TopkRetriever, resolve_encoder  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_tokenizer, one_torch_thread  # noqa: F401
+from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_tokenizer  # noqa: F401
 
 from emotune.errors import EmotuneError
 from emotune.eval.icl.retriever import PAPER_ENCODER, TopkRetriever, resolve_encoder, topk_ids

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, one_torch_thread  # noqa: F401
+from eval_builders import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer  # noqa: F401
 
 from emotune.errors import EmotuneError
 from emotune.eval.icl.scorer import argmin_first, common_prefix_len, naive_token_nlls, rule_scores, score_groups, shared_token_nlls
@@ -132,7 +132,7 @@ def test_score_groups_shared_and_naive_give_same_predictions(tiny):
 
 def test_a_bos_that_is_eos_is_left_out_like_openicl(tmp_path):
     """OPT prepends `</s>`, its EOS: OpenICL pads with EOS and counts `ids != pad`, so T excludes that BOS."""
-    from test_eval_fixtures import build_gpt2_tokenizer, build_opt_tokenizer
+    from eval_builders import build_gpt2_tokenizer, build_opt_tokenizer
 
     from emotune.eval.icl.classification import openicl_ignore_id
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_gpt2_tokenizer, one_torch_thread, rows  # noqa: F401
+from eval_builders import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_gpt2_tokenizer, rows  # noqa: F401
 
 from emotune.eval.icl.classification import build_ice, run_icl_task
 from emotune.shards import merge_shards

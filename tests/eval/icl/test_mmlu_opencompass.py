@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_eval_fixtures import build_gpt2_tokenizer, one_torch_thread, write_jsonl  # noqa: F401
+from eval_builders import build_gpt2_tokenizer, write_jsonl  # noqa: F401
 
 from emotune.eval.icl import mmlu
 from emotune.eval.summary import TaskResult

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_instruct_fixtures import _llama, rule_pairs
-from test_train_fixtures import make_tokenizer
+from instruct_builders import _llama, rule_pairs
+from train_builders import make_tokenizer
 
 from emotune.eval.instruct.formats import FORMATS
 from emotune.eval.instruct.judge import verdicts_by_generation

@@ -8,8 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_instruct_fixtures import constant_judge, instruct_rows, outputs_with_marker, tuned_model
+from instruct_builders import constant_judge, instruct_rows, outputs_with_marker, tuned_model
 
 from emotune.eval.instruct.outputs import read_outputs, write_outputs
 from emotune.launch.cli import main as cli_main

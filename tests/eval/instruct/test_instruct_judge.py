@@ -1,4 +1,4 @@
-"""Responses and the pairwise judge on tiny models trained or built on the spot (tests/test_instruct_fixtures.py):
+"""Responses and the pairwise judge on tiny models trained or built on the spot (tests/instruct_builders.py):
 greedy decoding matches HF generate and does not depend on the batch; a judge that always names the first
 response gives only ties once the orders are swapped; a judge that prefers one side gives that side every win."""
 
@@ -8,8 +8,7 @@ import json
 
 import pytest
 import torch
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_instruct_fixtures import constant_judge, instruct_rows, outputs_with_marker, trained_judge, tuned_model
+from instruct_builders import constant_judge, instruct_rows, outputs_with_marker, trained_judge, tuned_model
 
 from emotune.eval.instruct.formats import FIRST, FORMATS
 from emotune.eval.instruct.outputs import read_outputs

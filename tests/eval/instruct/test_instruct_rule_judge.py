@@ -1,4 +1,4 @@
-"""A judge whose verdicts depend on the pair and on the order (tests/test_instruct_fixtures.py RuleJudge: the
+"""A judge whose verdicts depend on the pair and on the order (tests/instruct_builders.py RuleJudge: the
 response holding a marker word wins, both holding it is a tie, neither is "the first"), under every format and
 both modes, with a byte-level BPE and a LLaMA-style sentencepiece tokenizer: win / tie / lose counts, each
 order's verdict, and the position swap (a position-bias verdict becomes a tie) are what the rule says.
@@ -9,9 +9,8 @@ PandaLM's "1" is "▁1", a token the judge never writes after "### Evaluation:\\
 from __future__ import annotations
 
 import pytest
-from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
-from test_instruct_fixtures import RuleJudge, rule_outcome, rule_pairs
-from test_train_fixtures import corpus_lines, make_tokenizer
+from instruct_builders import RuleJudge, rule_outcome, rule_pairs
+from train_builders import corpus_lines, make_tokenizer
 
 from emotune.eval.instruct.formats import FORMATS, VERDICTS
 from emotune.eval.instruct.judge import verdict_sequences

@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 import torch
-from test_train_fixtures import alpaca_rows, corpus_lines, make_tiny_llama, make_tokenizer
+from train_builders import alpaca_rows, corpus_lines, make_tiny_llama, make_tokenizer
 
 MARKER = "good"
 
@@ -266,7 +266,7 @@ def rule_pairs(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
 
 
 def _rule_judge_command(argv: list[str]) -> int:
-    """`python tests/test_instruct_fixtures.py A.json B.json JUDGE_DIR FORMAT OUT TAG [key=value ...]`: a
+    """`python tests/instruct_builders.py A.json B.json JUDGE_DIR FORMAT OUT TAG [key=value ...]`: a
     judge command for the scheduled pairwise job (its `judge_command`), judging with RuleJudge (the
     tokenizer of JUDGE_DIR) through emotune's own comparison, and noting its TAG and CUDA_VISIBLE_DEVICES
     in OUT/pairwise.json, so a test can tell which pair's command ran where."""

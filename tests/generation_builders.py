@@ -6,28 +6,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 import torch
 
 from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread for torch, faiss and BLAS. With two, OpenMP
-    barriers under load made a 32-wide forward pass ~300x slower (735 ms vs 2.6 ms side by side) and
-    an 80x384 SVD take 2 s."""
-    import faiss  # mauve-text's k-means
-    from threadpoolctl import threadpool_limits  # BLAS under sklearn's PCA (scikit-learn depends on it)
-
-    before, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before_faiss)
-
 
 SPORTS = ("the team won the final match in extra time after a late goal from the striker and the fans "
           "sang in the stadium while the coach praised the defence and the keeper saved a penalty").split()

@@ -8,10 +8,10 @@ import importlib
 import json
 import os
 import random
-import socket
 from pathlib import Path
 
 import torch
+from support import free_port
 
 from emotune.resources import shipped
 
@@ -114,12 +114,6 @@ def run_config(setup: dict, output_dir: Path, **overrides) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -5,20 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine torch's spinning threads
-    make them 20x slower; test modules import this fixture to run with one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 WORDS = ("the movie was great fun and the acting superb . a dull boring film with no plot at all . "
          "it is about world sports business science and technology human being location numeric value "
