@@ -37,3 +37,63 @@ def one_thread(_one_blas_thread):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class TinyCache:
+    """Tiny tokenizers and checkpoints built once per session per (kind, seed, size), under one session folder.
+    `tokenizer(kind)` and `checkpoint(kind, ...)` give the folder's path: read-only, so copy it before writing into it.
+    Kinds: "eval" (eval_builders: Metaspace BPE, LLaMA x 8), "generation" (generation_builders: LLaMA x 4, GPT-2)
+    and "train" (train_builders: the training stage's own tokenizer with a pad token, LLaMA at the init)."""
+
+    def __init__(self, root):
+        self.root, self.built = root, {}
+
+    def _once(self, key: tuple, build):
+        if key not in self.built:
+            path = self.root / "-".join(str(k) for k in key)
+            build(path)
+            self.built[key] = path
+        return self.built[key]
+
+    def tokenizer(self, kind: str):
+        import eval_builders
+        import generation_builders
+        import train_builders
+
+        build = {"eval": eval_builders.build_tokenizer, "generation": generation_builders.build_tokenizer,
+                 "train": train_builders.make_tokenizer}[kind]
+        return self._once(("tok", kind), build)
+
+    def load_tokenizer(self, kind: str):
+        """A fresh tokenizer object of `kind` (loaded from the session's folder: the caller may change it)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.tokenizer(kind)))
+
+    def checkpoint(self, kind: str, seed: int = 0, model: str = "llama", **size):
+        """A saved tokenizer of `kind` and a model over it: model="llama" | "gpt2" (generation only); `size` goes to
+        the preset builder (hidden=, layers=, scale=, ...)."""
+        import shutil
+
+        import eval_builders
+        import generation_builders
+        import train_builders
+        from transformers import AutoTokenizer
+
+        def build(path):
+            shutil.copytree(self.tokenizer(kind), path)
+            tok = AutoTokenizer.from_pretrained(str(path))
+            if kind == "eval":
+                eval_builders.build_llama(path, len(tok), seed=seed, **size)
+            elif kind == "generation":
+                (generation_builders.build_gpt2 if model == "gpt2" else generation_builders.build_llama)(path, len(tok), seed=seed, **size)
+            else:
+                train_builders.make_tiny_llama(path, tok, seed=seed, **size)
+
+        assert model == "llama" or kind == "generation", (kind, model)
+        return self._once(("ckpt", kind, model, seed, *sorted(size.items())), build)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyCache:
+    return TinyCache(tmp_path_factory.mktemp("tiny"))

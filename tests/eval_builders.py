@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny_models import sharpen, tiny_gpt2, tiny_llama
 
 from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
 
@@ -42,21 +43,8 @@ def build_tokenizer(path: Path, vocab_size: int = 300):
 
 def build_llama(path: Path | None, vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2,
                 dtype=torch.float32):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                      tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
-    with torch.no_grad():  # larger weights than the init so that scores differ clearly between labels
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8.0)
-    if path is not None:
-        model.save_pretrained(str(path))
-    return model
+    """The evaluation tests' LLaMA: weights x 8, so that scores differ clearly between labels."""
+    return tiny_llama(vocab_size, path=path, seed=seed, hidden=hidden, layers=layers, scale=8.0, dtype=dtype)
 
 
 TRAIN_TEXTS = [
@@ -134,25 +122,10 @@ def build_opt_tokenizer(path: Path, vocab_size: int = 400):
     return fast
 
 
-def _sharpen(model):
-    with torch.no_grad():  # larger weights than the init so that scores differ clearly between labels
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8.0)
-    return model
-
-
 def build_gpt2(path: Path | None, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=hidden, n_layer=layers, n_head=4,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     tie_word_embeddings=False)
-    model = _sharpen(GPT2LMHeadModel(cfg).eval())
-    if path is not None:
-        model.save_pretrained(str(path))
-    return model
+    """The evaluation tests' GPT-2 (untied, weights x 8) for `tokenizer`."""
+    return tiny_gpt2(len(tokenizer), path=path, seed=seed, hidden=hidden, layers=layers, tie=False, scale=8.0,
+                     bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
 
 
 def build_opt(path: Path | None, tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
@@ -163,7 +136,7 @@ def build_opt(path: Path | None, tokenizer, seed: int = 0, hidden: int = 32, lay
                     num_attention_heads=4, word_embed_proj_dim=hidden, max_position_embeddings=1024,
                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                     eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    model = _sharpen(OPTForCausalLM(cfg).eval())
+    model = sharpen(OPTForCausalLM(cfg).eval(), 8.0)
     if path is not None:
         model.save_pretrained(str(path))
     return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import torch
+from tiny_models import tiny_gpt2, tiny_llama
 
 from emotune.atomic import write_jsonl  # noqa: F401  (the tests import it from here)
 
@@ -41,28 +41,9 @@ def build_tokenizer(path: Path, vocab_size: int = 160):
 
 
 def build_llama(path: Path | None, vocab_size: int, seed: int = 0, hidden: int = 32, scale: float = 4.0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1,
-                      eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # peakier distributions than the init, so models and seeds differ clearly
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(scale)
-    if path is not None:
-        model.save_pretrained(str(path))
-    return model
+    """The generation tests' LLaMA: weights x `scale`, so that models and seeds differ clearly."""
+    return tiny_llama(vocab_size, path=path, seed=seed, hidden=hidden, max_positions=512, scale=scale)
 
 
 def build_gpt2(path: Path, vocab_size: int, seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1,
-                     eos_token_id=2)
-    model = GPT2LMHeadModel(cfg).eval()
-    model.save_pretrained(str(path))
-    return model
+    return tiny_gpt2(vocab_size, path=path, seed=seed, max_positions=512)

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 import torch
+from tiny_models import tiny_llama
 from train_builders import alpaca_rows, corpus_lines, make_tiny_llama, make_tokenizer
 
 MARKER = "good"
@@ -61,14 +62,8 @@ def tuned_model(path: Path, steps: int = 80, seed: int = 0):
 
 
 def _llama(tok, hidden: int, layers: int, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(len(tok), seed=seed, hidden=hidden, layers=layers, kv_heads=4, bos=tok.bos_token_id,
+                      eos=tok.eos_token_id, pad=tok.pad_token_id)
 
 
 def constant_judge(path: Path, tok, verdict_text: str, boost: float = 20.0):

@@ -45,12 +45,11 @@ def test_the_probe_is_quick_and_says_what_is_used(offline):
     assert huggingface_hub.constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
 
 
-def test_a_shipped_hub_task_fails_in_one_line_at_once(offline, tmp_path, capsys):
-    tok = build_tokenizer(tmp_path / "model")
-    build_llama(tmp_path / "model", len(tok))
+def test_a_shipped_hub_task_fails_in_one_line_at_once(offline, tmp_path, capsys, tiny):
+    model = tiny.checkpoint("eval")
     capsys.readouterr()
     t0 = time.time()
-    rc = emotune(["eval", "--model", str(tmp_path / "model"), "--tasks", "sst2", "--out", str(tmp_path / "o")])
+    rc = emotune(["eval", "--model", str(model), "--tasks", "sst2", "--out", str(tmp_path / "o")])
     seconds = time.time() - t0
     out, err = capsys.readouterr()
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "gpt3mix/sst2" in err and "data_dir" in err, err

@@ -10,8 +10,8 @@ import os
 import random
 from pathlib import Path
 
-import torch
 from support import free_port
+from tiny_models import tiny_llama
 
 from emotune.resources import shipped
 
@@ -69,15 +69,10 @@ def make_wordpiece_tokenizer(path: Path, vocab_size: int):
 
 
 def make_tiny_llama(path: Path, tokenizer, hidden: int = 32, layers: int = 2, tie: bool = False, vocab: int | None = None, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab or len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(str(path), safe_serialization=True)
+    """The training tests' LLaMA (the init's own weights, in train mode), saved with `tokenizer` to `path`."""
+    model = tiny_llama(vocab or len(tokenizer), path=path, seed=seed, hidden=hidden, layers=layers, max_positions=256,
+                       tie=tie, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id,
+                       eval_mode=False)
     tokenizer.save_pretrained(str(path))
     return model
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import tiny_models
 import torch
 from safetensors.torch import save_file
 
@@ -14,13 +15,7 @@ from emotune.objectives.registry import resolve
 
 
 def tiny_llama(vocab=40, tie=False, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                      tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_models.tiny_llama(vocab, seed=seed, hidden=16, layers=1, heads=2, max_positions=32, tie=tie, pad=0)
 
 
 def test_registry_resolves_defaults_aliases_and_rejects_bad_params():

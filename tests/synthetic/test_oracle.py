@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_llama
 
 from emotune.errors import EmotuneError
 from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
@@ -15,17 +16,11 @@ from emotune.synthetic.oracle import TokenOracle, smoothed_oracle_log_prob
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     lang = SyntheticLanguage.build(seed=1)
     rng = np.random.default_rng(0)
     texts = [lang.sample(rng)[0] for _ in range(1500)]
     tok = train_sentencepiece_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=768)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(len(tok), seed=0, layers=1, heads=2, max_positions=256, bos=tok.bos_token_id, eos=tok.eos_token_id)
     return lang, tok, model, [lang.sample(rng)[0] for _ in range(3)]
 
 

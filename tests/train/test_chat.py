@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from train_builders import alpaca_rows, make_tokenizer
+from train_builders import alpaca_rows
 
 from emotune.errors import EmotuneError
 from emotune.train import chat as C
@@ -33,8 +33,8 @@ SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    t = make_tokenizer(tmp_path_factory.mktemp("tok"))
+def tok(tiny):
+    t = tiny.load_tokenizer("train")
     t.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
     t.chat_template = CHATML
     return t

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from train_builders import alpaca_rows, make_tokenizer, write_corpus
+from train_builders import alpaca_rows, write_corpus
 
 from emotune.errors import EmotuneError
 from emotune.train import batches as B
@@ -17,8 +17,8 @@ from emotune.train.config import validate
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+def tok(tiny):
+    return tiny.load_tokenizer("train")
 
 
 def cfg_for(tmp_path, **data):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from train_builders import corpus_lines, make_tokenizer
+from train_builders import corpus_lines
 
 from emotune.train import data as D
 from emotune.train.config import validate
@@ -18,8 +18,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "emotune" / "configs" / "train"
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+def tok(tiny):
+    return tiny.load_tokenizer("train")
 
 
 def run_clm_blocks(texts: list[str], tok, block_size: int, batch_size: int = 1000) -> list[list[int]]:

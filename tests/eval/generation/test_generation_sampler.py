@@ -10,7 +10,6 @@ from generation_builders import (
     SPORTS,
     build_gpt2,
     build_llama,
-    build_tokenizer,
     sentences,
 )
 
@@ -19,9 +18,8 @@ from emotune.eval.generation.task import Example
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sampler")
-    tok = build_tokenizer(d)
+def lm(tiny):
+    tok = tiny.load_tokenizer("generation")
     return build_llama(None, len(tok), seed=3, scale=2.0), tok
 
 

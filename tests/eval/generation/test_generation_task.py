@@ -10,9 +10,7 @@ import pytest
 from generation_builders import (
     MARKETS,
     SPORTS,
-    build_gpt2,
     build_llama,
-    build_tokenizer,
     sentences,
     write_jsonl,
 )
@@ -80,15 +78,13 @@ def test_task_file_errors_name_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("gen")
-    tok = build_tokenizer(root / "tok")
+    tok = tiny.load_tokenizer("generation")
     model = build_llama(None, len(tok), seed=0)
-    build_llama(root / "oracle", len(tok), seed=1)
-    tok.save_pretrained(str(root / "oracle"))
+    oracle = tiny.checkpoint("generation", seed=1)
     reference = build_llama(None, len(tok), seed=2)
-    build_tokenizer(root / "tiny-gpt2")
-    build_gpt2(root / "tiny-gpt2", len(tok), seed=3)
+    featurizer = tiny.checkpoint("generation", seed=3, model="gpt2")  # mauve-text featurises names with 'gpt2' only
     data = root / "data" / "generation-toy"
     rows = [{"text": t} for t in sentences(SPORTS, 14, 30, 1)]
     rows.insert(3, {"text": " = = Gameplay = = "})
@@ -98,8 +94,8 @@ def setup(tmp_path_factory):
     task = {"name": "generation-toy", "kind": "generation", "dataset": {"path": "toy/none"}, "text_column": "text",
             "prefix_words": 4, "continuation_words": 12, "new_tokens": 8, "ce_split": "validation",
             "prefix_filter": {"max_rows": 4000, "min_chars": 50, "extra_words": 2}}
-    opts = {"data_dir": str(root / "data"), "runs": 2, "featurizer": str(root / "tiny-gpt2"), "max_text_length": 64,
-            "feature_cache_dir": str(root / "cache"), "oracle": str(root / "oracle"), "reference": reference,
+    opts = {"data_dir": str(root / "data"), "runs": 2, "featurizer": str(featurizer), "max_text_length": 64,
+            "feature_cache_dir": str(root / "cache"), "oracle": str(oracle), "reference": reference,
             "gen_batch_size": 8}
     return root, model, tok, task, opts
 

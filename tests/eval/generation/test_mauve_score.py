@@ -7,8 +7,6 @@ import pytest
 from generation_builders import (
     MARKETS,
     SPORTS,
-    build_gpt2,
-    build_tokenizer,
     sentences,
 )
 
@@ -24,11 +22,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory):
-    d = tmp_path_factory.mktemp("feat") / "tiny-gpt2"  # mauve-text only featurises names containing 'gpt2'
-    tok = build_tokenizer(d)
-    build_gpt2(d, len(tok), seed=0)
-    return d
+def tiny_gpt2(tiny):
+    return tiny.checkpoint("generation", model="gpt2")  # mauve-text only featurises names containing 'gpt2'
 
 
 def test_featurizer_equals_mauve_text_featurisation(tiny_gpt2):
