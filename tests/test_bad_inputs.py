@@ -29,7 +29,7 @@ from typing import Callable
 import pytest
 import yaml
 from scheduling_helpers import write_checkpoint
-from train_builders import REPO, alpaca_rows, make_tiny_llama, make_tokenizer, make_wordpiece_tokenizer, run_config, write_corpus
+from train_builders import REPO, alpaca_rows, make_tiny_llama, make_wordpiece_tokenizer, run_config, write_corpus
 
 from emotune.eval.summary import TaskResult, write_summary
 from emotune.launch.cli import main as cli_main
@@ -93,17 +93,16 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
+def world(tmp_path_factory, tiny) -> World:
     root = tmp_path_factory.mktemp("bad-inputs")
-    tok = make_tokenizer(root / "tok")
-    make_tiny_llama(root / "model", tok)
+    model = tiny.checkpoint("train")  # read-only: the cases that change it work on w.model_copy
     data = root / "data"
     data.mkdir()
     write_corpus(data / "train.txt", 200, seed=1)
     write_corpus(data / "valid.txt", 20, seed=2)
     (data / "alpaca.jsonl").write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows(16)))
     run = root / "run"
-    setup = {"model": str(root / "model"), "train": str(data / "train.txt"), "valid": str(data / "valid.txt")}
+    setup = {"model": str(model), "train": str(data / "train.txt"), "valid": str(data / "valid.txt")}
     cfg = run_config(setup, run, deepspeed=str(shipped("deepspeed/zero3-cpu-test.json")))
     good_train = root / "good-train.yaml"
     good_train.write_text(yaml.safe_dump(cfg))
@@ -120,7 +119,7 @@ def world(tmp_path_factory) -> World:
     evalout = root / "evalout"
     (evalout / "done.predictions.jsonl").parent.mkdir()
     (evalout / "done.predictions.jsonl").write_text(json.dumps({"i": 0, "pred": 1}) + "\n")
-    write_summary(evalout, str(root / "model"), "custom",
+    write_summary(evalout, str(model), "custom",
                   [TaskResult("done", "icl", {"accuracy": 0.5}, 1, "done.predictions.jsonl", 0.1)])
     tasks = root / "tasks"
     tasks.mkdir()
@@ -135,7 +134,7 @@ def world(tmp_path_factory) -> World:
     suite = tasks / "suite.yaml"
     suite.write_text(yaml.safe_dump([str(good_task)]))
     (root / "cases").mkdir()
-    return World(root, root / "model", data / "train.txt", data / "valid.txt", data / "alpaca.jsonl", run,
+    return World(root, model, data / "train.txt", data / "valid.txt", data / "alpaca.jsonl", run,
                  store_path, evalout, good_task, suite, good_train, shipped("deepspeed/zero3-cpu-test.json"))
 
 
