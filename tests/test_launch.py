@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import cli
 
 from emotune.errors import EmotuneError
 from emotune.launch.launcher import (
@@ -69,7 +70,7 @@ def test_env_file_forwards_cluster_variables(monkeypatch):
         env_file_lines(LaunchPlan("c.yaml", env={"BAD KEY": "1"}))
 
 
-def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path):
+def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path, capfd):
     for key, value in {"HF_HOME": "/shared/hf", "HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": "hf_secret2",
                        "NCCL_IB_HCA": "mlx5", "AWS_SECRET_ACCESS_KEY": "s3", "TOKENIZERS_PARALLELISM": "false",
                        "EMOTUNE_CACHE": "/shared/cache", "WANDB_API_KEY": "w"}.items():
@@ -83,29 +84,32 @@ def test_env_file_forwards_the_venv_and_no_secrets(monkeypatch, tmp_path):
     assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/bin:/bin"
     # a secret goes only when the user names it, and the launcher says what it exports
     cfg = "configs/train/tiny-cpu.yaml"  # launch validates the run config first: a real one
-    out = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "HF_TOKEN", "--dry-run"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0 and "#   HF_TOKEN=hf_secret" in out.stdout and "WANDB_API_KEY" not in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "emotune", "launch", str(cfg), "--env", "NOT_SET_ANYWHERE", "--dry-run"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "NOT_SET_ANYWHERE" in bad.stderr
+    capfd.readouterr()
+    rc = cli(["launch", str(cfg), "--env", "HF_TOKEN", "--dry-run"])
+    out = capfd.readouterr().out
+    assert rc == 0 and "#   HF_TOKEN=hf_secret" in out and "WANDB_API_KEY" not in out
+    rc = cli(["launch", str(cfg), "--env", "NOT_SET_ANYWHERE", "--dry-run"])
+    err = capfd.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "NOT_SET_ANYWHERE" in err
 
 
-def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path):
+def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path, monkeypatch, capfd):
     """Off loopback: every node must rendezvous at the first host, never at its own 127.0.0.1."""
     hosts = tmp_path / "hosts"
     hosts.write_text("gpu-node-017.cluster slots=8\ngpu-node-018.cluster slots=8\n")
     cfg = tmp_path / "c.yaml"
     shutil.copy(shipped("train/tiny-cpu.yaml"), cfg)  # launch validates the run config first
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    base = [sys.executable, "-m", "emotune", "launch", str(cfg), "--nodes", "2", "--procs-per-node", "8",
-            "--hostfile", str(hosts), "--dry-run"]
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    base = ["launch", str(cfg), "--nodes", "2", "--procs-per-node", "8", "--hostfile", str(hosts), "--dry-run"]
+    capfd.readouterr()
     for extra in ([], ["--node-rank", "1"]):
-        out = subprocess.run([*base, *extra], capture_output=True, text=True, env=env)
-        assert out.returncode == 0, out.stderr
-        assert "--master_addr gpu-node-017.cluster" in out.stdout and "127.0.0.1" not in out.stdout
-    given = subprocess.run([*base, "--master-addr", "10.1.2.3"], capture_output=True, text=True, env=env)
-    assert "--master_addr 10.1.2.3" in given.stdout
+        rc = cli([*base, *extra])
+        out = capfd.readouterr()
+        assert rc == 0, out.err
+        assert "--master_addr gpu-node-017.cluster" in out.out and "127.0.0.1" not in out.out
+    cli([*base, "--master-addr", "10.1.2.3"])
+    assert "--master_addr 10.1.2.3" in capfd.readouterr().out
     torchrun = build_command(LaunchPlan("c.yaml", launcher="torchrun", nodes=2, procs_per_node=8,
                                         hostfile=str(hosts), node_rank=1))
     assert torchrun[torchrun.index("--master_addr") + 1] == "gpu-node-017.cluster"
@@ -115,13 +119,23 @@ def test_master_addr_defaults_to_the_hostfiles_first_host(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--local_rank=1", "losses"], ["--local_rank", "1", "losses"],
                                   ["losses", "--local-rank=1"]])
-def test_cli_takes_the_launchers_local_rank_wherever_it_lands(argv):
+def test_cli_takes_the_launchers_local_rank_wherever_it_lands(argv, monkeypatch, capfd):
     """`deepspeed --module emotune train CFG` and `deepspeed $(which emotune) train CFG` put it first."""
-    res = subprocess.run([sys.executable, "-m", "emotune", *argv], capture_output=True, text=True,
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    capfd.readouterr()
+    rc = cli(argv)
+    out = capfd.readouterr()
+    assert rc == 0 and "emo" in out.out, out.err
+    rc = cli(["--local_rank=x", "losses"])
+    err = capfd.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--local_rank" in err
+
+
+def test_the_real_entry_takes_the_launchers_local_rank():
+    """What a launcher starts: `python -u -m emotune --local_rank=1 ...`, a fresh interpreter."""
+    res = subprocess.run([sys.executable, "-m", "emotune", "--local_rank=1", "losses"], capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"})
     assert res.returncode == 0 and "emo" in res.stdout, res.stderr
-    bad = subprocess.run([sys.executable, "-m", "emotune", "--local_rank=x", "losses"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--local_rank" in bad.stderr
 
 
 def test_sbatch_scripts_are_valid_bash_and_quote_arguments(tmp_path):
@@ -146,21 +160,23 @@ def test_train_entry_accepts_the_launchers_local_rank():
     assert res.returncode == 2 and "missing.yaml" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_launch_cli_dry_run_and_bad_input(tmp_path):
+def test_launch_cli_dry_run_and_bad_input(tmp_path, monkeypatch, capfd):
     cfg = tmp_path / "c.yaml"
     shutil.copy(shipped("train/tiny-cpu.yaml"), cfg)  # launch validates the run config first
-    emotune = [sys.executable, "-m", "emotune"]
     # a user's shell, not this test process's (in-process one-rank groups of other tests set MASTER_PORT, RANK, ...)
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    out = subprocess.run([*emotune, "launch", str(cfg), "--procs-per-node", "2", "--dry-run"], capture_output=True, text=True,
-                         env=env)
-    assert out.returncode == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in out.stdout
-    bad = subprocess.run([*emotune, "launch", str(tmp_path / "missing.yaml"), "--dry-run"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "missing.yaml not found" in bad.stderr and "Traceback" not in bad.stderr
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    capfd.readouterr()
+    rc = cli(["launch", str(cfg), "--procs-per-node", "2", "--dry-run"])
+    assert rc == 0 and f"--num_gpus 2 --master_port 29500 --module {ENTRY_MODULE} {cfg}" in capfd.readouterr().out
+    rc = cli(["launch", str(tmp_path / "missing.yaml"), "--dry-run"])
+    err = capfd.readouterr().err
+    assert rc == 2 and "missing.yaml not found" in err and "Traceback" not in err
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("model_name_or_path: x\n")  # a config that cannot train fails here, not on every rank
-    bad = subprocess.run([*emotune, "launch", str(wrong), "--dry-run"], capture_output=True, text=True)
-    assert bad.returncode == 2 and f"{wrong}: " in bad.stderr and len(bad.stderr.splitlines()) == 1
+    rc = cli(["launch", str(wrong), "--dry-run"])
+    err = capfd.readouterr().err
+    assert rc == 2 and f"{wrong}: " in err and len(err.splitlines()) == 1
 
 
 def test_docker_entrypoint_outside_docker(tmp_path):
