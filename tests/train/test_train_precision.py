@@ -9,8 +9,8 @@
   overflows on purpose: those steps must be skipped by DeepSpeed, logged by us, retried on the same
   data and not counted as progress (step, tokens, LR schedule).
 
-The bf16 test launches this file under `torchrun --nproc_per_node 2` (worker: `main()`), the fp16 test as one
-process (worker: `fp16_worker()`).
+The bf16 test launches this file under `torchrun --nproc_per_node 2` (worker: `main()`); the fp16 test runs
+one rank in the test's own process (`fp16_run()`).
 """
 
 from __future__ import annotations
@@ -43,17 +43,16 @@ def _fp16_ds_config(path: Path, initial_scale_power: int) -> Path:
     return path
 
 
-def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path):
-    # its own process: DeepSpeed keeps process-group state that a later in-process run must not inherit
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"), OMP_NUM_THREADS="1",
-               MASTER_PORT=str(free_port()))
-    env.pop("DS_ACCELERATOR", None)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
-    proc = subprocess.run([sys.executable, __file__, "fp16", str(tmp_path), str(tmp_path / "res.json")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    res = json.loads((tmp_path / "res.json").read_text())
+def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path, monkeypatch):
+    # in this process, on one gloo rank: single_rank tears DeepSpeed's process groups down afterwards
+    from deepspeed.accelerator import get_accelerator
+    from train_builders import single_rank
+
+    # the CPU accelerator's fp16 capability check switched off, nothing else
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: True)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    with single_rank():
+        res = fp16_run(tmp_path)
     log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
     skips = [r for r in log if r.get("skipped_step")]
     steps = [r for r in log if "loss" in r]
@@ -70,23 +69,20 @@ def test_fp16_overflow_steps_are_skipped_logged_and_retried(tmp_path):
     assert manifest["dtype"] == "float16"
 
 
-def fp16_worker(tmp: str, out_path: str) -> None:
-    """One rank, fp16 ZeRO-3: the CPU accelerator's fp16 capability check switched off, nothing else."""
-    from deepspeed.accelerator import get_accelerator
+def fp16_run(tmp: Path) -> dict:
+    """One rank, fp16 ZeRO-3 with an initial loss scale of 2^24: the run's step and tokens seen."""
     from train_builders import run_config, tiny_setup
 
     from emotune.train.config import validate
     from emotune.train.recipe import run
 
-    type(get_accelerator()).is_fp16_supported = lambda self: True
-    tmp = Path(tmp)
     setup = tiny_setup(tmp / "setup")
     ds = _fp16_ds_config(tmp / "ds.json", initial_scale_power=24)
     cfg = validate(run_config(setup, tmp / "out", fp16=True, deepspeed=str(ds), max_steps=3, save_steps=3,
                               warmup_steps=0, lr_scheduler_type="linear", model__torch_dtype="float16",
                               data__validation_files=None))
     res = run(cfg)
-    Path(out_path).write_text(json.dumps({"step": res.step, "tokens_seen": res.tokens_seen}))
+    return {"step": res.step, "tokens_seen": res.tokens_seen}
 
 
 @pytest.mark.e2e
@@ -162,7 +158,4 @@ def main(tmp: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "fp16":
-        fp16_worker(sys.argv[2], sys.argv[3])
-    else:
-        main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2])
