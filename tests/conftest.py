@@ -13,30 +13,32 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-@pytest.fixture(scope="session")
-def _one_blas_thread():
-    """BLAS (numpy's, under sklearn's PCA) and faiss (mauve-text's k-means) with one thread for the session."""
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One thread for torch, faiss (mauve-text's k-means) and BLAS (numpy's, under sklearn's PCA), from the session's
+    start, so module- and session-scoped fixtures that build or train models get it too. Tiny models gain nothing
+    from threads, and on a shared 2-core machine spinning OpenMP threads made them 20-300x slower (a 32-wide
+    forward pass took 735 ms with two threads, 2.6 ms with one; an 80x384 SVD 2 s)."""
     import faiss
+    import torch
     from threadpoolctl import threadpool_limits  # scikit-learn depends on it
 
-    before = faiss.omp_get_max_threads()
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     with threadpool_limits(limits=1):
         yield
-    faiss.omp_set_num_threads(before)
+    torch.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
 
 
 @pytest.fixture(autouse=True)
-def one_thread(_one_blas_thread):
-    """Tiny models gain nothing from threads, and on a shared 2-core machine torch's spinning OpenMP threads
-    made them 20-300x slower (a 32-wide forward pass took 735 ms with two threads, 2.6 ms with one); set
-    again before every test, since the code under test may change it."""
+def _still_one_thread(one_thread):
+    """Back to one torch thread after every test: a test (or the code under test) that changes it does not leak."""
+    yield
     import torch
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyCache:

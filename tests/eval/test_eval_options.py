@@ -66,7 +66,6 @@ def test_the_mmlu_prompt_is_the_task_files_data():
 def test_token_nlls_match_a_float64_reference():
     from eval_builders import build_llama
 
-    torch.set_num_threads(1)
     model = build_llama(None, 40, seed=3)
     seqs = [[1, 5, 7, 9], [1], [1, 3, 3, 8, 20, 31], [1, 4]]
     ref = []

@@ -10,8 +10,6 @@ from test_objectives_dense import DENSE, DENSE_IDS
 from emotune.objectives import CostEmbedding, build_objective
 from emotune.objectives.fused import fused_loss
 
-torch.set_num_threads(1)
-
 
 def teacher(H_t=6, V=37, dtype=torch.float64, seed=1, B=3, T=9, bias=True):
     g = torch.Generator().manual_seed(seed)

@@ -13,7 +13,6 @@ from emotune.objectives.demd import demd_dense, demd_one_hot
 from emotune.objectives.dense import dense_terms
 from emotune.objectives.registry import resolve
 
-torch.set_num_threads(1)
 DENSE = [("emo", {"target": "teacher"}), ("emo", {"target": "teacher", "variant": "emo2"}),
          ("emo", {"target": "teacher", "variant": "demd", "temperature": 2.0}), ("emo", {"target": "smoothed"}),
          ("emo", {"target": "teacher", "weighting": "batch", "ratio_clamp": 3.0}), ("kd_forward", {}),

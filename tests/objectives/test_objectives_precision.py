@@ -23,9 +23,6 @@ from precision_matrix import (
 from emotune.objectives import CostEmbedding, build_objective, emo, mle
 from emotune.objectives.fused import fused_loss
 
-torch.set_num_threads(1)
-
-
 ALL = OBJECTIVES + DENSE
 
 

@@ -13,7 +13,6 @@ from emotune.objectives.fused import fused_loss
 from emotune.objectives.losses import Combined, mle_rule
 from emotune.objectives.registry import OBJECTIVES, Entry, needs_cost
 
-torch.set_num_threads(1)
 PACKAGE = Path(__file__).resolve().parents[2] / "emotune"
 
 

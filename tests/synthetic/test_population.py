@@ -20,8 +20,6 @@ from emotune.synthetic.population import (
     stationarity_residual,
 )
 
-torch.set_num_threads(1)
-
 
 def simplex_grid(p: np.ndarray, n: int) -> np.ndarray:
     """Every point of the simplex with coordinates in multiples of 1/n, > 0 where p is (the last token must

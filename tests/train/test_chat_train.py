@@ -3,7 +3,6 @@ loss falls, and the exported tokenizer carries the chat template the data was re
 
 import json
 
-import torch
 from train_builders import alpaca_rows, losses_from_log, run_config, single_rank, tiny_setup
 
 from emotune.train.config import validate
@@ -17,7 +16,6 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n'
 
 
 def test_chat_run_learns_and_exports_its_template(tmp_path):
-    torch.set_num_threads(1)
     setup = tiny_setup(tmp_path / "setup")
     rows = alpaca_rows(48)
     with open(tmp_path / "chat.jsonl", "w") as f:

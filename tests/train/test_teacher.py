@@ -10,8 +10,6 @@ from emotune.errors import EmotuneError
 from emotune.train.config import TeacherConfig, validate
 from emotune.train.teacher import check_teacher, load_teacher, teacher_ds_config, teacher_hidden
 
-torch.set_num_threads(1)
-
 
 def _tiny(path, vocab, hidden=16):
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -13,8 +13,6 @@ from emotune.train.optim import lr_lambda, param_groups, schedule_length
 from emotune.train.recipe import step_divisor
 from emotune.train.resume import better
 
-torch.set_num_threads(1)
-
 
 def _out(loss, ce, n, demd=None, weight=None):
     t = lambda v: None if v is None else torch.tensor(v)  # noqa: E731
