@@ -77,7 +77,7 @@ def test_shipped_files_and_the_resolution_order(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("suite,count", [("paper", 8), ("icl", 7), ("demo", 2)])
 def test_suites_load_from_the_shipped_tasks(tmp_path, monkeypatch, suite, count):
-    from emotune.tasks import load_suite
+    from emotune.tasks.suites import load_suite
 
     monkeypatch.chdir(tmp_path)
     tasks = load_suite(suite)

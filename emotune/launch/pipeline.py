@@ -277,8 +277,8 @@ def scheduler_args(ev: EvalPart) -> argparse.Namespace:
 
 def keys_help() -> str:
     """What a pipeline config accepts (every key, sections with theirs) and the shipped ones, for --help."""
-    from emotune.harness_tasks import suites_help
     from emotune.resources import names, resolve
+    from emotune.tasks.suites import suites_help
 
     parts = []
     for name, field in PipelineConfig.model_fields.items():

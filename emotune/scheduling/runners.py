@@ -36,7 +36,7 @@ from emotune.errors import ArgumentParser, EmotuneError
 from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
 from emotune.scheduling.record import JOB_ENV, task_result
 from emotune.scheduling.store import Row, Store
-from emotune.shards import shard_dir
+from emotune.tasks.shards import shard_dir
 
 DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")

@@ -24,7 +24,7 @@ from emotune.errors import EmotuneError
 from emotune.eval.instruct.outputs import align, read_outputs
 from emotune.eval.instruct.pairwise import check_judge, compare, load_judge, result_name, write_result
 from emotune.eval.instruct.stats import table
-from emotune.tasks import Task
+from emotune.tasks.task import Task
 
 
 @dataclass
