@@ -116,11 +116,6 @@ class Row:
     shard: int = 0
     shards: int = 1
 
-    @property
-    def sharded_task(self) -> bool:
-        """The task row of a task split into shards: merged, never run as a job."""
-        return self.shard == 0 and self.shards > 1
-
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("lease_token")  # a secret of the job holding it

@@ -44,6 +44,7 @@ class Kind:
     rows: str | None = None  # "module:function"(task, data_dir, limit) -> the number of rows shards split
     check_data: str | None = None  # "module:function"(task, data_dir): its data checked before a model loads
     retriever: bool = False  # its evaluator takes the TopK retriever of the demos (`retriever=`)
+    judged: bool = False  # its responses are what `--against` compares with the pairwise judge
     average: str | None = None  # the summary's `averages` key of the mean accuracy over tasks of this kind
     output_type: str | None = None  # lm-evaluation-harness's output_type for such a task (None: the name)
     harness_names: bool = False  # its metrics already carry the harness's names (results.json keeps them)
@@ -73,7 +74,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          ("limit", "data_dir", "featurizer"), OracleTaskFile, output_type="loglikelihood_rolling"),
     # its task runs the responses; the win rate comes from the pairwise judge (`--against`, `emotune pairwise`)
     Kind("instruct", "emotune.eval.instruct.task:run_instruct_task", {"win_rate": HIGHER},
-         ("prompt", "decoding", "temperature", "max_new_tokens", "seed", "limit", "data_dir"), InstructTaskFile),
+         ("prompt", "decoding", "temperature", "max_new_tokens", "seed", "limit", "data_dir"), InstructTaskFile,
+         judged=True),
     # the harness's results carry their own metric names and `higher_is_better`
     Kind(HARNESS, "emotune.eval.harness:run_harness", {}, (), harness_names=True),
 )}
