@@ -33,7 +33,7 @@ from typing import Any
 from emotune.atomic import read_user_yaml
 from emotune.errors import EmotuneError
 from emotune.resources import resolve, shipped
-from emotune.tasks.registry import TASK_FILE_KINDS, kind_of
+from emotune.tasks.registry import kind_of, task_file_kinds
 from emotune.tasks.schema import read_task_file
 from emotune.tasks.shards import check_shardable, check_shards
 from emotune.tasks.task import Task, check_name, need
@@ -49,8 +49,8 @@ def task_from_dict(cfg: dict[str, Any], source: str = "<memory>") -> Task:
     name = str(need(cfg, "name", source, (str, int)))
     check_name(name, source)
     kind = need(cfg, "kind", source, str)
-    if kind not in TASK_FILE_KINDS:
-        raise EmotuneError(f"{source}: key 'kind' must be one of {', '.join(TASK_FILE_KINDS)} (got {kind!r})")
+    if kind not in task_file_kinds():
+        raise EmotuneError(f"{source}: key 'kind' must be one of {', '.join(task_file_kinds())} (got {kind!r})")
     dataset = cfg.get("dataset") or {}
     if not isinstance(dataset, dict):
         raise EmotuneError(f"{source}: key 'dataset' must be a mapping (path/name/revision or data_files)")

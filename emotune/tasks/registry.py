@@ -79,8 +79,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     # the harness's results carry their own metric names and `higher_is_better`
     Kind(HARNESS, "emotune.eval.harness:run_harness", {}, (), harness_names=True),
 )}
-TASK_FILE_KINDS = tuple(k for k, entry in KINDS.items() if entry.schema is not None)  # what `kind:` may say
-SHARDABLE = tuple(k for k, entry in KINDS.items() if entry.shards)
+
+
+def task_file_kinds() -> tuple[str, ...]:
+    """What a task file's `kind:` may say: the kinds with a schema of ours."""
+    return tuple(k for k, entry in KINDS.items() if entry.schema is not None)
+
+
+def shardable_kinds() -> tuple[str, ...]:
+    return tuple(k for k, entry in KINDS.items() if entry.shards)
 
 
 def kind_of(name: str, where: str = "task") -> Kind:

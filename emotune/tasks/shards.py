@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError
-from emotune.tasks.registry import KINDS, SHARDABLE
+from emotune.tasks.registry import KINDS, shardable_kinds
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -41,9 +41,9 @@ def check_shards(value: Any, where: str) -> int:
 
 
 def check_shardable(kind: str, shards: int, where: str) -> None:
-    if shards > 1 and kind not in SHARDABLE:
+    if shards > 1 and kind not in shardable_kinds():
         raise EmotuneError(f"{where}: key 'shards': a kind: {kind} task cannot be sharded (its metrics, e.g. "
-                           f"MAUVE, are computed over all samples at once); only {', '.join(SHARDABLE)} tasks can")
+                           f"MAUVE, are computed over all samples at once); only {', '.join(shardable_kinds())} tasks can")
 
 
 def parse_shard(value: Any, where: str = "shard") -> tuple[int, int]:
@@ -91,7 +91,7 @@ def task_metrics(kind: str, records: list[dict]) -> dict[str, float]:
     """A shardable task's metrics from its per-row records (the evaluator's own functions, by its kind)."""
     entry = KINDS.get(kind)
     if entry is None or entry.row_metrics is None:
-        raise EmotuneError(f"kind {kind!r} tasks cannot be merged from shards (only {', '.join(SHARDABLE)})")
+        raise EmotuneError(f"kind {kind!r} tasks cannot be merged from shards (only {', '.join(shardable_kinds())})")
     return entry.row_metrics(records)
 
 
