@@ -30,7 +30,9 @@ HIGHER, LOWER = True, False  # a metric's direction: is a higher value better?
 @dataclass(frozen=True)
 class Kind:
     name: str  # the task file's `kind:` (and the `kind` of its results in summary.json and the store)
-    evaluator: str  # "module:function" run(task, model, tokenizer, out_dir, **options) -> TaskResult
+    # "module:function" run(task, model, tokenizer, out_dir, **options) -> TaskResult (emotune.eval.kinds);
+    # lm_eval's is run_harness(model, specs, out, settings, suite): the harness loads the model itself
+    evaluator: str
     metrics: dict[str, bool]  # the scores its results report -> HIGHER / LOWER is better
     result_options: tuple[str, ...]  # the `emotune eval` options its results depend on (the resume key)
     schema: type[BaseModel] | None = None  # every key its task file may hold; None: no task file of ours
