@@ -638,7 +638,7 @@ CASES += [
 ]
 
 
-CASES += [  # sharded evaluation (emotune.shards): shard=K/N and the `shards` keys
+CASES += [  # sharded evaluation (emotune.tasks.shards): shard=K/N and the `shards` keys
     ("eval-shard-k-above-n", lambda w, d: (ev("shard=3/2")(w), ["shard", "K/N"])),
     ("eval-shard-zero", lambda w, d: (ev("shard=0/4")(w), ["shard"])),
     ("eval-shard-not-k-of-n", lambda w, d: (ev("shard=two")(w), ["shard", "K/N"])),

@@ -1,8 +1,8 @@
 """Every key a task file of each of our kinds may hold, as pydantic models (extra keys forbidden, like the
 training config): one model per kind, named by its registry entry (emotune.tasks.registry). What the keys
-must say together (an ICL task's placeholders and templates) is emotune.tasks.icl. Torch-free: the
-scheduler and `emotune eval` check task files here before any model is loaded; a problem is one
-EmotuneError line naming the file and the dotted key.
+must say together (an ICL task's placeholders and templates) is emotune.tasks.icl. Torch-free:
+`emotune eval` checks every task file here before any model is loaded (emotune.tasks.files.check_task_file);
+a problem is one EmotuneError line naming the file and the dotted key.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
 
 class IclTaskFile(BaseModel):
     """Every key a `kind: icl` task file may hold, with its type; what the keys must say together
-    (placeholders, ice token, templates) is checked by task_from_dict and check_templates."""
+    (placeholders, ice token, templates) is checked by emotune.tasks.icl (read_icl, check_templates)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | int
@@ -54,7 +54,7 @@ class IclTaskFile(BaseModel):
     ice_num: Annotated[int, Field(strict=True, ge=0)] = 8
     ice_token: Any = ICE_TOKEN
     options: dict[str, Any] | None = None  # per-task protocol settings (scoring)
-    shards: Any = 1  # checked by emotune.shards.check_shards
+    shards: Any = 1  # checked by emotune.tasks.shards.check_shards
 
 
 class MmluPrompt(BaseModel):
@@ -82,7 +82,7 @@ class MmluTaskFile(BaseModel):
     subjects: Literal["all"] | list[str] = "all"
     prompt: MmluPrompt | None = None  # default: the shipped mmlu.yaml's
     options: dict[str, Any] | None = None
-    shards: Any = 1  # the scheduler's jobs per checkpoint (emotune.tasks checks it)
+    shards: Any = 1  # the scheduler's jobs per checkpoint (emotune.tasks.shards checks it)
 
 
 class PrefixFilter(BaseModel):
@@ -97,7 +97,7 @@ class PrefixFilter(BaseModel):
 
 
 class GenerationTaskFile(BaseModel):
-    """Every key a `kind: generation` task file may hold (dataset and options are read by emotune.tasks and
+    """Every key a `kind: generation` task file may hold (dataset and options are read by emotune.tasks.files and
     emotune.eval.options)."""
 
     model_config = ConfigDict(extra="forbid")

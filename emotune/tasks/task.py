@@ -51,7 +51,7 @@ class Task:
     ice_token: str = ICE_TOKEN  # templates holding it get the demos there (OpenICL); others get them in front
     options: dict[str, Any] = field(default_factory=dict)  # per-task protocol settings (scoring, ...)
     raw: dict[str, Any] = field(default_factory=dict)
-    shards: int = 1  # jobs the scheduler splits the test rows into (emotune.shards); not part of the results
+    shards: int = 1  # jobs the scheduler splits the test rows into (emotune.tasks.shards); not part of the results
 
     @property
     def definition(self) -> dict[str, Any]:

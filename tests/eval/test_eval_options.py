@@ -1,4 +1,4 @@
-"""The evaluator's one config grammar (emotune/eval/options.py, task_files.py, tasks.IclTaskFile) and its one
+"""The evaluator's one config grammar (emotune/eval/options.py, emotune/tasks/schema.py) and its one
 LM plumbing (emotune/eval/lm.py)."""
 
 import numpy as np
