@@ -116,7 +116,7 @@ def suite_members(suite: SuiteSource) -> list[Member]:
     for spec, shards in entries:
         p = Path(spec)
         if p.suffix in (".yaml", ".yml") and not p.is_absolute() and (suite.base / p).is_file():
-            spec = str(suite.base / p)
+            spec = str((suite.base / p).resolve())
         task = load_task(spec)
         if Path(spec).suffix in (".yaml", ".yml"):  # the file read, wherever the job runs from
             spec = str(Path(task.source).resolve())
