@@ -63,6 +63,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.scheduling.pairwise import PairwisePart
+from emotune.scheduling.runners.base import DEFAULT_EVAL_COMMAND
+from emotune.scheduling.settings import SchedulerSettings
 
 log = logging.getLogger("emotune.pipeline")
 
@@ -266,13 +268,12 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
         raise EmotuneError(f"{path}: {loc}: {msg}") from None
 
 
-def scheduler_args(ev: EvalPart) -> argparse.Namespace:
-    from emotune.scheduling.runners import DEFAULT_EVAL_COMMAND
-
-    return argparse.Namespace(runner=ev.runner, store=None, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
-                              eval_arg=list(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
-                              lease_ttl=ev.lease_ttl, poll=ev.poll, max_attempts=ev.max_attempts, after=None,
-                              sbatch_arg=list(ev.sbatch_args), setup=list(ev.setup), max_queued=64)
+def scheduler_settings(ev: EvalPart) -> SchedulerSettings:
+    """The `eval:` section as the scheduler's settings."""
+    return SchedulerSettings(runner=ev.runner, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
+                             eval_args=tuple(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
+                             lease_ttl=ev.lease_ttl, poll=ev.poll, max_attempts=ev.max_attempts,
+                             sbatch_args=tuple(ev.sbatch_args), setup=tuple(ev.setup))
 
 
 def keys_help() -> str:
@@ -311,12 +312,13 @@ def main(argv: list[str]) -> int:
     cfg = load_pipeline_config(args.config, args.overrides)
 
     from emotune.scheduling.report import ReportOptions, make_report
-    from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
+    from emotune.scheduling.scheduler import make_scheduler
     from emotune.train.config import load_config
 
     try:  # name the pipeline file: these settings come from it
         runs = expand_runs(cfg)
-        check_scheduler_args(scheduler_args(cfg.eval))
+        settings = scheduler_settings(cfg.eval)
+        settings.check()
     except EmotuneError as err:
         raise EmotuneError(f"{args.config}: {err}") from None
     pairs = make_pairwise(cfg, runs, args.config)
@@ -337,7 +339,7 @@ def main(argv: list[str]) -> int:
         run_dir = Path(load_config(run.train.config, overrides).output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if run.evaluate:
-            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval), slots))
+            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, settings, slots))
         command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
         log.info("training %s: %s", run.name, " ".join(command))
         status = _train_beside(command, schedulers + pairs, cfg.eval.poll)
