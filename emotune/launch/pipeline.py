@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -62,6 +61,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.launch.pipeline_train import fill_run_refs, resolve_command, train_beside
 from emotune.scheduling.pairwise import PairwisePart
 from emotune.scheduling.runners.base import DEFAULT_EVAL_COMMAND
 from emotune.scheduling.settings import SchedulerSettings
@@ -162,48 +162,6 @@ def expand_runs(cfg: PipelineConfig) -> list[Run]:
     if len(set(names)) != len(names):
         raise EmotuneError(f"pipeline runs: two runs are named alike ({names}); put the matrix keys in the name")
     return runs
-
-
-def resolve_command(command: list[str]) -> list[str]:
-    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
-    single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
-    any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
-    head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
-            "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
-    rest = list(command[1:])
-    multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)
-    if command[0] == "deepspeed" and not multi_node and not any(a.split("=")[0] == "--master_port" for a in rest):
-        rest = ["--master_port", str(free_port()), *rest]
-    return [sys.executable, *head, *rest] if head else list(command)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def last_checkpoint(run_dir: Path, name: str) -> str:
-    from emotune.scheduling.discovery import discover
-
-    found = discover(run_dir)
-    if not found:
-        raise EmotuneError(f"pipeline: {{run:{name}}} names a run without a complete checkpoint in {run_dir}")
-    return str(max(found, key=lambda c: c.step).model_path)
-
-
-def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
-    out = []
-    for item in items:
-        for ref in re.findall(r"\{run:([^}]+)\}", item):
-            if ref not in done:
-                raise EmotuneError(f"pipeline: {{run:{ref}}} must name an earlier run (have: {sorted(done) or 'none'})")
-            item = item.replace("{run:" + ref + "}", last_checkpoint(done[ref], ref))
-        out.append(item)
-    return out
 
 
 # Lists of key=value settings: a command-line override of one merges into it per key (OVERRIDE_LISTS_HELP).
@@ -342,7 +300,7 @@ def main(argv: list[str]) -> int:
             schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, settings, slots))
         command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
         log.info("training %s: %s", run.name, " ".join(command))
-        status = _train_beside(command, schedulers + pairs, cfg.eval.poll)
+        status = train_beside(command, schedulers + pairs, cfg.eval.poll)
         done[run.name] = run_dir
         if status != 0:
             failed = (" ".join(command), status)
@@ -381,24 +339,3 @@ def make_pairwise(cfg: PipelineConfig, runs: list[Run], where: str) -> list:
     dirs = {r.name: r.run_dir for r in runs if r.run_dir is not None and r.evaluate}
     pairs = pairs_from_config(cfg.pairwise, dirs, suite.version, suite.labels, where)
     return [PairwiseScheduler(pairs, cfg.eval.lease_ttl, cfg.eval.max_attempts)]
-
-
-def _train_beside(command: list[str], schedulers: list, poll: float) -> int:
-    """Run one training process while the schedulers evaluate what lands; its exit status."""
-    train = subprocess.Popen(command)
-    try:
-        while train.poll() is None:
-            for sched in schedulers:
-                sched.tick()
-            _sleep_while(train, poll)
-    except KeyboardInterrupt:
-        train.terminate()
-        train.wait()
-        raise
-    return train.returncode
-
-
-def _sleep_while(proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
