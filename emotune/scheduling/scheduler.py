@@ -230,10 +230,10 @@ class Scheduler:
             return
         claimed = self.store.claim(self.owner, self.ttl, self.run, self.suite.version, limit=free,
                                    max_attempts=self.max_attempts)
-        parent_state = self.runner.parent_failed() if claimed else None
+        parent = self.runner.parent_failed() if claimed else None
         for row, token in claimed:
-            if parent_state:  # its jobs would wait for a job that failed
-                msg = f"never ran: its training job {self.after} ended {parent_state}"
+            if parent:  # its jobs would wait for a job that failed
+                msg = f"never ran: {parent}"
                 if self.store.block(row.id, msg):
                     report.blocked.append(f"step {row.step} {row.task}: {msg}")
                 continue

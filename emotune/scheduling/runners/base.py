@@ -97,5 +97,6 @@ class Runner(Protocol):
         ...
 
     def parent_failed(self) -> str | None:
-        """The state of the job its jobs wait for (`--after`), if that job failed; None otherwise or without one."""
+        """If the job its jobs wait for (`--after`) failed, which and how ("its training job 12 ended FAILED");
+        None otherwise or without one."""
         ...

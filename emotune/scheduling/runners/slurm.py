@@ -159,4 +159,5 @@ class SlurmRunner:
 
     def parent_failed(self) -> str | None:
         """afterok on a failed (or purged-as-failed) job would be treated as satisfied: look first."""
-        return slurm_job_failed(self.after) if self.after else None
+        state = slurm_job_failed(self.after) if self.after else None
+        return f"its training job {self.after} ended {state}" if state else None
