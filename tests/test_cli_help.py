@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from emotune.harness_tasks import shipped_suites
 from emotune.launch.cli import main as emotune
+from emotune.tasks.suites import shipped_suites
 
 
 def raw_help(command: str, capsys) -> str:
