@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +21,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 97
 CASES = [("emo", {"target": "teacher"}, 1.0, None), ("kd_forward", {}, 2.0, 8)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _configs():
@@ -41,6 +34,7 @@ def _configs():
 @pytest.mark.e2e
 def test_zero3_two_ranks_teacher_partitioned_loss_matches_plain(tmp_path):
     import torch
+    from support import free_port  # tests/ is on the path under pytest (conftest.py), not in the ranks
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(1)
@@ -49,7 +43,7 @@ def test_zero3_two_ranks_teacher_partitioned_loss_matches_plain(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
     env.pop("DS_ACCELERATOR", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, str(tmp_path / "teacher"), str(out)]
+           "--master_port", str(free_port()), __file__, str(tmp_path / "teacher"), str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     res = json.loads(out.read_text())
