@@ -1,5 +1,5 @@
 """What every test gets: no model hub, tests/ on the path (the shared builder modules), one thread for torch,
-faiss and BLAS, and the tiny tokenizers and models built once per session (the `tiny` fixture)."""
+faiss and BLAS, and the tiny tokenizers and models built once per session (the `tiny_cache` fixture)."""
 
 import os
 import sys
@@ -97,5 +97,5 @@ class TinyCache:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> TinyCache:
+def tiny_cache(tmp_path_factory) -> TinyCache:
     return TinyCache(tmp_path_factory.mktemp("tiny"))

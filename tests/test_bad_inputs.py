@@ -93,9 +93,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny) -> World:
+def world(tmp_path_factory, tiny_cache) -> World:
     root = tmp_path_factory.mktemp("bad-inputs")
-    model = tiny.checkpoint("train")  # read-only: the cases that change it work on w.model_copy
+    model = tiny_cache.checkpoint("train")  # read-only: the cases that change it work on w.model_copy
     data = root / "data"
     data.mkdir()
     write_corpus(data / "train.txt", 200, seed=1)

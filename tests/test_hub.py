@@ -45,8 +45,8 @@ def test_the_probe_is_quick_and_says_what_is_used(offline):
     assert huggingface_hub.constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
 
 
-def test_a_shipped_hub_task_fails_in_one_line_at_once(offline, tmp_path, capsys, tiny):
-    model = tiny.checkpoint("eval")
+def test_a_shipped_hub_task_fails_in_one_line_at_once(offline, tmp_path, capsys, tiny_cache):
+    model = tiny_cache.checkpoint("eval")
     capsys.readouterr()
     t0 = time.time()
     rc = emotune(["eval", "--model", str(model), "--tasks", "sst2", "--out", str(tmp_path / "o")])

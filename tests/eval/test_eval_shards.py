@@ -99,7 +99,7 @@ def test_merge_refuses_shards_that_do_not_tile(setup, tmp_path):
     assert not (tmp_path / "m").exists()  # nothing written from parts that do not belong together
 
 
-def test_scorer_select_makes_the_whole_runs_calls_only(tiny):
+def test_scorer_select_makes_the_whole_runs_calls_only(tiny_cache):
     """`select` gives bit-identical scores to the whole run for any range, with plain groups (no shared
     token) among shared-prefix ones, in both scoring paths, and runs fewer model calls. (Scoring a shard's
     groups on their own is not the same: the batches and the prefix common to the call change, and with
@@ -108,7 +108,7 @@ def test_scorer_select_makes_the_whole_runs_calls_only(tiny):
 
     from emotune.eval.icl.scorer import score_groups
 
-    tok = tiny.load_tokenizer("eval")
+    tok = tiny_cache.load_tokenizer("eval")
     model = build_llama(None, len(tok), seed=3)
     rnd = random.Random(0)
     groups = []

@@ -65,14 +65,14 @@ def test_final_and_lora_model_path(tmp_path):
     assert read_checkpoint(p).model_path == p / "merged"
 
 
-def test_training_stage_export_is_discovered(tmp_path, tiny):
+def test_training_stage_export_is_discovered(tmp_path, tiny_cache):
     """The training stage's own exporter and our discovery agree on the contract."""
     import torch
     from eval_builders import build_llama
 
     from emotune.train.checkpoint import export_checkpoint
 
-    tok = tiny.load_tokenizer("eval")
+    tok = tiny_cache.load_tokenizer("eval")
     model = build_llama(None, len(tok))
     export_checkpoint(model, tok, tmp_path / "run", 7, {"tokens_seen": 4096, "objective": {"name": "mle"}},
                       rank=0, barrier=lambda: None, dtype=torch.float32)

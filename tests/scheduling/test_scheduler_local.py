@@ -20,13 +20,13 @@ def _watch(run, suite, *extra, timeout=240):
     return res
 
 
-def test_real_evaluator_on_good_checkpoints_only(tmp_path, tiny):
+def test_real_evaluator_on_good_checkpoints_only(tmp_path, tiny_cache):
     """`emotune watch --once` runs `emotune eval` per (checkpoint, task); bad checkpoints are never evaluated."""
     from eval_builders import build_llama
 
     run = tmp_path / "run"
     run.mkdir()
-    tok = tiny.load_tokenizer("eval")
+    tok = tiny_cache.load_tokenizer("eval")
     for step, seed in ((1, 0), (2, 1)):
         write_model_checkpoint(run, step, build_llama(None, len(tok), seed=seed), tok)
     # no marker: still being written

@@ -33,8 +33,8 @@ SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
 @pytest.fixture(scope="module")
-def tok(tiny):
-    t = tiny.load_tokenizer("train")
+def tok(tiny_cache):
+    t = tiny_cache.load_tokenizer("train")
     t.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
     t.chat_template = CHATML
     return t

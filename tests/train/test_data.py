@@ -17,8 +17,8 @@ from emotune.train.config import validate
 
 
 @pytest.fixture(scope="module")
-def tok(tiny):
-    return tiny.load_tokenizer("train")
+def tok(tiny_cache):
+    return tiny_cache.load_tokenizer("train")
 
 
 def cfg_for(tmp_path, **data):

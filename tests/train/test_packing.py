@@ -18,8 +18,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "emotune" / "configs" / "train"
 
 
 @pytest.fixture(scope="module")
-def tok(tiny):
-    return tiny.load_tokenizer("train")
+def tok(tiny_cache):
+    return tiny_cache.load_tokenizer("train")
 
 
 def run_clm_blocks(texts: list[str], tok, block_size: int, batch_size: int = 1000) -> list[list[int]]:

@@ -18,8 +18,8 @@ from emotune.eval.generation.task import Example
 
 
 @pytest.fixture(scope="module")
-def lm(tiny):
-    tok = tiny.load_tokenizer("generation")
+def lm(tiny_cache):
+    tok = tiny_cache.load_tokenizer("generation")
     return build_llama(None, len(tok), seed=3, scale=2.0), tok
 
 

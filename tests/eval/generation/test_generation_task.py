@@ -78,13 +78,13 @@ def test_task_file_errors_name_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny):
+def setup(tmp_path_factory, tiny_cache):
     root = tmp_path_factory.mktemp("gen")
-    tok = tiny.load_tokenizer("generation")
+    tok = tiny_cache.load_tokenizer("generation")
     model = build_llama(None, len(tok), seed=0)
-    oracle = tiny.checkpoint("generation", seed=1)
+    oracle = tiny_cache.checkpoint("generation", seed=1)
     reference = build_llama(None, len(tok), seed=2)
-    featurizer = tiny.checkpoint("generation", seed=3, model="gpt2")  # mauve-text featurises names with 'gpt2' only
+    featurizer = tiny_cache.checkpoint("generation", seed=3, model="gpt2")  # mauve-text featurises names with 'gpt2' only
     data = root / "data" / "generation-toy"
     rows = [{"text": t} for t in sentences(SPORTS, 14, 30, 1)]
     rows.insert(3, {"text": " = = Gameplay = = "})

@@ -134,8 +134,8 @@ def test_ppl_oracle_with_exact_probabilities():
         ppl_oracle(oracle, texts=["a b"])
 
 
-def test_ppl_test_and_ppl_oracle_of_a_model_with_its_tokenizer(tiny):
-    tok = tiny.load_tokenizer("generation")
+def test_ppl_test_and_ppl_oracle_of_a_model_with_its_tokenizer(tiny_cache):
+    tok = tiny_cache.load_tokenizer("generation")
     model = build_llama(None, len(tok), seed=1)
     texts = sentences(SPORTS, 4, 25, 1) + ["too short to count"]
     out = ppl_test(model, tok, texts, batch_size=2)
@@ -148,9 +148,9 @@ def test_ppl_test_and_ppl_oracle_of_a_model_with_its_tokenizer(tiny):
     assert ppl_oracle(model, texts[:4], tokenizer=tok) == pytest.approx(perplexity(nlls, "token"), rel=1e-6)
 
 
-def test_ppl_test_with_every_text_filtered_out_names_the_filter(tiny):
+def test_ppl_test_with_every_text_filtered_out_names_the_filter(tiny_cache):
     """Not a silent ppl_test=nan with ppl_test_texts=0: one line naming the filter (exit 2 from the CLI)."""
-    tok = tiny.load_tokenizer("generation")
+    tok = tiny_cache.load_tokenizer("generation")
     model = build_llama(None, len(tok), seed=1)
     with pytest.raises(EmotuneError, match=r"none of the 2 test texts .* lm_min_words=20 \(words, 2 have fewer\)"):
         ppl_test(model, tok, ["too short", "also too short to count"])

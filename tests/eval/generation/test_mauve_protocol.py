@@ -36,8 +36,8 @@ def test_windows_start_at_document_starts_and_run_over_document_ends():
 
 
 @pytest.fixture(scope="module")
-def lm(tiny):
-    tok = tiny.load_tokenizer("generation")
+def lm(tiny_cache):
+    tok = tiny_cache.load_tokenizer("generation")
     return build_llama(None, len(tok), seed=3, scale=2.0), tok
 
 

@@ -23,8 +23,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def tiny_gpt2(tiny):
-    return tiny.checkpoint("generation", model="gpt2")  # mauve-text only featurises names containing 'gpt2'
+def tiny_gpt2(tiny_cache):
+    return tiny_cache.checkpoint("generation", model="gpt2")  # mauve-text only featurises names containing 'gpt2'
 
 
 def test_featurizer_equals_mauve_text_featurisation(tiny_gpt2):

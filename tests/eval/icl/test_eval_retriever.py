@@ -63,8 +63,8 @@ def test_index_embeddings_are_cached_per_task_encoder_and_data(tmp_path, retriev
     assert len(list(tmp_path.glob("sst2-*.npy"))) == 3 and calls == [len(TRAIN_TEXTS), len(TEST_TEXTS), len(TRAIN_TEXTS) - 1]
 
 
-def test_roundtrip_is_explicit_and_applied(tmp_path, retriever, tiny):
-    tok = tiny.load_tokenizer("eval")
+def test_roundtrip_is_explicit_and_applied(tmp_path, retriever, tiny_cache):
+    tok = tiny_cache.load_tokenizer("eval")
     plain = retriever
     rt = TopkRetriever(None, roundtrip_tokenizer=tok)
     assert plain.settings()["roundtrip_tokenizer"] is None and rt.settings()["roundtrip_tokenizer"] is not None
@@ -87,8 +87,8 @@ def test_encoder_choice_and_errors():
         TopkRetriever(None).retrieve(TRAIN_TEXTS, TEST_TEXTS, 20)
 
 
-def test_default_round_trip_is_the_evaluated_models_tokenizer(tmp_path, retriever, tiny):
-    tok = tiny.load_tokenizer("eval")
+def test_default_round_trip_is_the_evaluated_models_tokenizer(tmp_path, retriever, tiny_cache):
+    tok = tiny_cache.load_tokenizer("eval")
     default = TopkRetriever(None, cache_dir=tmp_path / "cache")
     assert default.settings()["roundtrip_tokenizer"] == "model"
     with pytest.raises(EmotuneError, match="for_model"):  # never silently the raw text
@@ -103,8 +103,8 @@ def test_default_round_trip_is_the_evaluated_models_tokenizer(tmp_path, retrieve
     assert default.for_model(tok).model is bound.model is default.model  # one encoder for every model
 
 
-def test_index_cache_is_keyed_on_the_texts_as_embedded(tmp_path, retriever, tiny):
-    tok = tiny.load_tokenizer("eval")
+def test_index_cache_is_keyed_on_the_texts_as_embedded(tmp_path, retriever, tiny_cache):
+    tok = tiny_cache.load_tokenizer("eval")
     assert all(tok.decode(tok(t)["input_ids"], skip_special_tokens=True) == t for t in TRAIN_TEXTS)
     plain = TopkRetriever(None, cache_dir=tmp_path / "c", roundtrip_tokenizer=None)
     rt = TopkRetriever(None, cache_dir=tmp_path / "c").for_model(tok)
