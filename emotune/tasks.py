@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from emotune.atomic import read_user_yaml
 from emotune.errors import EmotuneError
+from emotune.plumbing import task_file_line
 from emotune.resources import resolve, shipped
 from emotune.shards import check_shardable, check_shards
 
@@ -132,23 +133,12 @@ def _label_str(value: Any) -> str:
 
 # ---------------------------------------------------------------- reading task files
 
-def task_file_error(err: ValidationError, source: str) -> EmotuneError:
-    """A task file's first problem as one line naming the file and the dotted key."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-    if first["type"] in ("extra_forbidden", "missing"):
-        what = "unknown key" if first["type"] == "extra_forbidden" else "missing key"
-        return EmotuneError(f"{source}: {what} {key!r}")
-    return EmotuneError(f"{source}: key {key!r}: {first['msg'].removeprefix('Value error, ')} "
-                        f"(got {first.get('input')!r})")
-
-
 def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
     """`raw` (a task file's mapping) validated by `model`; EmotuneError naming the key otherwise."""
     try:
         return model(**raw)
     except ValidationError as err:
-        raise task_file_error(err, source) from None
+        raise EmotuneError(task_file_line(err, source)) from None
 
 
 class IclTaskFile(BaseModel):

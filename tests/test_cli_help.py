@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from emotune.cli import main as emotune
 from emotune.harness_tasks import shipped_suites
-from emotune.launch.cli import main as emotune
 
 
 def raw_help(command: str, capsys) -> str:

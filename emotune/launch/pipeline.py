@@ -62,6 +62,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.plumbing import apply_overrides, config_line, parse_override
 from emotune.scheduling.pairwise import PairwisePart
 
 log = logging.getLogger("emotune.pipeline")
@@ -101,7 +102,7 @@ class ReportPart(_Strict):
     @field_validator("headline")
     @classmethod
     def _directed(cls, items):  # checked before training, not when the report is written after it
-        from emotune.scheduling.report_data import METRICS
+        from emotune.report.data import METRICS
 
         for item in items:
             if item.rpartition("/")[2] not in METRICS:
@@ -166,7 +167,7 @@ def resolve_command(command: list[str]) -> list[str]:
     """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
     single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
     any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
-    head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
+    head = {"emotune": ["-m", "emotune.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
             "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
     rest = list(command[1:])
     multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)
@@ -233,8 +234,6 @@ def merge_settings(current: list[str], new: Any, item: str) -> list[str]:
 
 def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
     """`key=value` overrides in order, as for training, except that a key=value list merges (OVERRIDE_LISTS)."""
-    from emotune.train.config import apply_overrides, parse_override
-
     for item in overrides:
         path, value = parse_override(item)
         if not _is_override_list(path):
@@ -258,12 +257,7 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        if first["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in first:
-            msg += f" (got {first['input']!r})"
-        raise EmotuneError(f"{path}: {loc}: {msg}") from None
+        raise EmotuneError(config_line(err, path)) from None
 
 
 def scheduler_args(ev: EvalPart) -> argparse.Namespace:
@@ -310,7 +304,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
 
-    from emotune.scheduling.report import ReportOptions, make_report
+    from emotune.report.build import ReportOptions, make_report
     from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
     from emotune.train.config import load_config
 

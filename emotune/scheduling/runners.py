@@ -38,7 +38,7 @@ from emotune.scheduling.record import JOB_ENV, task_result
 from emotune.scheduling.store import Row, Store
 from emotune.shards import shard_dir
 
-DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
+DEFAULT_EVAL_COMMAND = "{python} -m emotune.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")
 
 

@@ -36,7 +36,7 @@ OVERRIDES = [
 def test_distill_pipeline_end_to_end(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", EMOTUNE_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "pipeline", "configs/pipeline/distill.yaml",
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipeline/distill.yaml",
                           *OVERRIDES], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     runs = tmp_path / "runs" / "distill"

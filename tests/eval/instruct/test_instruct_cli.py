@@ -11,8 +11,8 @@ import pytest
 from test_eval_fixtures import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 from test_instruct_fixtures import constant_judge, instruct_rows, outputs_with_marker, tuned_model
 
+from emotune.cli import main as cli_main
 from emotune.eval.instruct.outputs import read_outputs, write_outputs
-from emotune.launch.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")
