@@ -70,9 +70,9 @@ def graph() -> dict[str, set[str]]:
     return edges
 
 
-def reach(module: str) -> set[str]:
-    """Every module `module` imports, directly or through our own modules."""
-    edges, seen, todo = graph(), set(), [module]
+def reach(module: str, edges=None) -> set[str]:
+    """Every module `module` imports, directly or through our own modules (in `edges`, default graph())."""
+    edges, seen, todo = graph() if edges is None else edges, set(), [module]
     while todo:
         for dep in edges.get(todo.pop(), ()):
             if dep not in seen:
@@ -229,16 +229,7 @@ def statement_graph() -> dict[str, frozenset[str]]:
 def import_cycles(edges: dict[str, frozenset[str]]) -> set[frozenset[str]]:
     """Every set of modules that import each other (directly or round a longer loop): a module with each module
     that it reaches and that reaches it back."""
-    def reached(start: str) -> set[str]:
-        seen, todo = set(), [start]
-        while todo:
-            for dep in edges.get(todo.pop(), ()):
-                if dep not in seen:
-                    seen.add(dep)
-                    todo.append(dep)
-        return seen
-
-    reach_of = {m: reached(m) for m in edges}
+    reach_of = {m: reach(m, edges) for m in edges}
     return {frozenset({m} | {n for n in reach_of[m] if m in reach_of[n]}) for m in edges if m in reach_of[m]}
 
 
