@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from emotune.errors import EmotuneError
-from emotune.plumbing import argument_line, key_values
+from emotune.plumbing import argument_line, first_problem, key_values
 
 METRICS = ("mauve", "rouge", "ppl_test", "ppl_oracle", "ce")
 SCORING_RULES = ("full", "continuation")
@@ -204,9 +204,9 @@ def generation_options(task_options: dict[str, Any], given: dict[str, Any], sour
     try:
         return GenerationOptions(**values).model_dump()
     except ValidationError as err:
-        first = err.errors()[0]
-        if first["type"] == "extra_forbidden":
-            key = first["loc"][0]
+        problem = first_problem(err)
+        if problem.type == "extra_forbidden":
+            key = problem.loc[0]
             raise EmotuneError(f"{source}: unknown generation option {key!r} (known: {', '.join(known)})") from None
         raise EmotuneError(argument_line(err, values, prefix="option")) from None
 
