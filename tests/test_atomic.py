@@ -80,8 +80,8 @@ def test_publish_dir_replaces_an_interrupted_folder(tmp_path):
 _BYPASS = re.compile(r"\.write_text\(|\.write_bytes\(|(?<![\w.])open\([^)]*['\"][wa]b?['\"]|json\.dump\(|np\.savez?\(\s*(?!f\b)|os\.replace\(")
 _ALLOWED = {
     ("emotune/atomic.py", None),  # the module itself
-    ("emotune/scheduling/runners.py", 'open(log_path, "ab")'),  # a child process's stdout/stderr stream (a log, not a record)
-    ("emotune/scheduling/runners.py", '"ab")'),
+    ("emotune/scheduling/runners/job.py", 'open(log_path, "ab")'),  # a child process's stdout/stderr stream (a log, not a record)
+    ("emotune/scheduling/runners/local.py", '"ab")'),
     ("emotune/scheduling/pairwise.py", 'open(out / "judge.log", "ab")'),  # the judge process's stdout/stderr stream
     ("emotune/report/results.py", "json.dump([dict(r.to_dict()"),  # to stdout
 }

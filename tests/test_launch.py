@@ -193,7 +193,7 @@ def test_pipeline_gives_a_local_deepspeed_launch_a_free_master_port():
     """29500 (DeepSpeed's default) taken by another job: the pipeline's launch gets another, free port."""
     import socket
 
-    from emotune.launch.pipeline import resolve_command
+    from emotune.launch.pipeline_train import resolve_command
 
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

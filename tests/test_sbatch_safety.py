@@ -19,7 +19,8 @@ from emotune.errors import EmotuneError
 from emotune.launch.launcher import LaunchPlan
 from emotune.launch.slurm_script import SlurmOptions, sbatch_eval_script, sbatch_train_script
 from emotune.resources import shipped
-from emotune.scheduling.runners import SlurmRunner, job_output_dir
+from emotune.scheduling.runners.base import job_output_dir
+from emotune.scheduling.runners.slurm import SlurmRunner
 from emotune.scheduling.store import Row
 
 

@@ -18,7 +18,6 @@ from emotune.errors import EmotuneError
 from emotune.plumbing import argument_line, first_problem, key_values
 
 METRICS = ("mauve", "rouge", "ppl_test", "ppl_oracle", "ce")
-SCORING_RULES = ("full", "continuation")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 
 Positive = Annotated[int, Field(strict=True, ge=1)]

@@ -162,10 +162,6 @@ def read_hostfile(path: str) -> list[tuple[str, int]]:
     return hosts
 
 
-def write_hostfile(path: str | os.PathLike, hosts: list[str], slots: int) -> Path:
-    return write_text(path, "".join(f"{h} slots={slots}\n" for h in hosts))
-
-
 def env_int(name: str, environ: dict[str, str], low: int, high: int | None = None) -> int | None:
     """An integer setting read from the environment (MASTER_PORT, SLURM_NODEID, ...), or None when unset;
     anything else is one line naming the variable."""

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import re
 import subprocess
 import sys
 import time
@@ -62,8 +61,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.launch.pipeline_train import fill_run_refs, resolve_command, train_beside
 from emotune.plumbing import apply_overrides, config_line, parse_override
 from emotune.scheduling.pairwise import PairwisePart
+from emotune.scheduling.runners.base import DEFAULT_EVAL_COMMAND
+from emotune.scheduling.settings import SchedulerSettings
 
 log = logging.getLogger("emotune.pipeline")
 
@@ -163,48 +165,6 @@ def expand_runs(cfg: PipelineConfig) -> list[Run]:
     return runs
 
 
-def resolve_command(command: list[str]) -> list[str]:
-    """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
-    single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
-    any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
-    head = {"emotune": ["-m", "emotune.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
-            "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
-    rest = list(command[1:])
-    multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)
-    if command[0] == "deepspeed" and not multi_node and not any(a.split("=")[0] == "--master_port" for a in rest):
-        rest = ["--master_port", str(free_port()), *rest]
-    return [sys.executable, *head, *rest] if head else list(command)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def last_checkpoint(run_dir: Path, name: str) -> str:
-    from emotune.scheduling.discovery import discover
-
-    found = discover(run_dir)
-    if not found:
-        raise EmotuneError(f"pipeline: {{run:{name}}} names a run without a complete checkpoint in {run_dir}")
-    return str(max(found, key=lambda c: c.step).model_path)
-
-
-def fill_run_refs(items: list[str], done: dict[str, Path]) -> list[str]:
-    out = []
-    for item in items:
-        for ref in re.findall(r"\{run:([^}]+)\}", item):
-            if ref not in done:
-                raise EmotuneError(f"pipeline: {{run:{ref}}} must name an earlier run (have: {sorted(done) or 'none'})")
-            item = item.replace("{run:" + ref + "}", last_checkpoint(done[ref], ref))
-        out.append(item)
-    return out
-
-
 # Lists of key=value settings: a command-line override of one merges into it per key (OVERRIDE_LISTS_HELP).
 OVERRIDE_LISTS = (("train", "overrides"), ("eval", "eval_args"), ("runs", None, "train", "overrides"))
 OVERRIDE_LISTS_HELP = ("train.overrides, eval.eval_args and runs.N.train.overrides hold key=value settings: "
@@ -260,13 +220,12 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
         raise EmotuneError(config_line(err, path)) from None
 
 
-def scheduler_args(ev: EvalPart) -> argparse.Namespace:
-    from emotune.scheduling.runners import DEFAULT_EVAL_COMMAND
-
-    return argparse.Namespace(runner=ev.runner, store=None, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
-                              eval_arg=list(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
-                              lease_ttl=ev.lease_ttl, poll=ev.poll, max_attempts=ev.max_attempts, after=None,
-                              sbatch_arg=list(ev.sbatch_args), setup=list(ev.setup), max_queued=64)
+def scheduler_settings(ev: EvalPart) -> SchedulerSettings:
+    """The `eval:` section as the scheduler's settings."""
+    return SchedulerSettings(runner=ev.runner, eval_command=ev.eval_command or DEFAULT_EVAL_COMMAND,
+                             eval_args=tuple(ev.eval_args), devices=ev.devices, jobs=ev.jobs if not ev.devices else 0,
+                             lease_ttl=ev.lease_ttl, poll=ev.poll, max_attempts=ev.max_attempts,
+                             sbatch_args=tuple(ev.sbatch_args), setup=tuple(ev.setup))
 
 
 def keys_help() -> str:
@@ -305,12 +264,13 @@ def main(argv: list[str]) -> int:
     cfg = load_pipeline_config(args.config, args.overrides)
 
     from emotune.report.build import ReportOptions, make_report
-    from emotune.scheduling.scheduler import check_scheduler_args, make_scheduler
+    from emotune.scheduling.scheduler import make_scheduler
     from emotune.train.config import load_config
 
     try:  # name the pipeline file: these settings come from it
         runs = expand_runs(cfg)
-        check_scheduler_args(scheduler_args(cfg.eval))
+        settings = scheduler_settings(cfg.eval)
+        settings.check()
     except EmotuneError as err:
         raise EmotuneError(f"{args.config}: {err}") from None
     pairs = make_pairwise(cfg, runs, args.config)
@@ -331,10 +291,10 @@ def main(argv: list[str]) -> int:
         run_dir = Path(load_config(run.train.config, overrides).output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if run.evaluate:
-            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, scheduler_args(cfg.eval), slots))
+            schedulers.append(make_scheduler(str(run_dir), cfg.eval.suite, settings, slots))
         command = [*resolve_command(run.train.command or ["emotune", "train"]), run.train.config, *overrides]
         log.info("training %s: %s", run.name, " ".join(command))
-        status = _train_beside(command, schedulers + pairs, cfg.eval.poll)
+        status = train_beside(command, schedulers + pairs, cfg.eval.poll)
         done[run.name] = run_dir
         if status != 0:
             failed = (" ".join(command), status)
@@ -373,24 +333,3 @@ def make_pairwise(cfg: PipelineConfig, runs: list[Run], where: str) -> list:
     dirs = {r.name: r.run_dir for r in runs if r.run_dir is not None and r.evaluate}
     pairs = pairs_from_config(cfg.pairwise, dirs, suite.version, suite.labels, where)
     return [PairwiseScheduler(pairs, cfg.eval.lease_ttl, cfg.eval.max_attempts)]
-
-
-def _train_beside(command: list[str], schedulers: list, poll: float) -> int:
-    """Run one training process while the schedulers evaluate what lands; its exit status."""
-    train = subprocess.Popen(command)
-    try:
-        while train.poll() is None:
-            for sched in schedulers:
-                sched.tick()
-            _sleep_while(train, poll)
-    except KeyboardInterrupt:
-        train.terminate()
-        train.wait()
-        raise
-    return train.returncode
-
-
-def _sleep_while(proc: subprocess.Popen, seconds: float) -> None:
-    deadline = time.time() + seconds
-    while proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)

@@ -34,7 +34,7 @@ from emotune.atomic import AppendLog, read_json
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.hub import looks_like_path
 from emotune.scheduling.pairwise_store import DEFAULT_JUDGE_COMMAND, Pair, PairRow, PairStore
-from emotune.scheduling.runners import wait_under_lease
+from emotune.scheduling.runners.job import wait_under_lease
 from emotune.scheduling.store import Store, default_store_path
 
 RESULT = "pairwise.json"

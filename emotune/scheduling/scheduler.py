@@ -4,8 +4,9 @@ One pass (`tick`) does, in order:
 
 1. discover the run's good checkpoints (emotune.scheduling.discovery) and enqueue one pending row per
    (checkpoint, task) of the suite (`INSERT OR IGNORE`: a known key is never queued twice);
-2. reconcile SLURM jobs: renew the lease of a job still queued or running, retry one that was killed,
-   block (and report) the dependants of a failed training job;
+2. reconcile the jobs the runner polls (SLURM's; emotune.scheduling.runners): record a result, renew
+   the lease of a job still queued or running, retry one that was killed, block (and report) the
+   dependants of a failed training job;
 3. claim runnable rows (pending, or running under an expired lease) up to the runner's free slots and
    launch a job for each (emotune.scheduling.runners);
 4. merge every sharded task whose last shard has finished (emotune.shards), under a lease of its own so
@@ -19,12 +20,10 @@ keeps each job to one runner at a time.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -39,18 +38,18 @@ from emotune.errors import ArgumentParser, EmotuneError
 from emotune.harness_tasks import HARNESS, suites_help
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
 from emotune.scheduling.harness_suite import harness_eval_command, resolve_harness_suite
-from emotune.scheduling.runners import (
+from emotune.scheduling.runners.base import (
+    ALIVE,
     DEFAULT_EVAL_COMMAND,
-    RESULT_FILE,
-    SLURM_ALIVE,
-    SLURM_FAILED,
-    LocalRunner,
-    SlurmRunner,
+    ENDED,
+    NEVER_RAN,
+    RESULT,
+    Runner,
     build_eval_command,
     job_output_dir,
-    read_job_result,
-    slurm_job_state,
 )
+from emotune.scheduling.runners.slurm import SLURM_ALIVE, slurm_job_state
+from emotune.scheduling.settings import SchedulerSettings, add_scheduler_args, build_runner
 from emotune.scheduling.store import TERMINAL, Store, default_store_path
 from emotune.shards import check_shardable, check_shards, merge_shards
 
@@ -160,7 +159,7 @@ def training_finished(run_dir: Path, checkpoints: list[Checkpoint]) -> bool:
 
 
 class Scheduler:
-    def __init__(self, run_dir: str | Path, suite: Suite, store: Store, runner, ttl: float = 120.0,
+    def __init__(self, run_dir: str | Path, suite: Suite, store: Store, runner: Runner, ttl: float = 120.0,
                  max_attempts: int = 3, after: str | None = None):
         self.run_dir = Path(run_dir).resolve()
         self.run = str(self.run_dir)
@@ -183,41 +182,32 @@ class Scheduler:
     def _task_spec(self, label: str) -> str:
         return self.suite.tasks[self.suite.labels.index(label)]
 
-    # -- 2. reconcile external (SLURM) jobs
+    # -- 2. reconcile the jobs that do not report to the store themselves (SLURM's)
     def reconcile(self, report: TickReport) -> None:
         for row in self.store.rows(self.run, "running", shards=True):
-            if row.suite_version != self.suite.version or row.runner != "slurm" or not row.external_id:
+            if row.suite_version != self.suite.version or row.runner != self.runner.name or not row.external_id:
                 continue
-            result = read_job_result(job_output_dir(row.run, row) / RESULT_FILE)
-            if result and result.get("token") == row.lease_token and row.lease_token:
-                self._record(row, result, report)
+            seen = self.runner.poll(row)
+            if seen is None:  # the job reports to the store itself
                 continue
-            state, reason = slurm_job_state(row.external_id)
-            if state == "COMPLETED":  # the result file may have landed between the two looks
-                result = read_job_result(job_output_dir(row.run, row) / RESULT_FILE)
-                if result and result.get("token") == row.lease_token:
-                    self._record(row, result, report)
-                    continue
-            if reason and "DependencyNeverSatisfied" in reason:
-                SlurmRunner.cancel(row.external_id)
-                msg = (f"never ran: its training job {row.depends_on} did not succeed "
-                       f"(SLURM job {row.external_id} {state}, {reason})")
-                if self.store.block(row.id, msg):
-                    report.blocked.append(f"step {row.step} {row.task}: {msg}")
-            elif state in SLURM_ALIVE:
+            if seen.outcome == RESULT:
+                self._record(row, seen.result, report)
+            elif seen.outcome == NEVER_RAN:
+                self.runner.cancel(row.external_id)
+                if self.store.block(row.id, seen.message):
+                    report.blocked.append(f"step {row.step} {row.task}: {seen.message}")
+            elif seen.outcome == ALIVE:
                 if row.lease_token:
                     self.store.renew(row.id, row.lease_token, self.ttl)
-            elif state in SLURM_FAILED or (state or "").startswith("CANCELLED") or state == "COMPLETED":
-                msg = (f"SLURM job {row.external_id} ended {state}"
-                       f"{f' ({reason})' if reason and reason != 'None' else ''} before recording a result")
-                if self.store.fail(row.id, row.lease_token, msg, self.max_attempts):
+            elif seen.outcome == ENDED:
+                if self.store.fail(row.id, row.lease_token, seen.message, self.max_attempts):
                     report.retried += 1
-                    log.warning("step %d %s: %s; %s", row.step, row.task, msg,
+                    log.warning("step %d %s: %s; %s", row.step, row.task, seen.message,
                                 "retrying" if self.store.get(row.id).status == "pending" else "giving up")
-            # unknown to SLURM (purged): the lease runs out and the row is retried.
+            # UNKNOWN (purged): the lease runs out and the row is retried.
 
     def _record(self, row, result: dict, report: TickReport) -> None:
-        """Store what a SLURM job reported in its result file."""
+        """Store what a job reported in its result file (runners.job._FileLink)."""
         if result["status"] == "finished":
             ok = self.store.finish(row.id, row.lease_token, result.get("metrics") or {}, result.get("n_examples"),
                                    result.get("predictions"), result.get("output_dir"), result.get("eval_seconds"),
@@ -231,31 +221,24 @@ class Scheduler:
             log.warning("step %d %s failed (SLURM job %s): %s", row.step, row.task, row.external_id,
                         str(result.get("error")).splitlines()[0])
 
-    def _parent_failed(self, job_id: str) -> str | None:
-        state, _ = slurm_job_state(job_id)
-        if state and (state in SLURM_FAILED or state.startswith("CANCELLED")):
-            return state
-        return None
-
     # -- 3. claim + launch
     def launch(self, report: TickReport) -> None:
-        free = self.runner.capacity()
-        if self.runner.name == "slurm":  # queued or running SLURM jobs of this run count against --max-queued
-            free -= sum(1 for r in self.store.rows(self.run, "running", shards=True) if r.runner == "slurm")
+        # this run's jobs queued or running under this runner (SLURM's count against --max-queued)
+        in_flight = sum(1 for r in self.store.rows(self.run, "running", shards=True) if r.runner == self.runner.name)
+        free = self.runner.capacity(in_flight)
         if free <= 0:
             return
         claimed = self.store.claim(self.owner, self.ttl, self.run, self.suite.version, limit=free,
                                    max_attempts=self.max_attempts)
-        parent_state = self._parent_failed(self.after) if (claimed and self.after and self.runner.name == "slurm") \
-            else None
+        parent = self.runner.parent_failed() if claimed else None
         for row, token in claimed:
-            if parent_state:  # afterok on a failed (or purged-as-failed) job would be treated as satisfied
-                msg = f"never ran: its training job {self.after} ended {parent_state}"
+            if parent:  # its jobs would wait for a job that failed
+                msg = f"never ran: {parent}"
                 if self.store.block(row.id, msg):
                     report.blocked.append(f"step {row.step} {row.task}: {msg}")
                 continue
             try:
-                launched = self.runner.launch(row, token, self._task_spec(row.task))
+                launched = self.runner.submit(row, token, self._task_spec(row.task))
             except Exception as err:  # noqa: BLE001 - recorded on the row; the next pass retries
                 log.error("could not launch step %d %s: %s", row.step, row.task, err)
                 self.store.fail(row.id, token, f"launch failed: {err}", self.max_attempts)
@@ -291,8 +274,7 @@ class Scheduler:
         report.checkpoints = len(self.checkpoints)
         if report.queued:
             log.info("queued %d new job(s) (%d checkpoint(s) found)", report.queued, report.checkpoints)
-        if self.runner.name == "slurm":
-            self.reconcile(report)
+        self.reconcile(report)
         self.launch(report)
         self.merge(report)
         for line in report.blocked:
@@ -312,13 +294,13 @@ class Scheduler:
         over = training_finished(self.run_dir, self.checkpoints)
         if not over and training_over is not None:
             over = training_over()
-        if not over and self.after:
+        if not over and self.after:  # --after names a SLURM training job
             state, _ = slurm_job_state(self.after)
             over = state is None or state not in SLURM_ALIVE
         if not over:
             return False
         self.enqueue()  # the last checkpoint may have landed since the pass
-        return self.all_done() and getattr(self.runner, "running", lambda: 0)() == 0
+        return self.all_done() and self.runner.running() == 0
 
     def summary(self) -> str:
         rows = self.rows()
@@ -335,92 +317,28 @@ class Scheduler:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def build_runner(args, store_path: str, eval_command: str, run_dir: Path, slots: dict | None = None):
-    if args.runner == "local":
-        devices: list[str | None] | None = None
-        if args.devices:
-            devices = [d.strip() if d.strip().lower() != "cpu" else "" for d in
-                       args.devices.split(";" if ";" in args.devices else ",")]
-        if args.jobs:
-            devices = (devices or [None]) * args.jobs if not args.devices else devices
-        return LocalRunner(store_path, eval_command, args.lease_ttl, devices, log_dir=run_dir / "eval" / "logs", slots=slots)
-    return SlurmRunner(store_path, eval_command, args.lease_ttl, run_dir / "eval" / "slurm",
-                       sbatch_args=args.sbatch_arg, after=args.after, max_queued=args.max_queued, setup=args.setup)
-
-
-def add_scheduler_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--runner", choices=("local", "slurm"), default="local")
-    ap.add_argument("--store", help="result database (default RUN_DIR/eval/results.sqlite)")
-    ap.add_argument("--eval-command", default=DEFAULT_EVAL_COMMAND,
-                    help="evaluator command with {model} {task} {suite} {out} {step} {python} placeholders "
-                         "(split like a shell, run without one); default: %(default)s")
-    ap.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
-                    help="setting appended to the evaluator command (repeatable), e.g. --eval-arg limit=200; "
-                         "part of the suite version (changing it re-evaluates)")
-    ap.add_argument("--devices", help="local runner: one job per entry, e.g. '0,1,2,3' or '0,1;2,3' (a job on two "
-                                      "GPUs); 'cpu' = no GPU. Default: one job at a time in this environment")
-    ap.add_argument("--jobs", type=int, default=0, help="local runner without --devices: evaluations at once (default 1)")
-    ap.add_argument("--lease-ttl", type=float, default=120.0, help="seconds before a silent job is retried")
-    ap.add_argument("--poll", type=float, default=30.0, help="seconds between passes (polling and --follow)")
-    ap.add_argument("--max-attempts", type=int, default=3)
-    ap.add_argument("--after", metavar="JOBID", help="slurm: the training job; eval jobs get --dependency=afterok:JOBID")
-    ap.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                    help="slurm: an #SBATCH line for every eval job (repeatable), e.g. --sbatch-arg=--gres=gpu:1")
-    ap.add_argument("--setup", action="append", default=[], metavar="LINE",
-                    help="slurm: a shell line run first in each job script (module load ..., source venv/bin/activate)")
-    ap.add_argument("--max-queued", type=int, default=64, help="slurm: this run's eval jobs in the queue at most")
-
-
-def check_scheduler_args(args) -> None:
-    """Every number and list of the scheduler's options, before anything is created."""
-    for name, value, low in (("--lease-ttl", args.lease_ttl, 0.0), ("--poll", args.poll, 0.0)):
-        if not value > low:  # also catches nan
-            raise EmotuneError(f"{name} {value}: must be > 0 seconds")
-    for name, value, low in (("--max-attempts", args.max_attempts, 1), ("--jobs", args.jobs, 0),
-                             ("--max-queued", args.max_queued, 1)):
-        if value < low:
-            raise EmotuneError(f"{name} {value}: must be at least {low}")
-    if args.devices is not None:
-        entries = args.devices.split(";" if ";" in args.devices else ",")
-        if not all(e.strip() for e in entries):
-            raise EmotuneError(f"--devices {args.devices!r}: an empty entry (use e.g. '0,1' or '0,1;2,3' or 'cpu')")
-        for entry in entries:
-            for dev in entry.strip().split(",") if ";" in args.devices else [entry.strip()]:
-                if dev.strip().lower() != "cpu" and not dev.strip().isdigit():
-                    raise EmotuneError(f"--devices {args.devices!r}: {dev.strip()!r} is not a GPU index or 'cpu'")
-    if args.runner == "slurm":
-        from emotune.sbatch import check_sbatch_args
-
-        check_sbatch_args(args.sbatch_arg, "--sbatch-arg")
-        if args.after is not None and not re.fullmatch(r"\d+(_\d+)?", str(args.after)):
-            raise EmotuneError(f"--after {args.after!r}: not a SLURM job id")
-    for line in args.setup:
-        if "\n" in line or "\r" in line or "\x00" in line:
-            raise EmotuneError(f"--setup {line!r}: one shell line per --setup (no newlines)")
-
-
-def make_scheduler(run_dir: str, suite_name: str, args, slots: dict | None = None) -> Scheduler:
+def make_scheduler(run_dir: str, suite_name: str, settings: SchedulerSettings, slots: dict | None = None) -> Scheduler:
     """`slots`: a local slot table shared by several schedulers (a pipeline's runs): their jobs together stay
     within --jobs / --devices."""
     run = Path(run_dir)
     if not run.is_dir():
         raise EmotuneError(f"run directory {run_dir} does not exist")
-    eval_command = args.eval_command
-    if args.eval_arg:
+    eval_command = settings.eval_command
+    if settings.eval_args:
         import shlex
 
-        eval_command = eval_command + " " + shlex.join(args.eval_arg)
+        eval_command = eval_command + " " + shlex.join(settings.eval_args)
     build_eval_command(eval_command, model="m", task="t", suite="s", out="o", step="0", checkpoint="c",
                        shard="1/2")  # validate
-    check_scheduler_args(args)
-    suite = resolve_suite(suite_name, args.eval_arg)
-    if suite.evaluator == HARNESS and args.eval_command == DEFAULT_EVAL_COMMAND:
+    settings.check()
+    suite = resolve_suite(suite_name, list(settings.eval_args))
+    if suite.evaluator == HARNESS and settings.eval_command == DEFAULT_EVAL_COMMAND:
         eval_command = harness_eval_command(eval_command)
-    store_path = str(Path(args.store or default_store_path(run)).resolve())
+    store_path = str(Path(settings.store or default_store_path(run)).resolve())
     store = Store(store_path)
-    runner = build_runner(args, store_path, eval_command, run, slots)
-    os.environ["EMOTUNE_MAX_ATTEMPTS"] = str(args.max_attempts)
-    return Scheduler(run, suite, store, runner, args.lease_ttl, args.max_attempts, args.after)
+    runner = build_runner(settings, store_path, eval_command, run, slots)
+    os.environ["EMOTUNE_MAX_ATTEMPTS"] = str(settings.max_attempts)  # the jobs' own retry accounting
+    return Scheduler(run, suite, store, runner, settings.lease_ttl, settings.max_attempts, settings.after)
 
 
 def main(argv: list[str]) -> int:
@@ -435,7 +353,7 @@ def main(argv: list[str]) -> int:
     add_scheduler_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    sched = make_scheduler(args.run_dir, args.suite, args)
+    sched = make_scheduler(args.run_dir, args.suite, SchedulerSettings.from_args(args))
     signal.signal(signal.SIGTERM, _interrupt)  # kubectl / scancel: stop like Ctrl-C; jobs keep their leases
     try:
         if args.once:
@@ -460,9 +378,8 @@ def run_once(sched: Scheduler, poll: float = 1.0) -> None:
     """One pass over everything runnable now; local jobs are waited for (a CronJob pod must not exit early)."""
     while True:
         report = sched.tick()
-        running = getattr(sched.runner, "running", lambda: 0)()
-        if report.launched == 0 and running == 0:
+        if report.launched == 0 and sched.runner.running() == 0:
             return
-        if sched.runner.name == "slurm":
+        if sched.runner.detached:  # its jobs run on their own: nothing here to wait for
             return
         time.sleep(min(poll, 1.0))

@@ -16,6 +16,7 @@ Leases: a scheduler claims a row in one `BEGIN IMMEDIATE` transaction, setting a
 lease expired and someone else took the row) makes the old job stop. So two schedulers on one store
 never run the same job at once, a crashed job is retried after its lease expires, and a finished row
 is never touched again. Every write is one short transaction; readers never block writers (WAL).
+The file itself (its schema, checks, migration) is emotune.scheduling.store_file.
 """
 
 from __future__ import annotations
@@ -32,49 +33,9 @@ from typing import Any
 
 from emotune.errors import EmotuneError, one_line
 from emotune.scheduling.leases import fail_row, immediate_tx, lease_rows
+from emotune.scheduling.store_file import open_store_db
 
-SCHEMA_VERSION = 2  # 2: the shard columns (a version-1 store is migrated in place when opened)
 DEFAULT_NAME = "results.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    id              INTEGER PRIMARY KEY,
-    run             TEXT NOT NULL,      -- the run directory (absolute)
-    step            INTEGER NOT NULL,
-    fingerprint     TEXT NOT NULL,      -- hash of the checkpoint's file hashes
-    suite           TEXT NOT NULL,
-    suite_version   TEXT NOT NULL,
-    task            TEXT NOT NULL,
-    checkpoint      TEXT NOT NULL,      -- path of the checkpoint folder
-    tokens_seen     INTEGER,
-    objective       TEXT,
-    status          TEXT NOT NULL DEFAULT 'pending',
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    lease_token     TEXT,
-    lease_owner     TEXT,
-    lease_expires   REAL,
-    runner          TEXT,
-    external_id     TEXT,               -- SLURM job id or local pid
-    depends_on      TEXT,               -- SLURM training job id this eval waits for
-    metrics         TEXT,               -- JSON {"accuracy": ...}
-    n_examples      INTEGER,
-    predictions     TEXT,               -- absolute path of the per-example JSONL
-    output_dir      TEXT,
-    eval_seconds    REAL,               -- as the evaluator measured it
-    wall_seconds    REAL,               -- the whole job, start to finish
-    host            TEXT,
-    created_at      REAL NOT NULL,
-    started_at      REAL,
-    finished_at     REAL,
-    error           TEXT,
-    shard           INTEGER NOT NULL DEFAULT 0,  -- 0: the task's row, 1..shards: a shard of it (a job)
-    shards          INTEGER NOT NULL DEFAULT 1,  -- how many shards the task's rows are split into
-    UNIQUE (run, step, fingerprint, suite_version, task, shard)
-);
-CREATE INDEX IF NOT EXISTS results_status ON results (run, status);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
-
 TERMINAL = ("finished", "failed", "blocked")
 
 
@@ -116,11 +77,6 @@ class Row:
     shard: int = 0
     shards: int = 1
 
-    @property
-    def sharded_task(self) -> bool:
-        """The task row of a task split into shards: merged, never run as a job."""
-        return self.shard == 0 and self.shards > 1
-
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("lease_token")  # a secret of the job holding it
@@ -142,89 +98,12 @@ def _row(r: sqlite3.Row) -> Row:
     return Row(**d)
 
 
-
-def check_store_file(path: Path, create: bool) -> bool:
-    """Whether the store exists; an existing file that is not an SQLite database (0 bytes, garbage) is an
-    error, never silently re-created as an empty store over the results someone may still recover."""
-    if not path.exists():
-        if not create:
-            raise EmotuneError(f"no result store at {path}")
-        return False
-    if not path.is_file():
-        raise EmotuneError(f"{path}: is a directory, not a result store")
-    # Never open() the database file here: closing any descriptor of it drops every POSIX lock this
-    # process holds on it, including those of an SQLite connection in another thread (a job's heartbeat
-    # opening a second handle), which lost committed results. Size by stat; garbage is refused by
-    # SQLite itself on the first read in Store._open, before anything is written.
-    wal = path.with_name(path.name + "-wal")
-    # SQLite writes the header within moments of creating the file; an old 0-byte file is not a store
-    # being created by another scheduler right now.
-    st = path.stat()
-    if st.st_size == 0 and not (wal.is_file() and wal.stat().st_size) and time.time() - st.st_mtime > 5:
-        raise EmotuneError(f"{path}: not a usable result store (an empty 0-byte file); move it away or restore it")
-    return True
-
-
 class Store:
     """A handle on one result database. Cheap to open; open one per process (or thread)."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 60.0, create: bool = True):
         self.path = Path(path)
-        existed = check_store_file(self.path, create)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-        except sqlite3.DatabaseError as err:
-            raise EmotuneError(f"{self.path}: not a usable result store ({err})") from None
-        try:
-            self._open(existed, timeout)
-        except BaseException:
-            self.db.close()  # no -wal / -shm left beside a file we refused
-            raise
-
-    def _open(self, existed: bool, timeout: float) -> None:
-        try:
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA busy_timeout=%d" % int(timeout * 1000))
-            # Before anything that writes (journal mode, schema): an existing file must be our store. One
-            # without any table yet is a store another scheduler is creating right now (its schema
-            # transaction is not committed yet): this one waits for it below.
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if existed and tables and "results" not in tables:
-                raise EmotuneError(f"{self.path}: not a usable result store (an SQLite database without emotune's "
-                                   "results table); refusing to add tables to it (give another --store)")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            with self.tx():
-                if existed:
-                    self._migrate()
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self.db.execute(stmt)
-                have = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if have is None:
-                    self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(have[0]) > SCHEMA_VERSION:
-                    raise EmotuneError(f"{self.path}: result store schema {have[0]} is newer than this emotune "
-                                       f"({SCHEMA_VERSION}); upgrade emotune")
-        except sqlite3.DatabaseError as err:
-            raise EmotuneError(f"{self.path}: not a usable result store ({err})") from None
-
-    def _migrate(self) -> None:
-        """Version 1 -> 2, inside _open's transaction (all or nothing; a second opener waits, then finds
-        version 2): the table is rebuilt with the shard columns, since SQLite cannot change a UNIQUE key."""
-        cols = [r[1] for r in self.db.execute("PRAGMA table_info(results)")]
-        if "shard" in cols:
-            return
-        self.db.execute("ALTER TABLE results RENAME TO results_v1")
-        self.db.execute("DROP INDEX IF EXISTS results_status")
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                self.db.execute(stmt)
-        names = ", ".join(cols)
-        self.db.execute(f"INSERT INTO results ({names}) SELECT {names} FROM results_v1")
-        self.db.execute("DROP TABLE results_v1")
-        self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.db = open_store_db(self.path, timeout, create)
 
     def close(self) -> None:
         self.db.close()

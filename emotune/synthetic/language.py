@@ -266,8 +266,6 @@ class SyntheticLanguage:
         post = np.exp(scores - scores.max())
         return post / post.sum()
 
-    def synonym_groups(self) -> list[list[str]]:
-        return [[self.words[w] for w in np.nonzero(self.emission[c])[0]] for c in range(len(self.concept_class))]
 
 
 def train_sentencepiece_tokenizer(texts: list[str], out_dir, vocab_size: int = 768):

@@ -133,7 +133,7 @@ def test_local_runner_assigns_devices(tmp_path):
 def test_runners_sharing_a_slot_table_hold_the_jobs_limit_together(tmp_path):
     """A pipeline has one scheduler per run; with `eval.jobs: 1` its runs together run one evaluation at a time,
     not one each (six at once on two cores made the demo's evaluations fight over them)."""
-    from emotune.scheduling.runners import LocalRunner
+    from emotune.scheduling.runners.local import LocalRunner
 
     slots: dict = {}
     a, b = (LocalRunner(str(tmp_path / f"{n}.sqlite"), "true", 60.0, [None], slots=slots) for n in "ab")
@@ -148,6 +148,48 @@ def test_runners_sharing_a_slot_table_hold_the_jobs_limit_together(tmp_path):
         job.kill()
         job.wait()
     assert a.capacity() == b.capacity() == 1
+
+
+def test_local_runner_cancels_only_its_own_jobs(tmp_path):
+    """cancel(external_id) stops the job's whole process session (the job and its evaluator), not another's."""
+    import socket
+
+    from emotune.scheduling.runners.local import LocalRunner
+
+    runner = LocalRunner(str(tmp_path / "a.sqlite"), "true", 60.0, [None, None])
+    # a job and the evaluator it started, in their own session as submit() starts them
+    pidfile = tmp_path / "evaluator.pid"
+    job = subprocess.Popen(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)  # not this runner's
+    try:
+        runner.procs[0] = job
+        runner.mine.add(job.pid)
+        host = socket.gethostname()
+        runner.cancel(f"{host}:{other.pid}")
+        runner.cancel(f"elsewhere:{job.pid} cuda:0")  # another host's pid is not ours
+        assert other.poll() is None and job.poll() is None and runner.running() == 1
+        deadline = time.time() + 10
+        while not pidfile.is_file() or not pidfile.read_text().strip():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        evaluator = pidfile.read_text().strip()
+        runner.cancel(f"{host}:{job.pid} cuda:0")
+        assert job.poll() is not None and runner.running() == 0 and runner.capacity() == 2
+        while _alive(evaluator):  # the evaluator dies with the job (its session), soon after
+            assert time.time() < deadline, "the job's evaluator outlived the cancelled job"
+            time.sleep(0.05)
+    finally:
+        for p in (job, other):
+            p.kill()
+            p.wait()
+
+
+def _alive(pid: str) -> bool:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie waiting to be reaped is dead
 
 
 def test_watch_rejects_bad_input(tmp_path):
@@ -174,7 +216,7 @@ def test_results_on_bad_store(tmp_path, bad):
 
 def test_checkpoint_corrupted_after_queueing_is_never_evaluated(tmp_path):
     """The job verifies the checkpoint again right before evaluating it."""
-    from emotune.scheduling.runners import LocalRunner
+    from emotune.scheduling.runners.local import LocalRunner
     from emotune.scheduling.scheduler import Scheduler, resolve_suite, run_once
 
     run = tmp_path / "run"

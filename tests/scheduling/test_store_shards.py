@@ -10,7 +10,8 @@ import time
 import pytest
 
 from emotune.errors import EmotuneError
-from emotune.scheduling.store import SCHEMA_VERSION, Store
+from emotune.scheduling.store import Store
+from emotune.scheduling.store_file import SCHEMA_VERSION
 
 # The schema of version 1 (emotune before sharding), as such stores exist on disk.
 V1_SCHEMA = """

@@ -208,10 +208,3 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, **settin
     out = mauve.compute_mauve(p_features=np.asarray(p_features), q_features=np.asarray(q_features),
                               verbose=False, **kwargs)
     return float(out.mauve)
-
-
-def mauve_over_runs(p_features: np.ndarray, q_runs: Sequence[np.ndarray], **settings: Any) -> dict[str, Any]:
-    """MAUVE of each run's samples against the human texts; mean and sample std (ddof=1) over runs."""
-    scores = [mauve_from_features(p_features, q, **settings) for q in q_runs]
-    std = float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
-    return {"mauve": float(np.mean(scores)), "mauve_std": std, "runs": scores}

@@ -14,7 +14,8 @@ from test_generation_fixtures import (
 )
 
 from emotune.errors import EmotuneError
-from emotune.eval.generation.mauve import Featurizer, cached_features, mauve_from_features, mauve_over_runs
+from emotune.eval.generation.mauve import Featurizer, cached_features, mauve_from_features
+from emotune.eval.generation.protocol import run_scores, spread
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,9 @@ def test_mauve_self_is_one_and_unrelated_is_lower(minilm, tmp_path):
     assert same == pytest.approx(1.0, abs=1e-6)
     assert related > 0.8
     assert unrelated < 0.2 and unrelated < related - 0.5
-    runs = mauve_over_runs(p, [minilm(sports2), minilm(markets)])
-    assert runs["mauve"] == pytest.approx((related + unrelated) / 2)
-    assert runs["mauve_std"] == pytest.approx(np.std([related, unrelated], ddof=1))
+    mean, std = spread(run_scores(p, [minilm(sports2), minilm(markets)]))
+    assert mean == pytest.approx((related + unrelated) / 2)
+    assert std == pytest.approx(np.std([related, unrelated], ddof=1))
 
 
 def test_human_features_are_cached_per_dataset_split_featurizer_length(minilm, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Where an evaluation job runs: a local subprocess or a SLURM batch job. Both run the same job.
+"""The evaluation job: what a local subprocess or a SLURM batch job runs. Both run the same job.
 
 The job (`python -m emotune.scheduling.runners job ...`, function `run_job`):
 
@@ -29,36 +29,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.sbatch import check_line_value, check_sbatch_args, job_name, path_component
 from emotune.scheduling.record import JOB_ENV, task_result
+from emotune.scheduling.runners.base import DEFAULT_EVAL_COMMAND, JOB_MODULE, build_eval_command, job_output_dir
 from emotune.scheduling.store import Row, Store
-from emotune.shards import shard_dir
-
-DEFAULT_EVAL_COMMAND = "{python} -m emotune.cli eval --model {model} --tasks {task} --out {out} progress=false"
-PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")
-
-
-def build_eval_command(template: str | list[str], **values: str) -> list[str]:
-    """Split the template like a shell would (no shell runs), then fill placeholders per argument."""
-    parts = shlex.split(template) if isinstance(template, str) else list(template)
-    values.setdefault("python", sys.executable)
-    values.setdefault("shard", "")
-    try:
-        return [p.format(**values) for p in parts]
-    except (KeyError, IndexError, ValueError) as err:
-        raise EmotuneError(f"eval command {template!r}: bad placeholder {err} (known: "
-                           f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})") from None
-
-
-def job_output_dir(run_dir: str | Path, row: Row) -> Path:
-    # suite and task become directory names: one path component each, whatever the store holds
-    task = (Path(run_dir) / "eval" / path_component(row.suite, "suite name") / f"step-{row.step}-{row.fingerprint[:8]}"
-            / path_component(row.task, "task name"))
-    return shard_dir(task, row.shard, row.shards) if row.shard else task  # a shard's outputs: inside the task's
 
 
 def _set_pdeathsig() -> None:
@@ -239,181 +215,10 @@ def run_job(link, eval_command: str, task_spec: str | None = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- runners
-
-@dataclass
-class Launch:
-    runner: str
-    external_id: str
-    depends_on: str | None = None
-
-
-class LocalRunner:
-    """Jobs as local subprocesses, one per device slot; `CUDA_VISIBLE_DEVICES` picks each job's GPU(s).
-
-    devices: e.g. ["0", "1"] (a job per GPU), ["0,1"] (one job on two GPUs), or [None] (inherit the
-    environment: CPU runs). The jobs are new process sessions, so they outlive a killed scheduler.
-    slots: a slot table shared with other runners (a pipeline's runs, one scheduler each), so that the
-    devices / `jobs` limit holds for all of them together rather than for each run.
-    """
-
-    name = "local"
-
-    def __init__(self, store_path: str, eval_command: str, ttl: float, devices: list[str | None] | None = None,
-                 log_dir: str | Path | None = None, slots: dict[int, subprocess.Popen] | None = None):
-        self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
-        self.devices = devices or [None]  # one slot per entry
-        self.log_dir = Path(log_dir) if log_dir else None
-        self.procs: dict[int, subprocess.Popen] = {} if slots is None else slots  # slot -> running job
-        self.mine: set[int] = set()  # pids this runner started (running() and wait() count only these)
-
-    def _free_slots(self) -> list[int]:
-        for slot, p in list(self.procs.items()):
-            if p.poll() is not None:
-                del self.procs[slot]
-        return [i for i in range(len(self.devices)) if i not in self.procs]
-
-    def capacity(self) -> int:
-        return len(self._free_slots())
-
-    def launch(self, row: Row, token: str, task_spec: str | None = None) -> Launch:
-        free = self._free_slots()
-        if not free:
-            raise RuntimeError("no free device slot")
-        slot = free[0]
-        dev = self.devices[slot]
-        env = dict(os.environ, EMOTUNE_JOB_ID=str(row.id))
-        if dev is not None:
-            env["CUDA_VISIBLE_DEVICES"] = dev
-        cmd = [sys.executable, "-m", "emotune.scheduling.runners", "job", "--store", self.store_path, "--id", str(row.id),
-               "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
-               "--task", task_spec or row.task]
-        log = subprocess.DEVNULL
-        if self.log_dir:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_dir / f"job-{row.id}-attempt-{row.attempts}.log", "ab")
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        if log is not subprocess.DEVNULL:
-            log.close()
-        self.procs[slot] = proc
-        self.mine.add(proc.pid)
-        return Launch("local", f"{socket.gethostname()}:{proc.pid}" + (f" cuda:{dev}" if dev is not None else ""))
-
-    def running(self) -> int:
-        self._free_slots()
-        return sum(1 for p in self.procs.values() if p.pid in self.mine)
-
-    def wait(self) -> None:
-        for slot, p in list(self.procs.items()):
-            if p.pid in self.mine:
-                p.wait()
-                del self.procs[slot]
-
-
-# --- SLURM ---------------------------------------------------------------------------------------------
-
-SLURM_ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
-               "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "STOPPED")
-SLURM_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-                "DEADLINE", "REVOKED")
-
-
-def _slurm(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise EmotuneError(f"{cmd[0]} not found: the slurm runner needs the SLURM client commands on PATH") from None
-    if check and res.returncode != 0:
-        raise EmotuneError(f"{shlex.join(cmd)} failed (status {res.returncode}): {res.stderr.strip()}")
-    return res
-
-
-def slurm_job_state(job_id: str) -> tuple[str | None, str | None]:
-    """(state, reason) of a SLURM job, or (None, None) when SLURM no longer knows it."""
-    res = _slurm(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], check=False)
-    line = res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
-    if line:
-        state, _, reason = line.partition("|")
-        return state.strip(), reason.strip()
-    res = _slurm(["scontrol", "show", "job", "-o", job_id], check=False)
-    if res.returncode == 0 and "JobState=" in res.stdout:
-        fields = dict(kv.split("=", 1) for kv in res.stdout.split() if "=" in kv)
-        return fields.get("JobState"), fields.get("Reason")
-    res = _slurm(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State"], check=False)  # needs accounting
-    if res.returncode == 0 and res.stdout.strip():
-        return res.stdout.split()[0].split()[0], None
-    return None, None
-
-
-class SlurmRunner:
-    """One generated `sbatch` script per job; `--dependency=afterok:<training job>` where given."""
-
-    name = "slurm"
-
-    def __init__(self, store_path: str, eval_command: str, ttl: float, script_dir: str | Path,
-                 sbatch_args: list[str] | None = None, after: str | None = None, max_queued: int = 64,
-                 setup: list[str] | None = None):
-        self.store_path, self.eval_command, self.ttl = store_path, eval_command, ttl
-        self.script_dir = Path(script_dir)
-        self.sbatch_args = check_sbatch_args(list(sbatch_args or []))
-        self.after = after
-        self.max_queued = max_queued
-        self.setup = list(setup or [])  # shell lines run before the job (module load, conda activate...)
-
-    def capacity(self) -> int:
-        """Jobs this run may have queued at once; the scheduler subtracts those in flight."""
-        return self.max_queued
-
-    def script(self, row: Row, token: str, task_spec: str | None = None) -> str:
-        info = {k: getattr(row, k) for k in ("id", "run", "step", "fingerprint", "suite", "suite_version", "task",
-                                             "checkpoint", "tokens_seen", "objective", "attempts", "shard", "shards")}
-        job = [sys.executable, "-m", "emotune.scheduling.runners", "job", "--row-json", json.dumps(info),
-               "--token", token, "--ttl", str(self.ttl), "--eval-command", self.eval_command,
-               "--task", task_spec or row.task]
-        # #SBATCH lines are read by sbatch, not a shell: every value is checked to stay on its line.
-        output = check_line_value(f"{self.script_dir.resolve()}/row-{row.id}-attempt-{row.attempts}-%j.out",
-                                  "eval script directory")
-        for line in self.setup:
-            check_line_value(line, "--setup")
-        part = f"-{row.shard}of{row.shards}" if row.shard else ""  # a shard's job: emotune-eval-10-mmlu-3of8
-        lines = ["#!/bin/bash",
-                 f"#SBATCH --job-name={job_name(f'emotune-eval-{row.step}-{row.task}{part}')}",
-                 f"#SBATCH --output={output}",
-                 "#SBATCH --ntasks=1",
-                 *[f"#SBATCH {a}" for a in check_sbatch_args(self.sbatch_args)],
-                 "set -euo pipefail",
-                 *self.setup,
-                 f"cd {shlex.quote(str(Path.cwd()))}",
-                 "exec " + shlex.join(job), ""]
-        return "\n".join(lines)
-
-    def launch(self, row: Row, token: str, task_spec: str | None = None) -> Launch:
-        depends_on = self.after
-        self.script_dir.mkdir(parents=True, exist_ok=True)
-        path = self.script_dir / f"row-{row.id}-attempt-{row.attempts}.sbatch"
-        from emotune.atomic import write_text
-
-        write_text(path, self.script(row, token, task_spec))
-        cmd = ["sbatch", "--parsable"]
-        if depends_on:
-            check_line_value(str(depends_on), "--after")
-            cmd.append(f"--dependency=afterok:{depends_on}")
-        res = _slurm(cmd + [str(path)])
-        job_id = res.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
-            raise EmotuneError(f"sbatch printed {res.stdout!r}, not a job id")
-        return Launch("slurm", job_id, depends_on)
-
-    @staticmethod
-    def cancel(job_id: str) -> None:
-        _slurm(["scancel", job_id], check=False)
-
-
 # ---------------------------------------------------------------------------------------------- entry
 
-def _main(argv: list[str]) -> int:
-    ap = ArgumentParser(prog="python -m emotune.scheduling.runners")
+def main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog=f"python -m {JOB_MODULE}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("job", help="run one leased evaluation job (started by a runner)")
     j.add_argument("--store", help="result database: the job records its own result (local runner)")
@@ -435,7 +240,3 @@ def _main(argv: list[str]) -> int:
     except EmotuneError as err:
         print(f"emotune job: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
