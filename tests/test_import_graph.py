@@ -159,7 +159,7 @@ def test_shared_modules_import_no_stage():
     assert not bad, bad
 
 
-@pytest.mark.parametrize("module", ["emotune.manifest", "emotune.tasks", "emotune.plumbing"])
+@pytest.mark.parametrize("module", ["emotune.manifest", "emotune.tasks", "emotune.plumbing", "emotune.local_records"])
 def test_shared_checkpoint_and_task_modules_are_torch_free(module):
     assert not set(HEAVY) & reach(module)
 
