@@ -287,7 +287,7 @@ def icl_bench(device, s: dict) -> None:
 
     from emotune.eval.generation.sampling import sample_batch
     from emotune.eval.icl.scorer import argmin_first, naive_token_nlls, rule_scores, shared_token_nlls
-    from emotune.tasks import load_task
+    from emotune.tasks.files import load_task
 
     clock = Clock(device)
     rng = random.Random(0)

@@ -43,7 +43,7 @@ import paired  # noqa: E402  (benchmarks/paired.py)
 
 from emotune.eval.icl import mmlu  # noqa: E402
 from emotune.eval.icl.scorer import argmin_first, naive_token_nlls, rule_scores, shared_token_nlls  # noqa: E402
-from emotune.tasks import load_task  # noqa: E402
+from emotune.tasks.files import load_task  # noqa: E402
 
 # typical input length in words of each task's test rows (rounded corpus means)
 WORDS = {"tweet_eval": 16, "sst2": 19, "trec": 10, "subj": 24, "cr": 18, "rotten_tomatoes": 21, "ag_news": 38}

@@ -226,7 +226,8 @@ def check_emotune(argv: list[str], sandbox: Path, env: dict) -> str | None:
 def _check_task_names(ns: argparse.Namespace) -> str | None:
     """A shipped suite or task named by `--suite` / `--tasks` exists (files of the user's own are not checked)."""
     from emotune.errors import EmotuneError
-    from emotune.tasks import load_suite, load_task
+    from emotune.tasks.files import load_task
+    from emotune.tasks.suites import load_suite
 
     files = (".yaml", ".yml")
     try:

@@ -638,7 +638,7 @@ CASES += [
 ]
 
 
-CASES += [  # sharded evaluation (emotune.shards): shard=K/N and the `shards` keys
+CASES += [  # sharded evaluation (emotune.tasks.shards): shard=K/N and the `shards` keys
     ("eval-shard-k-above-n", lambda w, d: (ev("shard=3/2")(w), ["shard", "K/N"])),
     ("eval-shard-zero", lambda w, d: (ev("shard=0/4")(w), ["shard"])),
     ("eval-shard-not-k-of-n", lambda w, d: (ev("shard=two")(w), ["shard", "K/N"])),
@@ -912,7 +912,7 @@ CASES += [
 ]
 
 
-# --- pipeline (and the demo, which is the pipeline on configs/pipeline/demo.yaml)
+# --- pipeline (and the demo, which is the pipeline on configs/pipelines/demo.yaml)
 def pipe(d: Path, w: World, data: dict | None = None, text: str | None = None) -> Path:
     p = d / "pipeline.yaml"
     base = {"train": {"config": str(w.good_train)}, "run_dir": str(w.run), "eval": {"suite": str(w.suite)}}
@@ -967,7 +967,7 @@ def _(w, d):
 
 
 CASES += [
-    ("demo-unknown-override-key", lambda w, d: (["demo", "bogus_key=1"], ["configs/pipeline/demo.yaml", "bogus_key"])),
+    ("demo-unknown-override-key", lambda w, d: (["demo", "bogus_key=1"], ["configs/pipelines/demo.yaml", "bogus_key"])),
     ("demo-eval-jobs-negative", lambda w, d: (["demo", "eval.jobs=-1"], ["eval.jobs"])),
     ("demo-override-not-kv", lambda w, d: (["demo", "eval.jobs"], ["eval.jobs"])),
     ("demo-bad-run-index", lambda w, d: (["demo", "runs.7.matrix.seed=[0]"], ["runs.7.matrix.seed"])),

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from emotune.cli import main as emotune
-from emotune.harness_tasks import shipped_suites
+from emotune.tasks.suites import shipped_suites
 
 
 def raw_help(command: str, capsys) -> str:

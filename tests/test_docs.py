@@ -106,11 +106,11 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
     "emotune eval --suite instruct --model CKPT --against reference --judge JUDGE --out DIR": (CHECK, "placeholders"),
     "emotune judge results/emo-7b/alpaca_eval.outputs.json results/mle-7b/alpaca_eval.outputs.json --judge GAIR/autoj-13b "
     "--judge-format autoj --out results/autoj": (CHECK, "Auto-J 13B from the hub"),
-    "emotune pipeline configs/pipeline/tiny-instruct.yaml": (E2E, "two tiny instruction-tuning runs + their responses"),
-    "emotune eval --tasks configs/pipeline/tiny_instruct.yaml --model runs/tiny-instruct/emo/checkpoint-20 --against "
+    "emotune pipeline configs/pipelines/tiny-instruct.yaml": (E2E, "two tiny instruction-tuning runs + their responses"),
+    "emotune eval --tasks configs/eval/tasks/tiny_instruct.yaml --model runs/tiny-instruct/emo/checkpoint-20 --against "
     "runs/tiny-instruct/mle/checkpoint-20 --judge runs/tiny-instruct/mle/checkpoint-20 --judge-format plain --out "
     "runs/tiny-instruct/judged": (E2E, "judges the pipeline's checkpoints, from a folder outside the source tree"),
-    "emotune pipeline configs/pipeline/tiny-instruct.yaml run_dir=runs/tiny-instruct-2 'pairwise=[{a: emo, b: mle, judge: "
+    "emotune pipeline configs/pipelines/tiny-instruct.yaml run_dir=runs/tiny-instruct-2 'pairwise=[{a: emo, b: mle, judge: "
     "runs/tiny-instruct/mle/checkpoint-20, format: plain}]'": (
         CHECK, "trains both arms again (minutes); a pipeline with pairwise: runs in tests/e2e/test_instruct_pipeline.py"),
     "emotune eval --suite instruct --model runs/emo-7b/checkpoint-FINAL --out results/emo-7b dtype=bfloat16": (
@@ -129,8 +129,8 @@ DOC_COMMANDS: dict[str, tuple[str, str]] = {
         CHECK, "PandaLM 7B from the hub"),
     "emotune report runs/emo-7b runs/mle-7b --out report/": (CHECK, "two 7B runs' results"),
     # docs/scheduling.md
-    "emotune pipeline configs/pipeline/tiny.yaml": (CHECK, "minutes of CPU; the same pipeline runs in tests/e2e/test_pipeline_tiny.py"),
-    "emotune pipeline configs/pipeline/tiny.yaml run_dir=runs/tiny-mle 'train.overrides=[objective.name=mle]'": (
+    "emotune pipeline configs/pipelines/tiny.yaml": (CHECK, "minutes of CPU; the same pipeline runs in tests/e2e/test_pipeline_tiny.py"),
+    "emotune pipeline configs/pipelines/tiny.yaml run_dir=runs/tiny-mle 'train.overrides=[objective.name=mle]'": (
         CHECK, "minutes of CPU; its merged overrides are checked in tests/test_pipeline_overrides.py"),
     "emotune watch runs/emo --suite icl": (CHECK, "a polling loop beside a running training job"),
     "emotune watch runs/emo --suite icl --follow": (CHECK, "a training job that is running"),
@@ -278,7 +278,7 @@ def test_other_blocks_parse(block):
 # Forms the docs had before they were tested: each must fail its check (the checks are not vacuous).
 STALE_FORMS = {
     "emotune eval --suite instruct --model M --against A --judge J --judge-format plain --out D "
-    "data_dir=emotune/configs/pipeline/data/tiny_instruct": "inside the source tree",
+    "data_dir=emotune/configs/eval/tasks/data/tiny_instruct": "inside the source tree",
     "emotune results runs/emo [--json] [--best]": "unrecognized arguments",
     "deepspeed --hostfile hosts --no_ssh --node_rank R --master_addr node-001 --module emotune.launch.train_entry CONFIG":
         "deepspeed rejects",
@@ -287,7 +287,7 @@ STALE_FORMS = {
         "invalid int value",
     "emotune train configs/train/no-such-recipe.yaml": "not found",
     "emotune eval --model M --suite generations --out D": "generations",
-    "emotune pipeline configs/pipeline/tiny.yaml 'train.overrides=[objective.name=nonsense]'": "objective",
+    "emotune pipeline configs/pipelines/tiny.yaml 'train.overrides=[objective.name=nonsense]'": "objective",
     "emotune eval --model M --tasks sst2,trec,sst5 --out D": "sst5",
     "emotune train CONFIG objective.name=nonsense": "objective",
     "docker build --build-arg NO_SUCH_ARG=1 -t emotune .": "declares no such ARG",

@@ -3,8 +3,11 @@ and no two of our modules import each other, even through a function-level impor
 
 Read from the source (ast, nothing executed), every import counted, also those inside functions (a lazy
 import is still a dependency) and the `emotune.x.y[:func]` strings that importlib resolves (the CLI's
-command table, the evaluator's task kinds). A rule holds for everything a package reaches, transitively
+command table). A rule holds for everything a package reaches, transitively
 through our own modules (emotune.manifest, emotune.tasks, ...), not only for its direct imports.
+
+The task-kind registry (emotune.tasks.registry) names each kind's evaluator functions as such strings so
+that it stays torch-free; the evaluator's emotune.eval.kinds imports them, so they count as its imports.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ STAGES = ("emotune.objectives", "emotune.eval", "emotune.scheduling", "emotune.r
 TOP = ("emotune.__main__", "emotune.cli")  # the command table names every stage's entry (dynamic imports)
 HEAVY = ("torch", "transformers", "deepspeed", "datasets")  # what a scheduler pass or job start must not pay for
 _DYNAMIC = re.compile(r"^(emotune(?:\.\w+)+)(?::\w+)?$")  # "emotune.eval.cli:main", "emotune.eval.icl.mmlu"
+RESOLVED_BY = {"emotune.tasks.registry": "emotune.eval.kinds"}  # whose module-name strings another imports
 
 
 def module_name(path: Path) -> str:
@@ -35,11 +39,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(tree: ast.AST, module: str, is_package: bool = False) -> set[str]:
-    """Every module name `tree` imports (top-level names of third-party ones included, e.g. "torch")."""
+def imports_of(tree: ast.AST, module: str, is_package: bool = False, dynamic: bool = True) -> set[str]:
+    """Every module name `tree` imports (top-level names of third-party ones included, e.g. "torch"), and
+    the module names its strings hold; `dynamic=False`: not those, `dynamic=None`: only those."""
     package = module if is_package else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):
+        if dynamic is None and not isinstance(node, ast.Constant):
+            continue
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -50,7 +57,7 @@ def imports_of(tree: ast.AST, module: str, is_package: bool = False) -> set[str]
                 base = ".".join(anchor + ([base] if base else []))
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif dynamic is not False and isinstance(node, ast.Constant) and isinstance(node.value, str):
             m = _DYNAMIC.match(node.value)
             if m:
                 out.add(m.group(1))
@@ -62,8 +69,10 @@ def graph() -> dict[str, set[str]]:
     """Our modules -> what each imports, keeping only names that are modules (ours) or third-party roots."""
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     edges: dict[str, set[str]] = {}
+    trees = {name: ast.parse(path.read_text(), str(path)) for name, path in files.items()}
     for name, path in files.items():
-        found = imports_of(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py")
+        found = imports_of(trees[name], name, path.name == "__init__.py", dynamic=name not in RESOLVED_BY)
+        found |= {m for named, by in RESOLVED_BY.items() if by == name for m in imports_of(trees[named], named, dynamic=None)}
         edges[name] = {m for m in found if m in files or not m.startswith("emotune")}
         # importing a.b.c runs a/__init__ and a/b/__init__ too
         edges[name] |= {".".join(m.split(".")[:i]) for m in edges[name] if m in files for i in range(1, m.count(".") + 1)}
@@ -107,7 +116,7 @@ def test_the_reader_sees_lazy_relative_and_dynamic_imports():
 
 
 def test_every_package_is_covered():
-    for prefix in STAGES:
+    for prefix in (*STAGES, "emotune.tasks"):
         assert members(prefix), f"no modules under {prefix}: the rules below would check nothing"
     assert members(*TRAIN)
 
@@ -152,16 +161,28 @@ def test_the_synthetic_language_imports_no_stage():
 
 def test_shared_modules_import_no_stage():
     """emotune.manifest, emotune.tasks, ... sit below every stage: they import none of them."""
-    shared = [m for m in graph() if m.count(".") == 1 and m not in TOP and not _in(m, *STAGES)]
+    shared = [m for m in graph() if (m.count(".") == 1 or _in(m, "emotune.tasks")) and m not in TOP and not _in(m, *STAGES)]
     assert "emotune.manifest" in shared and "emotune.tasks" in shared and "emotune.plumbing" in shared
     bad = _violations(shared, lambda d: _in(d, "emotune.eval", "emotune.scheduling", "emotune.report", "emotune.launch",
                                             *TRAIN, *TOP))
     assert not bad, bad
 
 
-@pytest.mark.parametrize("module", ["emotune.manifest", "emotune.tasks", "emotune.plumbing", "emotune.local_records"])
+@pytest.mark.parametrize("module", ["emotune.manifest", "emotune.plumbing", "emotune.local_records", *members("emotune.tasks")])
 def test_shared_checkpoint_and_task_modules_are_torch_free(module):
     assert not set(HEAVY) & reach(module)
+
+
+def test_the_registrys_evaluator_names_are_the_evaluators_imports():
+    """The registry's "module:function" strings count as emotune.eval.kinds' imports, not the registry's."""
+    assert {"emotune.eval.icl.classification", "emotune.eval.icl.mmlu", "emotune.eval.harness"} <= reach("emotune.eval.kinds")
+    assert not [m for m in reach("emotune.tasks.registry") if _in(m, "emotune.eval")]
+
+
+def test_the_task_modules_import_each_other_one_way():
+    """No cycle among emotune.tasks' modules, counting imports inside functions too."""
+    cycles = [m for m in members("emotune.tasks") if m in reach(m)]
+    assert not cycles, cycles
 
 
 def test_importing_scheduling_or_the_report_loads_no_torch_at_run_time():
@@ -181,7 +202,6 @@ def test_importing_scheduling_or_the_report_loads_no_torch_at_run_time():
 # (test_known_cycles_still_exist fails once one is gone, so an entry cannot outlive its cycle).
 KNOWN_CYCLES = {
     frozenset({"emotune.objectives.fused", "emotune.objectives.fused_dense"}),  # fused_dense borrows fused's _Chunks
-    frozenset({"emotune.tasks", "emotune.harness_tasks"}),  # the tasks package's registry resolves suites once
 }
 
 

@@ -10,7 +10,7 @@ from emotune.errors import EmotuneError
 from emotune.launch.pipeline import expand_runs, load_pipeline_config
 from emotune.train.config import load_config
 
-TINY = "configs/pipeline/tiny.yaml"
+TINY = "configs/pipelines/tiny.yaml"
 KEPT = ["max_steps=20", "save_steps=10", "resume=null", "data.max_eval_samples=32"]
 
 
@@ -39,8 +39,8 @@ def test_a_key_given_again_replaces_its_item_and_an_empty_list_empties():
 
 
 def test_runs_of_a_matrix_merge_too():
-    cfg = load_pipeline_config("configs/pipeline/demo.yaml", ["runs.1.train.overrides=[max_steps=3]"])
-    before = load_pipeline_config("configs/pipeline/demo.yaml", []).runs[1].train.overrides
+    cfg = load_pipeline_config("configs/pipelines/demo.yaml", ["runs.1.train.overrides=[max_steps=3]"])
+    before = load_pipeline_config("configs/pipelines/demo.yaml", []).runs[1].train.overrides
     assert cfg.runs[1].train.overrides == [o for o in before if not o.startswith("max_steps=")] + ["max_steps=3"]
 
 
@@ -53,6 +53,6 @@ def test_a_bad_item_is_one_line(item, says):
 
 
 def test_other_lists_are_replaced():
-    before = load_pipeline_config("configs/pipeline/demo.yaml", []).report.headline
-    cfg = load_pipeline_config("configs/pipeline/demo.yaml", ["report.headline=[mauve]"])
+    before = load_pipeline_config("configs/pipelines/demo.yaml", []).report.headline
+    cfg = load_pipeline_config("configs/pipelines/demo.yaml", ["report.headline=[mauve]"])
     assert len(before) > 1 and cfg.report.headline == ["mauve"]

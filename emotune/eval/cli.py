@@ -25,19 +25,22 @@ command: emotune.launch.eval_cmd, emotune.scheduling.record): that of the run wh
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
 from emotune.errors import ArgumentParser, EmotuneError
+from emotune.eval.kinds import count_rows, run_task
 from emotune.eval.options import help_text, parse_overrides
 from emotune.eval.resume import check_reusable, model_fingerprint, result_key
 from emotune.eval.summary import TaskResult, read_summary, write_json_atomic, write_summary
-from emotune.eval.task_data import check_task_data, load_split
-from emotune.harness_tasks import EVALUATORS, HARNESS, harness_suite, shipped_suite_entry, suite_evaluator, suites_help
-from emotune.shards import check_shardable, parse_shard, shard_range
-from emotune.tasks import CONFIG_DIR, Task, load_suite, load_task
+from emotune.eval.task_data import check_task_data
+from emotune.tasks.files import load_task
+from emotune.tasks.harness import HARNESS
+from emotune.tasks.registry import KINDS
+from emotune.tasks.shards import check_shardable, parse_shard, shard_range
+from emotune.tasks.suites import EVALUATORS, find_suite, harness_members, suite_members, suites_help
+from emotune.tasks.task import Task
 
 
 def make_retriever(opts: dict[str, Any], tokenizer):
@@ -49,37 +52,9 @@ def make_retriever(opts: dict[str, Any], tokenizer):
                          roundtrip_tokenizer=opts["roundtrip_tokenizer"], device=opts["device"])
 
 
-def run_task(task: Task, model, tokenizer, out_dir: Path, opts: dict[str, Any], retriever_factory) -> TaskResult:
-    common = {k: opts[k] for k in ("data_dir", "scoring", "shared_prefix", "batch_size", "limit", "progress", "shard")}
-    if task.kind == "icl":
-        from emotune.eval.icl.classification import run_icl_task
-
-        return run_icl_task(task, model, tokenizer, out_dir, retriever=retriever_factory(),
-                            max_tokens=opts["max_tokens"], **common)
-    if task.kind == "mmlu":
-        from emotune.eval.icl.mmlu import run_mmlu_task
-
-        return run_mmlu_task(task, model, tokenizer, out_dir, max_tokens=opts["max_tokens"], **common)
-    # kinds implemented in other modules, imported only when such a task runs
-    module, func = {"generation": ("emotune.eval.generation.task", "run_generation_task"),
-                    "oracle": ("emotune.eval.oracle_task", "run_oracle_task"),
-                    "instruct": ("emotune.eval.instruct.task", "run_instruct_task")}[task.kind]
-    try:
-        run = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as err:
-        raise EmotuneError(f"{task.source}: kind {task.kind!r} needs {module}.{func}, which is not available "
-                           f"in this installation ({err})") from None
-    return run(task, model, tokenizer, out_dir, **opts)
-
-
 def check_shard_rows(task: Task, opts: dict[str, Any]) -> None:
     """shard=K/N with more shards than the task has test rows (after `limit`): one line, before the model."""
-    if task.kind == "mmlu":
-        from emotune.eval.icl.mmlu import evaluated_questions
-
-        n_rows = sum(len(items) for items in evaluated_questions(task, opts["data_dir"], opts["limit"]).values())
-    else:
-        n_rows = len(load_split(task, task.test_split, opts["data_dir"])[: opts["limit"]])
+    n_rows = count_rows(task, opts["data_dir"], opts["limit"])
     k, n = parse_shard(opts["shard"])
     shard_range(n_rows, k, n, f"{task.source}: shard")
 
@@ -90,7 +65,7 @@ def _arguments(argv: list[str]):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--suite", help="a suite of the shipped configs/eval/suites.yaml: " + suites_help())
+    group.add_argument("--suite", help="a suite file, or a suite of the shipped configs/eval/suites.yaml: " + suites_help())
     group.add_argument("--tasks", help="comma-separated task names or task YAML files")
     ap.add_argument("--out", required=True, help="output folder (predictions JSONL + summary.json)")
     ap.add_argument("--evaluator", choices=EVALUATORS, help="emotune (default: the paper's protocol) or lm_eval "
@@ -114,27 +89,22 @@ def _arguments(argv: list[str]):
 
 
 def _evaluator(args) -> str:
-    """--evaluator, else the one the --suite declares (configs/eval/suites.yaml), else ours."""
+    """--evaluator, else the one the --suite declares (emotune.tasks.suites), else ours."""
     if args.evaluator:
         return args.evaluator
-    return suite_evaluator(shipped_suite_entry(args.suite), f"suite {args.suite}") if args.suite else "emotune"
+    return find_suite(args.suite).evaluator if args.suite else "emotune"
 
 
 def _harness_specs(args, files: list[str]) -> list[str]:
     """Harness task names / task file paths: the harness suite's, then --tasks, then the task files."""
-    specs = []
-    if args.suite:
-        entry = shipped_suite_entry(args.suite)
-        if suite_evaluator(entry, f"suite {args.suite}") != HARNESS:
-            raise EmotuneError(f"suite {args.suite!r} is not a harness suite (its evaluator is ours); "
-                               "give harness tasks with --tasks")
-        specs += [t.spec for t in harness_suite(entry, f"suite {args.suite}", base=CONFIG_DIR)]
+    specs = [t.spec for t in harness_members(find_suite(args.suite))] if args.suite else []
     return specs + [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
 
 
 def _tasks(args, files: list[str]) -> list[Task]:
     names = [t.strip() for t in (args.tasks or "").split(",") if t.strip()] + files
-    tasks = (load_suite(args.suite) if args.suite else []) + [load_task(t) for t in names]
+    suite = [m.task for m in suite_members(find_suite(args.suite))] if args.suite else []
+    tasks = suite + [load_task(t) for t in names]
     if not tasks:
         raise EmotuneError("no task given: use --suite NAME, --tasks a,b or a task YAML file")
     names = [t.name for t in tasks]
@@ -200,8 +170,9 @@ def main(argv: list[str], recorder: Recorder | None = None) -> int:
     if offline:
         print(f"[eval] {offline}", flush=True)
     if _evaluator(args) == HARNESS:
-        from emotune.eval.harness import run_harness
+        from emotune.eval.kinds import load_entry
 
+        run_harness = load_entry(KINDS[HARNESS].evaluator, "--evaluator lm_eval")
         rc = run_harness(args.model, _harness_specs(args, files), Path(args.out),
                          [a for a in args.overrides if a not in files], args.suite or "custom")
         if rc == 0 and (Path(args.out) / "summary.json").is_file():
@@ -282,12 +253,15 @@ def _recorded(where: tuple[Path, Path] | None) -> None:
 
 
 def averages(results: dict[str, TaskResult]) -> dict[str, float]:
-    """Mean accuracy over the ICL tasks, and over every task that reports one."""
+    """Mean accuracy over the tasks of each kind that names an average (ICL), and over every task that
+    reports one."""
     out = {}
-    icl = [r.metrics["accuracy"] for r in results.values() if r.kind == "icl" and "accuracy" in r.metrics]
+    for kind in KINDS.values():
+        if kind.average:
+            of_kind = [r.metrics["accuracy"] for r in results.values() if r.kind == kind.name and "accuracy" in r.metrics]
+            if of_kind:
+                out[kind.average] = sum(of_kind) / len(of_kind)
     every = [r.metrics["accuracy"] for r in results.values() if "accuracy" in r.metrics]
-    if icl:
-        out["icl_mean_accuracy"] = sum(icl) / len(icl)
     if every:
         out["mean_accuracy"] = sum(every) / len(every)
     return out

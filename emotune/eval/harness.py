@@ -33,8 +33,8 @@ from pydantic import Field, ValidationError
 
 from emotune.errors import EmotuneError, one_line
 from emotune.eval.options import DTYPE_NAMES, Flag, Positive, _Options
-from emotune.harness_tasks import INSTALL_HINT, HarnessTask, harness_task, lm_eval_version
 from emotune.plumbing import argument_line, key_values
+from emotune.tasks.harness import INSTALL_HINT, HarnessTask, harness_task, lm_eval_version
 
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
 
@@ -111,7 +111,7 @@ def _folder_names(folders: list[Path]) -> tuple[set[str], dict[str, tuple[Path, 
     file, the names it lists), read with yaml's safe loader (their `!function` as text)."""
     import yaml
 
-    from emotune.harness_tasks import _HarnessYamlLoader
+    from emotune.tasks.harness import _HarnessYamlLoader
 
     defined: set[str] = set()
     groups: dict[str, tuple[Path, list[str]]] = {}
@@ -227,7 +227,7 @@ def _plan(t: HarnessTask, manager) -> Planned:
         plan = Planned(t, "task", loaded["tasks"][t.name], leaves)
     if not leaves:
         raise EmotuneError(f"{_source(t)}: harness {plan.kind} {t.name!r} holds no task to evaluate")
-    from emotune.tasks import NAME_RE
+    from emotune.tasks.task import NAME_RE
 
     bad = next((n for n in [*leaves, *plan.groups] if not NAME_RE.fullmatch(n)), None)
     if bad is not None:

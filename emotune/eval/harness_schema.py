@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 from emotune import __version__
+from emotune.tasks.registry import KINDS
 
 RENAME = {"accuracy": "acc"}  # ours -> the harness's name for the same quantity
 LOWER_IS_BETTER = ("ppl", "ce", "nll", "loss", "perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
-OUTPUT_TYPE = {"icl": "multiple_choice", "mmlu": "multiple_choice", "generation": "generate_until",
-               "oracle": "loglikelihood_rolling"}
 
 
 def harness_name(name: str) -> str:
@@ -57,7 +56,8 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         settings = r.get("settings") or {}
         kind = r.get("kind", "")
-        names = {k: k if kind == "lm_eval" else harness_name(k) for k in metrics}
+        entry = KINDS.get(kind)
+        names = {k: k if entry and entry.harness_names else harness_name(k) for k in metrics}
         n = int(r.get("n_examples") or 0)
         # the harness's per-result keys (name, alias, sample_len = the documents evaluated), then its metrics
         out["results"][name] = {"name": name, "alias": name, "sample_len": n,
@@ -68,14 +68,12 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
         out["versions"][name] = settings.get("version") or f"emotune-{_protocol()}"
         shots = settings.get("n_shot", settings.get("ice_num", settings.get("shots", 0)))
         out["n-shot"][name] = int(shots) if isinstance(shots, int) else 0
-        out["configs"][name] = {"task": name, "output_type": OUTPUT_TYPE.get(kind, kind), "evaluator":
+        out["configs"][name] = {"task": name, "output_type": (entry and entry.output_type) or kind, "evaluator":
                                 settings.get("evaluator", "emotune"), "kind": kind,
                                 "task_file": settings.get("task_file"), "scoring": settings.get("scoring"),
                                 "metadata": {"version": out["versions"][name]}}
-        if kind == "mmlu":  # which of its numbers OpenCompass calls `mmlu` (per subject) and `mmlu-weighted`
-            from emotune.shards import OPENCOMPASS_NAMES
-
-            oc = settings.get("opencompass_names") or OPENCOMPASS_NAMES
+        if entry and entry.opencompass_names:  # which of its numbers OpenCompass calls `mmlu` (per subject), ...
+            oc = settings.get("opencompass_names") or entry.opencompass_names
             out["configs"][name]["opencompass_names"] = {k: f"{harness_name(v)},none" for k, v in oc.items()}
         out["higher_is_better"][name] = {names[k]: higher_is_better(names[k]) for k in metrics
                                          if not names[k].endswith("_stderr")}
@@ -87,6 +85,6 @@ def to_harness_results(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _protocol() -> int:
-    from emotune.tasks import PROTOCOL
+    from emotune.tasks.task import PROTOCOL
 
     return PROTOCOL

@@ -165,7 +165,7 @@ def token_nlls(scorer: Any, seqs: Sequence[Sequence[int]], batch_size: int = 8, 
     cross-entropy over the real positions only); an object with `next_token_logprobs` (an exact oracle)
     gives log-probs that are picked directly. `select` (sequence indices): run only the batches holding
     one of them — the very batches of the whole run, so their NLLs are bit for bit the same (a shard of
-    a task, emotune.shards); the other entries stay None."""
+    a task, emotune.tasks.shards); the other entries stay None."""
     out: list[np.ndarray | None] = [None] * len(seqs)
     batches = padded_batches(seqs, batch_size, longest_first)
     if progress:

@@ -30,10 +30,9 @@ from emotune.errors import EmotuneError
 from emotune.eval.calibration import calibration_metrics
 from emotune.eval.lm import next_token_logprobs, padded_batches
 from emotune.eval.summary import TaskResult
-from emotune.eval.task_files import OracleTaskFile
 from emotune.synthetic.language import SyntheticLanguage, load_demo_language
 from emotune.synthetic.oracle import ORACLE_EPS, TokenOracle, smoothed_oracle_log_prob
-from emotune.tasks import read_task_file
+from emotune.tasks.schema import OracleTaskFile, read_task_file
 
 
 @torch.no_grad()
@@ -244,7 +243,7 @@ def mauve_by_protocol(model, tokenizer, oracle: TokenOracle, documents: list[lis
 def run_oracle_task(task, model, tokenizer, out_dir, data_dir=None, limit=None, **options):
     """`kind: oracle` tasks: the Table 2 / Fig. 2 metrics against the synthetic language in `data_dir`,
     and MAUVE by the paper's protocol (mauve_by_protocol). The keys and their defaults:
-    emotune.eval.task_files.OracleTaskFile. Returns an emotune.eval.summary.TaskResult.
+    emotune.tasks.schema.OracleTaskFile. Returns an emotune.eval.summary.TaskResult.
     """
     start = time.time()
     spec = read_task_file(OracleTaskFile, getattr(task, "raw", task) or {}, getattr(task, "source", "<memory>"))

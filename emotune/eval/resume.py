@@ -3,7 +3,8 @@
 Every task result records a `resume_key` in its settings: what the numbers depend on — the model's
 weights (a fingerprint), the task definition (a hash of the task file's content, so edited templates
 count), the dtype the model ran in, and per kind the options that change results (scoring, encoder,
-round trip, ice_num, limit, ...). Options that change only speed (batch sizes, shared_prefix, device,
+round trip, ice_num, limit, ...: its registry entry's result_fields and result_options,
+emotune.tasks.registry). Options that change only speed (batch sizes, shared_prefix, device,
 progress, cache folders) are not part of it. Re-running into the same folder skips a task whose key is
 equal and refuses, in one line naming the first setting that differs, when it is not.
 """
@@ -17,16 +18,7 @@ from typing import Any
 
 from emotune.errors import EmotuneError
 from emotune.manifest import BadCheckpoint, file_entries, sha256_file
-
-# per task kind: the `emotune eval` options that change its results
-RESULT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "icl": ("scoring", "encoder", "roundtrip_tokenizer", "limit", "max_tokens", "data_dir", "shard"),
-    "mmlu": ("scoring", "limit", "max_tokens", "data_dir", "shard"),
-    "generation": ("runs", "seed", "limit", "lm_limit", "featurizer", "max_text_length", "pooling", "oracle",
-                   "reference", "ce_vocab_size", "metrics", "data_dir"),
-    "oracle": ("limit", "data_dir", "featurizer"),
-    "instruct": ("prompt", "decoding", "temperature", "max_new_tokens", "seed", "limit", "data_dir"),
-}
+from emotune.tasks.registry import kind_of
 
 
 def _digest(items: list[tuple[str, str]]) -> str:
@@ -100,14 +92,15 @@ def _normalise(key: str, value: Any) -> Any:
 
 def result_key(task, opts: dict[str, Any], model_fp: str, dtype: str) -> dict[str, Any]:
     """The settings a result of `task` depends on, as `emotune eval` will run it."""
+    entry = kind_of(task.kind, task.source)
     key: dict[str, Any] = {"model": model_fp, "dtype": dtype, "kind": task.kind}
-    if task.kind == "icl":
-        key["ice_num"] = task.ice_num
-    if task.kind in ("icl", "mmlu"):  # how a prompt past max_seq_len is fitted (the rule's version)
+    for name in entry.result_fields:
+        key[name] = getattr(task, name)
+    if entry.fits_prompts:  # how a prompt past max_seq_len is fitted (the rule's version)
         from emotune.eval.icl.fit import FIT_RULE
 
         key["prompt_fit"] = FIT_RULE
-    for name in RESULT_OPTIONS.get(task.kind, ()):
+    for name in entry.result_options:
         value = opts.get(name)
         if name == "scoring":
             value = value or task.options.get("scoring", "full")

@@ -1,7 +1,7 @@
 """Reading a task's data: hub datasets or local JSONL / JSON / CSV / parquet files, `datasets`-style split
 slices (`train[:30%]`), and the column / label checks run before any model is loaded.
 
-The task file grammar itself (what a task says) is emotune.tasks.
+The task file grammar itself (what a task says) is emotune.tasks.files.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError, one_line
-from emotune.eval.task_files import check_task_file
 from emotune.local_records import Wording, read_local_records
-from emotune.tasks import Task
+from emotune.tasks.files import check_task_file
+from emotune.tasks.task import Task
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -125,15 +125,25 @@ def check_columns(task: Task, rows: list[dict], split: str, columns: list[str]) 
 
 
 def check_task_data(task: Task, data_dir: str | Path | None = None) -> None:
-    """Read an ICL task's splits and check every row (columns, labels) before any model is loaded, so bad
-    data is one line in a second rather than after loading a 13B model. Other kinds: their task file's keys
-    (emotune.eval.task_files); their data is read by their own runner."""
+    """Check a task's file against its kind's schema (emotune.tasks.schema) and, where its kind says how
+    (an ICL task: check_icl_data), its data, before any model is loaded, so bad data is one line in a second
+    rather than after loading a 13B model. Other kinds' data is read by their own runner."""
+    from emotune.eval.kinds import check_data
+
     check_task_file(task)
-    if task.kind != "icl":
-        return
+    check_data(task, data_dir)
+
+
+def check_icl_data(task: Task, data_dir: str | Path | None = None) -> None:
+    """Read an ICL task's splits and check every row (columns, labels)."""
     needed = [*task.input_columns, task.label_column]
     for key, spec in (("index_split", task.index_split), ("test_split", task.test_split)):
         rows = load_split(task, spec, data_dir, key=key)
         check_columns(task, rows, spec, needed)
         for i, row in enumerate(rows):
             task.label_key(row[task.label_column], f"split {spec!r} row {i + 1}")
+
+
+def count_test_rows(task: Task, data_dir: str | Path | None = None, limit: int | None = None) -> int:
+    """The test rows a task evaluates (after `limit`): what `shard=K/N` splits."""
+    return len(load_split(task, task.test_split, data_dir)[:limit])

@@ -1,4 +1,4 @@
-"""`emotune demo`: the embedded default job, `emotune pipeline configs/pipeline/demo.yaml`.
+"""`emotune demo`: the embedded default job, `emotune pipeline configs/pipelines/demo.yaml`.
 
 Offline on a CPU: a synthetic language with a known distribution, a tiny LLaMA pre-trained with MLE,
 continual fine-tuning with MLE and EMO (DeepSpeed ZeRO-3, 2 ranks, 3 seeds), evaluation of every
@@ -11,7 +11,7 @@ from __future__ import annotations
 from emotune.errors import ArgumentParser
 from emotune.objectives import describe
 
-DEMO_CONFIG = "configs/pipeline/demo.yaml"  # shipped (emotune/configs); a ./configs/pipeline/demo.yaml of yours wins
+DEMO_CONFIG = "configs/pipelines/demo.yaml"  # shipped (emotune/configs); a ./configs/pipelines/demo.yaml of yours wins
 
 
 def main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@
                                                    # [deepspeed, --num_gpus, 8, --module, emotune.train.recipe]
     run_dir: runs/pipeline-tiny                    # the training output_dir (overrides the train config's)
     eval:
-      suite: configs/pipeline/tiny_suite.yaml      # suite name or suite file
+      suite: configs/eval/suites/tiny_suite.yaml      # suite name or suite file
       runner: local                                # local | slurm
       devices: null                                # local: "4,5,6,7" = one eval job per GPU beside training
       jobs: 1                                      # local without devices: evaluations at once
@@ -230,8 +230,8 @@ def scheduler_settings(ev: EvalPart) -> SchedulerSettings:
 
 def keys_help() -> str:
     """What a pipeline config accepts (every key, sections with theirs) and the shipped ones, for --help."""
-    from emotune.harness_tasks import suites_help
-    from emotune.resources import names, resolve
+    from emotune.resources import names
+    from emotune.tasks.suites import suites_help
 
     parts = []
     for name, field in PipelineConfig.model_fields.items():
@@ -239,10 +239,10 @@ def keys_help() -> str:
                     if isinstance(t, type) and issubclass(t, BaseModel)), None)
         index = ".N" if getattr(field.annotation, "__origin__", None) is list else ""  # runs.1.train.config=...
         parts.append(f"{name}{index}.{{{', '.join(sub.model_fields)}}}" if sub else name)
-    shipped = [n for n in names("pipeline") if "eval:" in resolve(f"configs/pipeline/{n}.yaml").read_text()]  # not suites
+    shipped = names("pipeline")
     return (f"config keys (YAML, or key=value overrides, dotted for sections): {'; '.join(parts)}\n\n"
             f"{OVERRIDE_LISTS_HELP}\n\neval.suite: a suite file of yours (a YAML list of tasks) or a shipped suite: "
-            f"{suites_help()}\n\nshipped configs (configs/pipeline/NAME.yaml): {', '.join(shipped)}")
+            f"{suites_help()}\n\nshipped configs (configs/pipelines/NAME.yaml): {', '.join(shipped)}")
 
 
 def help_epilog() -> str:
@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
     ap = ArgumentParser(prog="emotune pipeline", description="Train, evaluate each checkpoint as it "
                         "lands, and write the report — one command.", formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog=help_epilog())
-    ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipeline/tiny.yaml")
+    ap.add_argument("config", help="pipeline config (YAML), e.g. configs/pipelines/tiny.yaml")
     ap.add_argument("overrides", nargs="*", help="key=value overrides (run_dir=..., eval.jobs=2, ...; lists: below)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)

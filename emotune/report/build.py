@@ -29,7 +29,6 @@ from typing import Callable
 
 from emotune.atomic import write_bytes
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.harness_tasks import shipped_suites
 from emotune.report import demo
 from emotune.report.data import (
     METRICS,
@@ -53,9 +52,10 @@ from emotune.report.tables import (
     sample_counts,
     steps_table_html,
 )
+from emotune.tasks.suites import shipped_suites
 
 ACCURACIES = ("accuracy", "acc", "accuracy_macro", "exact_match")
-# OpenCompass reports MMLU twice (emotune.shards.OPENCOMPASS_NAMES); the paper table shows `accuracy`
+# OpenCompass reports MMLU twice (emotune.tasks.metrics.OPENCOMPASS_NAMES); the paper table shows `accuracy`
 MMLU_NOTE = ("MMLU: accuracy over all questions, OpenCompass' `mmlu-weighted`; OpenCompass' headline `mmlu` "
              "(the mean over subjects) is `accuracy_macro`, in the pooled table and `emotune results`.")
 

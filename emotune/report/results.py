@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.harness_tasks import shipped_suites
 from emotune.scheduling.discovery import read_best
 from emotune.scheduling.store import Row, Store, default_store_path
+from emotune.tasks.suites import shipped_suites
 
 MAIN_METRICS = ("accuracy", "acc", "mauve", "accuracy_macro", "exact_match")
 

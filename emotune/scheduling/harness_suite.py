@@ -16,32 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-import yaml
-
-from emotune.errors import EmotuneError, yaml_error
-from emotune.harness_tasks import (
-    HARNESS,
-    INSTALL_HINT,
-    check_schedulable,
-    harness_suite,
-    lm_eval_version,
-    shipped_suite_entry,
-    suite_evaluator,
-)
-
-
-def _suite_file_entry(name: str) -> tuple[object, Path] | None:
-    from emotune.resources import resolve as resolve_file
-
-    path = resolve_file(name)
-    if path.suffix not in (".yaml", ".yml") or not path.is_file():
-        return None
-    try:
-        return yaml.safe_load(path.read_bytes().decode("utf-8")), path
-    except UnicodeDecodeError:
-        raise EmotuneError(f"{path}: not a text file (invalid UTF-8); a suite file is YAML") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err) from None
+from emotune.tasks.harness import INSTALL_HINT, check_schedulable, lm_eval_version
+from emotune.tasks.suites import SuiteSource, harness_members
 
 
 def _members_text(task) -> list[str]:
@@ -52,20 +28,11 @@ def _members_text(task) -> list[str]:
     return [f"{p.name}\0{p.read_bytes().decode('utf-8', 'replace')}" for p in sorted(Path(task.spec).parent.glob("*.yaml"))]
 
 
-def resolve_harness_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()):
-    """(suite name, version, task specs, task names) of a harness suite, or None for one of ours."""
-    found = _suite_file_entry(name)
-    if found is not None:
-        entry, path = found
-        source, base, suite_name = str(path), path.parent, path.stem
-    else:
-        from emotune.tasks import CONFIG_DIR
-
-        entry, source, base, suite_name = shipped_suite_entry(name), f"suite {name}", CONFIG_DIR, name
-    if suite_evaluator(entry, source) != HARNESS:
-        return None
-    tasks = harness_suite(entry, source, base)
-    check_schedulable(tasks, source)
+def resolve_harness_suite(suite: SuiteSource, eval_args: list[str] | tuple[str, ...] = ()):
+    """(suite name, version, task specs, task names) of a harness suite (emotune.tasks.suites.find_suite)."""
+    tasks = harness_members(suite)
+    check_schedulable(tasks, suite.source)
+    suite_name = suite.name
     if lm_eval_version() is None:  # the jobs may still have it (a SLURM --setup line activating another venv)
         logging.getLogger("emotune.scheduling").warning(
             "suite %s is run by lm-evaluation-harness, which is not installed here: %s", suite_name, INSTALL_HINT)

@@ -9,7 +9,7 @@ One pass (`tick`) does, in order:
    dependants of a failed training job;
 3. claim runnable rows (pending, or running under an expired lease) up to the runner's free slots and
    launch a job for each (emotune.scheduling.runners);
-4. merge every sharded task whose last shard has finished (emotune.shards), under a lease of its own so
+4. merge every sharded task whose last shard has finished (emotune.tasks.shards), under a lease of its own so
    that exactly one scheduler merges it.
 
 `emotune watch` repeats passes: `--once` (one pass, then wait for the local jobs it started: cron,
@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from emotune.atomic import read_user_yaml
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.harness_tasks import HARNESS, suites_help
 from emotune.scheduling.discovery import Checkpoint, Discovery, read_run_config
 from emotune.scheduling.harness_suite import harness_eval_command, resolve_harness_suite
 from emotune.scheduling.runners.base import (
@@ -51,7 +49,9 @@ from emotune.scheduling.runners.base import (
 from emotune.scheduling.runners.slurm import SLURM_ALIVE, slurm_job_state
 from emotune.scheduling.settings import SchedulerSettings, add_scheduler_args, build_runner
 from emotune.scheduling.store import TERMINAL, Store, default_store_path
-from emotune.shards import check_shardable, check_shards, merge_shards
+from emotune.tasks.harness import HARNESS
+from emotune.tasks.shards import merge_shards
+from emotune.tasks.suites import find_suite, suite_members, suites_help
 
 log = logging.getLogger("emotune.scheduling.scheduler")
 
@@ -68,69 +68,20 @@ class Suite:
     evaluator: str = "emotune"  # or "lm_eval": lm-evaluation-harness (emotune.scheduling.harness_suite)
 
 
-def _suite_entries(path: Path, members) -> tuple[list, int | None]:
-    """A suite file's entries (a task name / file, or {task: ..., shards: N}) and its suite-wide `shards`."""
-    default = None
-    if isinstance(members, dict) and "tasks" in members:
-        unknown = sorted(set(members) - {"tasks", "shards"})
-        if unknown:
-            raise EmotuneError(f"{path}: unknown key {unknown[0]!r} (a suite file has 'tasks' and 'shards')")
-        if "shards" in members:
-            default = check_shards(members["shards"], str(path))
-        members = members["tasks"]
-    if not isinstance(members, list) or not members:
-        raise EmotuneError(f"{path}: a suite file must be a non-empty list of task names or task file paths")
-    entries = []
-    for m in members:
-        if isinstance(m, dict):
-            if "task" not in m or set(m) - {"task", "shards"}:
-                raise EmotuneError(f"{path}: entry {m!r}: expected a task name or {{task: NAME, shards: N}}")
-            entries.append((str(m["task"]), check_shards(m.get("shards", 1), f"{path}: task {m['task']}")
-                            if "shards" in m else None))
-        else:
-            entries.append((str(m), None))
-    return entries, default
-
-
-
 def resolve_suite(name: str, eval_args: list[str] | tuple[str, ...] = ()) -> Suite:
-    """A suite of configs/eval/suites.yaml, or a YAML file listing task names / task file paths."""
-    from emotune.resources import resolve as resolve_file
-    from emotune.tasks import PROTOCOL, load_suite, load_task
+    """A suite file or a shipped suite (emotune.tasks.suites), with the version its results are stored under."""
+    from emotune.tasks.task import PROTOCOL
 
-    harness = resolve_harness_suite(name, eval_args)  # {evaluator: lm_eval, tasks: [...]}
-    if harness is not None:
-        return Suite(*harness, evaluator=HARNESS)
-    path = resolve_file(name)  # a suite file of the user's, else a shipped one (configs/pipeline/...)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        members = read_user_yaml(path, "suite file")
-        entries, default = _suite_entries(path, members)
-        specs = []
-        for m, _ in entries:
-            p = Path(m)
-            if not p.is_absolute() and (path.parent / p).is_file():
-                p = path.parent / p
-            specs.append(str(p.resolve()) if p.suffix in (".yaml", ".yml") else m)
-        tasks = [load_task(s) for s in specs]
-        # the most specific wins: the suite entry, the suite file's `shards`, the task file's, else 1
-        shards = [n if n is not None else default if default is not None else t.shards
-                  for (_, n), t in zip(entries, tasks)]
-        suite_name = path.stem
-    else:
-        tasks = load_suite(name)
-        specs = [t.name for t in tasks]
-        shards = [t.shards for t in tasks]
-        suite_name = name
-    for t, n in zip(tasks, shards):
-        check_shardable(t.kind, n, f"suite {name}: task {t.name}")
+    found = find_suite(name)
+    if found.evaluator == HARNESS:  # {evaluator: lm_eval, tasks: [...]}
+        return Suite(*resolve_harness_suite(found, eval_args), evaluator=HARNESS)
+    members = suite_members(found)
     # What the scores depend on: the task definitions, the evaluator's extra settings (not paths/commands)
     # and its scoring protocol (a changed default is a new suite version).
-    digest = hashlib.sha256(json.dumps({"tasks": [t.definition for t in tasks], "eval_args": list(eval_args), "protocol": PROTOCOL},
-                                       sort_keys=True, default=str).encode()).hexdigest()[:12]
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise EmotuneError(f"suite {name}: a task name appears twice ({names})")
-    return Suite(suite_name, digest, tuple(specs), tuple(names), tuple(shards))
+    digest = hashlib.sha256(json.dumps({"tasks": [m.task.definition for m in members], "eval_args": list(eval_args),
+                                        "protocol": PROTOCOL}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Suite(found.name, digest, tuple(m.spec for m in members), tuple(m.task.name for m in members),
+                 tuple(m.shards for m in members))
 
 
 # ---------------------------------------------------------------------------------------------- scheduler

@@ -1,7 +1,7 @@
 """The result store: one SQLite database (WAL) holding every evaluation job and its result.
 
 One row per (run, checkpoint step, checkpoint fingerprint, suite version, task, shard). A task split into
-N shards (emotune.shards) has N shard rows (shard 1..N, each one job) beside its task row (shard 0), which
+N shards (emotune.tasks.shards) has N shard rows (shard 1..N, each one job) beside its task row (shard 0), which
 is never claimed as a job: when its last shard finishes, a scheduler claims it with `claim_merges` (the
 same lease protocol, so exactly one merges), merges the shards' records and finishes it. Readers that
 want results (`rows()` by default: `emotune results`, the report) see only task rows. A row's status:

@@ -23,8 +23,7 @@ import numpy as np
 
 from emotune.errors import EmotuneError
 from emotune.synthetic.language import SyntheticLanguage
-
-ORACLE_EPS = 1e-6
+from emotune.tasks.schema import ORACLE_EPS  # the smoothing's default, the `kind: oracle` task file's too
 
 
 class TokenOracle:

@@ -1,4 +1,4 @@
-"""A reduced `make demo` (configs/pipeline/demo.yaml): the whole pipeline offline, EMO against MLE.
+"""A reduced `make demo` (configs/pipelines/demo.yaml): the whole pipeline offline, EMO against MLE.
 
 Less data, one seed, fewer evaluation examples; everything else (synthetic language, sentencepiece
 tokenizer, MLE pre-training, ZeRO-3 fine-tuning on 2 ranks, ICL + oracle evaluation of every

@@ -1,4 +1,4 @@
-"""`emotune pipeline configs/pipeline/distill.yaml`, the shipped distillation demo, end to end at a fraction of its
+"""`emotune pipeline configs/pipelines/distill.yaml`, the shipped distillation demo, end to end at a fraction of its
 size: the synthetic language and its tokenizer, the MLE teacher, a KD student and a dense-target EMO student
 distilled from it (the teacher frozen in the students' ZeRO-3 step, its tokenizer checked against theirs, its LM
 head EMO's cost), the oracle evaluation of all three and the report. Only sizes are overridden: less data, a few
@@ -36,7 +36,7 @@ OVERRIDES = [
 def test_distill_pipeline_end_to_end(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", EMOTUNE_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipeline/distill.yaml",
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipelines/distill.yaml",
                           *OVERRIDES], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     runs = tmp_path / "runs" / "distill"

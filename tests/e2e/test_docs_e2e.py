@@ -14,7 +14,7 @@ from test_docs import E2E, classify
 # What each command must have left behind, beyond exit status 0.
 LEFT_BEHIND = {
     "emotune train configs/train/tiny-cpu.yaml": ["runs/tiny-cpu/checkpoint-20/COMPLETE"],
-    "emotune pipeline configs/pipeline/tiny-instruct.yaml": [
+    "emotune pipeline configs/pipelines/tiny-instruct.yaml": [
         "runs/tiny-instruct/emo/checkpoint-20/COMPLETE", "runs/tiny-instruct/mle/checkpoint-20/COMPLETE"],
 }
 

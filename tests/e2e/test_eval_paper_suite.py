@@ -11,7 +11,7 @@ import sys
 import pytest
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
-from emotune.tasks import load_suite
+from emotune.tasks.suites import load_suite
 
 
 def emotune(*args, cwd=None):

@@ -158,7 +158,7 @@ def test_few_shot_three_choices_and_the_full_rule_against_the_harness(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from emotune.eval.icl.classification import run_icl_task
-    from emotune.tasks import task_from_dict
+    from emotune.tasks.files import task_from_dict
 
     choices = ["positive.", "negative and boring.", "about money and markets."]
     shots, test = tmp_path / "shots.jsonl", tmp_path / "test.jsonl"

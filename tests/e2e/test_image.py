@@ -82,7 +82,7 @@ def test_train_two_ranks_and_eval_in_the_container(image, tmp_path):
     assert {p.stat().st_uid for p in ckpt.rglob("*")} == {UID}
 
     start = time.monotonic()
-    ev = podman_run(*common, "eval", "--model", "/runs/tiny/checkpoint-2", "--tasks", "configs/pipeline/tiny_topic.yaml",
+    ev = podman_run(*common, "eval", "--model", "/runs/tiny/checkpoint-2", "--tasks", "configs/eval/tasks/tiny_topic.yaml",
                     "--out", "/runs/eval", "progress=false")
     eval_s = time.monotonic() - start
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]

@@ -11,7 +11,7 @@ import yaml
 from installed_venv import install_wheel
 from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
 
-from emotune.tasks import load_suite
+from emotune.tasks.suites import load_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def test_the_wheel_is_what_runs_and_ships_its_files(installed):
     assert where.returncode == 0, where.stderr
     module, shipped = where.stdout.split()
     assert module.startswith(str(installed.purelib)) and shipped.startswith(str(installed.purelib))
-    for rel in ("py.typed", "configs/eval/suites.yaml", "configs/deepspeed/zero3-bf16.json", "configs/pipeline/demo.yaml",
+    for rel in ("py.typed", "configs/eval/suites.yaml", "configs/deepspeed/zero3-bf16.json", "configs/pipelines/demo.yaml",
                 "configs/train/tiny-cpu.yaml", "configs/train/data/tiny_corpus.txt", "configs/eval/tasks/mmlu.yaml"):
         assert (installed.purelib / "emotune" / rel).is_file(), rel
     assert not any(installed.purelib.glob("__editable__*emotune*"))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e  # the slurm_cluster fixture skips (laptop) or fail
 def test_sbatch_training_then_afterok_eval(slurm_cluster, tmp_path):  # noqa: F811
     run, slurm_dir, eval_dir = tmp_path / "run", tmp_path / "slurm", tmp_path / "eval"
     env = dict(slurm_cluster.env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    eval_cmd = (f"emotune eval --model {run}/checkpoint-4 --tasks configs/pipeline/tiny_topic.yaml --out {eval_dir} "
+    eval_cmd = (f"emotune eval --model {run}/checkpoint-4 --tasks configs/eval/tasks/tiny_topic.yaml --out {eval_dir} "
                 "progress=false")
     gen = subprocess.run([sys.executable, "-m", "emotune", "launch", "configs/train/tiny-cpu.yaml", "max_steps=4",
                           "save_steps=4", f"output_dir={run}", "--procs-per-node", "2", "--gpus-per-node", "0",

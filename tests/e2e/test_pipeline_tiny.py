@@ -1,4 +1,4 @@
-"""`emotune pipeline configs/pipeline/tiny.yaml` end to end on the CPU: DeepSpeed ZeRO-3 training of a tiny
+"""`emotune pipeline configs/pipelines/tiny.yaml` end to end on the CPU: DeepSpeed ZeRO-3 training of a tiny
 LLaMA with EMO, the scheduler beside it evaluating each checkpoint with the real `emotune eval`, the report."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     run = tmp_path / "run"
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "EMOTUNE_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipeline/tiny.yaml",
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipelines/tiny.yaml",
                           f"run_dir={run}", "eval.poll=1",
                           "train.overrides=[max_steps=6, save_steps=3, resume=null, data.max_eval_samples=8, "
                           "logging_steps=1, disable_tqdm=true]"],

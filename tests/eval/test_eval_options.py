@@ -1,4 +1,4 @@
-"""The evaluator's one config grammar (emotune/eval/options.py, task_files.py, tasks.IclTaskFile) and its one
+"""The evaluator's one config grammar (emotune/eval/options.py, emotune/tasks/schema.py) and its one
 LM plumbing (emotune/eval/lm.py)."""
 
 import numpy as np
@@ -10,7 +10,7 @@ from emotune.errors import EmotuneError
 from emotune.eval import lm
 from emotune.eval.icl import mmlu
 from emotune.eval.options import EvalOptions, generation_options, parse_overrides
-from emotune.tasks import load_task, task_from_dict
+from emotune.tasks.files import load_task, task_from_dict
 
 
 def test_help_lists_every_option_with_its_meaning(capsys):

@@ -14,7 +14,7 @@ from test_eval_fixtures import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_token
 
 from emotune.cli import main as emotune
 from emotune.eval.summary import read_summary
-from emotune.shards import merge_shards, shard_dir, shard_range
+from emotune.tasks.shards import merge_shards, shard_dir, shard_range
 
 TEST = [f"{t} {w}" for w in ("today", "again", "now") for t in TEST_TEXTS] + ["who won the match ?"]  # 19 rows
 

@@ -125,7 +125,7 @@ def test_the_registry_is_indexed_only_for_names_the_folders_do_not_define(tmp_pa
     nothing defines is refused naming the group file (an unrelated broken group in the folder is not)."""
     from emotune.errors import EmotuneError
     from emotune.eval.harness import check_registry_names
-    from emotune.harness_tasks import harness_task
+    from emotune.tasks.harness import harness_task
 
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"task": "tiny_t", "dataset_path": "json", "tag": "tiny_tags"}))
     (tmp_path / "own.yaml").write_text(yaml.safe_dump({"group": "tiny_own", "task": ["tiny_t"]}))

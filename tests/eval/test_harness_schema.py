@@ -67,7 +67,7 @@ def test_harness_metric_names():
 def test_harness_suites_for_the_scheduler(tmp_path, monkeypatch):
     from emotune.errors import EmotuneError
     from emotune.scheduling.scheduler import resolve_suite
-    from emotune.tasks import load_suite
+    from emotune.tasks.suites import load_suite
 
     task = tmp_path / "h.yaml"
     task.write_text("task: tiny_mc\ndataset_path: json\nprocess_docs: !function utils.process\n")
@@ -92,8 +92,8 @@ def test_harness_suites_hold_only_what_the_harness_reports_a_result_under(tmp_pa
     that aggregates (mmlu) or a group file that does is one; a tag (ai2_arc) or a group without an
     aggregate is refused when the suite is read, in one line, not after every checkpoint's evaluation."""
     from emotune.errors import EmotuneError
-    from emotune.harness_tasks import registry_kinds
     from emotune.scheduling.scheduler import resolve_suite
+    from emotune.tasks.harness import registry_kinds
 
     assert registry_kinds(["arc_easy", "ai2_arc", "mmlu", "mmlu_anatomy"]) == {
         "arc_easy": ("task", True), "ai2_arc": ("tag", False), "mmlu": ("group", True), "mmlu_anatomy": ("task", True)}

@@ -237,7 +237,7 @@ def test_checkpoint_corrupted_after_queueing_is_never_evaluated(tmp_path):
 
 def test_suite_version_follows_the_evaluator_protocol(monkeypatch):
     """Results stored under an older scoring protocol (another default) are not current for the scheduler."""
-    import emotune.tasks as tasks
+    import emotune.tasks.task as tasks
     from emotune.scheduling.scheduler import resolve_suite
 
     now = resolve_suite("icl").version

@@ -35,8 +35,7 @@ from emotune.errors import EmotuneError
 from emotune.eval.generation.sampling import generate_samples
 from emotune.eval.options import METRICS, generation_options  # noqa: F401 - METRICS: the metric names
 from emotune.eval.summary import TaskResult
-from emotune.eval.task_files import GenerationTaskFile
-from emotune.tasks import read_task_file
+from emotune.tasks.schema import GenerationTaskFile, read_task_file
 
 SUITE = ["generation-wikitext2", "generation-wikitext103", "generation-webtext", "generation-ptb",
          "generation-writingprompts", "generation-agnews"]
@@ -82,7 +81,7 @@ def spec_from_task(task: Any) -> GenerationSpec:
 
 def _as_task(task: Any):
     """A tasks.Task for the data loader (a plain dict is parsed with the task loader)."""
-    from emotune.tasks import Task, task_from_dict
+    from emotune.tasks.files import Task, task_from_dict
 
     if isinstance(task, Task):
         return task

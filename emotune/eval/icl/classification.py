@@ -23,8 +23,9 @@ from emotune.eval.icl.fit import fit_prompts, max_seq_len
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
-from emotune.shards import icl_metrics, parse_shard, row_counts, shard_range, shard_settings
-from emotune.tasks import Task
+from emotune.tasks.metrics import icl_metrics, row_counts
+from emotune.tasks.shards import parse_shard, shard_range, shard_settings
+from emotune.tasks.task import Task
 
 ICE_SEPARATOR = "\n"
 ICE_EOS = "\n"
@@ -100,8 +101,9 @@ def bayes_labels(task: Task, test_rows: list[dict]) -> list[Any] | None:
 def run_icl_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, retriever, data_dir=None,
                  scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                  limit: int | None = None, max_tokens: int | None = None, progress: bool = True,
-                 shard: str | None = None) -> TaskResult:
-    """`shard="K/N"`: only the K-th of N contiguous ranges of the test rows (emotune.shards). Demos are
+                 shard: str | None = None, **_: Any) -> TaskResult:
+    """The other `emotune eval` options are ignored (`**_`: the evaluator passes every one, each kind takes
+    its own). `shard="K/N"`: only the K-th of N contiguous ranges of the test rows (emotune.tasks.shards). Demos are
     still retrieved, prompts built and tokenised for every row, so that the scorer makes exactly the whole
     run's model calls for the shard's rows: its records are the whole run's, byte for byte."""
     start = time.time()

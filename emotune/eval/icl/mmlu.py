@@ -29,9 +29,10 @@ from emotune.eval.icl.fit import fit_prompts, max_seq_len
 from emotune.eval.icl.scorer import score_groups
 from emotune.eval.summary import TaskResult
 from emotune.eval.task_data import check_columns, load_split
-from emotune.eval.task_files import MmluPrompt, MmluTaskFile
-from emotune.shards import OPENCOMPASS_NAMES, mmlu_metrics, parse_shard, row_counts, shard_range, shard_settings
-from emotune.tasks import Task, read_task_file
+from emotune.tasks.metrics import OPENCOMPASS_NAMES, mmlu_metrics, row_counts
+from emotune.tasks.schema import MmluPrompt, MmluTaskFile, read_task_file
+from emotune.tasks.shards import parse_shard, shard_range, shard_settings
+from emotune.tasks.task import Task
 
 LETTERS = "ABCD"
 COLUMNS = ["subject", "question", "choices", "answer"]
@@ -52,7 +53,7 @@ def read_task(task: Task) -> MmluTaskFile:
 @lru_cache(maxsize=1)
 def shipped_prompt() -> MmluPrompt:
     """The prompt of the shipped mmlu.yaml: the one for task files that give none."""
-    from emotune.tasks import load_task
+    from emotune.tasks.files import load_task
 
     return MmluPrompt(**load_task("mmlu").raw["prompt"])
 
@@ -123,13 +124,18 @@ def evaluated_questions(task: Task, data_dir=None, limit: int | None = None) -> 
     return OrderedDict((s, items[:limit] if limit is not None else items) for s, items in tests.items())
 
 
+def count_questions(task: Task, data_dir=None, limit: int | None = None) -> int:
+    """The questions evaluated, over all subjects: the rows `shard=K/N` splits."""
+    return sum(len(items) for items in evaluated_questions(task, data_dir, limit).values())
+
+
 def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
                   scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                   limit: int | None = None, progress: bool = True, shard: str | None = None,
                   max_tokens: int | None = None, **_: Any) -> TaskResult:
     """`shard="K/N"`: only the K-th of N contiguous ranges of the questions in the order they are
     evaluated (subject by subject, after `limit`); a subject it touches is planned whole, so the scorer
-    makes exactly the whole run's model calls for its questions (emotune.shards).
+    makes exactly the whole run's model calls for its questions (emotune.tasks.shards).
 
     max_seq_len (OpenCompass' model-side `max_seq_len`) = `max_tokens` where given, else the model's
     position limit (its config's max_position_embeddings, as OpenCompass' HF model reads it); never more

@@ -92,7 +92,7 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
       level 1  the rest of each group's common prefix (demos and test input): one call per batch of groups
       level 2  the label suffixes, minus their first token (scored from level 1's last logits)
 
-    `select` (group indices; a shard of the task, emotune.shards): every group is still given, so that the
+    `select` (group indices; a shard of the task, emotune.tasks.shards): every group is still given, so that the
     plan — the level-0 prefix, the batches — is the whole run's, but only the model calls that involve a
     selected group run; their NLLs are thus bit for bit the whole run's. Other groups' entries stay None.
     """

@@ -24,7 +24,8 @@ from emotune.errors import EmotuneError
 from emotune.eval.instruct.outputs import align, read_outputs
 from emotune.eval.instruct.pairwise import check_judge, compare, load_judge, result_name, write_result
 from emotune.eval.instruct.stats import table
-from emotune.tasks import Task
+from emotune.tasks.registry import kind_of
+from emotune.tasks.task import Task
 
 
 @dataclass
@@ -93,7 +94,7 @@ def prepare_against(args, tasks: list[Task], opts: dict[str, Any]) -> Against:
         raise EmotuneError("--judge / --judge-format need --against OTHER (a checkpoint, an outputs JSON or "
                            "`reference`)")
     check_judge(args.judge, args.judge_format)
-    instruct = [t for t in tasks if t.kind == "instruct"]
+    instruct = [t for t in tasks if kind_of(t.kind, t.source).judged]
     if not instruct:
         raise EmotuneError("--against compares instruction-following responses: give an instruct task "
                            "(--suite instruct)")

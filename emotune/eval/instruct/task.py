@@ -28,10 +28,10 @@ from emotune.errors import EmotuneError
 from emotune.eval.generation.sampling import _eos_ids, row_seed, sample_batch
 from emotune.eval.instruct.outputs import write_outputs
 from emotune.eval.summary import TaskResult
-from emotune.eval.task_files import InstructTaskFile
 from emotune.plumbing import argument_line
 from emotune.prompts import alpaca_prompt
-from emotune.tasks import Task, read_task_file
+from emotune.tasks.schema import InstructTaskFile, read_task_file
+from emotune.tasks.task import Task
 
 
 class InstructOptions(BaseModel):

@@ -17,7 +17,7 @@ from typing import Protocol
 from emotune.errors import EmotuneError
 from emotune.sbatch import path_component
 from emotune.scheduling.store import Row
-from emotune.shards import shard_dir
+from emotune.tasks.shards import shard_dir
 
 DEFAULT_EVAL_COMMAND = "{python} -m emotune.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")

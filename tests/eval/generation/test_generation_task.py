@@ -21,7 +21,7 @@ from test_generation_fixtures import (
 from emotune.errors import EmotuneError
 from emotune.eval.generation.task import SUITE, GenerationSpec, run_generation_task, select_prefixes, spec_from_task
 from emotune.eval.summary import read_summary, write_summary
-from emotune.tasks import CONFIG_DIR, load_task
+from emotune.tasks.files import CONFIG_DIR, load_task
 
 # docs/generation-eval.md, *Task files*: dataset -> (text column, prefix words, generation length)
 PAPER = {"generation-wikitext2": ("text", 20, 80), "generation-wikitext103": ("text", 20, 80),

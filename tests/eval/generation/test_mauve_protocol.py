@@ -15,7 +15,7 @@ from test_generation_fixtures import MARKETS, SPORTS, build_llama, build_tokeniz
 from emotune.errors import EmotuneError
 from emotune.eval.generation import protocol
 from emotune.eval.generation.sampling import row_seed, sample_runs
-from emotune.eval.task_files import GenerationTaskFile, OracleTaskFile
+from emotune.tasks.schema import GenerationTaskFile, OracleTaskFile
 
 TASKS = Path(__file__).resolve().parents[3] / "emotune" / "configs" / "eval" / "tasks"
 EOS = 2

@@ -9,8 +9,8 @@ import pytest
 
 from emotune.errors import EmotuneError
 from emotune.eval.icl.classification import bayes_labels
-from emotune.shards import icl_metrics
-from emotune.tasks import task_from_dict
+from emotune.tasks.files import task_from_dict
+from emotune.tasks.metrics import icl_metrics
 
 TASK = {"name": "t", "kind": "icl", "input_columns": ["text"], "label_column": "label",
         "templates": {0: "<X> a", 1: "<X> b"}, "options": {"bayes_column": "bayes_label"}}

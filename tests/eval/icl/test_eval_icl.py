@@ -14,7 +14,7 @@ from emotune.errors import EmotuneError
 from emotune.eval.icl import mmlu
 from emotune.eval.icl.classification import build_ice, prepare, run_icl_task
 from emotune.eval.summary import read_summary
-from emotune.tasks import load_task, task_from_dict
+from emotune.tasks.files import load_task, task_from_dict
 
 
 class FixedRetriever:

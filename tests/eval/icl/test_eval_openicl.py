@@ -30,7 +30,7 @@ from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_family,
 from emotune.eval.icl.classification import openicl_ignore_id, prepare, run_icl_task, tokenize_groups  # noqa: E402
 from emotune.eval.icl.retriever import TopkRetriever, resolve_encoder  # noqa: E402
 from emotune.eval.icl.scorer import score_groups  # noqa: E402
-from emotune.tasks import task_from_dict  # noqa: E402
+from emotune.tasks.files import task_from_dict  # noqa: E402
 
 ICE_NUM = 8
 

@@ -11,8 +11,8 @@ import torch
 from test_eval_fixtures import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_gpt2_tokenizer, one_torch_thread, rows  # noqa: F401
 
 from emotune.eval.icl.classification import build_ice, run_icl_task
-from emotune.shards import merge_shards
-from emotune.tasks import task_from_dict
+from emotune.tasks.files import task_from_dict
+from emotune.tasks.shards import merge_shards
 
 ICE_NUM = 8
 LONG = " ".join(["the final match in extra time"] * 40)  # too long for the model even without demos
@@ -145,7 +145,7 @@ def test_the_fit_rule_is_in_the_resume_key(short_model):
     from emotune.eval.icl.fit import FIT_RULE
     from emotune.eval.options import parse_overrides
     from emotune.eval.resume import result_key
-    from emotune.tasks import load_task
+    from emotune.tasks.files import load_task
 
     opts = parse_overrides([])
     for task in (short_model[0], load_task("mmlu")):

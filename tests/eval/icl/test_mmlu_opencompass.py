@@ -13,7 +13,7 @@ from test_eval_fixtures import build_gpt2_tokenizer, one_torch_thread, write_jso
 
 from emotune.eval.icl import mmlu
 from emotune.eval.summary import TaskResult
-from emotune.tasks import load_task
+from emotune.tasks.files import load_task
 
 SUBJECT = "world_history"
 WORDS = "the treaty of the river valley was signed after a long war between the two old kingdoms".split()
@@ -86,7 +86,7 @@ def test_the_two_accuracies_carry_opencompass_names(long_prompts, tmp_path):
     from emotune.eval.harness_schema import to_harness_results
 
     records = [{"subject": s, "correct": c} for s, c in [("a", True), ("a", True), ("a", False), ("b", False)]]
-    from emotune.shards import mmlu_metrics
+    from emotune.tasks.metrics import mmlu_metrics
 
     metrics = mmlu_metrics(records)
     names = mmlu.OPENCOMPASS_NAMES

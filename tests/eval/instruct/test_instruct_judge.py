@@ -15,7 +15,7 @@ from emotune.eval.instruct.formats import FIRST, FORMATS
 from emotune.eval.instruct.outputs import read_outputs
 from emotune.eval.instruct.pairwise import compare
 from emotune.eval.instruct.task import decode_responses, render_prompt, run_instruct_task
-from emotune.tasks import task_from_dict
+from emotune.tasks.files import task_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ per shard and merges), torch-free so that both can use it without depending on e
   predictions file) and computes the task's metrics from them with the same functions the evaluator
   uses (`task_metrics`), so the merged numbers are exactly the unsharded ones.
 
-Only tasks whose metrics decompose over rows can be sharded (`SHARDABLE`: ICL classification, MMLU);
-MAUVE and the oracle metrics are computed over the whole sample set, so generation and oracle tasks refuse
-`shards > 1`.
+Only kinds whose metrics decompose over rows can be sharded (their registry entry's `row_metrics`:
+ICL classification, MMLU); MAUVE and the oracle metrics are computed over the whole sample set, so
+generation and oracle tasks refuse `shards > 1`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from emotune.errors import EmotuneError
-from emotune.stats import with_stderr
+from emotune.tasks.registry import KINDS, shardable_kinds
 
-SHARDABLE = ("icl", "mmlu")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -42,9 +41,9 @@ def check_shards(value: Any, where: str) -> int:
 
 
 def check_shardable(kind: str, shards: int, where: str) -> None:
-    if shards > 1 and kind not in SHARDABLE:
+    if shards > 1 and kind not in shardable_kinds():
         raise EmotuneError(f"{where}: key 'shards': a kind: {kind} task cannot be sharded (its metrics, e.g. "
-                           f"MAUVE, are computed over all samples at once); only {', '.join(SHARDABLE)} tasks can")
+                           f"MAUVE, are computed over all samples at once); only {', '.join(shardable_kinds())} tasks can")
 
 
 def parse_shard(value: Any, where: str = "shard") -> tuple[int, int]:
@@ -72,55 +71,6 @@ def shard_range(n_rows: int, k: int, n: int, where: str = "shard") -> range:
     return range((k - 1) * n_rows // n, k * n_rows // n)
 
 
-# ------------------------------------------------------------------------------------ metrics from records
-
-def icl_metrics(records: list[dict]) -> dict[str, float]:
-    """Accuracy; and where every record knows the Bayes-optimal prediction (a task with `options.bayes_column`,
-    emotune.eval.icl.classification), `bayes_accuracy`: that prediction's accuracy on the same rows."""
-    n = len(records)
-    metrics, counts = {"accuracy": sum(bool(r["correct"]) for r in records) / n if n else 0.0}, {"accuracy": n}
-    if n and all("bayes_correct" in r for r in records):
-        metrics["bayes_accuracy"] = sum(bool(r["bayes_correct"]) for r in records) / n
-        counts["bayes_accuracy"] = n
-    return with_stderr(metrics, counts)
-
-
-# OpenCompass' names for MMLU's two accuracies (its summarizer): `mmlu` is the mean over subjects (its
-# headline), `mmlu-weighted` the accuracy over all questions; ours are accuracy_macro and accuracy.
-OPENCOMPASS_NAMES = {"mmlu": "accuracy_macro", "mmlu-weighted": "accuracy"}
-
-
-def mmlu_metrics(records: list[dict]) -> dict[str, float]:
-    """Micro accuracy over questions, macro over subjects (in the order they first appear), per subject."""
-    per: dict[str, list[int]] = {}
-    for r in records:
-        c = per.setdefault(str(r["subject"]), [0, 0])
-        c[0] += bool(r["correct"])
-        c[1] += 1
-    total = sum(n for _, n in per.values())
-    metrics = {"accuracy": sum(c for c, _ in per.values()) / total,
-               "accuracy_macro": sum(c / n for c, n in per.values()) / len(per)}
-    metrics.update({f"subject/{s}": c / n for s, (c, n) in per.items()})
-    # the harness's stderr for every proportion (the macro mean is not one: it has none)
-    return with_stderr(metrics, {"accuracy": total, **{f"subject/{s}": n for s, (_, n) in per.items()}})
-
-
-def row_counts(records: list[dict]) -> dict[str, int]:
-    """How many rows of an ICL / MMLU task lost demos or tokens to the model's positions
-    (emotune.eval.icl.fit); a shard merge recomputes them over all shards' rows."""
-    return {"rows_demos_dropped": sum(r.get("demos_dropped", 0) > 0 for r in records),
-            "rows_truncated": sum(r.get("truncated_tokens", 0) > 0 for r in records)}
-
-
-def task_metrics(kind: str, records: list[dict]) -> dict[str, float]:
-    """A shardable task's metrics from its per-row records (the evaluator and the merge both use this)."""
-    if kind == "icl":
-        return icl_metrics(records)
-    if kind == "mmlu":
-        return mmlu_metrics(records)
-    raise EmotuneError(f"kind {kind!r} tasks cannot be merged from shards (only {', '.join(SHARDABLE)})")
-
-
 # ------------------------------------------------------------------------------------ merging
 
 def _shard_result(out: Path, task: str) -> dict:
@@ -137,11 +87,20 @@ def _shard_result(out: Path, task: str) -> dict:
             "emotune_version": summary.get("emotune_version")}
 
 
+def task_metrics(kind: str, records: list[dict]) -> dict[str, float]:
+    """A shardable task's metrics from its per-row records (the evaluator's own functions, by its kind)."""
+    entry = KINDS.get(kind)
+    if entry is None or entry.row_metrics is None:
+        raise EmotuneError(f"kind {kind!r} tasks cannot be merged from shards (only {', '.join(shardable_kinds())})")
+    return entry.row_metrics(records)
+
+
 def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Merge the outputs of a task's shards (in shard order) into `out_dir`: the predictions file (the
     shards' lines concatenated) and summary.json. Returns the task's result (metrics, n_examples,
     predictions path, seconds). Refuses shards whose rows are not exactly 0..R-1 in order."""
     from emotune.atomic import atomic_open, write_json
+    from emotune.tasks.metrics import row_counts
 
     results = [_shard_result(Path(d), task) for d in shard_dirs]
     kinds = {r.get("kind") for r in results}
@@ -187,7 +146,7 @@ def merge_shards(task: str, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
             f.write(line)
     settings = {k: v for k, v in (results[0].get("settings") or {}).items() if k not in ("shard", "shard_rows")}
     settings["merged_from_shards"] = len(results)
-    if kind in ("icl", "mmlu"):  # the rows max_seq_len touched, over all shards
+    if kind in KINDS and KINDS[kind].fits_prompts:  # the rows max_seq_len touched, over all shards
         settings.update(row_counts(records))
     merged = {"task": task, "kind": kind, "metrics": task_metrics(kind, records), "n_examples": len(records),
               "predictions": pred_name, "seconds": round(sum(float(r.get("seconds") or 0) for r in results), 3),

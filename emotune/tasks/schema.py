@@ -1,17 +1,50 @@
-"""The task files of the evaluator's own kinds, as pydantic models (extra keys forbidden, like the
-training config): `kind: mmlu`, `kind: generation` and `kind: oracle`. The common keys (name, kind,
-dataset, splits) and the `kind: icl` model are emotune.tasks. Torch-free: `emotune eval` checks every task
-file here before it loads a model; a problem is one EmotuneError line naming the file and the dotted key.
+"""Every key a task file of each of our kinds may hold, as pydantic models (extra keys forbidden, like the
+training config): one model per kind, named by its registry entry (emotune.tasks.registry). What the keys
+must say together (an ICL task's placeholders and templates) is emotune.tasks.icl. Torch-free:
+`emotune eval` checks every task file here before any model is loaded (emotune.tasks.files.check_task_file);
+a problem is one EmotuneError line naming the file and the dotted key.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from emotune.synthetic.oracle import ORACLE_EPS
-from emotune.tasks import read_task_file
+from emotune.errors import EmotuneError
+from emotune.plumbing import task_file_line
+from emotune.tasks.task import ICE_TOKEN
+
+# the synthetic language oracle's smoothing, the `kind: oracle` default (emotune.synthetic.oracle uses this one)
+ORACLE_EPS = 1e-6
+
+
+def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
+    """`raw` (a task file's mapping) validated by `model`; EmotuneError naming the key otherwise."""
+    try:
+        return model(**raw)
+    except ValidationError as err:
+        raise EmotuneError(task_file_line(err, source)) from None
+
+
+class IclTaskFile(BaseModel):
+    """Every key a `kind: icl` task file may hold, with its type; what the keys must say together
+    (placeholders, ice token, templates) is checked by emotune.tasks.icl (read_icl, check_templates)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | int
+    kind: Literal["icl"]
+    dataset: dict[str, Any] | None = None  # path / name / revision (hub) or data_files (local)
+    index_split: str = "train"  # the retrieval index (demos)
+    test_split: str = "test"
+    input_columns: list[Any] | dict[str, Any] | str | None = None  # column(s) -> placeholder
+    column_token_map: dict[str, Any] | None = None  # OpenICL's name for input_columns
+    label_column: str | int = "label"
+    templates: dict[Any, Any]  # label -> template, in template order
+    ice_num: Annotated[int, Field(strict=True, ge=0)] = 8
+    ice_token: Any = ICE_TOKEN
+    options: dict[str, Any] | None = None  # per-task protocol settings (scoring)
+    shards: Any = 1  # checked by emotune.tasks.shards.check_shards
 
 
 class MmluPrompt(BaseModel):
@@ -39,7 +72,7 @@ class MmluTaskFile(BaseModel):
     subjects: Literal["all"] | list[str] = "all"
     prompt: MmluPrompt | None = None  # default: the shipped mmlu.yaml's
     options: dict[str, Any] | None = None
-    shards: Any = 1  # the scheduler's jobs per checkpoint (emotune.tasks checks it)
+    shards: Any = 1  # the scheduler's jobs per checkpoint (emotune.tasks.shards checks it)
 
 
 class PrefixFilter(BaseModel):
@@ -54,7 +87,7 @@ class PrefixFilter(BaseModel):
 
 
 class GenerationTaskFile(BaseModel):
-    """Every key a `kind: generation` task file may hold (dataset and options are read by emotune.tasks and
+    """Every key a `kind: generation` task file may hold (dataset and options are read by emotune.tasks.files and
     emotune.eval.options)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -119,14 +152,3 @@ class InstructTaskFile(BaseModel):
     generator_column: str | None = "generator"  # who wrote the reference
     dataset_column: str | None = "dataset"  # the source subset of each instruction (AlpacaEval's `dataset`)
     options: dict[str, Any] | None = None  # decoding defaults (emotune.eval.instruct.task.InstructOptions)
-
-
-MODELS: dict[str, type[BaseModel]] = {"mmlu": MmluTaskFile, "generation": GenerationTaskFile, "oracle": OracleTaskFile,
-                                      "instruct": InstructTaskFile}
-
-
-def check_task_file(task) -> None:
-    """Validate a task of one of these kinds (other kinds: nothing to do here)."""
-    model = MODELS.get(task.kind)
-    if model is not None:
-        read_task_file(model, task.raw, task.source)

@@ -2,7 +2,7 @@
 
 A suite run by the harness instead of our evaluator says so:
 
-    # configs/eval/suites.yaml, or a suite file of your own
+    # configs/eval/suites.yaml, or a suite file of your own (emotune.tasks.suites reads both)
     harness: {evaluator: lm_eval, tasks: [arc_easy, hellaswag, my_task.yaml]}
 
 Its members are harness task names (the harness's registry: `hellaswag`, `arc_easy`, ...) or harness task
@@ -20,15 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from emotune.atomic import decode_utf8, read_user_yaml
 from emotune.errors import EmotuneError
+from emotune.tasks.task import NAME_RE, check_name
 
 HARNESS = "lm_eval"  # the `evaluator:` of a harness suite
-EVALUATORS = ("emotune", HARNESS)
 INSTALL_HINT = "pip install 'emotune[harness]'"
 
 
@@ -68,11 +67,7 @@ def read_harness_task_file(path: str | Path) -> HarnessTask:
         raise EmotuneError(f"{path}: missing key {key!r} (the harness {key}'s name)")
     if key == "group" and not cfg.get("task"):
         raise EmotuneError(f"{path}: key 'task' (the group's tasks) is missing or empty")
-    from emotune.tasks import NAME_RE
-
-    if not NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise EmotuneError(f"{path}: key {key!r} must be letters, digits, '.', '_' or '-' (it becomes a "
-                           f"directory and job name; got {name!r})")
+    check_name(name, str(path), key)
     return HarnessTask(name, str(path.resolve()), text, key == "group", bool(cfg.get("aggregate_metric_list")))
 
 
@@ -83,8 +78,6 @@ def harness_task(spec: str, base: Path | None = None) -> HarnessTask:
         if not p.is_absolute() and base is not None and (base / p).is_file():
             p = base / p
         return read_harness_task_file(p)
-    from emotune.tasks import NAME_RE
-
     if not NAME_RE.fullmatch(spec):
         raise EmotuneError(f"harness task {spec!r}: not a task name (letters, digits, '.', '_', '-') or a .yaml file")
     return HarnessTask(spec, spec)
@@ -151,16 +144,6 @@ def check_schedulable(tasks: list[HarnessTask], source: str) -> None:
                                "instead (`emotune eval --evaluator lm_eval --tasks` expands it)")
 
 
-def suite_evaluator(entry: Any, source: str) -> str:
-    """Which evaluator a suite entry (a list of tasks, or a mapping with `tasks` [+ `evaluator`]) asks for."""
-    if not isinstance(entry, dict):
-        return "emotune"
-    evaluator = entry.get("evaluator", "emotune")
-    if evaluator not in EVALUATORS:
-        raise EmotuneError(f"{source}: key 'evaluator' must be one of {', '.join(EVALUATORS)} (got {evaluator!r})")
-    return evaluator
-
-
 def harness_suite(entry: dict, source: str, base: Path | None = None) -> list[HarnessTask]:
     """The members of a harness suite entry, each read (task files) and with distinct names."""
     members = entry.get("tasks")
@@ -172,41 +155,6 @@ def harness_suite(entry: dict, source: str, base: Path | None = None) -> list[Ha
     if dup:
         raise EmotuneError(f"{source}: harness task {dup!r} appears twice (its results would overwrite each other)")
     return tasks
-
-
-def shipped_suite_entry(name: str) -> Any | None:
-    """The entry of `name` in the shipped configs/eval/suites.yaml (None when there is none)."""
-    from emotune.tasks import CONFIG_DIR
-
-    path = CONFIG_DIR / "suites.yaml"
-    try:
-        suites = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None  # load_suite reports it
-    return suites.get(name) if isinstance(suites, dict) else None
-
-
-def shipped_suites() -> list[str]:
-    """Every suite name in the shipped configs/eval/suites.yaml, in its order (for --help)."""
-    from emotune.tasks import CONFIG_DIR
-
-    try:
-        suites = yaml.safe_load((CONFIG_DIR / "suites.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    return [str(name) for name in suites] if isinstance(suites, dict) else []
-
-
-def suites_help() -> str:
-    """`icl (7 tasks), mmlu (1 task), ..., harness (lm_eval: 6 tasks)`: the shipped suites, for --suite's help."""
-    out = []
-    for name in shipped_suites():
-        entry = shipped_suite_entry(name)
-        tasks = entry.get("tasks", []) if isinstance(entry, dict) else entry if isinstance(entry, list) else []
-        harness = isinstance(entry, dict) and entry.get("evaluator") == HARNESS
-        n = f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}"
-        out.append(f"{name} ({'lm_eval: ' if harness else ''}{n})")
-    return ", ".join(out)
 
 
 def lm_eval_version() -> str | None:

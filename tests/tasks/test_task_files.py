@@ -9,7 +9,8 @@ import pytest
 
 from emotune.errors import EmotuneError
 from emotune.eval.task_data import apply_slice, load_split, parse_split
-from emotune.tasks import CONFIG_DIR, load_suite, load_task, load_task_file, task_from_dict
+from emotune.tasks.files import CONFIG_DIR, load_task, load_task_file, task_from_dict
+from emotune.tasks.suites import load_suite
 
 PAPER = {  # docs/evaluation.md, paper's tasks: hub id, config, label column, first template, number of labels
     "tweet_eval": ("tweet_eval", "emotion", "label", "<X> It is anger.", 4),
