@@ -146,3 +146,24 @@ def test_suites_load_from_the_shipped_tasks(tmp_path, monkeypatch, suite, count)
     monkeypatch.chdir(tmp_path)
     tasks = load_suite(suite)
     assert len(tasks) == count and all(Path(t.source).is_relative_to(shipped_root()) for t in tasks)
+
+
+def test_the_demo_reads_a_users_own_override_at_the_old_place_for_one_release(tmp_path, monkeypatch, capsys):
+    import emotune.launch.demo as demo
+    import emotune.launch.pipeline as pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["run_dir=x"]) == 0 and seen[-1] == ["configs/pipelines/demo.yaml", "run_dir=x"]
+    assert capsys.readouterr().err == ""
+    old = tmp_path / "configs" / "pipeline" / "demo.yaml"
+    old.parent.mkdir(parents=True)
+    old.write_text("run_dir: mine\n")
+    assert demo.main([]) == 0 and seen[-1] == ["configs/pipeline/demo.yaml"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "configs/pipelines/demo.yaml" in err[0]
+    new = tmp_path / "configs" / "pipelines" / "demo.yaml"
+    new.parent.mkdir(parents=True)
+    new.write_text("run_dir: newer\n")
+    assert demo.main([]) == 0 and seen[-1] == ["configs/pipelines/demo.yaml"]

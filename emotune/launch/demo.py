@@ -8,10 +8,14 @@ directory you like (its runs/ folder receives the output); extra arguments are p
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from emotune.errors import ArgumentParser
 from emotune.objectives import describe
 
 DEMO_CONFIG = "configs/pipelines/demo.yaml"  # shipped (emotune/configs); a ./configs/pipelines/demo.yaml of yours wins
+OLD_DEMO_CONFIG = "configs/pipeline/demo.yaml"  # TODO(next release): remove; where a user's own override lived before
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +27,16 @@ def main(argv: list[str]) -> int:
         return 0
     from emotune.launch.pipeline import main as pipeline_main
 
-    return pipeline_main([DEMO_CONFIG, *argv])
+    return pipeline_main([demo_config(), *argv])
+
+
+def demo_config() -> str:
+    """The demo's pipeline config: the user's own override at the old place still wins for one release."""
+    if Path(OLD_DEMO_CONFIG).is_file() and not Path(DEMO_CONFIG).exists():
+        print(f"emotune: {OLD_DEMO_CONFIG} has moved to {DEMO_CONFIG}; the old path works until the next release",
+              file=sys.stderr, flush=True)
+        return OLD_DEMO_CONFIG
+    return DEMO_CONFIG
 
 
 def list_losses(argv: list[str]) -> int:
