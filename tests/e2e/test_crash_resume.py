@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ MODULE = ["--module", "emotune", "train"]  # the launcher forms users type first
 SCRIPT = [shutil.which("emotune") or str(Path(sys.executable).parent / "emotune"), "train"]
 
 
-def launch(cfg_path: Path, crash: str | None = None, form: list[str] = RECIPE) -> subprocess.CompletedProcess:
+def start(cfg_path: Path, crash: str | None = None, form: list[str] = RECIPE) -> tuple:
+    """Start a 2-rank launch; its output goes to a file (a pipe nobody reads while it runs beside another could fill)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("EMOTUNE_CRASH_AT", None)
@@ -49,16 +51,29 @@ def launch(cfg_path: Path, crash: str | None = None, form: list[str] = RECIPE) -
         env["EMOTUNE_CRASH_AT"] = crash
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            *form, str(cfg_path)]
-    start = time.time()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return p, log, f"{crash or 'to the end'} ({' '.join(form)})", time.time()
+
+
+def finish(launched: tuple) -> subprocess.CompletedProcess:
+    p, log, what, start_time = launched
     try:
-        out, _ = p.communicate(timeout=400)
-        print(f"launch {crash or 'to the end'} ({' '.join(form)}): exit {p.returncode}, {time.time() - start:.1f} s")
+        p.wait(timeout=400)
+        print(f"launch {what}: exit {p.returncode}, {time.time() - start_time:.1f} s")
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        pytest.fail(f"launch {crash} hung:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(cmd, p.returncode, out, "")
+        p.wait()
+        log.seek(0)
+        pytest.fail(f"launch {what} hung:\n{log.read()[-3000:]}")
+    log.seek(0)
+    out = log.read()
+    log.close()
+    return subprocess.CompletedProcess(p.args, p.returncode, out, "")
+
+
+def launch(cfg_path: Path, crash: str | None = None, form: list[str] = RECIPE) -> subprocess.CompletedProcess:
+    return finish(start(cfg_path, crash, form))
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -74,8 +89,7 @@ def test_kill_at_six_moments_of_the_save_and_resume(tmp_path):
         cfgs[name].write_text(yaml.safe_dump(run_config(setup, tmp_path / name, **common)))
     ref, out = tmp_path / "ref", tmp_path / "crashed"
 
-    r = launch(cfgs["ref"], form=SCRIPT)
-    assert r.returncode == 0 and "unknown command" not in r.stdout, r.stdout[-4000:]
+    reference = start(cfgs["ref"], form=SCRIPT)  # independent of the killed runs: it runs beside the first of them
 
     # (point, what must be on disk right after the kill)
     moments = [
@@ -90,11 +104,14 @@ def test_kill_at_six_moments_of_the_save_and_resume(tmp_path):
         ("deepspeed_save:6:0", lambda: (out / "resume/step-6").is_dir() and not (out / "resume/step-6/RESUMABLE").exists()),
     ]
     logs = []
-    for crash, on_disk in moments:
+    for i, (crash, on_disk) in enumerate(moments):
         r = launch(cfgs["crashed"], crash)
         logs.append(r.stdout)
         assert r.returncode != 0, f"{crash}: the run was not killed\n{r.stdout[-3000:]}"
         assert on_disk(), f"{crash}: not killed where expected\n{r.stdout[-3000:]}"
+        if i == 0:
+            r = finish(reference)
+            assert r.returncode == 0 and "unknown command" not in r.stdout, r.stdout[-4000:]
     r = launch(cfgs["crashed"], form=MODULE)
     logs.append(r.stdout)
     assert r.returncode == 0 and "unknown command" not in r.stdout, r.stdout[-4000:]

@@ -23,6 +23,7 @@ def test_reduced_demo_end_to_end(installed):
         "runs.0.train.overrides=[num_train_epochs=2]",
         "runs.1.matrix.seed=[0]",
         "eval.eval_args=[data_dir=runs/demo/data, limit=24, progress=false]",
+        "eval.poll=0.5",  # the next evaluation starts sooner (the shipped 2 s suits minutes-long jobs)
     ]
     res = emotune("emotune", "demo", *overrides, timeout=900)  # the shipped config, an empty working directory
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
