@@ -50,8 +50,8 @@ def install_wheel(root: Path):
     env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMOTUNE_CACHE=str(root / "cache"))
 
-    def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    def run(*args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), cwd=cwd or work, env=env, capture_output=True, text=True, timeout=timeout)
 
     run.venv, run.work, run.root, run.purelib = venv, work, root, Path(purelib)
     return run
