@@ -1,5 +1,5 @@
 import sys
 
-from emotune.launch.cli import main
+from emotune.cli import main
 
 sys.exit(main())

@@ -37,8 +37,8 @@ def parse_only(argv: list[str]) -> tuple[int, str, argparse.Namespace | None]:
     stops each command right after the parse. Returns (exit status, stderr, the parsed namespace or None):
     status 0 with a namespace when the arguments parse, 2 with the command's one-line error otherwise.
     """
+    from emotune import cli
     from emotune.errors import ArgumentParser
-    from emotune.launch import cli
 
     def stop(orig):
         def parse(self, *args, **kwargs):
@@ -198,7 +198,7 @@ def check_emotune(argv: list[str], sandbox: Path, env: dict) -> str | None:
         command = [a for a in argv if not a.startswith("--local_rank")][0] if argv else ""
         if command == "launch" and "--dry-run" not in argv:
             out, errs = io.StringIO(), io.StringIO()
-            from emotune.launch import cli
+            from emotune import cli
 
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(errs):
                 rc = cli.main([*argv, "--dry-run"])

@@ -1,4 +1,4 @@
-"""emotune as users get it: a wheel built once per test session from a copy of the source in a temp dir, installed (not editable)
+"""emotune as users get it: a wheel built from a copy of the source in a temp dir, installed (not editable)
 into a fresh venv, commands run from an empty directory with no source tree anywhere on the path.
 
 The venv reuses this test venv's third-party packages through a .pth file (no downloads, nothing
@@ -7,46 +7,29 @@ installed twice); emotune itself comes only from the wheel.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import site
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-_WHEELS: list[Path] = []  # the wheel this test session built (once: every test that installs it shares the file)
-
-
-def build_wheel() -> Path:
-    """The wheel of this source tree, built once per test session from a copy of the source in a temp dir."""
-    if not _WHEELS:
-        clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LOCAL_RANK")}
-        root = Path(tempfile.mkdtemp(prefix="emotune-wheel-"))
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
-        src = root / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(REPO / name, src / name)
-        shutil.copytree(REPO / "emotune", src / "emotune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                                "-q", "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300,
-                               env=clean)
-        assert build.returncode == 0, build.stderr[-3000:]
-        _WHEELS.append(next((root / "dist").glob("emotune-*.whl")))
-    return _WHEELS[0]
-
-
 def install_wheel(root: Path):
-    """Install the session's wheel (build_wheel) into a fresh venv under `root`; returns `run(*argv)` executing in
-    `root/empty` with the venv first on PATH."""
+    """Build + install the wheel under `root`; returns `run(*argv)` executing in `root/empty` with the venv first on PATH."""
     root = Path(root)
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LOCAL_RANK")}
-    wheel = build_wheel()
+    src = root / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "emotune", src / "emotune", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300, env=clean)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = next((root / "dist").glob("emotune-*.whl"))
 
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -67,8 +50,8 @@ def install_wheel(root: Path):
     env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", EMOTUNE_CACHE=str(root / "cache"))
 
-    def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+    def run(*args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), cwd=cwd or work, env=env, capture_output=True, text=True, timeout=timeout)
 
     run.venv, run.work, run.root, run.purelib = venv, work, root, Path(purelib)
     return run

@@ -19,7 +19,7 @@ def cli(argv: list[str]) -> int:
     import logging
     import os
 
-    from emotune.launch.cli import main
+    from emotune.cli import main
 
     env, handlers, level = dict(os.environ), logging.root.handlers[:], logging.root.level
     try:

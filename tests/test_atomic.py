@@ -83,7 +83,7 @@ _ALLOWED = {
     ("emotune/scheduling/runners/job.py", 'open(log_path, "ab")'),  # a child process's stdout/stderr stream (a log, not a record)
     ("emotune/scheduling/runners/local.py", '"ab")'),
     ("emotune/scheduling/pairwise.py", 'open(out / "judge.log", "ab")'),  # the judge process's stdout/stderr stream
-    ("emotune/scheduling/results.py", "json.dump([dict(r.to_dict()"),  # to stdout
+    ("emotune/report/results.py", "json.dump([dict(r.to_dict()"),  # to stdout
 }
 
 

@@ -3,7 +3,7 @@
 Each case builds one bad input (a config, an override, a data file, a DeepSpeed JSON, a task file, a
 checkpoint, a result store, a CLI argument) next to the outputs of a good run (a tiny model, a run
 directory with a checkpoint, a training log and a result store, an evaluation folder with its summary)
-and runs the command in-process through `emotune.launch.cli.main`. Every case must give exit status 2,
+and runs the command in-process through `emotune.cli.main`. Every case must give exit status 2,
 exactly one line on stderr (`emotune CMD: error: ...`) naming the file / key / line at fault, no
 traceback, and leave every earlier output byte-identical. A few cases run through the real entry point
 (`python -m emotune`) as subprocesses, to prove the same holds there.
@@ -31,8 +31,8 @@ import yaml
 from scheduling_helpers import write_checkpoint
 from train_builders import REPO, alpaca_rows, make_tiny_llama, make_wordpiece_tokenizer, run_config, write_corpus
 
+from emotune.cli import main as cli_main
 from emotune.eval.summary import TaskResult, write_summary
-from emotune.launch.cli import main as cli_main
 from emotune.resources import shipped
 from emotune.scheduling.store import Store
 
@@ -1130,7 +1130,7 @@ def test_unknown_hub_id_fails_fast_without_offline_flag(world, command, capfd, m
 
 def test_a_damaged_training_log_is_skipped_line_by_line(tmp_path):
     """The log may be being written (a torn last line) or damaged: its readable lines count, the rest is skipped."""
-    from emotune.scheduling.report_data import read_train_log
+    from emotune.report.data import read_train_log
 
     log = tmp_path / "train_log.jsonl"
     log.write_bytes(json.dumps({"step": 1, "loss": 2.0}).encode() + b"\n" + BINARY + b"\n" + b'{"step": 2, "lo')

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from emotune.launch.cli import main as emotune
+from emotune.cli import main as emotune
 from emotune.tasks.suites import shipped_suites
 
 

@@ -9,7 +9,7 @@ import pytest
 from eval_builders import build_llama, build_tokenizer  # noqa: F401
 
 from emotune import hub
-from emotune.launch.cli import main as emotune
+from emotune.cli import main as emotune
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port on loopback: nothing listens
 

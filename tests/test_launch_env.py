@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from emotune.cli import main as emotune
 from emotune.errors import EmotuneError
 from emotune.launch import launch_cli
-from emotune.launch.cli import main as emotune
 from emotune.launch.launcher import PROBE_MODULE, LaunchPlan, build_command, scheduler_node_rank
 
 CFG = "configs/train/tiny-cpu.yaml"

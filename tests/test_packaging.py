@@ -121,7 +121,7 @@ def test_the_commands_take_the_old_paths_for_one_release(tmp_path, monkeypatch, 
     """`emotune eval` given an old task file path, `emotune pipeline` an old pipeline whose suite is named by its
     old path: each reads the file from its new place, with one notice line per old path."""
     from emotune import resources
-    from emotune.launch.cli import main as emotune
+    from emotune.cli import main as emotune
     from emotune.launch.pipeline import load_pipeline_config
     from emotune.scheduling.scheduler import resolve_suite
 

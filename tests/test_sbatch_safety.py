@@ -50,7 +50,7 @@ def exec_argv(script: str) -> list[str]:
 
 
 def test_eval_script_of_a_normal_row(tmp_path):
-    runner = SlurmRunner("/s.sqlite", "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out}",
+    runner = SlurmRunner("/s.sqlite", "{python} -m emotune.cli eval --model {model} --tasks {task} --out {out}",
                          60.0, tmp_path, sbatch_args=["--gres=gpu:1", "-p gpu"], setup=["module load cuda"])
     script = runner.script(row(), "tok")
     assert "#SBATCH --job-name=emotune-eval-30-sst2" in script and "#SBATCH --gres=gpu:1" in script

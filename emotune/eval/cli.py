@@ -163,58 +163,82 @@ def main(argv: list[str], recorder: Recorder | None = None) -> int:
         return int(exit_.code or 0)
     recorder = recorder or Recorder()
     recorder.check(args.model, Path(args.out), args.store)
-    record = recorder.record
     from emotune.hub import offline_if_unreachable
 
     offline = offline_if_unreachable()  # before any dataset / model / featuriser load: no minute of retries
     if offline:
         print(f"[eval] {offline}", flush=True)
     if _evaluator(args) == HARNESS:
-        from emotune.eval.kinds import load_entry
-
-        run_harness = load_entry(KINDS[HARNESS].evaluator, "--evaluator lm_eval")
-        rc = run_harness(args.model, _harness_specs(args, files), Path(args.out),
-                         [a for a in args.overrides if a not in files], args.suite or "custom")
-        if rc == 0 and (Path(args.out) / "summary.json").is_file():
-            _recorded(record(Path(args.out) / "summary.json", args.store, None))
-        return rc
+        return _run_harness(args, files, recorder.record)
     opts = parse_overrides([a for a in args.overrides if a not in files])
-    from emotune.eval.lm import load_causal_lm, resolve_device, resolve_dtype  # torch: after the argument checks
+    from emotune.eval.lm import load_causal_lm, resolve_device  # torch: after the argument checks
 
-    opts["device"] = device = resolve_device(opts["device"])  # an unavailable device fails before any work
-    tasks = _tasks(args, files)
-    if opts["shard"] is not None:
-        for task in tasks:  # MAUVE and the oracle metrics are over all samples: not split into shards
-            check_shardable(task.kind, parse_shard(opts["shard"])[1], f"{task.source}: shard={opts['shard']}")
-    suite = args.suite or "custom"
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
-    summary_path = out_dir / "summary.json"
-    from emotune.hub import resolve
-
-    resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
-    model_fp = model_fingerprint(args.model)
-    dtype = str(resolve_dtype(str(opts["dtype"]), device)).replace("torch.", "")
-    keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
-    done = _reusable(summary_path, args.model, model_fp, keys) if summary_path.exists() and opts["resume"] else {}
-
-    results = dict(done)
-    todo = [t for t in tasks if t.name not in done]
-    for task in tasks:
-        if task.name in done:
-            print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
-    for task in todo:  # every task's file and data: bad input fails here, before the model is loaded
-        check_task_data(task, opts["data_dir"])
-        if opts["shard"] is not None:
-            check_shard_rows(task, opts)
+    opts["device"] = resolve_device(opts["device"])  # an unavailable device fails before any work
+    tasks, keys, done = _plan(args, files, opts)
     against = None
     if args.against or args.judge or args.judge_format:
         from emotune.eval.instruct.against import prepare_against
 
         against = prepare_against(args, tasks, opts)
+    todo = [t for t in tasks if t.name not in done]
+    model = tokenizer = None
     if todo:
-        model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], device, opts["trust_remote_code"])
+        model, tokenizer = load_causal_lm(args.model, "--model", opts["dtype"], opts["device"],
+                                          opts["trust_remote_code"])
+    results = _run_tasks(args, todo, done, keys, opts, model, tokenizer, recorder.record)
+    if against is not None:
+        del model  # the other side's checkpoint and the judge come next
+        against.run(Path(args.out), results)
+    return 0
+
+
+def _run_harness(args: argparse.Namespace, files: list[str], record) -> int:
+    from emotune.eval.kinds import load_entry
+
+    run_harness = load_entry(KINDS[HARNESS].evaluator, "--evaluator lm_eval")
+    rc = run_harness(args.model, _harness_specs(args, files), Path(args.out),
+                     [a for a in args.overrides if a not in files], args.suite or "custom")
+    if rc == 0 and (Path(args.out) / "summary.json").is_file():
+        _recorded(record(Path(args.out) / "summary.json", args.store, None))
+    return rc
+
+
+def _plan(args: argparse.Namespace, files: list[str], opts: dict[str, Any]) -> tuple[list, dict, dict]:
+    """The tasks, their resume keys and the results reusable from an earlier run; every bad input (task file,
+    data, shard, output folder, model files) fails here, before the model is loaded."""
+    from emotune.eval.lm import resolve_dtype
+    from emotune.hub import resolve
+
+    tasks = _tasks(args, files)
+    if opts["shard"] is not None:
+        for task in tasks:  # MAUVE and the oracle metrics are over all samples: not split into shards
+            check_shardable(task.kind, parse_shard(opts["shard"])[1], f"{task.source}: shard={opts['shard']}")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EmotuneError(f"--out {out_dir}: exists and is not a folder")
+    summary_path = out_dir / "summary.json"
+    resolve(args.model, "--model", need_tokenizer=True, need_weights=True)  # the model's files, before any work
+    model_fp = model_fingerprint(args.model)
+    dtype = str(resolve_dtype(str(opts["dtype"]), opts["device"])).replace("torch.", "")
+    keys = {t.name: result_key(t, opts, model_fp, dtype) for t in tasks}
+    done = _reusable(summary_path, args.model, model_fp, keys) if summary_path.exists() and opts["resume"] else {}
+    for task in tasks:
+        if task.name in done:
+            print(f"[eval] {task.name}: already in {summary_path} with the same settings, skipped")
+    for task in tasks:
+        if task.name not in done:
+            check_task_data(task, opts["data_dir"])
+            if opts["shard"] is not None:
+                check_shard_rows(task, opts)
+    return tasks, keys, done
+
+
+def _run_tasks(args: argparse.Namespace, todo: list, done: dict, keys: dict, opts: dict[str, Any],
+               model, tokenizer, record) -> dict[str, TaskResult]:
+    """Run each task not reused, saving the summary and recording each as it finishes."""
+    out_dir, suite = Path(args.out), args.suite or "custom"
+    summary_path = out_dir / "summary.json"
+    results = dict(done)
     retriever = []
 
     def retriever_factory():
@@ -240,11 +264,7 @@ def main(argv: list[str], recorder: Recorder | None = None) -> int:
         print(f"[eval] {name}: {value:.4f}")
     print(f"[eval] summary: {path}")
     _recorded(record(path, args.store, list(results)))  # the reused tasks too (made before recording, maybe)
-    if against is not None:
-        if todo:
-            del model  # the other side's checkpoint and the judge come next
-        against.run(out_dir, results)
-    return 0
+    return results
 
 
 def _recorded(where: tuple[Path, Path] | None) -> None:

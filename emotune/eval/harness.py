@@ -32,7 +32,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from emotune.errors import EmotuneError, one_line
-from emotune.eval.options import DTYPE_NAMES, Flag, Positive, _Options, error_line, key_values
+from emotune.eval.options import DTYPE_NAMES, Flag, Positive, _Options
+from emotune.plumbing import argument_line, key_values
 from emotune.tasks.harness import INSTALL_HINT, HarnessTask, harness_task, lm_eval_version
 
 NonNegative = Annotated[int, Field(strict=True, ge=0)]
@@ -59,7 +60,7 @@ def parse_harness_options(items: list[str]) -> dict[str, Any]:
     try:
         opts = HarnessOptions(**values).model_dump()
     except ValidationError as err:
-        raise EmotuneError(error_line(err, values)) from None
+        raise EmotuneError(argument_line(err, values)) from None
     if str(opts["dtype"]) not in DTYPE_NAMES:
         raise EmotuneError(f"argument dtype={opts['dtype']!r}: must be one of {', '.join(DTYPE_NAMES)}")
     return opts

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from emotune.errors import EmotuneError
+from emotune.plumbing import argument_line, first_problem, key_values
 
 METRICS = ("mauve", "rouge", "ppl_test", "ppl_oracle", "ce")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
@@ -180,45 +180,13 @@ class GenerationOptions(_Options):
     trust_remote_code: bool = False
 
 
-def error_line(err: ValidationError, values: dict[str, Any], prefix: str = "argument", unknown: str = "") -> str:
-    """One line naming the key of the first problem: `argument batch_size=0: must be a positive integer`."""
-    first = err.errors()[0]
-    key = str(first["loc"][0]) if first["loc"] else "?"
-    if first["type"] == "extra_forbidden":
-        return f"{prefix} {key!r}: unknown key{unknown}"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("greater_than_equal", "int_type", "int_parsing") and key not in ("seed",):
-        msg = "must be a positive integer"
-    elif first["type"] in ("bool_type", "bool_parsing"):
-        msg = "must be true or false"
-    return f"{prefix} {key}={values.get(key)!r}: {msg}"
-
-
-def key_values(items: list[str], known, whose: str = "") -> dict[str, Any]:
-    """`key=value` arguments -> {key: value}, each value read as a YAML scalar (a string where it is not one);
-    a key not in `known` is one error line naming the argument (`whose`: which options, for the message)."""
-    keys = ", ".join(known)
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise EmotuneError(f"argument {item!r}: expected key=value (keys: {keys})")
-        if key not in known:
-            raise EmotuneError(f"argument {item!r}: unknown key {key!r}{whose} (keys: {keys})")
-        try:
-            values[key] = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError:
-            values[key] = value
-    return values
-
-
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`key=value` arguments (values read as YAML scalars) -> a validated EvalOptions, as a dict."""
     values = key_values(items, EvalOptions.model_fields)
     try:
         return EvalOptions(**values).model_dump()
     except ValidationError as err:
-        raise EmotuneError(error_line(err, values)) from None
+        raise EmotuneError(argument_line(err, values)) from None
 
 
 def generation_options(task_options: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
@@ -235,11 +203,11 @@ def generation_options(task_options: dict[str, Any], given: dict[str, Any], sour
     try:
         return GenerationOptions(**values).model_dump()
     except ValidationError as err:
-        first = err.errors()[0]
-        if first["type"] == "extra_forbidden":
-            key = first["loc"][0]
+        problem = first_problem(err)
+        if problem.type == "extra_forbidden":
+            key = problem.loc[0]
             raise EmotuneError(f"{source}: unknown generation option {key!r} (known: {', '.join(known)})") from None
-        raise EmotuneError(error_line(err, values, prefix="option")) from None
+        raise EmotuneError(argument_line(err, values, prefix="option")) from None
 
 
 # `emotune eval` passes every option to every task kind; these mean nothing to a generation task

@@ -6,13 +6,12 @@ The task file grammar itself (what a task says) is emotune.tasks.files.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from emotune.atomic import decode_utf8
 from emotune.errors import EmotuneError, one_line
+from emotune.local_records import Wording, read_local_records
 from emotune.tasks.files import check_task_file
 from emotune.tasks.task import Task
 
@@ -55,35 +54,20 @@ def _find_local(data_dir: Path, split: str) -> Path | None:
     return None
 
 
+# A task's data's words for bad records (emotune.local_records reads them)
+WORDING = Wording(line="{path}:{n}", record="{path}: record {n}", row="{path}: row {n}",
+                  bad_json="{at}: not valid JSON ({msg})", not_object="{at} is not a JSON object",
+                  not_object_line="{at}: each line must be a JSON object", bad_parquet="{path}: cannot read parquet ({problem})")
+
+
 def read_local(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a local JSONL (or JSON list), CSV or parquet file."""
     path = Path(path)
     if not path.exists():
         raise EmotuneError(f"{path}: data file not found")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        text = decode_utf8(path)
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                rows = list(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise EmotuneError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-            for n, row in enumerate(rows, 1):
-                if not isinstance(row, dict):
-                    raise EmotuneError(f"{path}: record {n} is not a JSON object")
-            return rows
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EmotuneError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise EmotuneError(f"{path}:{i}: each line must be a JSON object")
-            rows.append(row)
-        return rows
+    if suffix in (".jsonl", ".json", ".parquet"):
+        return [row for _, row in read_local_records(path, WORDING)]
     if suffix == ".csv":
         import pandas as pd
 
@@ -91,13 +75,6 @@ def read_local(path: str | Path) -> list[dict[str, Any]]:
             return pd.read_csv(path, keep_default_na=False).to_dict("records")
         except Exception as err:  # pandas raises many types for malformed files
             raise EmotuneError(f"{path}: cannot read CSV ({one_line(err)})") from None
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as err:
-            raise EmotuneError(f"{path}: cannot read parquet ({one_line(err)})") from None
     raise EmotuneError(f"{path}: unsupported data file type (use {', '.join(LOCAL_SUFFIXES)})")
 
 

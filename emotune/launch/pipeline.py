@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emotune.errors import ArgumentParser, EmotuneError
 from emotune.launch.pipeline_train import fill_run_refs, resolve_command, train_beside
+from emotune.plumbing import apply_overrides, config_line, parse_override
 from emotune.scheduling.pairwise import PairwisePart
 from emotune.scheduling.runners.base import DEFAULT_EVAL_COMMAND
 from emotune.scheduling.settings import SchedulerSettings
@@ -103,7 +104,7 @@ class ReportPart(_Strict):
     @field_validator("headline")
     @classmethod
     def _directed(cls, items):  # checked before training, not when the report is written after it
-        from emotune.scheduling.report_data import METRICS
+        from emotune.report.data import METRICS
 
         for item in items:
             if item.rpartition("/")[2] not in METRICS:
@@ -193,8 +194,6 @@ def merge_settings(current: list[str], new: Any, item: str) -> list[str]:
 
 def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
     """`key=value` overrides in order, as for training, except that a key=value list merges (OVERRIDE_LISTS)."""
-    from emotune.train.config import apply_overrides, parse_override
-
     for item in overrides:
         path, value = parse_override(item)
         if not _is_override_list(path):
@@ -218,12 +217,7 @@ def load_pipeline_config(path: str, overrides: list[str]) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        if first["type"] not in ("extra_forbidden", "missing", "value_error") and "input" in first:
-            msg += f" (got {first['input']!r})"
-        raise EmotuneError(f"{path}: {loc}: {msg}") from None
+        raise EmotuneError(config_line(err, path)) from None
 
 
 def scheduler_settings(ev: EvalPart) -> SchedulerSettings:
@@ -269,7 +263,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = load_pipeline_config(args.config, args.overrides)
 
-    from emotune.scheduling.report import ReportOptions, make_report
+    from emotune.report.build import ReportOptions, make_report
     from emotune.scheduling.scheduler import make_scheduler
     from emotune.train.config import load_config
 

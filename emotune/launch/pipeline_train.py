@@ -17,7 +17,7 @@ def resolve_command(command: list[str]) -> list[str]:
     """Launchers and `emotune` run with this interpreter, so an un-activated venv works the same. A
     single-node `deepspeed` launch without --master_port gets a free port: its default 29500 is taken by
     any other DeepSpeed job on the machine (a second pipeline, a test), and the launch would fail."""
-    head = {"emotune": ["-m", "emotune.launch.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
+    head = {"emotune": ["-m", "emotune.cli"], "deepspeed": ["-m", "deepspeed.launcher.runner"],
             "torchrun": ["-m", "torch.distributed.run"]}.get(command[0])
     rest = list(command[1:])
     multi_node = any(a.split("=")[0] in ("--hostfile", "-H", "--master_addr", "--num_nodes") for a in rest)

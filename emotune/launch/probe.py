@@ -19,8 +19,8 @@ from pathlib import Path
 
 from emotune.atomic import write_json
 from emotune.errors import EmotuneError, run_cli
-from emotune.launch.cli import take_local_rank
 from emotune.launch.launcher import SECRET
+from emotune.plumbing import take_local_rank
 
 SEEN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DEEPSPEED_TIMEOUT")
 

@@ -16,7 +16,7 @@ from typing import Any
 from emotune.errors import EmotuneError, one_line
 from emotune.scheduling.store import Store, fail_row, immediate_tx, lease_rows
 
-DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.launch.cli judge {a} {b} --judge {judge} --judge-format {format} "
+DEFAULT_JUDGE_COMMAND = ("{python} -m emotune.cli judge {a} {b} --judge {judge} --judge-format {format} "
                          "--out {out} progress=false")
 
 _SCHEMA = """

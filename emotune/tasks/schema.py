@@ -12,21 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from emotune.errors import EmotuneError
+from emotune.plumbing import task_file_line
 from emotune.tasks.task import ICE_TOKEN
 
 # the synthetic language oracle's smoothing, the `kind: oracle` default (emotune.synthetic.oracle uses this one)
 ORACLE_EPS = 1e-6
-
-
-def task_file_error(err: ValidationError, source: str) -> EmotuneError:
-    """A task file's first problem as one line naming the file and the dotted key."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-    if first["type"] in ("extra_forbidden", "missing"):
-        what = "unknown key" if first["type"] == "extra_forbidden" else "missing key"
-        return EmotuneError(f"{source}: {what} {key!r}")
-    return EmotuneError(f"{source}: key {key!r}: {first['msg'].removeprefix('Value error, ')} "
-                        f"(got {first.get('input')!r})")
 
 
 def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
@@ -34,7 +24,7 @@ def read_task_file(model: type[BaseModel], raw: dict[str, Any], source: str):
     try:
         return model(**raw)
     except ValidationError as err:
-        raise task_file_error(err, source) from None
+        raise EmotuneError(task_file_line(err, source)) from None
 
 
 class IclTaskFile(BaseModel):

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from emotune.errors import EmotuneError, one_line
+from emotune.local_records import MISSING, field_of
 from emotune.objectives.common import IGNORE_INDEX
-from emotune.train.records import MISSING, field_of
 
 log = logging.getLogger("emotune.data")
 

@@ -14,18 +14,17 @@ one EmotuneError naming the file and the dotted key.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotune.atomic import read_user_yaml
 from emotune.errors import EmotuneError
 from emotune.objectives.registry import resolve
+from emotune.plumbing import apply_overrides, config_line
 from emotune.resources import names as shipped_names
 from emotune.resources import resolve as resolve_file
 
@@ -261,62 +260,12 @@ def keys_help() -> str:
             f"{', '.join(shipped_names('train'))}")
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item or item.startswith("="):
-        raise EmotuneError(f"command-line override {item!r} is not key=value (e.g. learning_rate=1e-5, data.block_size=128)")
-    key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted keys (`data.block_size=128`); a number indexes a list (`runs.1.matrix.seed=[0]`)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            if isinstance(node, list):
-                node = node[_list_index(node, part, item)]
-                continue
-            if not isinstance(node.get(part, {}), (dict, list)):
-                raise EmotuneError(f"override {item!r}: {part!r} is not a section")
-            node = node.setdefault(part, {})
-        if isinstance(node, list):
-            node[_list_index(node, path[-1], item)] = value
-        else:
-            node[path[-1]] = value
-    return data
-
-
-def _list_index(node: list, part: str, item: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise EmotuneError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
-    return int(part)
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check its spelling and section)"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
-    elif "input" in first and first["type"] not in ("value_error",):
-        msg += f" (got {first['input']!r})"
-    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
-
-
 def validate(data: dict, source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise EmotuneError(_format_error(err, source)) from None
+        raise EmotuneError(config_line(err, source, unknown="unknown key (check its spelling and section)",
+                                       missing="required key is missing", more=True)) from None
     except EmotuneError as err:  # raised by objective resolution inside a validator
         raise EmotuneError(f"{source}: objective: {err}") from None
 

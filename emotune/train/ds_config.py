@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from emotune.errors import EmotuneError, one_line
+from emotune.plumbing import first_problem
 from emotune.resources import resolve as resolve_file
 from emotune.train.config import TrainConfig
 
@@ -103,10 +104,9 @@ def check_deepspeed(ds: dict, source: str) -> None:
 
             DeepSpeedConfig(trial)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        problem = first_problem(err)
         section = {"DeepSpeedZeroConfig": "zero_optimization"}.get(err.title, err.title)
-        raise EmotuneError(f"{source}: {section}.{loc}: {first['msg']} (got {first.get('input')!r})") from None
+        raise EmotuneError(f"{source}: {section}.{problem.dotted()}: {problem.raw_msg}{problem.got()}") from None
     except Exception as err:  # noqa: BLE001 - DeepSpeed raises AssertionError, TypeError, ValueError...
         raise EmotuneError(f"{source}: DeepSpeed rejects it: {one_line(err)}") from None
 

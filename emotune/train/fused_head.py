@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from emotune.objectives import LossOutput
 from emotune.objectives.fused import fused_loss
 from emotune.objectives.registry import Objective
+from emotune.train import teacher as teachers
+from emotune.train.model import hf_model
 
 # Config attributes of models that transform the logits after the LM head (Gemma 2/3, Cohere, Granite...).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
@@ -40,21 +42,6 @@ _warned: set[str] = set()
 
 class Unfusable(Exception):
     """The head cannot be replaced by hidden @ Wᵀ + b exactly; the message says why."""
-
-
-def hf_model(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DeepSpeed / DDP / torch.compile / PEFT wrappers."""
-    m = model
-    for _ in range(8):
-        if hasattr(m, "_orig_mod"):
-            m = m._orig_mod
-        elif not hasattr(type(m), "get_output_embeddings") and isinstance(getattr(m, "module", None), nn.Module):
-            m = m.module  # DeepSpeedEngine, DistributedDataParallel
-        elif hasattr(m, "get_base_model") and m.get_base_model() is not m:
-            m = m.get_base_model()  # PeftModel -> the transformers model with adapters injected
-        else:
-            break
-    return m
 
 
 def unfusable_reason(model: nn.Module) -> str | None:
@@ -139,10 +126,8 @@ def _head_returns_loss(head: nn.Module, labels: Tensor, objective: Objective, nu
                        teacher: tuple | None = None):
     def forward(hidden: Tensor, *args, **kwargs) -> Tensor:
         weight, bias, base, lora = _head_parts(head)
-        from emotune.train.teacher import gathered_head  # (teacher.py imports this module)
-
         # the teacher's head weight, gathered for this one call under ZeRO-3, applied chunk by chunk inside
-        with gathered_head(teacher[1]) if teacher is not None else _no_teacher() as (w_t, b_t):
+        with teachers.gathered_head(teacher[1]) if teacher is not None else _no_teacher() as (w_t, b_t):
             out = fused_loss(hidden, weight, labels.to(hidden.device), objective, chunk_size=chunk_size,
                              num_items_in_batch=num_items, bias=bias, live_head=base.detach(), lora=lora,
                              teacher=None if teacher is None else (teacher[0], w_t, b_t))
@@ -167,8 +152,6 @@ def fused_causal_lm_loss(model: nn.Module, batch: dict, objective: Objective, ch
     """The objective's `LossOutput` for an HF causal LM and a batch (input_ids, attention_mask, labels,
     optional num_items_in_batch), equal to `objective(model(**inputs).logits, labels)` without the logits.
     `teacher`: the frozen teacher model / engine of a teacher target (emotune.train.teacher)."""
-    from emotune.train import teacher as teachers
-
     inputs = dict(batch)
     labels = inputs.pop("labels")
     num_items = inputs.pop("num_items_in_batch", None)

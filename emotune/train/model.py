@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from emotune.atomic import publish_dir
 from emotune.errors import EmotuneError, one_line
@@ -268,3 +269,18 @@ def output_vocab_size(model) -> int:
     head = unwrap(model).get_output_embeddings()
     weight = head.weight if head is not None else unwrap(model).get_input_embeddings().weight
     return int(getattr(weight, "ds_shape", weight.shape)[0])
+
+
+def hf_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside DeepSpeed / DDP / torch.compile / PEFT wrappers."""
+    m = model
+    for _ in range(8):
+        if hasattr(m, "_orig_mod"):
+            m = m._orig_mod
+        elif not hasattr(type(m), "get_output_embeddings") and isinstance(getattr(m, "module", None), nn.Module):
+            m = m.module  # DeepSpeedEngine, DistributedDataParallel
+        elif hasattr(m, "get_base_model") and m.get_base_model() is not m:
+            m = m.get_base_model()  # PeftModel -> the transformers model with adapters injected
+        else:
+            break
+    return m

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from emotune.errors import ArgumentParser, EmotuneError, one_line, run_cli
+from emotune.plumbing import split_local_rank, take_local_rank
 from emotune.train.config import TrainConfig, load_config
 from emotune.train.distributed import all_reduce_sum, barrier, setup_distributed
 from emotune.train.ds_config import check_deepspeed, deepspeed_config
@@ -338,14 +339,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         + "\n\nExample: emotune train configs/train/tiny-cpu.yaml max_steps=20 objective.name=mle")
     ap.add_argument("config", help="run config (YAML): a shipped name (below) or a path")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for sections (data.block_size=128)")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    return ap.parse_intermixed_args(argv)  # --local_rank may come before or after the overrides
+    argv, local_rank = split_local_rank(argv)  # set by the deepspeed launcher, before or after the overrides
+    args = ap.parse_intermixed_args(argv)
+    args.local_rank = None if local_rank is None else int(local_rank)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    args = parse_args(take_local_rank(list(sys.argv[1:] if argv is None else argv)))  # its value: LOCAL_RANK
     cfg = load_config(args.config, args.overrides)
     rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -366,5 +367,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `deepspeed --module emotune.train.recipe CONFIG`: the launcher's --local_rank is parsed above
+if __name__ == "__main__":  # `deepspeed --module emotune.train.recipe CONFIG`: main takes the launcher's --local_rank
     sys.exit(run_cli("train", main, sys.argv[1:]))

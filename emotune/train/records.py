@@ -7,7 +7,6 @@ Tokenising them is data.py's business; a conversation record's checks are chat.p
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,17 @@ import numpy as np
 
 from emotune.atomic import decode_utf8
 from emotune.errors import EmotuneError, one_line
+from emotune.local_records import JSON_SUFFIXES, MISSING, PARQUET_SUFFIXES, Wording, field_of, read_local_records
+from emotune.train.chat import conversation_of
 
 log = logging.getLogger("emotune.data")
 
 TEXT_SUFFIXES = (".txt", ".text", ".raw")
-JSON_SUFFIXES = (".jsonl", ".json")
-PARQUET_SUFFIXES = (".parquet",)
 
-
+# The training data's words for bad records (emotune.local_records reads them)
+WORDING = Wording(line="{path}: line {n}", record="{path}: record {n}", row="{path}: row {n}",
+                  bad_json="{at}: invalid JSON: {msg}", not_object="{at}: not a JSON object",
+                  not_object_line="{at}: not a JSON object", bad_parquet="{path}: not a readable parquet file: {problem}")
 
 
 def _read_local(path: str, d=None) -> list[dict]:
@@ -38,41 +40,13 @@ def _read_local(path: str, d=None) -> list[dict]:
             what = "instruction" if d.format == "instruction" else "conversation (data.format: chat)"
             raise EmotuneError(f"{path}: {what} data must be .jsonl, .json or .parquet records, not plain text")
         return [{column: line} for line in decode_utf8(p).splitlines()]
-    if suffix in JSON_SUFFIXES:
-        text = decode_utf8(p)
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise EmotuneError(f"{path}: line {err.lineno}: invalid JSON: {err.msg}") from None
-            where = [f"{path}: record {n}" for n in range(1, len(rows) + 1)]
-        else:
-            rows, where = [], []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise EmotuneError(f"{path}: line {n}: invalid JSON: {err.msg}") from None
-                    where.append(f"{path}: line {n}")
-        for row, at in zip(rows, where):
-            if not isinstance(row, dict):
-                raise EmotuneError(f"{at}: not a JSON object")
-            if d is not None:
-                check_record(row, d, at)
-        return rows
-    if suffix in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except Exception as err:
-            raise EmotuneError(f"{path}: not a readable parquet file: {one_line(err)}") from None
-        if d is not None:
-            for n, row in enumerate(rows, 1):
-                check_record(row, d, f"{path}: row {n}")
-        return rows
-    raise EmotuneError(f"data file {path}: unsupported type {suffix!r} (use .txt, .jsonl, .json or .parquet)")
+    if suffix not in JSON_SUFFIXES + PARQUET_SUFFIXES:
+        raise EmotuneError(f"data file {path}: unsupported type {suffix!r} (use .txt, .jsonl, .json or .parquet)")
+    records = read_local_records(path, WORDING)
+    if d is not None:
+        for at, row in records:
+            check_record(row, d, at)
+    return [row for _, row in records]
 
 
 def check_local_files(cfg) -> None:
@@ -97,8 +71,6 @@ def check_record(row: dict, d, where: str) -> None:
     """Every record (not only the first) has the fields its format needs, as strings: a record without
     its text or response would otherwise train as an empty document, silently."""
     if d.format == "chat":
-        from emotune.train.chat import conversation_of
-
         conversation_of(row, d, where)  # roles, contents, an assistant turn
         return
     if d.format == "text":
@@ -116,23 +88,6 @@ def check_record(row: dict, d, where: str) -> None:
         value = field_of(row, col)
         if value is not MISSING and value is not None and not isinstance(value, str):
             raise EmotuneError(f"{where}: field {col!r} must be a string, got {type(value).__name__}")
-
-
-MISSING = object()
-
-
-def field_of(row: dict, name: str):
-    """A record's field, or MISSING. A dotted name reaches into nested objects (`data.instruction` of
-    `{"data": {"instruction": ...}}`, as some hub sets nest their columns in one struct) unless the record
-    has a field of exactly that name."""
-    if name in row:
-        return row[name]
-    node = row
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
 
 
 def _read_hub(name: str, config: str | None, split: str, d=None) -> list[dict]:

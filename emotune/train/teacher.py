@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from emotune.errors import EmotuneError, one_line
 from emotune.hub import resolve
 from emotune.train import same_tokenizer
-from emotune.train.fused_head import hf_model
+from emotune.train.model import hf_model
 from emotune.train.same_tokenizer import load_checkpoint_tokenizer
 
 

@@ -9,14 +9,13 @@ import math
 import re
 
 import pytest
-from installed_venv import install_wheel
 
 pytestmark = pytest.mark.e2e
 
 
-def test_reduced_demo_end_to_end(tmp_path):
+def test_reduced_demo_end_to_end(installed):
     """`emotune demo` of the installed wheel (tests/installed_venv.py), from an empty directory."""
-    emotune = install_wheel(tmp_path)
+    emotune = installed
     overrides = [
         # 260 test texts: MAUVE's protocol takes its 256 windows from document starts of the held-out text
         'prepare.0=[emotune, synth, runs/demo/data, --n-pretrain, "1500", --n-finetune, "400", --n-valid, "40",'
@@ -24,6 +23,7 @@ def test_reduced_demo_end_to_end(tmp_path):
         "runs.0.train.overrides=[num_train_epochs=2]",
         "runs.1.matrix.seed=[0]",
         "eval.eval_args=[data_dir=runs/demo/data, limit=24, progress=false]",
+        "eval.poll=0.5",  # the next evaluation starts sooner (the shipped 2 s suits minutes-long jobs)
     ]
     res = emotune("emotune", "demo", *overrides, timeout=900)  # the shipped config, an empty working directory
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

@@ -29,6 +29,7 @@ OVERRIDES = [
     "runs.1.matrix={objective.name: [kd, emo], seed: [0]}",
     'runs.1.train.overrides=["teacher.model={run:teacher}", "objective.cost_source={run:teacher}", max_steps=2]',
     "eval.eval_args=[data_dir=runs/distill/data, limit=8, progress=false]",
+    "eval.poll=0.5",  # the next evaluation starts sooner (the shipped 2 s suits minutes-long jobs)
 ]
 
 
@@ -36,7 +37,7 @@ OVERRIDES = [
 def test_distill_pipeline_end_to_end(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", EMOTUNE_CACHE=str(tmp_path / "cache"),
                OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "pipeline", "configs/pipelines/distill.yaml",
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipelines/distill.yaml",
                           *OVERRIDES], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     runs = tmp_path / "runs" / "distill"

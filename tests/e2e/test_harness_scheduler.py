@@ -56,7 +56,7 @@ def _tasks(tmp_path):
 
 
 def _cli(*args, timeout=600):
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", *args], env=env(), capture_output=True, text=True,
+    res = subprocess.run([PY, "-m", "emotune.cli", *args], env=env(), capture_output=True, text=True,
                          timeout=timeout)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res

@@ -1,5 +1,6 @@
 """emotune as users get it (tests/installed_venv.py): a wheel installed into a fresh venv, every command run
-from an empty directory with no source tree on the path. The demo runs the same way in test_demo.py."""
+from an empty directory with no source tree on the path. The demo runs the same way in test_demo.py. The
+wheel is built once per session (the `installed` fixture, tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,10 @@ import shutil
 import pytest
 import yaml
 from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, write_jsonl
-from installed_venv import install_wheel
 
 from emotune.tasks.suites import load_suite
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    return install_wheel(tmp_path_factory.mktemp("installed"))
 
 
 def test_the_wheel_is_what_runs_and_ships_its_files(installed):
@@ -55,24 +50,43 @@ def test_train_by_shipped_name_and_old_spelling_from_an_empty_directory(installe
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-config" in missing.stderr
 
 
-def test_eval_paper_suite_finds_its_eight_tasks(installed):
+def test_eval_paper_suite_end_to_end_resumed_and_a_bad_task_file(installed):
+    """`emotune eval --suite paper` on a tiny LLaMA with local data for all eight tasks, then a resumed run that
+    redoes nothing, and a bad task file that exits 2 with one line."""
     root = installed.root / "eval"
     tok = build_tokenizer(root / "model")
     build_llama(root / "model", len(tok))
     data = root / "data"
-    tasks = [t for t in load_suite("paper") if t.kind == "icl"]  # the task definitions give the labels
-    names = [t.name for t in tasks]
+    tasks = load_suite("paper")  # the task definitions give the labels
+    names = [t.name for t in tasks if t.kind == "icl"]
     for task in tasks:
+        if task.kind == "mmlu":
+            rows = [{"subject": s, "question": f"{t} about {s} ?", "choices": ["one", "two", "three", "four"],
+                     "answer": i % 4} for s in ("anatomy", "virology") for i, t in enumerate(TEST_TEXTS[:5])]
+            write_jsonl(data / task.name / "test.jsonl", rows)
+            write_jsonl(data / task.name / "dev.jsonl", rows)  # 5-shot: 5 dev rows per subject
+            continue
         n = len(task.labels)
-        for split, texts in (("train", TRAIN_TEXTS * 2), ("test", TEST_TEXTS[:2])):
+        for split, texts in (("train", TRAIN_TEXTS * 2), ("test", TEST_TEXTS[:3])):  # AG News: 30% of train
             write_jsonl(data / task.name / f"{split}.jsonl",
                         [{"text": t, task.label_column: task.labels[i % n]} for i, t in enumerate(texts)])
-    rows = [{"subject": "virology", "question": f"{t} ?", "choices": ["one", "two", "three", "four"], "answer": i % 4}
-            for i, t in enumerate(TEST_TEXTS[:5])]  # 5-shot: 5 dev rows
-    for split in ("test", "dev"):
-        write_jsonl(data / "mmlu" / f"{split}.jsonl", rows)
-    res = installed("emotune", "eval", "--model", str(root / "model"), "--suite", "paper", "--out", str(root / "out"),
-                    f"data_dir={data}", "progress=false")
+    out = root / "out"
+    args = ["emotune", "eval", "--model", str(root / "model"), "--suite", "paper", "--out", str(out), f"data_dir={data}",
+            f"cache_dir={root / 'cache'}", "progress=false"]
+    res = installed(*args)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    summary = json.loads((root / "out" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["suite"] == "paper" and sorted(summary["tasks"]) == sorted(names + ["mmlu"])
+    for t in summary["tasks"].values():
+        assert (out / t["predictions"]).exists() and 0.0 <= t["metrics"]["accuracy"] <= 1.0
+    assert "accuracy_macro" in summary["tasks"]["mmlu"]["metrics"]
+    assert set(summary["averages"]) == {"icl_mean_accuracy", "mean_accuracy"}
+
+    res = installed(*args)  # resumed: everything already done
+    assert res.returncode == 0 and res.stdout.count("already in") == 8, res.stdout[-2000:] + res.stderr[-3000:]
+
+    bad = root / "bad.yaml"
+    bad.write_text("name: bad\nkind: icl\ninput_columns: [text]\ntemplates: {0: 'It is a.', 1: '<X> It is b.'}\n")
+    res = installed("emotune", "eval", str(bad), "--model", str(root / "model"), "--out", str(root / "o2"))  # a task file
+    assert res.returncode == 2
+    assert "bad.yaml" in res.stderr and "templates.0" in res.stderr and "Traceback" not in res.stderr

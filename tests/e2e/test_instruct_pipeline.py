@@ -39,7 +39,7 @@ def test_instruct_pipeline_judges_each_step_once(tmp_path):
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO), EMOTUNE_CACHE=str(tmp_path / "cache"))
-    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "pipeline", str(tmp_path / "pipeline.yaml")],
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", str(tmp_path / "pipeline.yaml")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     emo = tmp_path / "runs" / "emo"

@@ -1,11 +1,12 @@
-"""The real launchers on loopback: two "nodes" with --no_ssh equal one node, and pdsh over a real sshd.
-
-Each runs the tiny CPU config for a few steps through `emotune launch` (DeepSpeed ZeRO-3, gloo).
+"""The real launchers on loopback: pdsh over a real sshd runs the tiny CPU config for a few steps through
+`emotune launch` (DeepSpeed ZeRO-3, gloo). Two "nodes" with --no_ssh (`--node-rank` on each) train the same losses
+as one node with two ranks in tests/e2e/test_train_zero3_2ranks.py. The forms users type first (`deepspeed
+--num_gpus 2 --module emotune train CFG`, `deepspeed --num_gpus 2 $(which emotune) train CFG`) train for real
+in tests/e2e/test_crash_resume.py, which launches its reference run and its last resume that way.
 """
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,28 +39,6 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / f"checkpoint-{STEPS}" / "COMPLETE").exists()
 
 
-def test_two_nodes_no_ssh_equal_one_node_two_ranks(tmp_path):
-    one = tmp_path / "one"
-    res = launch([f"output_dir={one}", "--procs-per-node", "2", "--master-port", str(free_port())])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-
-    two = tmp_path / "two"
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    port = str(free_port())
-    common = [f"output_dir={two}", "--nodes", "2", "--procs-per-node", "1", "--hostfile", str(hostfile),
-              "--master-addr", "127.0.0.1", "--master-port", port, "--env-file", str(tmp_path / "env")]
-    nodes = [launch([*common, "--node-rank", str(r)], wait=False) for r in (0, 1)]
-    outs = [p.communicate(timeout=600)[0] for p in nodes]
-    assert all(p.returncode == 0 for p in nodes), "\n".join(o[-3000:] for o in outs)
-
-    assert finished(one) and finished(two)
-    a, b = losses(one), losses(two)
-    assert len(a) == STEPS and [s for s, _ in a] == [s for s, _ in b]
-    for (_, x), (_, y) in zip(a, b):
-        assert x == pytest.approx(y, rel=1e-6, abs=1e-7)
-
-
 def test_pdsh_launcher_over_real_sshd(tmp_path):
     """Two "nodes" by name (this machine's hostname first, then localhost), no --master-addr: the
     rendezvous defaults to the hostfile's first host, as on a real cluster."""
@@ -82,17 +61,3 @@ def test_pdsh_launcher_over_real_sshd(tmp_path):
     assert finished(run) and len(losses(run)) == STEPS
     forwarded = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines())
     assert forwarded["PATH"].split(":")[0] == str(Path(sys.executable).parent) and forwarded["HF_HUB_OFFLINE"] == "1"
-
-
-def test_deepspeed_launcher_forms_users_type_first(tmp_path):
-    """`deepspeed --num_gpus 2 --module emotune train CFG` and `deepspeed --num_gpus 2 $(which emotune) train
-    CFG`: the runner puts --local_rank=N before the command; both train for real on 2 ranks."""
-    script = shutil.which("emotune") or str(Path(sys.executable).parent / "emotune")
-    for i, form in enumerate((["--module", "emotune"], [script])):
-        run = tmp_path / f"form{i}"
-        res = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-                              str(free_port()), *form, "train", CONFIG, "max_steps=2", "save_steps=2", f"output_dir={run}"],
-                             cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        out = res.stdout + res.stderr
-        assert res.returncode == 0 and "unknown command" not in out, out[-3000:]
-        assert (run / "checkpoint-2" / "COMPLETE").exists()

@@ -19,7 +19,7 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     run = tmp_path / "run"
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "EMOTUNE_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "pipeline", "configs/pipelines/tiny.yaml",
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "pipeline", "configs/pipelines/tiny.yaml",
                           f"run_dir={run}", "eval.poll=1",
                           "train.overrides=[max_steps=6, save_steps=3, resume=null, data.max_eval_samples=8, "
                           "logging_steps=1, disable_tqdm=true]"],
@@ -27,7 +27,7 @@ def test_pipeline_tiny_end_to_end(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
 
-    out = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "results", str(run), "--json"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "emotune.cli", "results", str(run), "--json"], cwd=REPO,
                          env=env, capture_output=True, text=True, check=True).stdout
     rows = json.loads(out)
     assert [(r["step"], r["task"], r["status"], r["objective"]) for r in rows] == \

@@ -62,7 +62,7 @@ def _watch(e, run, suite, *extra):
 
 
 def _cmd(run, suite, *extra):
-    return [PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--poll", "0.3",
+    return [PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--poll", "0.3",
             "--eval-arg", "batch_size=3", *extra]
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from emotune.cli import main as emotune
 from emotune.errors import EmotuneError
 from emotune.eval import lm
 from emotune.eval.icl import mmlu
 from emotune.eval.options import EvalOptions, generation_options, parse_overrides
-from emotune.launch.cli import main as emotune
 from emotune.tasks.files import load_task, task_from_dict
 
 

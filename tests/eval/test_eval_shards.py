@@ -12,8 +12,8 @@ import json
 import pytest
 from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 
+from emotune.cli import main as emotune
 from emotune.eval.summary import read_summary
-from emotune.launch.cli import main as emotune
 from emotune.tasks.shards import merge_shards, shard_dir, shard_range
 
 TEST = [f"{t} {w}" for w in ("today", "again", "now") for t in TEST_TEXTS] + ["who won the match ?"]  # 19 rows

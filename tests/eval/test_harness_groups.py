@@ -14,7 +14,7 @@ import pytest
 import yaml
 from eval_builders import build_llama, build_tokenizer  # noqa: F401
 
-from emotune.launch.cli import main as cli_main
+from emotune.cli import main as cli_main
 from emotune.stats import mean_stderr
 
 TEXTS = ["great fun", "dull film", "no plot", "superb acting", "boring", "a fine match", "markets fell"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from eval_builders import demo_language_world  # noqa: F401  (autouse: one torch thread)
 
+from emotune.cli import main as emotune
 from emotune.eval.oracle_task import oracle_cross_entropies, oracle_perplexity_of_samples
 from emotune.eval.oracle_task import test_perplexity as perplexity
-from emotune.launch.cli import main as emotune
 from emotune.synthetic.language import load_demo_language
 from emotune.synthetic.oracle import TokenOracle
 

@@ -115,7 +115,7 @@ def test_the_pairwise_table_lives_beside_the_results(world):
 
 
 def test_the_report_shows_a_bar_per_judge_and_pair(world, tmp_path):
-    from emotune.scheduling.report import make_report
+    from emotune.report.build import make_report
 
     written = make_report([str(world["a"]), str(world["b"])], str(tmp_path / "report"))
     md = written["markdown"].read_text()

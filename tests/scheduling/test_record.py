@@ -10,7 +10,7 @@ import pytest
 from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 from scheduling_helpers import write_model_checkpoint
 
-from emotune.launch.cli import main as emotune
+from emotune.cli import main as emotune
 from emotune.scheduling.record import JOB_ENV
 from emotune.scheduling.store import Store, default_store_path
 

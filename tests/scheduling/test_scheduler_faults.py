@@ -28,7 +28,7 @@ def test_sigkilled_schedulers_evaluate_each_checkpoint_task_exactly_once(tmp_pat
     run.mkdir()
     suite = write_suite(tmp_path)
     cmd, log = counting_evaluator(tmp_path)
-    watch = [PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--eval-command", cmd,
+    watch = [PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--eval-command", cmd,
              "--lease-ttl", "30", "--poll", "0.2", "--jobs", "2"]  # generous: heartbeats of jobs on a loaded
     # 2-core machine can lag several seconds, and a lapsed lease is a (correct) retry this test would count
     rng = random.Random(20241128)

@@ -15,7 +15,7 @@ from emotune.scheduling.store import Store, default_store_path
 
 
 def _watch(run, suite, *extra, timeout=240):
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), *extra],
+    res = subprocess.run([PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), *extra],
                          env=env(), capture_output=True, text=True, timeout=timeout)
     return res
 
@@ -39,7 +39,7 @@ def test_real_evaluator_on_good_checkpoints_only(tmp_path, tiny_cache):
     suite = write_suite(tmp_path, names=("tiny_a",))
     e = env()
     e["EMOTUNE_CACHE"] = str(tmp_path / "cache")
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--once",
+    res = subprocess.run([PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--once",
                           "--jobs", "2", "--poll", "0.5"], env=e, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "skipping" in res.stderr and "checkpoint-3" in res.stderr and "checkpoint-4" in res.stderr
@@ -55,10 +55,10 @@ def test_real_evaluator_on_good_checkpoints_only(tmp_path, tiny_cache):
         assert r.host and r.wall_seconds > 0 and r.eval_seconds > 0 and r.tokens_seen == r.step * 1024
     assert not list((run / "eval" / "tinysuite").glob("step-3-*")) and not list((run / "eval" / "tinysuite").glob("step-4-*"))
 
-    table = subprocess.run([PY, "-m", "emotune.launch.cli", "results", str(run)], env=e, capture_output=True,
+    table = subprocess.run([PY, "-m", "emotune.cli", "results", str(run)], env=e, capture_output=True,
                            text=True, check=True).stdout
     assert "tiny_a" in table and f"{100 * rows[0].metrics['accuracy']:.2f}" in table
-    as_json = json.loads(subprocess.run([PY, "-m", "emotune.launch.cli", "results", str(run), "--json"], env=e,
+    as_json = json.loads(subprocess.run([PY, "-m", "emotune.cli", "results", str(run), "--json"], env=e,
                                         capture_output=True, text=True, check=True).stdout)
     assert [(d["step"], d["status"]) for d in as_json] == [(1, "finished"), (2, "finished")]
     assert "lease_token" not in as_json[0]
@@ -73,7 +73,7 @@ def test_crashed_job_retried_after_lease_expiry_and_failures_reported(tmp_path):
     slow = cmd.replace("counting_eval.py", "slow_eval.py")
     (tmp_path / "slow_eval.py").write_text("import time\ntime.sleep(60)\n")
     # 1. A job whose evaluator hangs: SIGKILL the job (its evaluator dies with it) while it holds the lease.
-    p = subprocess.Popen([PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--once",
+    p = subprocess.Popen([PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--once",
                           "--eval-command", slow, "--lease-ttl", "4", "--poll", "0.2"], env=env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = Store(default_store_path(run))
@@ -112,7 +112,7 @@ def test_crashed_job_retried_after_lease_expiry_and_failures_reported(tmp_path):
     failed = [x for x in store.rows() if x.status == "failed"]
     assert [(x.step, x.attempts) for x in failed] == [(30, 2)]
     assert "exited with status 5" in failed[0].error and "failed: step 30 tiny_a" in res.stdout
-    table = subprocess.run([PY, "-m", "emotune.launch.cli", "results", str(run)], env=env(), capture_output=True,
+    table = subprocess.run([PY, "-m", "emotune.cli", "results", str(run)], env=env(), capture_output=True,
                            text=True, check=True).stdout
     assert "failed: step 30 tiny_a: evaluator exited with status 5" in table
 
@@ -208,7 +208,7 @@ def test_results_on_bad_store(tmp_path, bad):
     (tmp_path / "eval").mkdir()
     if bad:
         (tmp_path / "eval" / "results.sqlite").write_text(bad * 100)
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", "results", str(tmp_path)], env=env(),
+    res = subprocess.run([PY, "-m", "emotune.cli", "results", str(tmp_path)], env=env(),
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert ("not a usable result store" if bad else "no result store") in res.stderr

@@ -29,7 +29,7 @@ def _training_job(cluster, tmp_path, seconds: float, status: int) -> str:
 def _watch(cluster, run, suite, cmd, *extra, timeout=180):
     e = env()
     e.update(SLURM_CONF=cluster.env["SLURM_CONF"])
-    return subprocess.run([PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--runner",
+    return subprocess.run([PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--runner",
                            "slurm", "--eval-command", cmd, "--poll", "0.5", "--lease-ttl", "30", *extra],
                           env=e, capture_output=True, text=True, timeout=timeout, cwd=run.parent)
 
@@ -91,7 +91,7 @@ def test_killed_eval_job_is_retried(slurm_cluster, tmp_path):
     cmd += f" --hang-once {tmp_path / 'hung'}"
     e = env()
     e.update(SLURM_CONF=slurm_cluster.env["SLURM_CONF"])
-    watch = subprocess.Popen([PY, "-m", "emotune.launch.cli", "watch", str(run), "--suite", str(suite), "--runner",
+    watch = subprocess.Popen([PY, "-m", "emotune.cli", "watch", str(run), "--suite", str(suite), "--runner",
                               "slurm", "--eval-command", cmd, "--poll", "0.5", "--lease-ttl", "30", "--follow"],
                              env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:

@@ -15,7 +15,7 @@ from emotune.eval.kinds import check_data, count_rows, load_entry, run_task
 from emotune.eval.options import EvalOptions
 from emotune.eval.resume import result_key
 from emotune.eval.summary import TaskResult
-from emotune.scheduling.report_data import METRICS
+from emotune.report.data import METRICS
 from emotune.tasks.files import CONFIG_DIR, check_task_file, load_task, task_from_dict
 from emotune.tasks.harness import HARNESS
 from emotune.tasks.registry import KINDS, Kind, kind_of, shardable_kinds, task_file_kinds

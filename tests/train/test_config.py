@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from emotune.cli import main as cli_main
 from emotune.errors import EmotuneError
-from emotune.launch.cli import main as cli_main
 from emotune.resources import shipped
 from emotune.train.config import TrainConfig, apply_overrides, load_config, validate
 from emotune.train.ds_config import deepspeed_config

@@ -15,7 +15,7 @@ import yaml
 from safetensors import safe_open
 from train_builders import losses_from_log, run_config, single_rank, tiny_setup
 
-from emotune.launch.cli import main as cli_main
+from emotune.cli import main as cli_main
 from emotune.manifest import verify_checkpoint
 from emotune.train import checkpoint as ckpt
 from emotune.train.config import validate
@@ -170,7 +170,7 @@ def test_report_to_wandb_without_the_package_is_one_line(stage, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(run_config(stage["setup"], tmp_path / "out", report_to=["jsonl", "wandb"])))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, "-m", "emotune.launch.cli", "train", str(cfg)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "emotune.cli", "train", str(cfg)], capture_output=True, text=True,
                          env=env, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     err = res.stderr.strip().splitlines()
@@ -364,7 +364,7 @@ def test_best_checkpoint_is_recorded_in_the_run_and_each_manifest(stage):
 
 
 def test_report_labels_runs_by_the_objective_in_their_config_yaml(stage):
-    from emotune.scheduling.report_data import label_runs, load_run
+    from emotune.report.data import label_runs, load_run
 
     runs = [load_run(str(stage["root"] / "full"), None, None)]  # no result store yet: only config.yaml names it
     label_runs(runs)

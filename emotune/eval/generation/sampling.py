@@ -80,12 +80,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
         logits = out.logits[:, -1, :].float()
         if step < min_new_tokens and len(eos):
             logits[:, eos] = float("-inf")
-        if temperature == 0:
-            tok = logits.argmax(dim=-1)
-        else:
-            cdf = torch.softmax(logits / temperature, dim=-1).double().cumsum(-1)
-            x = uniforms[:, step : step + 1] * cdf[:, -1:]
-            tok = torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[1] - 1).view(b)
+        tok = _draw(logits, uniforms[:, step : step + 1], temperature)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new = torch.cat([new, tok[:, None]], dim=1)
         if len(eos):
@@ -101,16 +96,26 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], seeds: Sequence[int], 
         if use_pos:
             kwargs["position_ids"] = pos
         out = model(input_ids=tok[:, None], **kwargs)
-    result = []
+    return _cut_after_eos(new.tolist(), eos_ids)
+
+
+def _draw(logits: torch.Tensor, uniform: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One token per row: the argmax at temperature 0, else the inverse CDF (float64) at the row's uniform."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cdf = torch.softmax(logits / temperature, dim=-1).double().cumsum(-1)
+    x = uniform * cdf[:, -1:]
+    return torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[1] - 1).view(len(logits))
+
+
+def _cut_after_eos(rows: list[list[int]], eos_ids: Sequence[int]) -> list[list[int]]:
+    """Each row up to and including its first EOS (rows that drew none stay whole)."""
     eos_set = set(int(e) for e in eos_ids)
-    for r in range(b):
-        row = new[r].tolist()
-        for j, t in enumerate(row):
-            if t in eos_set:
-                row = row[: j + 1]
-                break
-        result.append(row)
-    return result
+    out = []
+    for row in rows:
+        end = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
+        out.append(row[:end])
+    return out
 
 
 def _decode_continuation(tokenizer, prompt_ids: list[int], new_ids: list[int], prefix: str) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.eval.options import EvalOptions, _Options, error_line, help_text, key_values
+from emotune.eval.options import EvalOptions, _Options, help_text
+from emotune.plumbing import argument_line, key_values
 
 RESULT = "pairwise.json"
 # the evaluator's options that mean something to the judge (the same keys and meanings as `emotune eval`'s)
@@ -43,7 +44,7 @@ def parse_judge_options(items: list[str]) -> dict:
     try:
         return JudgeOptions(**values).model_dump()
     except ValidationError as err:
-        raise EmotuneError(error_line(err, values)) from None
+        raise EmotuneError(argument_line(err, values)) from None
 
 
 def main(argv: list[str]) -> int:

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from emotune.errors import EmotuneError
 from emotune.eval.generation.sampling import _eos_ids, row_seed, sample_batch
 from emotune.eval.instruct.outputs import write_outputs
-from emotune.eval.options import error_line
 from emotune.eval.summary import TaskResult
+from emotune.plumbing import argument_line
 from emotune.prompts import alpaca_prompt
 from emotune.tasks.schema import InstructTaskFile, read_task_file
 from emotune.tasks.task import Task
@@ -57,7 +57,7 @@ def instruct_options(task: Task, given: dict[str, Any]) -> dict[str, Any]:
     try:
         return InstructOptions(**values).model_dump()
     except ValidationError as err:
-        raise EmotuneError(f"{task.source}: " + error_line(err, values, prefix="option")) from None
+        raise EmotuneError(f"{task.source}: " + argument_line(err, values, prefix="option")) from None
 
 
 def spec_of(task: Task) -> InstructTaskFile:

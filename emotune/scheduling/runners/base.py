@@ -19,7 +19,7 @@ from emotune.sbatch import path_component
 from emotune.scheduling.store import Row
 from emotune.tasks.shards import shard_dir
 
-DEFAULT_EVAL_COMMAND = "{python} -m emotune.launch.cli eval --model {model} --tasks {task} --out {out} progress=false"
+DEFAULT_EVAL_COMMAND = "{python} -m emotune.cli eval --model {model} --tasks {task} --out {out} progress=false"
 PLACEHOLDERS = ("python", "model", "task", "suite", "out", "step", "checkpoint", "shard")
 
 # How the job is started: `python -m JOB_MODULE job ...` (emotune/scheduling/runners/__main__.py)

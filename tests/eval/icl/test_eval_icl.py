@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from eval_builders import TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer, rows, write_jsonl  # noqa: F401
 
+from emotune.cli import main as emotune
 from emotune.errors import EmotuneError
 from emotune.eval.icl import mmlu
 from emotune.eval.icl.classification import build_ice, prepare, run_icl_task
 from emotune.eval.summary import read_summary
-from emotune.launch.cli import main as emotune
 from emotune.tasks.files import load_task, task_from_dict
 
 

@@ -97,8 +97,8 @@ def test_the_two_accuracies_carry_opencompass_names(long_prompts, tmp_path):
     assert out["results"]["mmlu"][oc["mmlu"]] == metrics["accuracy_macro"]
     assert out["results"]["mmlu"][oc["mmlu-weighted"]] == metrics["accuracy"]
     # the report: the macro accuracy's label, and the paper table's note on which number its MMLU column is
-    from emotune.scheduling.report import MMLU_NOTE
-    from emotune.scheduling.report_data import metric_label
+    from emotune.report.build import MMLU_NOTE
+    from emotune.report.data import metric_label
 
     assert "OpenCompass mmlu" in metric_label("accuracy_macro")
     assert "`mmlu-weighted`" in MMLU_NOTE and "`mmlu`" in MMLU_NOTE and "accuracy_macro" in MMLU_NOTE

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from instruct_builders import constant_judge, instruct_rows, outputs_with_marker, tuned_model
 
+from emotune.cli import main as cli_main
 from emotune.eval.instruct.outputs import read_outputs, write_outputs
-from emotune.launch.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")

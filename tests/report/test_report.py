@@ -54,7 +54,7 @@ def runs(tmp_path):
 
 def test_report_files_and_paper_table(tmp_path, runs):
     out = tmp_path / "report"
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", "report", *map(str, runs), "--out", str(out)],
+    res = subprocess.run([PY, "-m", "emotune.cli", "report", *map(str, runs), "--out", str(out)],
                          env=env(), capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     for name in ("metrics_vs_step", "metrics_vs_tokens", "final_by_task", "training"):
@@ -75,7 +75,7 @@ def test_report_files_and_paper_table(tmp_path, runs):
 
 
 def test_report_bad_input(tmp_path):
-    res = subprocess.run([PY, "-m", "emotune.launch.cli", "report", str(tmp_path), "--out", str(tmp_path / "o")],
+    res = subprocess.run([PY, "-m", "emotune.cli", "report", str(tmp_path), "--out", str(tmp_path / "o")],
                          env=env(), capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "no result store" in res.stderr and "emotune eval --model" in res.stderr and "emotune watch" in res.stderr
@@ -88,7 +88,7 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 def test_report_renders_in_headless_chromium(tmp_path, runs):
     require([] if CHROMIUM else ["chromium"], "the report's browser test")
-    from emotune.scheduling.report import make_report
+    from emotune.report.build import make_report
 
     out = tmp_path / "report"
     page = make_report([str(r) for r in runs], str(out))["html"]
@@ -121,8 +121,8 @@ def test_report_renders_in_headless_chromium(tmp_path, runs):
 
 def test_best_checkpoint_marked_in_report_and_results(tmp_path, capsys):
     from emotune.atomic import write_json
-    from emotune.launch.cli import main as cli_main
-    from emotune.scheduling.report import make_report
+    from emotune.cli import main as cli_main
+    from emotune.report.build import make_report
 
     run = make_run(tmp_path, "emo", 0.05)
     # before the run recorded a best checkpoint: no mark, and --best says why in one line

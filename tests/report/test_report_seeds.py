@@ -50,7 +50,7 @@ def seed_runs(tmp_path):
 
 
 def test_headline_table_pools_seeds(tmp_path, seed_runs):
-    from emotune.scheduling.report import ReportOptions, make_report
+    from emotune.report.build import ReportOptions, make_report
 
     options = ReportOptions("demo", "MLE vs EMO", ["synthetic_oracle/mauve", "ppl_oracle", "acc"])
     md = make_report([str(r) for r in seed_runs], str(tmp_path / "report"), options=options)["markdown"].read_text()
@@ -75,7 +75,7 @@ def test_headline_table_pools_seeds(tmp_path, seed_runs):
 
 def test_bad_headline_names_the_metric(tmp_path, seed_runs):
     from emotune.errors import EmotuneError
-    from emotune.scheduling.report import ReportOptions, make_report
+    from emotune.report.build import ReportOptions, make_report
 
     with pytest.raises(EmotuneError, match="samples_ended.*not a metric with a direction"):
         make_report([str(seed_runs[0])], str(tmp_path / "r"), options=ReportOptions(headline=["samples_ended"]))
@@ -89,8 +89,8 @@ def test_seed_lines_mean_band_best_and_stderr_bars(tmp_path, seed_runs):
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
-    from emotune.scheduling.report_data import group_colors, label_runs, load_run
-    from emotune.scheduling.report_plots import draw_groups
+    from emotune.report.data import group_colors, label_runs, load_run
+    from emotune.report.plots import draw_groups
 
     runs = [load_run(str(r), None, None) for r in seed_runs]
     label_runs(runs)
@@ -123,7 +123,7 @@ def test_seed_lines_mean_band_best_and_stderr_bars(tmp_path, seed_runs):
 
 
 def test_metric_labels_say_which_way_is_better():
-    from emotune.scheduling.report_data import metric_label
+    from emotune.report.data import metric_label
 
     assert metric_label("mauve") == "MAUVE ↑ higher is better"
     assert metric_label("ppl_oracle") == "PPL_oracle ↓ lower is better"
@@ -135,7 +135,7 @@ def test_metric_labels_say_which_way_is_better():
 def test_pooled_table_in_percent_with_stderr_beside_its_metric(tmp_path, seed_runs):
     """The pooled table shows an accuracy as the other tables do (50.00, not 0.5), and `acc_stderr` in the
     cell of `acc`, not as a metric of its own."""
-    from emotune.scheduling.report import make_report
+    from emotune.report.build import make_report
 
     md = make_report([str(r) for r in seed_runs], str(tmp_path / "report"))["markdown"].read_text()
     pooled = md.split("## All metrics, runs of an objective pooled\n\n")[1].split("\n\n")[0].splitlines()

@@ -1,7 +1,7 @@
 """What `emotune report` reads: each run's result store, training log, config and best checkpoint,
 and what it knows about metrics (which way is better, how to label them) and objectives (names, colours).
 
-No plotting and no HTML here (emotune.scheduling.report_plots, report_tables, report).
+No plotting and no HTML here (emotune.report.plots, .tables, .build).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 from emotune.atomic import read_jsonl
 from emotune.errors import EmotuneError
+from emotune.report.results import MAIN_METRICS, main_metric, nothing_to_show
 from emotune.scheduling.discovery import read_best, read_run_config
-from emotune.scheduling.results import MAIN_METRICS, main_metric, nothing_to_show
 from emotune.scheduling.store import Store, default_store_path
 
-log = logging.getLogger("emotune.scheduling.report")
+log = logging.getLogger("emotune.report")
 
 # The paper's names and column order (Table 3); other tasks follow in name order.
 TASK_NAMES = {"tweet_eval": "TE", "sst2": "SST-2", "trec": "TREC", "subj": "Subj", "cr": "CR",

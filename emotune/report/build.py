@@ -1,7 +1,7 @@
 """`emotune report RUN_DIR [RUN_DIR...] --out DIR`: plots, a self-contained HTML page and the paper's table.
 
 Reads each run's result store (RUN_DIR/eval/results.sqlite, or --store), training log
-(RUN_DIR/train_log.jsonl), config.yaml and best.json (emotune.scheduling.report_data) and writes into DIR:
+(RUN_DIR/train_log.jsonl), config.yaml and best.json (emotune.report.data) and writes into DIR:
 
     metrics_vs_step.png    every metric with a direction (accuracy, MAUVE, PPL_oracle, PPL_test, forward /
                            reverse CE, win rate ...) against the checkpoint step, the headline metrics first
@@ -13,7 +13,7 @@ Reads each run's result store (RUN_DIR/eval/results.sqlite, or --store), trainin
     report.html            all of the above in one file (images embedded as data: URIs; opens offline)
 
 Runs are grouped by objective (MLE, TaiLr, MixCE, EMO): colour = objective in every plot, a thin line per
-run (seed), a bold mean ± std band per objective, ★ on each run's best checkpoint (emotune.scheduling.report_plots).
+run (seed), a bold mean ± std band per objective, ★ on each run's best checkpoint (emotune.report.plots).
 
 The page is a list of sections (SECTIONS): each is a function of the ReportContext that returns a Section
 (title, HTML, Markdown, plots) or None. Another report part (e.g. pairwise judge win rates) is one more
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from emotune.atomic import write_bytes
 from emotune.errors import ArgumentParser, EmotuneError
-from emotune.scheduling.report_data import (
+from emotune.report import demo
+from emotune.report.data import (
     METRICS,
     RunData,
     directed_metrics,
@@ -39,8 +39,10 @@ from emotune.scheduling.report_data import (
     objective_rank,
     task_order,
 )
-from emotune.scheduling.report_plots import AVERAGE, plot_final, plot_metrics, plot_training
-from emotune.scheduling.report_tables import (
+from emotune.report.pairwise import pairwise_parts
+from emotune.report.parts import Plot, ReportContext, ReportOptions, Section
+from emotune.report.plots import AVERAGE, plot_final, plot_metrics, plot_training
+from emotune.report.tables import (
     best_line,
     final_table,
     grouped_table,
@@ -56,38 +58,6 @@ ACCURACIES = ("accuracy", "acc", "accuracy_macro", "exact_match")
 # OpenCompass reports MMLU twice (emotune.tasks.metrics.OPENCOMPASS_NAMES); the paper table shows `accuracy`
 MMLU_NOTE = ("MMLU: accuracy over all questions, OpenCompass' `mmlu-weighted`; OpenCompass' headline `mmlu` "
              "(the mean over subjects) is `accuracy_macro`, in the pooled table and `emotune results`.")
-
-
-@dataclass
-class ReportOptions:
-    title: str = "emotune report"
-    intro: str = ""  # a paragraph under the title: what the runs demonstrate
-    headline: list[str] = field(default_factory=list)  # "task/metric" (or "metric": every task that has it), in order
-
-
-@dataclass
-class Plot:
-    name: str  # file name without .png; the <img> id
-    png: bytes
-    caption: str
-
-
-@dataclass
-class Section:
-    title: str
-    html: str = ""  # the section's body (tables, paragraphs), shown above its plots
-    markdown: str = ""  # its part of results.md ("" = none)
-    plots: list[Plot] = field(default_factory=list)
-
-
-@dataclass
-class ReportContext:
-    runs: list[RunData]
-    options: ReportOptions
-    tasks: list[str]  # tasks scored by an accuracy, in the paper's order
-    headline: list[tuple[str, str]]  # (task, metric) the report leads with
-    panels: list[tuple[str, str]]  # every directed (task, metric): the headline first
-    store: str | None = None  # the result store, when not each run's own
 
 
 def resolve_headline(runs: list[RunData], wanted: list[str]) -> list[tuple[str, str]]:
@@ -178,11 +148,8 @@ def checkpoints_section(ctx: ReportContext) -> Section:
     return Section("Every checkpoint", "\n".join(parts))
 
 
-# The page, in order. Add a report part here: a function (ReportContext) -> Section | None.
 def pairwise_section(ctx: ReportContext) -> Section | None:
     """Instruct suites: a win / tie / lose bar per judge and pair (the paper's Figures 3-6), with the lengths."""
-    from emotune.scheduling.report_pairwise import pairwise_parts
-
     parts = pairwise_parts([str(r.path) for r in ctx.runs], ctx.store)
     if parts is None:
         return None
@@ -191,19 +158,9 @@ def pairwise_section(ctx: ReportContext) -> Section | None:
     return Section("Pairwise judgments (A vs B)", table, md, [Plot("pairwise", png, caption)])
 
 
-def _demo(name: str) -> Callable[[ReportContext], Section | None]:
-    """A section of emotune.scheduling.report_demo (imported when the report is built: it imports Section)."""
-    def make(ctx: ReportContext) -> Section | None:
-        from emotune.scheduling import report_demo
-
-        return getattr(report_demo, name)(ctx)
-
-    make.__name__ = name
-    return make
-
-
+# The page, in order. Add a report part here: a function (ReportContext) -> Section | None.
 SECTIONS: tuple[Callable[[ReportContext], Section | None], ...] = (
-    _demo("verdict_section"), headline_section, _demo("icl_section"), _demo("calibration_section"), paper_section,
+    demo.verdict_section, headline_section, demo.icl_section, demo.calibration_section, paper_section,
     pooled_section, pairwise_section, training_section, checkpoints_section)
 
 

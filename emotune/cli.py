@@ -3,15 +3,19 @@
 Each command lives in its own module with a `main(argv: list[str]) -> int`; modules are imported
 only when their command runs, so `emotune --help` stays fast. Bad user input raises
 `EmotuneError`: it is printed as one line and the exit status is 2, with no traceback.
+
+The command table sits at the package's top: it names every stage (emotune.launch holds the launchers), and
+nothing imports it but `python -m emotune` and the launchers' rank entry (emotune.launch.train_entry). The
+`--local_rank` a launcher adds, before or after the command, goes to LOCAL_RANK (emotune.plumbing).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from emotune.errors import EmotuneError, run_cli
+from emotune.plumbing import take_local_rank
 
 # command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,8 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("emotune.launch.synth_cli:main", "write the embedded demo's synthetic data and tokenizer (offline)"),
     "launch": ("emotune.launch.launch_cli:main", "start training on 1 GPU, N GPUs, N nodes (hostfile) or SLURM"),
     "watch": ("emotune.scheduling.scheduler:main", "evaluate every checkpoint of a run as it lands: watch RUN_DIR --suite NAME"),
-    "results": ("emotune.scheduling.results:main", "print a run's evaluation results: results RUN_DIR [--json]"),
-    "report": ("emotune.scheduling.report:main", "HTML + PNG + Markdown report: report RUN_DIR [RUN_DIR...] --out DIR"),
+    "results": ("emotune.report.results:main", "print a run's evaluation results: results RUN_DIR [--json]"),
+    "report": ("emotune.report.build:main", "HTML + PNG + Markdown report: report RUN_DIR [RUN_DIR...] --out DIR"),
     "pipeline": ("emotune.launch.pipeline:main", "train, evaluate each checkpoint as it lands, report: pipeline CONFIG"),
 }
 
@@ -37,31 +41,6 @@ def _usage() -> str:
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `emotune COMMAND --help` for a command's options."]
     return "\n".join(lines)
-
-
-def take_local_rank(argv: list[str]) -> list[str]:
-    """Drop the `--local_rank=N` (or `--local_rank N`, `--local-rank`) a launcher adds, wherever it lands.
-
-    `deepspeed --module emotune train CFG` and `deepspeed $(which emotune) train CFG` put it *before* the
-    command; `deepspeed --module emotune.launch.train_entry CFG` after it. The rank goes to LOCAL_RANK,
-    which is where torchrun puts it and where the training stage reads it.
-    """
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        name, sep, value = arg.partition("=")
-        if name in ("--local_rank", "--local-rank"):
-            if not sep:
-                if i + 1 >= len(argv):
-                    raise EmotuneError(f"{name} needs a value")
-                value, i = argv[i + 1], i + 1
-            if not value.isdigit():
-                raise EmotuneError(f"{name}: expected a rank number, got {value!r}")
-            os.environ.setdefault("LOCAL_RANK", value)
-        else:
-            out.append(arg)
-        i += 1
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

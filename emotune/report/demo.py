@@ -2,7 +2,7 @@
 reproduced (EMO against MLE), in-context accuracy against its Bayes ceiling, and calibration at the synthetic
 language's branch points (emotune.eval.calibration's `calib/...` metrics, EMO's predicted optimum included).
 
-Each part is a section function of the ReportContext (emotune.scheduling.report.SECTIONS) that returns None
+Each part is a section function of the ReportContext (emotune.report.build.SECTIONS) that returns None
 where its metrics are absent, so other reports are unchanged. Runs are compared at their best checkpoint
 (RunData.selected_step: the lowest validation loss, the paper's selection). Every sentence is generated from
 the numbers under a stated condition; none is a fixed verdict.
@@ -14,7 +14,10 @@ import html
 import math
 import statistics
 
-from emotune.scheduling.report_data import METRICS, RunData, groups
+from emotune.report.data import METRICS, RunData, groups
+from emotune.report.parts import Plot, Section
+from emotune.report.plots import plot_ceiling
+from emotune.report.tables import md_to_html_table
 
 ORACLE = "synthetic_oracle"
 BASE, CANDIDATE = "MLE", "EMO"
@@ -287,8 +290,6 @@ def calibration_table(runs: list[RunData]) -> str:
 
 def _md_block_html(md: str) -> str:
     """Paragraphs, bullet lists and tables of a small Markdown block, as HTML."""
-    from emotune.scheduling.report_tables import md_to_html_table
-
     out, table = [], []
     for block in md.split("\n\n"):
         lines = block.strip().splitlines()
@@ -305,16 +306,11 @@ def _md_block_html(md: str) -> str:
 
 
 def verdict_section(ctx):
-    from emotune.scheduling.report import Section
-
     md = verdict_markdown(ctx.runs)
     return Section("What reproduced here", _md_block_html(md), md) if md else None
 
 
 def icl_section(ctx):
-    from emotune.scheduling.report import Plot, Section
-    from emotune.scheduling.report_plots import plot_ceiling
-
     md = icl_table(ctx.runs)
     if not md:
         return None
@@ -325,8 +321,6 @@ def icl_section(ctx):
 
 
 def calibration_section(ctx):
-    from emotune.scheduling.report import Section
-
     md = calibration_table(ctx.runs)
     if not md:
         return None

@@ -1,4 +1,4 @@
-"""The demo's report parts (emotune.scheduling.report_demo): what reproduced, accuracy against its Bayes ceiling,
+"""The demo's report parts (emotune.report.demo): what reproduced, accuracy against its Bayes ceiling,
 calibration at branch points. Sentences must follow the numbers: the same runs with other numbers give other
 verdicts; each run is read at its best checkpoint; the parts vanish where their metrics are absent."""
 
@@ -60,7 +60,7 @@ def make_runs(root, mauve_gain: float = -0.7, seeds: int = 3, tasks=("synthetic_
 
 
 def report(tmp_path, runs, headline=("synthetic_oracle/mauve", "synthetic_oracle/ppl_oracle")):
-    from emotune.scheduling.report import ReportOptions, make_report
+    from emotune.report.build import ReportOptions, make_report
 
     written = make_report(runs, str(tmp_path / "report"), options=ReportOptions("demo", "", list(headline)))
     return written["markdown"].read_text(), written["html"].read_text()

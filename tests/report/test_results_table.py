@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emotune.scheduling.results import main_metric, main_stderr, table
+from emotune.report.results import main_metric, main_stderr, table
 from emotune.scheduling.store import Store
 
 

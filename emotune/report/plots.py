@@ -1,6 +1,6 @@
 """The report's plots (PNG bytes, matplotlib Agg). Every plot draws runs the same way:
 
-- colour = objective, the same colour in every plot (report_data.group_colors);
+- colour = objective, the same colour in every plot (data.group_colors);
 - one thin line per run (seed), with the evaluator's standard-error bars where the store has
   `<metric>_stderr`, and ★ on the run's best checkpoint (best.json: lowest validation loss);
 - one bold line per objective: the mean over its runs at the steps they all reached, inside a band of
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 
-from emotune.scheduling.report_data import (
+from emotune.report.data import (
     METRICS,
     RunData,
     group_colors,

@@ -44,7 +44,7 @@ def plot_pairs(rows: list[dict]) -> bytes:
     """One horizontal stacked bar per (pair, judge): win / tie / lose counts of side A, lengths on the right."""
     import matplotlib.pyplot as plt
 
-    from emotune.scheduling.report_plots import _png
+    from emotune.report.plots import _png
 
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.2))
     for y, row in enumerate(rows):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from emotune.scheduling.report_data import (
+from emotune.report.data import (
     METRICS,
     STDERR_SUFFIX,
     RunData,
@@ -128,7 +128,7 @@ def grouped_table(runs: list[RunData]) -> str:
     for r in runs:
         for task in task_order(r.metrics):
             last = r.metrics[task][max(r.metrics[task])]
-            # the branch-point masses (calib/...) have their own table (report_demo.calibration_section);
+            # the branch-point masses (calib/...) have their own table (demo.calibration_section);
             # MAUVE's single sampling runs (mauve/run0...) are summed up by mauve ± mauve_std;
             # a metric's stderr goes in its cell, not a column of its own
             columns += [(task, k) for k in sorted(last) if (task, k) not in columns and is_number(last[k])
