@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
-from sshd_fixture import free_port, local_addresses, local_sshd, missing_programs
+from sshd_fixture import local_addresses, local_sshd, missing_programs
+from support import free_port
 from system_programs import require
 
 REPO = Path(__file__).resolve().parents[2]
