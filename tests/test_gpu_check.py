@@ -15,6 +15,10 @@ def test_gpu_check_smoke_runs_every_section_on_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
                PYTHONPATH=str(REPO))
     env.pop("DS_ACCELERATOR", None)
+    # a user's shell, not this test process's: an in-process one-rank group of another test in this worker
+    # may still hold its MASTER_PORT, and the script's own group must pick a free one
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
