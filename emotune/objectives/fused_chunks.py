@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from emotune.objectives.common import compute_dtype
-from emotune.objectives.token_terms import demd_terms, logit_grad, softmax_ce
+from emotune.objectives.token_terms import demd_terms, logit_grad, scaled_logit_grad, softmax_ce
 
 _COMPILED: dict = {}
 
@@ -42,6 +42,9 @@ class Chunks:
         use_compile = compile_ and h.is_cuda
         self.softmax_ce = _maybe_compiled(softmax_ce, use_compile)
         self.logit_grad = _maybe_compiled(logit_grad, use_compile)
+        # DEMD's logit gradient with its row factor moved to the c x H side of the matmuls (scaled_logit_grad):
+        # only where those matmuls run in the compute dtype (a bf16/fp16 g needs its own scale) and eagerly
+        self.fold = mm_dtype == cdt and not use_compile
         acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
         self.grad_h, self.grad_w = acc(h, want[0]), acc(weight, want[1])
         self.grad_b = acc(bias, want[2]) if bias is not None else None
@@ -112,19 +115,27 @@ class Chunks:
     def backprop(self, s, e, q, k, a, b):
         """Rows s:e with coefficients a = dL/d ce, b = dL/d demd: add their share to every gradient."""
         ez, norm = q
-        self.apply(s, e, self.logit_grad(ez, norm, self.y[s:e], a, b, k, None if self.d_all is None else self.d_all[s:e]))
+        d = None if self.d_all is None else self.d_all[s:e]
+        if b is not None and self.fold:
+            self.apply(s, e, *scaled_logit_grad(ez, norm, self.y[s:e], a, b, k, d))
+        else:
+            self.apply(s, e, self.logit_grad(ez, norm, self.y[s:e], a, b, k, d))
 
-    def apply(self, s, e, g):
-        """The chunk's logit gradient g [c, V] (compute dtype) -> its share of the gradients of h, W, bias, LoRA."""
+    def apply(self, s, e, g, rows=None):
+        """The chunk's logit gradient diag(rows) g [c, V] (compute dtype; `rows` None: 1) -> its share of the
+        gradients of h, W, bias, LoRA. A row factor is applied on the c x H side: (rows ⊙ g) W = rows ⊙ (g W) and
+        (rows ⊙ g)ᵀ h = gᵀ (rows ⊙ h)."""
         grad_h, grad_w, grad_b, grad_lora = self.grad_h, self.grad_w, self.grad_b, self.grad_lora
         if grad_b is not None:
-            grad_b.add_(g.sum(0).to(grad_b.dtype))
+            grad_b.add_((g.sum(0) if rows is None else rows @ g).to(grad_b.dtype))
         g32, f = g, self.factor(g)
         g = (g * f if f != 1.0 else g).to(self.mm_dtype)
         inv = 1.0 / f
-        hs = self.h_mm[s:e]
+        hs = self.h_mm[s:e] if rows is None else self.h_mm[s:e] * rows[:, None]
         if grad_h is not None:
             grad_h[s:e] = g @ self.w_mm
+            if rows is not None:
+                grad_h[s:e] *= rows[:, None]
             if inv != 1.0:
                 grad_h[s:e] *= inv
         if grad_w is not None:
@@ -135,11 +146,11 @@ class Chunks:
             else:  # bf16 matmul, float32 accumulation across chunks
                 grad_w.add_(g.T @ hs)
         for i, (a_, b_, sc) in enumerate(self.lora_mm):
-            u = hs @ a_.T                      # [c, r]
-            gu = g @ b_                        # dL/du / (sc f)
+            u = hs @ a_.T                      # [c, r] (times the row factor, as hs)
+            gu = g @ b_ if rows is None else (g @ b_) * rows[:, None]  # dL/du / (sc f)
             if grad_h is not None:
                 grad_h[s:e] += (gu @ a_).to(grad_h.dtype) * (sc * inv)
             if grad_lora[2 * i] is not None:
-                grad_lora[2 * i].add_(gu.T @ hs, alpha=sc * inv)
+                grad_lora[2 * i].add_(gu.T @ self.h_mm[s:e], alpha=sc * inv)
             if grad_lora[2 * i + 1] is not None:
                 grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)

@@ -121,6 +121,27 @@ def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, 
     return g.scatter_add_(-1, y[:, None], -a[:, None])
 
 
+def scaled_logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor, k: Tensor,
+                      demd: Tensor) -> tuple[Tensor, Tensor]:
+    """(g, r) with dL/dz = r[:, None] * g, in place on `k`, for the fused loss, whose matmuls take r on their c x H
+    side: g = e ⊙ (k + γ) - (a / r) onehot(y), r = b / norm, γ = a / b - demd. Two passes over c x V with one
+    row scalar each (torch vectorises those) instead of logit_grad's `a + b k`, whose two row scalars in one
+    op run element by element on the CPU. A row with b = 0, or too small for a / b, gets logit_grad's form, r = 1."""
+    fold = b.abs() * 2.0**32 > a.abs()
+    exact = None
+    if not bool(fold.all()):
+        rows = (~fold).nonzero().squeeze(1)
+        exact = rows, logit_grad(e[rows], norm[rows], y[rows], a[rows], b[rows], k[rows], demd[rows])
+    one = torch.ones_like(b)
+    r = torch.where(fold, b / norm, one)
+    gamma = torch.where(fold, a / torch.where(fold, b, one) - demd, torch.zeros_like(b))
+    g = k.add_(gamma[:, None]).mul_(e)
+    g.scatter_add_(-1, y[:, None], (-a / r)[:, None])
+    if exact is not None:
+        g[exact[0]] = exact[1]
+    return g, r
+
+
 def row_blocks(rows: Tensor, chunk: int) -> list[tuple[int, int, int]]:
     """(s, e, first row) blocks of at most `chunk` targets whose rows are consecutive in the flat logits,
     so each block is a plain slice `flat[r : r + e - s]` (no index_select, no gather of the logits)."""
