@@ -29,7 +29,6 @@ from torch import Tensor
 from emotune.objectives.token_terms import compute_dtype, no_autocast, row_blocks, unused_ranges
 
 TARGETS = ("onehot", "teacher", "smoothed")
-LIKELIHOODS = ("forward_kl", "reverse_kl")
 _SUB_ROWS = 32  # rows per log p temporary (32 x V floats)
 
 

@@ -28,21 +28,22 @@ autocast off (float64 stays float64). Every saved gradient is float32: the backw
 incoming gradient (loss scale, 1/accumulation) in float32 and casts once. LoRA adapters on the head are
 applied as `h Wᵀ + s (h Aᵀ) Bᵀ` and get their own gradients.
 
-Ignored (-100) positions are dropped before the projection. On CUDA `compile=True` runs the chunk's
+The chunk walk's state and per-chunk work (logits, kernel calls, gradient matmuls) is `fused_chunks.Chunks`;
+this module drives it. Ignored (-100) positions are dropped before the projection. On CUDA `compile=True` runs the chunk's
 element-wise work through `torch.compile` (opt-in; the eager CPU path is the reference it must equal).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from emotune.objectives.common import IGNORE_INDEX, LossOutput, compute_dtype
 from emotune.objectives.cost import CostEmbedding, as_matrix, check_vocab, normalize_rows
+from emotune.objectives.fused_chunks import Chunks
+from emotune.objectives.fused_dense import DenseChunks, teacher_rows
 from emotune.objectives.registry import Objective
-from emotune.objectives.token_terms import demd_terms, logit_grad, no_autocast, self_cost, softmax_ce
+from emotune.objectives.token_terms import no_autocast, self_cost
 
 # Default chunk: as many tokens as keep one chunk x V float32 buffer at 2^24 floats (64 MB), at least 16.
 DEFAULT_CHUNK_FLOATS = 1 << 24
@@ -80,144 +81,12 @@ def _coefficients(objective, ce, demd, q_y, denom):
 # All chunks: logits -> (ce, demd) -> dL/dz -> gradients of h, W, bias and LoRA factors.
 
 
-_COMPILED: dict = {}
-
-
-def _maybe_compiled(fn, use: bool):
-    """`torch.compile(fn)` on request for CUDA tensors; the eager function otherwise (CPU: always eager)."""
-    if not use:
-        return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-class _Chunks:
-    """The walk over chunks of target rows: one chunk's logits -> (ce, demd) (`chunk`), and its logit gradient ->
-    the gradients of h, W, bias and the LoRA factors (`backprop`). Holds what every chunk shares: the operands in
-    the matmul dtype, one reused logits buffer and cost buffer, the per-token results and the accumulators."""
-
-    def __init__(self, h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype):
-        n, cdt = h.shape[0], compute_dtype(h.dtype)
-        self.n, self.cdt, self.y, self.e_hat, self.k_self, self.mm_dtype = n, cdt, y, e_hat, k_self, mm_dtype
-        use_compile = compile_ and h.is_cuda
-        self.softmax_ce = _maybe_compiled(softmax_ce, use_compile)
-        self.logit_grad = _maybe_compiled(logit_grad, use_compile)
-        acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
-        self.grad_h, self.grad_w = acc(h, want[0]), acc(weight, want[1])
-        self.grad_b = acc(bias, want[2]) if bias is not None else None
-        self.grad_lora = [acc(t, f) for (a_, b_, _), f2 in zip(lora, zip(want[3::2], want[4::2]))
-                          for t, f in ((a_, f2[0]), (b_, f2[1]))]
-        # matmuls in the head's own dtype (bf16 stays bf16, as the model's lm_head would; under autocast, its dtype)
-        self.h_mm, self.w_mm = h.to(mm_dtype), weight.to(mm_dtype)
-        self.lora_mm = [(a_.to(mm_dtype), b_.to(mm_dtype), sc) for a_, b_, sc in lora]
-        self.ce_all = torch.empty(n, dtype=cdt, device=h.device)
-        # d_all: the kernel's <q, k>, which the gradient needs (gt_detach only shifts the logged value)
-        self.d_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
-        self.qy_all = torch.empty(n, dtype=cdt, device=h.device) if e_hat is not None else None
-        self.lik_all = self.ce_all  # the term the rule mixes with the DEMD: the CE for a one-hot target
-
-        # One logits buffer and one cost buffer, reused by every chunk: a fresh chunk x V allocation per chunk is
-        # a fresh mapping (page faults, zeroing) on the CPU.
-        rows = min(chunk_size, max(n, 1))
-        self.zbuf = torch.empty(rows, weight.shape[0], dtype=cdt, device=h.device)
-        self.kbuf = torch.empty_like(self.zbuf) if e_hat is not None else None
-        self.has_bias = bias is not None
-        self.bias_mm = None if bias is None else bias.to(mm_dtype)
-
-        # fp16's range is narrow: an unscaled per-token gradient (~q/N) is subnormal in fp16. So for fp16 matmuls
-        # each chunk's gradient is scaled by a power of two (exact) that puts it near 1 without letting any
-        # product overflow, and unscaled in float32 after the matmul. bf16 has float32's range: factor 1.
-        # (grad_W in fp16 is a float32 product: it sums over chunks, and fp16 partial sums would each round.)
-        self.prescale = prescale = mm_dtype == torch.float16
-        self.amax_h = float(self.h_mm.abs().amax()) if prescale and n else 1.0
-        self.amax_m = (max([float(self.w_mm.abs().amax())] + [float(b_.abs().amax()) for _, b_, _ in self.lora_mm])
-                       if prescale else 1.0)
-
-    def logits(self, s, e) -> Tensor:
-        """Rows s:e: the head's logits (compute dtype) in the reused buffer."""
-        hs = self.h_mm[s:e]
-        z = self.zbuf[: e - s]
-        if self.mm_dtype == self.cdt:
-            torch.mm(hs, self.w_mm.T, out=z) if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T, out=z)
-        else:
-            z.copy_(hs @ self.w_mm.T if not self.has_bias else torch.addmm(self.bias_mm, hs, self.w_mm.T))
-        for a_, b_, sc in self.lora_mm:  # h W + s (h A) B: the adapter's contribution is never rounded into W
-            z.add_(((hs @ a_.T) @ b_.T).to(self.cdt), alpha=sc)
-        return z
-
-    def chunk(self, s, e):
-        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm), k)."""
-        z, y = self.logits(s, e), self.y
-        ce, ez, _, norm = self.softmax_ce(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
-        k = None
-        if self.e_hat is not None:
-            k, d = demd_terms(ez, norm, y[s:e], self.e_hat, self.k_self[s:e], out=self.kbuf[: e - s])
-            self.d_all[s:e] = d
-            self.qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
-        self.ce_all[s:e] = ce
-        return (ez, norm), k
-
-    def factor(self, g) -> float:
-        """The fp16 prescale of a chunk's logit gradient (a power of two; 1 unless the matmuls run in fp16)."""
-        if not self.prescale:
-            return 1.0
-        ag = g.abs()
-        amax, rowsum, colsum = float(ag.amax()), float(ag.sum(-1).amax()), float(ag.sum(0).amax())
-        if amax == 0.0:
-            return 1.0
-        limit = 2.0 ** 14  # a quarter of fp16's max: room for the matmuls' rounding
-        f = min(1.0 / amax, limit / max(rowsum * self.amax_m, 1e-30), limit / max(colsum * self.amax_h, 1e-30))
-        return 2.0 ** math.floor(math.log2(f))
-
-    def backprop(self, s, e, q, k, a, b):
-        """Rows s:e with coefficients a = dL/d ce, b = dL/d demd: add their share to every gradient."""
-        ez, norm = q
-        self.apply(s, e, self.logit_grad(ez, norm, self.y[s:e], a, b, k, None if self.d_all is None else self.d_all[s:e]))
-
-    def apply(self, s, e, g):
-        """The chunk's logit gradient g [c, V] (compute dtype) -> its share of the gradients of h, W, bias, LoRA."""
-        grad_h, grad_w, grad_b, grad_lora = self.grad_h, self.grad_w, self.grad_b, self.grad_lora
-        if grad_b is not None:
-            grad_b.add_(g.sum(0).to(grad_b.dtype))
-        g32, f = g, self.factor(g)
-        g = (g * f if f != 1.0 else g).to(self.mm_dtype)
-        inv = 1.0 / f
-        hs = self.h_mm[s:e]
-        if grad_h is not None:
-            grad_h[s:e] = g @ self.w_mm
-            if inv != 1.0:
-                grad_h[s:e] *= inv
-        if grad_w is not None:
-            if g.dtype == grad_w.dtype:
-                grad_w.addmm_(g.T, hs)
-            elif self.prescale:  # fp16: one fp16 rounding per chunk would add up over the chunks; fp32 product instead
-                grad_w.addmm_(g32.T, hs.to(grad_w.dtype))
-            else:  # bf16 matmul, float32 accumulation across chunks
-                grad_w.add_(g.T @ hs)
-        for i, (a_, b_, sc) in enumerate(self.lora_mm):
-            u = hs @ a_.T                      # [c, r]
-            gu = g @ b_                        # dL/du / (sc f)
-            if grad_h is not None:
-                grad_h[s:e] += (gu @ a_).to(grad_h.dtype) * (sc * inv)
-            if grad_lora[2 * i] is not None:
-                grad_lora[2 * i].add_(gu.T @ hs, alpha=sc * inv)
-            if grad_lora[2 * i + 1] is not None:
-                grad_lora[2 * i + 1].add_(g.T @ u, alpha=sc * inv)
-
-
 def _run(h, weight, bias, lora, y, e_hat, k_self, objective, denom, chunk_size, want, compile_, mm_dtype, teacher=None):
     """All chunks. `lora` = [(A [r,H], B [V,r], scale)]; `want` = grad flags for (h, W, bias, A1, B1, ...);
     `teacher` = (h_t [N,H_t], W_t [V,H_t], bias_t) for a teacher target (its logits are made chunk by chunk).
     Returns (loss, stats, grads); every gradient is accumulated and returned in float32 (float64 stays)."""
-    from emotune.objectives.fused_dense import DenseChunks  # a dense target: P per chunk, the rule on (likelihood, DEMD)
-
     c = (DenseChunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype, objective, teacher)
-         if objective.dense else _Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype))
+         if objective.dense else Chunks(h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype))
     n, ce_all, d_all, qy_all, any_grad = c.n, c.lik_all, c.d_all, c.qy_all, any(want)
     loss = torch.zeros((), dtype=c.cdt, device=h.device)
     weights = []
@@ -358,8 +227,6 @@ def fused_loss(hidden: Tensor, weight: Tensor, labels: Tensor, objective: Object
     """
     lora = list(lora or [])
     h, y = _target_rows(hidden, weight, labels, lora, ignore_index)
-    from emotune.objectives.fused_dense import teacher_rows  # (fused_dense imports this module)
-
     teacher = teacher_rows(teacher, hidden, labels, weight.shape[0], ignore_index) if objective.needs_teacher else None
     vocab, mm_dtype = weight.shape[0], _matmul_dtype(weight)
     if h.dtype != weight.dtype:

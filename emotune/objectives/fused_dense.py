@@ -1,6 +1,6 @@
-"""The fused loss's chunk walk for a dense target (fused.py's `_Chunks` with P made per chunk; docs/fused-loss.md).
+"""The fused loss's chunk walk for a dense target (fused_chunks.py's `Chunks` with P made per chunk; docs/fused-loss.md).
 
-Per chunk of c target tokens: the student's logits h Wᵀ (fused.py), the target P into a second buffer (the
+Per chunk of c target tokens: the student's logits h Wᵀ (fused_chunks.py), the target P into a second buffer (the
 teacher's logits h_t W_tᵀ made right here, in the teacher head's own dtype, then softmax / temperature / top-k;
 or the cost-smoothed label), and a third buffer for the kernel (`dense.py`): three chunk x V buffers in all,
 whatever N. The per-token likelihood (forward / reverse KL to P) is what the objective's rule sees as `ce`;
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from emotune.objectives.dense import dense_grad, dense_terms, target_probs
-from emotune.objectives.fused import _Chunks
+from emotune.objectives.fused_chunks import Chunks
 
 
 def teacher_rows(teacher, hidden: Tensor, labels: Tensor, vocab: int, ignore_index: int):
@@ -33,8 +33,8 @@ def teacher_rows(teacher, hidden: Tensor, labels: Tensor, vocab: int, ignore_ind
     return h_t[y != ignore_index].detach().to(w_t.dtype), w_t.detach(), None if b_t is None else b_t.detach()
 
 
-class DenseChunks(_Chunks):
-    """`_Chunks` whose chunk terms are the dense kernel's: (ce, likelihood, demd, q_y) and dL/dz from a, b."""
+class DenseChunks(Chunks):
+    """`Chunks` whose chunk terms are the dense kernel's: (ce, likelihood, demd, q_y) and dL/dz from a, b."""
 
     def __init__(self, h, weight, bias, lora, y, e_hat, k_self, chunk_size, want, compile_, mm_dtype, objective, teacher):
         super().__init__(h, weight, bias, lora, y, e_hat if objective.uses_demd else None, k_self, chunk_size, want,

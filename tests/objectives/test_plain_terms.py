@@ -111,3 +111,25 @@ def test_heavily_masked_bf16_batch_keeps_a_per_target_table():
     assert not tt.reuse_for_gradient(flat, torch.arange(4), torch.float32)
     assert tt.reuse_for_gradient(flat, torch.arange(5), torch.float32)
     assert tt.reuse_for_gradient(flat.float(), torch.arange(1), torch.float32)
+
+
+def test_scaled_logit_grad_is_logit_grad_with_its_row_factor():
+    """The fused loss's DEMD gradient with the row factor b / norm taken out (applied on the c x H side), rows with
+    b = 0, b too small for a / b, and a = 0 (DEMD only) included: r ⊙ g equals logit_grad's dL/dz in float64."""
+    from emotune.objectives.token_terms import logit_grad, scaled_logit_grad
+
+    gen = torch.Generator().manual_seed(0)
+    c, vocab = 6, 50
+    z = torch.randn(c, vocab, dtype=torch.float64, generator=gen) * 3
+    y = torch.randint(0, vocab, (c,), generator=gen)
+    e = (z - z.max(-1, keepdim=True).values).exp()
+    norm = e.sum(-1)
+    k = torch.rand(c, vocab, dtype=torch.float64, generator=gen).scatter_(-1, y[:, None], 0.0)
+    demd = (e * k).sum(-1) / norm
+    a = torch.rand(c, dtype=torch.float64, generator=gen)
+    b = torch.rand(c, dtype=torch.float64, generator=gen)
+    b[1], b[2], a[3] = 0.0, 1e-300, 0.0
+    ref = logit_grad(e, norm, y, a, b, k.clone(), demd)
+    g, r = scaled_logit_grad(e, norm, y, a, b, k.clone(), demd)
+    assert r[1] == r[2] == 1.0 and r[0] == b[0] / norm[0]
+    torch.testing.assert_close(g * r[:, None], ref, rtol=1e-12, atol=1e-15)

@@ -18,7 +18,10 @@ Two ways compute the same per-token NLLs:
                        prefix padding masked out and explicit position ids for the suffixes).
 
 A suffix token at position t is predicted by the logits of position t-1, so the first suffix token is
-scored from the prefix run's last logits; a one-token suffix needs no model call at all. NLLs are
+scored from the prefix run's last logits; a one-token suffix needs no model call at all. The longer
+suffixes of a group ride side by side in one row that attends to the group's own cache (a block-diagonal
+4D mask, each suffix at its own prompt's positions): the cache is neither copied per candidate nor
+attended to once per candidate. Families whose attention cannot take such a mask keep one row per candidate. NLLs are
 computed by log-softmax in float32 whatever the model dtype.
 """
 
@@ -62,10 +65,17 @@ def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(k, v) for k, v in cache]  # legacy tuple of tuples
 
 
-def _gather_cache(layers, rows: torch.Tensor):
+def _gather_cache(layers, rows: torch.Tensor | int | None):
+    """A fresh cache of `layers`' key/value tensors: the rows `rows` (a tensor of indices), row 0 repeated `rows`
+    times (an int: an expanded view, copied once by the cache itself), or the tensors as they are (None)."""
     from transformers import DynamicCache
 
-    data = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in layers]
+    if rows is None:
+        data = list(layers)
+    elif isinstance(rows, int):
+        data = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
+    else:
+        data = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in layers]
     try:
         return DynamicCache(data)
     except TypeError:  # transformers < 4.52
@@ -73,7 +83,8 @@ def _gather_cache(layers, rows: torch.Tensor):
 
 
 def _forward(model, ids, mask, positions=None, layers=None, rows=None):
-    """One model call; `layers` (a cache's key/value tensors) are gathered by `rows` into a fresh cache."""
+    """One model call; `layers` (a cache's key/value tensors) are gathered by `rows` into a fresh cache
+    (see _gather_cache)."""
     kwargs = {}
     if layers is not None:
         kwargs[cache_kwarg(model)] = _gather_cache(layers, rows)
@@ -90,7 +101,8 @@ def shared_token_nlls(model, groups: list[list[list[int]]], batch_size: int = 8,
       level 0  the prefix common to every candidate of every group (BOS; for MMLU the subject's hint and
                demos): one call for the whole set of groups, batch 1
       level 1  the rest of each group's common prefix (demos and test input): one call per batch of groups
-      level 2  the label suffixes, minus their first token (scored from level 1's last logits)
+      level 2  the label suffixes, minus their first token (scored from level 1's last logits): one row per
+               group where the model takes the packed mask (_packable), else one row per candidate
 
     `select` (group indices; a shard of the task, emotune.tasks.shards): every group is still given, so that the
     plan — the level-0 prefix, the batches — is the whole run's, but only the model calls that involve a
@@ -143,10 +155,9 @@ def _level1(model, cands, plen, c, common_layers, common_nll, common_last):
     groups' cache, attention mask, prefix NLLs and the log-probs that predict the first suffix token."""
     dev = model_device(model)
     B = len(cands)
-    zeros = torch.zeros(B, dtype=torch.long, device=dev)
     prefix_nll, last = [], []
     if not any(p > c for p in plen):  # every group's prefix is the level-0 prefix
-        layers = [(k.index_select(0, zeros), v.index_select(0, zeros)) for k, v in common_layers]
+        layers = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in common_layers]
         return layers, torch.ones(B, c, dtype=torch.long, device=dev), [common_nll] * B, [common_last] * B
     ids1, mask1 = pad_right([cs[0][c:p] if p > c else [0] for cs, p in zip(cands, plen)])
     for i, p in enumerate(plen):
@@ -156,7 +167,7 @@ def _level1(model, cands, plen, c, common_layers, common_nll, common_last):
     pos1 = c + torch.arange(ids1.shape[1], device=dev)[None, :].expand(B, -1)
     if c > 0:
         mask1 = torch.cat([torch.ones(B, c, dtype=torch.long, device=dev), mask1], dim=1)
-    logits1, layers = _forward(model, ids1, mask1, pos1, common_layers, zeros)
+    logits1, layers = _forward(model, ids1, mask1, pos1, common_layers, B)  # level 0's one row, B times
     for i, p in enumerate(plen):
         n = p - c
         parts = [common_nll]
@@ -171,36 +182,98 @@ def _level1(model, cands, plen, c, common_layers, common_nll, common_last):
 
 def _level2(model, cands, plen, last, layers, mask1):
     """Level 2 of shared_token_nlls: the first suffix token from the prefix's last log-probs, the rest with
-    one model call attending to the group's cache. Returns NLLs keyed by (group in chunk, candidate)."""
-    dev = model_device(model)
+    one model call attending to the groups' cache. Returns NLLs keyed by (group in chunk, candidate)."""
     first: dict[tuple[int, int], torch.Tensor] = {}
-    rows, row_src, row_in, row_tgt = [], [], [], []
+    rows = []  # (group in chunk, candidate, inputs, targets) of every suffix longer than one token
     for i, (cs, p) in enumerate(zip(cands, plen)):
         for j, s in enumerate(cs):
             if len(s) > p:
                 first[i, j] = -last[i][s[p]].double().cpu().reshape(1)
             if len(s) > p + 1:
-                rows.append((i, j))
-                row_src.append(i)
-                row_in.append(s[p:-1])
-                row_tgt.append(s[p + 1 :])
-    rest: dict[tuple[int, int], torch.Tensor] = {}
-    if rows:
-        src = torch.tensor(row_src, device=dev)
-        ids2, mask2 = pad_right(row_in)
-        ids2, mask2 = ids2.to(dev), mask2.to(dev)
-        offsets = torch.tensor([plen[i] for i in row_src], device=dev)
-        # a padded slot repeats its row's last position: the row's offset plus the batch's longest suffix
-        # could pass the model's positions (GPT-2: no embedding there) though every real token is within
-        ends = torch.tensor([len(x) - 1 for x in row_in], device=dev)
-        steps = torch.minimum(torch.arange(ids2.shape[1], device=dev)[None, :], ends[:, None])
-        pos2 = offsets[:, None] + steps
-        mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
-        logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
-        for r, key in enumerate(rows):
-            tgt = torch.tensor(row_tgt[r], device=dev)
-            rest[key] = row_nlls(logits2[r, : len(tgt)], tgt).double().cpu()
-    return first, rest
+                rows.append((i, j, s[p:-1], s[p + 1 :]))
+    if not rows:
+        return first, {}
+    if _packable(model):
+        return first, _suffixes_packed(model, rows, len(cands), plen, layers, mask1)
+    return first, _suffixes_per_candidate(model, rows, plen, layers, mask1)
+
+
+# Model families whose attention takes a custom 4D mask as given (transformers' masking_utils) and whose
+# positions come from `position_ids`: tests/eval/icl/test_eval_scorer.py checks each against the per-candidate
+# path and a float64 reference. Others (ALiBi, sliding windows, older transformers) keep one row per candidate.
+PACKED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "opt")
+
+
+def _packable(model) -> bool:
+    """Whether every label suffix of a group can ride in one row of its group (a block-diagonal 4D mask)."""
+    import importlib.util
+
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in PACKED_MODEL_TYPES:
+        return False
+    if getattr(cfg, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False  # flash attention takes no custom mask
+    if getattr(cfg, "sliding_window", None) is not None and any(
+            t != "full_attention" for t in (getattr(cfg, "layer_types", None) or ["sliding_attention"])):
+        return False  # a custom mask would replace the window
+    return importlib.util.find_spec("transformers.masking_utils") is not None  # transformers >= 4.53
+
+
+def _suffixes_packed(model, rows, n_groups, plen, layers, mask1):
+    """The label suffixes of each group side by side in one row of that group's cache (no copy of the cache per
+    candidate): a suffix token sees its group's prefix and the earlier tokens of its own suffix only, at the
+    positions it has in its own prompt. Padded slots see the prefix and themselves (their output is unused)."""
+    dev = model_device(model)
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
+    per_group: list[list] = [[] for _ in range(n_groups)]
+    for row in rows:
+        per_group[row[0]].append(row)
+    width = max(max(sum(len(r[2]) for r in g) for g in per_group), 1)
+    kv = mask1.shape[1]
+    ids = torch.zeros(n_groups, width, dtype=torch.long)
+    pos = torch.tensor(plen, dtype=torch.long)[:, None].repeat(1, width)
+    see = torch.zeros(n_groups, width, kv + width, dtype=torch.bool)
+    see[:, :, :kv] = mask1.bool().cpu()[:, None, :]
+    see[:, :, kv:] = torch.eye(width, dtype=torch.bool)  # padded slots: themselves
+    spans = {}
+    for i, group in enumerate(per_group):
+        o = 0
+        for _, j, inp, _ in group:
+            n = len(inp)
+            ids[i, o : o + n] = torch.tensor(inp)
+            pos[i, o : o + n] += torch.arange(n)
+            see[i, o : o + n, kv + o : kv + o + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            spans[i, j] = o
+            o += n
+    mask = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)[:, None]
+    logits, _ = _forward(model, ids.to(dev), mask.to(dev), pos.to(dev), layers, None)
+    rest = {}
+    for i, j, _, tgt in rows:
+        o = spans[i, j]
+        rest[i, j] = row_nlls(logits[i, o : o + len(tgt)], torch.tensor(tgt, device=dev)).double().cpu()
+    return rest
+
+
+def _suffixes_per_candidate(model, rows, plen, layers, mask1):
+    """One row per candidate, attending to a copy of its group's cache (models that cannot take _packable's mask)."""
+    dev = model_device(model)
+    row_src = [r[0] for r in rows]
+    row_in = [r[2] for r in rows]
+    src = torch.tensor(row_src, device=dev)
+    ids2, mask2 = pad_right(row_in)
+    ids2, mask2 = ids2.to(dev), mask2.to(dev)
+    offsets = torch.tensor([plen[i] for i in row_src], device=dev)
+    # a padded slot repeats its row's last position: the row's offset plus the batch's longest suffix
+    # could pass the model's positions (GPT-2: no embedding there) though every real token is within
+    ends = torch.tensor([len(x) - 1 for x in row_in], device=dev)
+    steps = torch.minimum(torch.arange(ids2.shape[1], device=dev)[None, :], ends[:, None])
+    pos2 = offsets[:, None] + steps
+    mask2 = torch.cat([mask1.index_select(0, src), mask2], dim=1)
+    logits2, _ = _forward(model, ids2, mask2, pos2, layers, src)
+    rest = {}
+    for r, (i, j, _, tgt) in enumerate(rows):
+        rest[i, j] = row_nlls(logits2[r, : len(tgt)], torch.tensor(tgt, device=dev)).double().cpu()
+    return rest
 
 
 def rule_scores(cands: list[list[int]], nlls: list[np.ndarray], rule: str = "full",

@@ -11,6 +11,7 @@ import torch
 from eval_builders import TEMPLATES, TEST_TEXTS, TRAIN_TEXTS, build_llama, build_tokenizer  # noqa: F401
 
 from emotune.errors import EmotuneError
+from emotune.eval.icl import scorer
 from emotune.eval.icl.scorer import argmin_first, common_prefix_len, naive_token_nlls, rule_scores, score_groups, shared_token_nlls
 
 
@@ -151,3 +152,55 @@ def test_a_bos_that_is_eos_is_left_out_like_openicl(tmp_path):
     ids = gpt2("the movie was great")["input_ids"]
     nll = np.arange(1.0, len(ids))
     assert rule_scores([ids], [nll], "full", ignore_id=openicl_ignore_id(gpt2)) == pytest.approx([nll.sum() / len(ids)])
+
+
+def family_model(kind: str, vocab: int, **extra):
+    """A tiny causal LM of one family (random weights, scaled up so that labels' scores differ clearly)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    sizes = {"gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
+             "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=512, word_embed_proj_dim=32),
+             "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, sliding_window=None)}
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+    cfg = AutoConfig.for_model(kind, vocab_size=vocab, **{**sizes.get(kind, common), **extra})
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)
+    return model
+
+
+@pytest.mark.parametrize("kind", scorer.PACKED_MODEL_TYPES)
+def test_packed_label_suffixes_equal_one_row_per_candidate_and_the_reference(tiny, kind, monkeypatch):
+    """Every label suffix of a group in one row of that group's cache (a block-diagonal 4D mask, positions of
+    each suffix's own prompt) gives each family the NLLs of one row per candidate and of float64 full prompts;
+    labels of unequal length, one-token suffixes and a candidate that is a prefix of another included."""
+    tok = tiny[0]
+    model = family_model(kind, len(tok))
+    model64 = copy.deepcopy(model).double()
+    ctx = tok("what is the capital of france ? it is about")["input_ids"]
+    groups = icl_groups(tok, 6, n_tests=3) + [[ctx + [40, 41], ctx + [40, 41, 42, 43], ctx + [40]],
+                                             [ctx + [50], ctx + [51]]]
+    assert scorer._packable(model)
+    packed = shared_token_nlls(model, groups, batch_size=3)
+    monkeypatch.setattr(scorer, "_packable", lambda m: False)
+    per_candidate = shared_token_nlls(model, groups, batch_size=3)
+    for g, a, b in zip(groups, packed, per_candidate):
+        for s, nll_a, nll_b in zip(g, a, b):
+            np.testing.assert_allclose(nll_a, nll_b, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(nll_a, reference_nlls(model64, s), atol=1e-5, rtol=0)
+
+
+def test_models_that_cannot_take_the_packed_mask_keep_one_row_per_candidate(tiny):
+    vocab = len(tiny[0])
+    assert not scorer._packable(family_model("mistral", vocab, sliding_window=16))  # a window the mask would drop
+    flash = family_model("llama", vocab)
+    flash.config._attn_implementation = "flash_attention_2"
+    assert not scorer._packable(flash)
+    assert not scorer._packable(family_model("bloom", vocab, n_layer=2, n_head=4))  # ALiBi from the 2D mask
+    assert not scorer._packable(object())
