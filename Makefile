@@ -9,6 +9,10 @@ BIN    := $(VENV)/bin
 TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+# Tests run in TEST_JOBS processes (pytest-xdist), each test file whole in one of them; every test uses one
+# torch thread, so 2 suits a 2-core machine. TEST_JOBS=0 runs them in this process (e.g. for pdb).
+TEST_JOBS   ?= 2
+XDIST       := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
 
 .PHONY: demo test test-fast lint install clean
 
@@ -38,10 +42,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check emotune tests benchmarks
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m 'not e2e' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m 'not e2e' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

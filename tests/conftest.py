@@ -13,6 +13,14 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end files first, each file's tests kept together and in order: with `pytest -n 2 --dist loadfile`
+    (`make test`) the long files start at once and the short ones fill the gaps, instead of a demo run
+    starting last and running alone. The order is a fixed function of the collection, as xdist requires."""
+    e2e_first = {item.path: 0 if "e2e" in item.path.parts else 1 for item in items}
+    items.sort(key=lambda item: e2e_first[item.path])  # stable: the order within each group is pytest's
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One thread for torch, faiss (mauve-text's k-means) and BLAS (numpy's, under sklearn's PCA), from the session's

@@ -198,13 +198,6 @@ def test_importing_scheduling_or_the_report_loads_no_torch_at_run_time():
 
 # ---------------------------------------------------------------- import cycles
 
-# Cycles that other branches of the same restructuring remove; the lead empties this list when merging them
-# (test_known_cycles_still_exist fails once one is gone, so an entry cannot outlive its cycle).
-KNOWN_CYCLES = {
-    frozenset({"emotune.objectives.fused", "emotune.objectives.fused_dense"}),  # fused_dense borrows fused's _Chunks
-}
-
-
 def _type_checking_only(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
@@ -270,10 +263,5 @@ def test_no_import_cycles():
     """No two modules import each other, at module level or inside a function: a function-level import that
     breaks an import-time cycle still ties the two modules into one, and the order they load in decides
     whether the program starts."""
-    cycles = import_cycles(statement_graph()) - KNOWN_CYCLES
+    cycles = import_cycles(statement_graph())
     assert not cycles, sorted(sorted(c) for c in cycles)
-
-
-def test_known_cycles_still_exist():
-    gone = KNOWN_CYCLES - import_cycles(statement_graph())
-    assert not gone, f"remove from KNOWN_CYCLES: {sorted(sorted(c) for c in gone)}"
