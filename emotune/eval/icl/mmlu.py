@@ -129,6 +129,20 @@ def count_questions(task: Task, data_dir=None, limit: int | None = None) -> int:
     return sum(len(items) for items in evaluated_questions(task, data_dir, limit).values())
 
 
+def _fitted_prompts(subject: str, items: list, shots_rows: list, prompt, tokenizer, seq_len: int, scoring: str):
+    """Each question's four candidate prompts with its demos, fitted into `seq_len` (fewer demos, then truncation)."""
+    prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
+    groups = tokenize_groups(tokenizer, prompts)
+    fitted = []
+    for j, (i, r) in enumerate(items):
+        def build(n, r=r, i=i):
+            return candidates(subject, shots_rows[:n], r, f"test row {i}", prompt)
+        fitted.append(fit_prompts(build, len(shots_rows), prompts[j], groups[j], tokenizer, seq_len,
+                                  same_demos=scoring == "continuation"))
+        prompts[j], groups[j] = fitted[j].prompts, fitted[j].ids
+    return prompts, groups, fitted
+
+
 def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, data_dir=None,
                   scoring: str | None = None, shared_prefix: bool = True, batch_size: int = 8,
                   limit: int | None = None, progress: bool = True, shard: str | None = None,
@@ -167,15 +181,7 @@ def run_mmlu_task(task: Task, model, tokenizer, out_dir: str | os.PathLike, *, d
         if len(shots_rows) < shots:
             raise EmotuneError(f"{task.source}: subject {subject!r} has {len(shots_rows)} dev rows, {shots} needed "
                                f"(key 'shots')")
-        prompts = [candidates(subject, shots_rows, r, f"test row {i}", prompt) for i, r in items]
-        groups = tokenize_groups(tokenizer, prompts)
-        fitted = []
-        for j, (i, r) in enumerate(items):
-            def build(n, r=r, i=i, subject=subject, demos=shots_rows):
-                return candidates(subject, demos[:n], r, f"test row {i}", prompt)
-            fitted.append(fit_prompts(build, len(shots_rows), prompts[j], groups[j], tokenizer, seq_len,
-                                      same_demos=scoring == "continuation"))
-            prompts[j], groups[j] = fitted[j].prompts, fitted[j].ids
+        prompts, groups, fitted = _fitted_prompts(subject, items, shots_rows, prompt, tokenizer, seq_len, scoring)
         scored = score_groups(model, groups, rule=scoring, shared_prefix=shared_prefix, batch_size=batch_size,
                               ignore_id=ignore, progress=progress, select=mine if shard is not None else None)
         for j in mine:
