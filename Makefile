@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Tests run in TEST_JOBS processes (pytest-xdist), each test file whole in one of them; every test uses one
 # torch thread, so 2 suits a 2-core machine. TEST_JOBS=0 runs them in this process (e.g. for pdb).
 TEST_JOBS   ?= 2
-XDIST       := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+XDIST       := $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: demo test test-fast lint install clean
 

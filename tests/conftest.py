@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def pytest_collection_modifyitems(config, items):
     """The end-to-end files first, each file's tests kept together and in order: with `pytest -n 2 --dist loadfile`
-    (`make test`) the long files start at once and the short ones fill the gaps, instead of a demo run
+    (`make test`, with --no-loadscope-reorder) the long files start at once and the short ones fill the gaps, instead of a demo run
     starting last and running alone. The order is a fixed function of the collection, as xdist requires."""
     e2e_first = {item.path: 0 if "e2e" in item.path.parts else 1 for item in items}
     items.sort(key=lambda item: e2e_first[item.path])  # stable: the order within each group is pytest's
@@ -47,6 +47,21 @@ def _still_one_thread(one_thread):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_rendezvous():
+    """The launcher variables (MASTER_PORT, RANK, ...) as they were before each test: code under test that makes
+    an in-process one-rank group sets them, and a later test's subprocess in the same worker must not inherit
+    a port that group may still hold."""
+    keys = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 class TinyCache:

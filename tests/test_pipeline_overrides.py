@@ -56,3 +56,19 @@ def test_other_lists_are_replaced():
     before = load_pipeline_config("configs/pipelines/demo.yaml", []).report.headline
     cfg = load_pipeline_config("configs/pipelines/demo.yaml", ["report.headline=[mauve]"])
     assert len(before) > 1 and cfg.report.headline == ["mauve"]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_ends_the_pipeline(tmp_path):
+    """Training that exits before writing a checkpoint leaves the run's scheduler with no row at all: the drain
+    must end (it waited forever) and the pipeline exit with training's failure in one line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    fail = f"train.command=[{sys.executable},-c,'import sys; sys.exit(3)']"
+    proc = subprocess.run([sys.executable, "-m", "emotune", "pipeline", TINY, f"run_dir={tmp_path / 'run'}", fail,
+                           "eval.poll=0.2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "exited with status 3" in last and "Traceback" not in proc.stderr

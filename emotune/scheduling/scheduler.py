@@ -237,8 +237,10 @@ class Scheduler:
         return [r for r in self.store.rows(self.run, shards=True) if r.suite_version == self.suite.version]
 
     def all_done(self) -> bool:
-        rows = self.rows()
-        return bool(rows) and all(r.status in TERMINAL for r in rows)
+        """Every row terminal. None at all counts as done: `finished` asks only once training is over and the
+        last pass queued what landed, so no row means no checkpoint (a run that failed before its first one
+        kept `emotune pipeline` draining forever)."""
+        return all(r.status in TERMINAL for r in self.rows())
 
     def finished(self, training_over: Callable[[], bool] | None = None) -> bool:
         """--follow's stop: the final checkpoint exists (or training ended) and every job is terminal."""

@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 from installed_venv import install_wheel
 
+# The variables a launcher sets for its ranks. A user's shell has none of them; an in-process one-rank group of an
+# earlier test in the same worker process may have left them (its MASTER_PORT may even still be bound), and every
+# command an end-to-end test starts would inherit them.
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def users_shell(monkeypatch):
+    """Each end-to-end test runs its commands from a user's shell: no launcher's rendezvous variables."""
+    for key in RENDEZVOUS:
+        monkeypatch.delenv(key, raising=False)
+
 
 @pytest.fixture(scope="session")
 def installed_wheel(tmp_path_factory):
