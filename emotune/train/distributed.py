@@ -34,6 +34,20 @@ def setup_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def finish_distributed() -> None:
+    """Leave the process group before the interpreter exits (PyTorch asks for it on a normal exit). A rank that
+    exits with its gloo group alive can abort in the C++ teardown ("terminate called without an active
+    exception", status -6) after the run finished and saved: the launcher then reports a failed run."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()  # no rank tears down while another still talks to it
+    import deepspeed.comm as ds_comm
+
+    ds_comm.destroy_process_group()  # DeepSpeed's own: it also drops the groups it cached
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

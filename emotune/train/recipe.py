@@ -35,7 +35,7 @@ import torch
 from emotune.errors import ArgumentParser, EmotuneError, one_line, run_cli
 from emotune.plumbing import split_local_rank, take_local_rank
 from emotune.train.config import TrainConfig, load_config
-from emotune.train.distributed import all_reduce_sum, barrier, setup_distributed
+from emotune.train.distributed import all_reduce_sum, barrier, finish_distributed, setup_distributed
 from emotune.train.ds_config import check_deepspeed, deepspeed_config
 from emotune.train.metrics import LogWindow, SkippedSteps, StepSums
 from emotune.train.optim import lr_scheduler, param_groups, schedule_length
@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(p.name for p in result.reexported))
     elif int(os.environ.get("RANK", "0")) == 0:
         print(f"emotune train: nothing to do, {cfg.output_dir} is already at step {result.step}")
+    finish_distributed()  # the process ends here: leave the group cleanly (a failed run exits without it)
     return 0
 
 
