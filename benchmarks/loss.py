@@ -30,7 +30,10 @@ both sides of a ratio alike. Clock: process CPU time with --threads 1, wall time
 Memory: each (method, N, dtype) once in its own process, so its peak RSS is its own: peak = VmHWM after
 one loss+backward minus VmRSS before it (inputs already allocated); deterministic, so not repeated.
 Before the JSON line each ratio is printed with the floor or target it is held against; a median below
-its physical floor (fused EMO / fused MLE >= 4/3 in FLOPs) is flagged as a measurement error.
+its physical floor is flagged as a measurement error. Fused EMO / fused MLE is 4/3 in FLOPs (one N x V x H'
+product more than MLE's three), but its time floor is 1 + t(that product) / t(fused MLE), lower than 4/3 as
+MLE's passes over its logits are not repeated: the product runs as an extra arm (`extra_product`) in the same
+rounds and the floor is the median of its per-round ratio.
 Last line: one JSON object: the fused ratios at the largest N (float32), and for every N and dtype plain
 MLE / F.cross_entropy (with the head, and the loss alone) and plain EMO / plain MLE; each time ratio as
 {median, q1, q3, iqr, rounds}. `benchmarks/stability.py` reruns it under load and compares.
@@ -141,6 +144,12 @@ def build_arms(methods, n: int, vocab: int, hidden: int, chunk: int | None, dtyp
         with torch.no_grad():
             teacher_logits = (torch.cat([h_t, pad]) @ w_t.T)[None]
         return objective(logits, labels, teacher_logits=teacher_logits).loss
+    floor_buf = torch.empty(min(chunk, n), vocab) if "extra_product" in methods else None
+
+    def extra_product():  # EMO's one extra N x V x H' product, chunk by chunk as the fused loss makes it
+        for s in range(0, n, chunk):
+            torch.mm(e_hat[y[s:s + chunk]], e_hat.T, out=floor_buf[: min(chunk, n - s)])
+
     losses = {
         "torch_ce": lambda: library_ce((torch.cat([h, pad]) @ w.T)[None]),
         "ce_only_torch": lambda: library_ce(logits_leaf),
@@ -157,6 +166,8 @@ def build_arms(methods, n: int, vocab: int, hidden: int, chunk: int | None, dtyp
     }
 
     def arm(method):
+        if method == "extra_product":
+            return extra_product
         wrt = (logits_leaf,) if method.startswith("ce_only") else (h, w)
         return lambda: torch.autograd.grad(losses[method](), wrt)
 
@@ -234,9 +245,12 @@ def step_benchmark(args) -> None:
 
 
 # (key, numerator, denominator, floor, target): the ratios each run reports, with what they are held against.
-# EMO's fused loss does one more N x V x d product (the cost rows) than MLE's three (logits, grad_h, grad_W),
-# so fused EMO / fused MLE cannot fall below 4/3 in FLOPs: a median under it is a disturbed measurement.
-FUSED_RATIOS = (("fused_emo_over_fused_mle", "fused_emo", "fused_mle", 4 / 3, "<= 1.40"),
+# EMO's fused loss does one more N x V x d product (the cost rows) than MLE's three (logits, grad_h, grad_W):
+# 4/3 in FLOPs. In time the floor is lower, since MLE's own passes over its logits (max, exp, sum: ~12% of its
+# time on this CPU) are not repeated by that product: everything MLE does plus the product alone, i.e.
+# 1 + t(product) / t(MLE), with the product timed as a third arm in the same rounds ("measured" below).
+# A median under that is a disturbed measurement, not a property of the code.
+FUSED_RATIOS = (("fused_emo_over_fused_mle", "fused_emo", "fused_mle", "measured", "<= 1.40"),
                 ("fused_emo_over_plain_emo", "fused_emo", "plain_emo", None, None),
                 ("fused_emo_over_plain_emo_ours", "fused_emo", "plain_emo_ours", None, None),
                 ("fused_mle_over_plain_mle", "fused_mle", "plain_mle", None, None),
@@ -325,6 +339,8 @@ def main() -> None:
     # allocator (a GPU's) would. Otherwise every call maps fresh pages, and their first-touch faults
     # (0.5-2 s per GB here, varying with the kernel's memory state) would be timed instead of the loss.
     time_env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+    if {"fused_emo", "fused_mle"} <= set(timed.get("fp32", ())):
+        timed["fp32"] = timed["fp32"] + ["extra_product"]  # the time floor of fused EMO / fused MLE (FUSED_RATIOS)
     for n in sizes:
         for d in dtypes:
             print(f"N={n} {d}: timing {','.join(timed[d])}", flush=True)
@@ -350,6 +366,12 @@ def main() -> None:
         for key, a, b, floor, target in FUSED_RATIOS:
             if {a, b} <= have:
                 stats = paired.summarize(paired.round_ratios(times[(n, "fp32")], a, b))
+                if floor == "measured":
+                    floor = paired.summarize(paired.round_ratios(times[(n, "fp32")], [b, "extra_product"], b))
+                    print(f"time floor of {key} (N={n} fp32): (MLE + the extra product alone) / MLE = median "
+                          f"{floor['median']:.3f} [IQR {floor['q1']:.3f}-{floor['q3']:.3f}]; in FLOPs 4/3")
+                    result[f"time_floor_{key}"] = floor
+                    floor = floor["median"]
                 print(paired.check(f"time_{key} (N={n} fp32)", stats, floor, target))
                 result[f"time_{key}"] = stats
             if (a, n, "fp32") in peaks and (b, n, "fp32") in peaks:

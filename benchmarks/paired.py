@@ -77,8 +77,9 @@ def round_ratios(times: dict[str, list[float]], a: str | Iterable[str], b: str |
 def check(name: str, stats: dict, floor: float | None = None, target: str | None = None) -> str:
     """One line for a ratio: its median [IQR] over rounds, the floor / target it is held against, and a flag.
 
-    A median below a physical floor (e.g. EMO's extra N x V x d product: fused EMO / fused MLE >= 4/3 in FLOPs)
-    cannot be a property of the code: it says the measurement was disturbed, so it is flagged as an error."""
+    A median below a physical floor (e.g. fused EMO / fused MLE >= 1 + t(EMO's extra N x V x d product) / t(MLE),
+    timed in the same rounds) cannot be a property of the code: it says the measurement was disturbed, so it is
+    flagged as an error."""
     line = f"{name}: median {stats['median']:.3f} [IQR {stats['q1']:.3f}-{stats['q3']:.3f}] over {stats['rounds']} rounds"
     if floor is not None:
         line += f"; floor {floor:.3f}"

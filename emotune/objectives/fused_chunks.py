@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from emotune.objectives.common import compute_dtype
-from emotune.objectives.token_terms import demd_terms, logit_grad, scaled_logit_grad, softmax_ce
+from emotune.objectives.token_terms import cost_columns, demd_cosines, logit_grad, scaled_cosine_grad, softmax_parts
 
 _COMPILED: dict = {}
 
@@ -40,9 +40,9 @@ class Chunks:
         n, cdt = h.shape[0], compute_dtype(h.dtype)
         self.n, self.cdt, self.y, self.e_hat, self.k_self, self.mm_dtype = n, cdt, y, e_hat, k_self, mm_dtype
         use_compile = compile_ and h.is_cuda
-        self.softmax_ce = _maybe_compiled(softmax_ce, use_compile)
+        self.softmax_parts = _maybe_compiled(softmax_parts, use_compile)
         self.logit_grad = _maybe_compiled(logit_grad, use_compile)
-        # DEMD's logit gradient with its row factor moved to the c x H side of the matmuls (scaled_logit_grad):
+        # DEMD's logit gradient with its row factor moved to the c x H side of the matmuls (scaled_cosine_grad):
         # only where those matmuls run in the compute dtype (a bf16/fp16 g needs its own scale) and eagerly
         self.fold = mm_dtype == cdt and not use_compile
         acc = lambda t, flag: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype), device=t.device) if flag else None  # noqa: E731
@@ -89,16 +89,17 @@ class Chunks:
         return z
 
     def chunk(self, s, e):
-        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm), k)."""
+        """Rows s:e: logits into the buffer, ce (and demd, q_y) stored; returns ((exp(z - zmax), norm, e_y), cos):
+        the chunk's cosines ê_y·ê_i (target entry 0) stand in for its cost columns k = 1 - cos (`demd_cosines`)."""
         z, y = self.logits(s, e), self.y
-        ce, ez, _, norm = self.softmax_ce(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
-        k = None
+        ce, ez, _, norm, off, e_y = self.softmax_parts(z, y[s:e])  # ez = exp(z - zmax): q = ez / norm, never formed
+        cos = None
         if self.e_hat is not None:
-            k, d = demd_terms(ez, norm, y[s:e], self.e_hat, self.k_self[s:e], out=self.kbuf[: e - s])
+            cos, d = demd_cosines(ez, norm, off, e_y, y[s:e], self.e_hat, self.k_self[s:e], out=self.kbuf[: e - s])
             self.d_all[s:e] = d
-            self.qy_all[s:e] = ez.gather(-1, y[s:e, None]).squeeze(-1) / norm
+            self.qy_all[s:e] = e_y / norm
         self.ce_all[s:e] = ce
-        return (ez, norm), k
+        return (ez, norm, e_y), cos
 
     def factor(self, g) -> float:
         """The fp16 prescale of a chunk's logit gradient (a power of two; 1 unless the matmuls run in fp16)."""
@@ -112,14 +113,18 @@ class Chunks:
         f = min(1.0 / amax, limit / max(rowsum * self.amax_m, 1e-30), limit / max(colsum * self.amax_h, 1e-30))
         return 2.0 ** math.floor(math.log2(f))
 
-    def backprop(self, s, e, q, k, a, b):
+    def backprop(self, s, e, q, cos, a, b):
         """Rows s:e with coefficients a = dL/d ce, b = dL/d demd: add their share to every gradient."""
-        ez, norm = q
-        d = None if self.d_all is None else self.d_all[s:e]
-        if b is not None and self.fold:
-            self.apply(s, e, *scaled_logit_grad(ez, norm, self.y[s:e], a, b, k, d))
-        else:
-            self.apply(s, e, self.logit_grad(ez, norm, self.y[s:e], a, b, k, d))
+        ez, norm, e_y = q
+        y = self.y[s:e]
+        if b is None:
+            self.apply(s, e, self.logit_grad(ez, norm, y, a, None, None, None))
+            return
+        d, k_y = self.d_all[s:e], self.k_self[s:e]
+        if self.fold:
+            self.apply(s, e, *scaled_cosine_grad(ez, norm, y, a, b, cos, d, e_y, k_y))
+        else:  # the matmuls' own dtype or the compiled kernel: the cost columns k = 1 - cos, then logit_grad's form
+            self.apply(s, e, self.logit_grad(ez, norm, y, a, b, cost_columns(cos, y, k_y), d))
 
     def apply(self, s, e, g, rows=None):
         """The chunk's logit gradient diag(rows) g [c, V] (compute dtype; `rows` None: 1) -> its share of the

@@ -1,8 +1,8 @@
-"""Per-token CE and DEMD of a block of logit rows, and their logit gradient: the one kernel behind both paths.
+"""Per-token CE and DEMD of a block of logit rows, and their logit gradient: the kernel behind both paths.
 
 The plain path (`losses.py`, on materialised logits) and the fused path (`fused.py`, from hidden states)
-both walk the target rows in chunks and call these three functions on a chunk x V float32 buffer, so the
-two paths share every rounding decision. With q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y:
+both walk the target rows in chunks and call these functions on a chunk x V float32 buffer. With
+q = softmax(z), k_i = C[i, y] = 1 - ê_i·ê_y:
 
     ce   = (zmax - z_y) + log1p(sum_{i != argmax} exp(z_i - zmax))   no `lse - z_y` cancellation
     demd = sum_{i != y} q_i k_i  (+ q_y k_yy, k_yy exact: 0 for a unit row)   no `1 - c̄` cancellation
@@ -12,7 +12,10 @@ two paths share every rounding decision. With q = softmax(z), k_i = C[i, y] = 1 
 demd to ~1e-7 noise of either sign, and EMO-2's weight demd / ce becomes garbage. Summing q_i k_i with the
 target's own term taken exactly keeps the relative accuracy of every term.
 
-`plain_terms.PlainTerms` is the plain path's autograd function over these; `fused.py` calls them per chunk.
+The plain path forms the cost columns k (`cost_columns`, `expected_cost`, `logit_grad`; `plain_terms.PlainTerms`
+is its autograd function). The fused path never forms k: it keeps the cosines and takes the same sums as
+off-target mass minus <e, cos> (`demd_cosines`, `scaled_cosine_grad`), one pass over c x V fewer, with the
+target's own term still left out and taken exactly; the two agree to float32 rounding (tests/objectives).
 Everything runs with autocast disabled: the math is float32 (float64 stays float64) whatever the context.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,6 +69,12 @@ def self_cost(e_hat_rows: Tensor) -> Tensor:
 def softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """In place: float32 logits z become e = exp(z - zmax). Returns (ce, e, zmax, norm); q = e / norm is never
     formed (the division is folded into the per-row coefficients downstream: one pass over c x V fewer)."""
+    return softmax_parts(z, y)[:4]
+
+
+def softmax_parts(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`softmax_ce` plus (off, e_y): off = sum_{i != y} e_i, the mass off the target, to full relative accuracy
+    (when the target is the max, `norm - 1` would round it away: it is the sum of the others, taken directly)."""
     zmax, imax = z.max(dim=-1, keepdim=True)
     z.sub_(zmax)
     z_y = z.gather(-1, y[:, None]).squeeze(-1)
@@ -73,7 +83,10 @@ def softmax_ce(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     rest = z.sum(-1)
     z.scatter_(-1, imax, 1.0)
     ce = torch.log1p(rest) - z_y
-    return ce, z, zmax.squeeze(-1), 1.0 + rest
+    norm = 1.0 + rest
+    e_y = z.gather(-1, y[:, None]).squeeze(-1)
+    off = torch.where(imax.squeeze(-1) == y, rest, norm - e_y)  # otherwise off >= 1 (it holds the max's 1)
+    return ce, z, zmax.squeeze(-1), norm, off, e_y
 
 
 def softmax_again(z: Tensor, zmax: Tensor) -> Tensor:
@@ -88,24 +101,30 @@ def cost_columns(cos: Tensor, y: Tensor, k_y: Tensor) -> Tensor:
     return cos.scatter_(-1, y[:, None], k_y[:, None])
 
 
+def row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum_j a_ij b_ij per row [c, V] -> [c], reading both once and writing nothing of c x V. On the CPU numpy's
+    einsum: one call at memory speed, where torch's batched forms (`bmm` of 1 x V by V x 1, `linalg.vecdot`) run
+    3-6x slower and a loop of `torch.dot` pays ~8 us of dispatch per row; elsewhere one launch for all rows."""
+    if (a.device.type != "cpu" or a.requires_grad or b.requires_grad
+            or a.dtype not in (torch.float32, torch.float64) or b.dtype != a.dtype):
+        return torch.bmm(a[:, None, :], b[:, :, None]).view(-1)
+    return torch.from_numpy(np.einsum("ij,ij->i", a.numpy(), b.numpy()))
+
+
 def expected_cost(e: Tensor, norm: Tensor, k: Tensor) -> Tensor:
-    """demd = <q, k> per row, q = e / norm: a row-wise dot that reads both rows and writes nothing of c x V.
-    On the CPU one BLAS dot per row: the batched form (`bmm` of 1 x V by V x 1, or `linalg.vecdot`) runs 3x
-    slower there, which was a third of EMO's extra time in the fused loss; elsewhere one launch for all rows."""
-    if e.device.type != "cpu":
-        return torch.bmm(e[:, None, :], k[:, :, None]).view(-1) / norm
-    out = torch.empty(e.shape[0], dtype=e.dtype, device=e.device)
-    for i in range(e.shape[0]):
-        torch.dot(e[i], k[i], out=out[i])
-    return out.div_(norm)
+    """demd = <q, k> per row, q = e / norm."""
+    return row_dot(e, k).div_(norm)
 
 
-def demd_terms(e: Tensor, norm: Tensor, y: Tensor, e_hat: Tensor, k_y: Tensor,
-               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(k [c,V] = C[:, y] per row, demd = <q, k>) for one chunk, q = e / norm, k_y = C[y, y] per row; `k` is a
-    fresh buffer (or `out`)."""
-    k = cost_columns(torch.mm(e_hat[y], e_hat.T, out=out), y, k_y)
-    return k, expected_cost(e, norm, k)
+def demd_cosines(e: Tensor, norm: Tensor, off: Tensor, e_y: Tensor, y: Tensor, e_hat: Tensor, k_y: Tensor,
+                 out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The fused loss's form of (cost_columns, expected_cost), one pass over c x V fewer: (cos [c,V] = ê_y·ê_i with the target's
+    own entry set to 0, demd) where demd·norm = sum_{i != y} e_i (1 - cos_i) + e_y k_yy = off - <e, cos> + e_y k_yy.
+    No `1 - c̄` cancellation: the target's own term (cos ~ 1 for a confident token) is left out of the dot and
+    `off` is the others' mass to full relative accuracy (`softmax_parts`), so the difference keeps the
+    relative accuracy of sum_{i != y} q_i k_i, as the per-element form does."""
+    cos = torch.mm(e_hat[y], e_hat.T, out=out).scatter_(-1, y[:, None], 0.0)
+    return cos, (off - row_dot(e, cos) + e_y * k_y) / norm
 
 
 def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, k: Tensor | None,
@@ -121,25 +140,28 @@ def logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor | None, 
     return g.scatter_add_(-1, y[:, None], -a[:, None])
 
 
-def scaled_logit_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor, k: Tensor,
-                      demd: Tensor) -> tuple[Tensor, Tensor]:
-    """(g, r) with dL/dz = r[:, None] * g, in place on `k`, for the fused loss, whose matmuls take r on their c x H
-    side: g = e ⊙ (k + γ) - (a / r) onehot(y), r = b / norm, γ = a / b - demd. Two passes over c x V with one
-    row scalar each (torch vectorises those) instead of logit_grad's `a + b k`, whose two row scalars in one
-    op run element by element on the CPU. A row with b = 0, or too small for a / b, gets logit_grad's form, r = 1."""
+def scaled_cosine_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor, cos: Tensor, demd: Tensor,
+                       e_y: Tensor, k_y: Tensor) -> tuple[Tensor, Tensor]:
+    """(g, f) with dL/dz = f[:, None] * g, in place on `cos` (from `demd_cosines`), for the fused loss, whose
+    matmuls take the row factor f on their c x H side. With r = b / norm and γ = a / b - demd, for i != y
+    dL/dz_i = r e_i (k_i + γ) = -r e_i (cos_i - (1 + γ)): g = (cos - (1 + γ)) ⊙ e, f = -r, two in-place passes
+    with one row scalar each (torch vectorises those; `a + b k`'s two row scalars in one op run element by element
+    on the CPU), and `1 - cos` is never formed. The target's entry is set exactly: g_y = a / r - e_y (k_yy + γ).
+    A row with b = 0, or too small for a / b, gets logit_grad's form, f = 1."""
     fold = b.abs() * 2.0**32 > a.abs()
     exact = None
     if not bool(fold.all()):
         rows = (~fold).nonzero().squeeze(1)
-        exact = rows, logit_grad(e[rows], norm[rows], y[rows], a[rows], b[rows], k[rows], demd[rows])
+        k = cost_columns(cos[rows], y[rows], k_y[rows])  # cos[rows] is a copy: the kernel's k for these rows only
+        exact = rows, logit_grad(e[rows], norm[rows], y[rows], a[rows], b[rows], k, demd[rows])
     one = torch.ones_like(b)
     r = torch.where(fold, b / norm, one)
     gamma = torch.where(fold, a / torch.where(fold, b, one) - demd, torch.zeros_like(b))
-    g = k.add_(gamma[:, None]).mul_(e)
-    g.scatter_add_(-1, y[:, None], (-a / r)[:, None])
+    g = cos.sub_((1.0 + gamma)[:, None]).mul_(e)
+    g.scatter_(-1, y[:, None], (a / r - e_y * (k_y + gamma))[:, None])
     if exact is not None:
         g[exact[0]] = exact[1]
-    return g, r
+    return g, torch.where(fold, -r, one)
 
 
 def row_blocks(rows: Tensor, chunk: int) -> list[tuple[int, int, int]]:

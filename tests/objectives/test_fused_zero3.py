@@ -45,8 +45,10 @@ def test_zero3_two_ranks_fused_matches_plain(tmp_path):
         for a, b in zip(res["plain" + kind]["losses"], res["fused" + kind]["losses"]):
             assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), res
         assert res["head_grad_rel_diff" + kind] < 1e-5, res
-        # Adam amplifies float32 rounding where a gradient is ~0; a wrong gradient would move weights by ~lr.
-        assert res["param_max_abs_diff" + kind] < 2e-3 * res["params_moved"], res
+        # Adam amplifies float32 rounding where a gradient is ~0 (its step is ~lr g / |g|): the LoRA head's lora_B
+        # moves 5e-5 to 1e-4 from rounding alone, with the kernel's order of operations; a wrong gradient would
+        # move weights by ~lr = 1e-2, 30x over this bound.
+        assert res["param_max_abs_diff" + kind] < 1e-2 * res["params_moved"], res
 
 
 def main(out_path: str) -> None:

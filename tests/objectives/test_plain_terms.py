@@ -113,10 +113,11 @@ def test_heavily_masked_bf16_batch_keeps_a_per_target_table():
     assert tt.reuse_for_gradient(flat.float(), torch.arange(1), torch.float32)
 
 
-def test_scaled_logit_grad_is_logit_grad_with_its_row_factor():
-    """The fused loss's DEMD gradient with the row factor b / norm taken out (applied on the c x H side), rows with
-    b = 0, b too small for a / b, and a = 0 (DEMD only) included: r ⊙ g equals logit_grad's dL/dz in float64."""
-    from emotune.objectives.token_terms import logit_grad, scaled_logit_grad
+def test_scaled_cosine_grad_is_logit_grad_with_its_row_factor():
+    """The fused loss's DEMD gradient from the cosines (k = 1 - cos never formed) with the row factor f taken out
+    (applied on the c x H side), rows with b = 0, b too small for a / b, and a = 0 (DEMD only) included:
+    f ⊙ g equals logit_grad's dL/dz on the cost columns, in float64."""
+    from emotune.objectives.token_terms import logit_grad, scaled_cosine_grad
 
     gen = torch.Generator().manual_seed(0)
     c, vocab = 6, 50
@@ -124,12 +125,60 @@ def test_scaled_logit_grad_is_logit_grad_with_its_row_factor():
     y = torch.randint(0, vocab, (c,), generator=gen)
     e = (z - z.max(-1, keepdim=True).values).exp()
     norm = e.sum(-1)
-    k = torch.rand(c, vocab, dtype=torch.float64, generator=gen).scatter_(-1, y[:, None], 0.0)
+    e_y = e.gather(-1, y[:, None]).squeeze(-1)
+    cos = (torch.rand(c, vocab, dtype=torch.float64, generator=gen) * 2 - 1).scatter_(-1, y[:, None], 0.0)
+    k_y = torch.tensor([0.0, 0.0, 0.3, 0.0, 1.0, 0.0], dtype=torch.float64)  # shrunk and zero rows of Ê too
+    k = (1 - cos).scatter_(-1, y[:, None], k_y[:, None])
     demd = (e * k).sum(-1) / norm
     a = torch.rand(c, dtype=torch.float64, generator=gen)
     b = torch.rand(c, dtype=torch.float64, generator=gen)
     b[1], b[2], a[3] = 0.0, 1e-300, 0.0
     ref = logit_grad(e, norm, y, a, b, k.clone(), demd)
-    g, r = scaled_logit_grad(e, norm, y, a, b, k.clone(), demd)
-    assert r[1] == r[2] == 1.0 and r[0] == b[0] / norm[0]
-    torch.testing.assert_close(g * r[:, None], ref, rtol=1e-12, atol=1e-15)
+    g, f = scaled_cosine_grad(e, norm, y, a, b, cos.clone(), demd, e_y, k_y)
+    assert f[1] == f[2] == 1.0 and f[0] == -b[0] / norm[0]
+    torch.testing.assert_close(g * f[:, None], ref, rtol=1e-12, atol=1e-15)
+
+
+def test_demd_cosines_equal_the_cost_column_form():
+    """demd = (off - <e, cos> + e_y k_yy) / norm (fused) against sum_i q_i k_i on the cost columns (plain), float64,
+    and in float32 for confident rows (q_y = 1 - 1e-9): relative accuracy kept, no `1 - c̄` cancellation."""
+    from emotune.objectives.token_terms import cost_columns, demd_cosines, expected_cost, self_cost, softmax_parts
+
+    gen = torch.Generator().manual_seed(1)
+    c, vocab = 7, 64
+    e_hat = torch.nn.functional.normalize(torch.randn(vocab, 9, dtype=torch.float64, generator=gen), dim=-1)
+    e_hat[5] *= 0.5  # a row the eps policy shrank: k_yy = 1 - |ê|²
+    y = torch.tensor([5, 1, 2, 3, 4, 5, 6])
+    z = torch.randn(c, vocab, dtype=torch.float64, generator=gen) * 2
+    z[3:, :] -= 25.0
+    z[torch.arange(3, c), y[3:]] += 25.0  # confident rows: the target is the max by ~25 nats
+    k_y = self_cost(e_hat[y])
+    ref_e = torch.softmax(z, -1)
+    ref = ((ref_e * (1 - e_hat[y] @ e_hat.T)).scatter(-1, y[:, None], 0.0).sum(-1) + ref_e.gather(-1, y[:, None])[:, 0] * k_y)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        zz, eh = z.to(dtype), e_hat.to(dtype)
+        _, e, _, norm, off, e_y = softmax_parts(zz.clone(), y)
+        _, demd = demd_cosines(e, norm, off, e_y, y, eh, k_y.to(dtype))
+        torch.testing.assert_close(demd.double(), ref, rtol=tol, atol=0)
+        if dtype == torch.float64:
+            _, e2, _, norm2 = softmax_parts(zz.clone(), y)[:4]
+            plain = expected_cost(e2, norm2, cost_columns(eh[y] @ eh.T, y, k_y))  # the plain path's form
+            torch.testing.assert_close(demd, plain, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_dot_equals_float64_sum(dtype):
+    """Per-row <a, b> (numpy's einsum on the CPU; bmm where autograd or another device needs it): a strided view
+    and a tensor needing grad included."""
+    from emotune.objectives.token_terms import row_dot
+
+    gen = torch.Generator().manual_seed(2)
+    a, b = (torch.randn(5, 1000, dtype=torch.float64, generator=gen) for _ in range(2))
+    ref = (a * b).sum(-1)
+    for x, w in ((a, b), (a[:, ::2], b[:, 1::2])):
+        r = (x * w).sum(-1)
+        got = row_dot(x.to(dtype), w.to(dtype))
+        assert got.dtype == dtype and got.shape == (5,)
+        torch.testing.assert_close(got.double(), r, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-4)
+    leaf = a.to(dtype).requires_grad_(True)
+    torch.testing.assert_close(row_dot(leaf, b.to(dtype)).detach().double(), ref, rtol=1e-5, atol=1e-4)
