@@ -26,7 +26,8 @@ Time: for each (N, dtype) one process builds every method on the same inputs and
 (benchmarks/paired.py): every method once per round, the order reversed every other round, after one
 warm-up round; each ratio is formed per round and reported as the median with its interquartile range
 and the number of rounds — arms measured seconds apart, so load that drifts on a shared machine moves
-both sides of a ratio alike. Clock: process CPU time with --threads 1, wall time otherwise.
+both sides of a ratio alike. Clock: the process's user CPU time with --threads 1 (the kernel's page-fault time
+is left out: see `user_cpu_time`), wall time otherwise.
 Memory: each (method, N, dtype) once in its own process, so its peak RSS is its own: peak = VmHWM after
 one loss+backward minus VmRSS before it (inputs already allocated); deterministic, so not repeated.
 Before the JSON line each ratio is printed with the floor or target it is held against; a median below
@@ -188,6 +189,18 @@ def memory_worker(method: str, n: int, args) -> dict:
     return {"method": method, "n": n, "peak_mb": peak_kb / 1024, "peak_exact": exact}
 
 
+def user_cpu_time() -> float:
+    """The process's user CPU time. Not `time.process_time`, which adds the kernel's time: even with freed memory
+    kept (time_env), glibc's heap now and then grows for an [N, V] buffer instead of reusing a freed one, and the
+    first touch of ~1 GB of fresh pages added ~3 s of system time to one `F.cross_entropy` call of 5 s
+    (240k minor faults; the next call, none), which moved that arm's ratio from ~1.0 to ~0.65 at random."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: the CPU time the platform gives
+        return time.process_time()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
 def _log_stderr(line: str) -> None:  # the worker's stdout carries only its JSON line
     print(line, file=sys.stderr, flush=True)
 
@@ -201,7 +214,7 @@ def timing_worker(methods: list[str], n: int, args) -> dict:
     arms = build_arms(methods, n, args.vocab, args.hidden, args.chunk_size, args.worker_dtype, args.labels)
     # With one thread the process's CPU time is the cost itself, not the time spent queueing for a core
     # behind other jobs; with several threads only wall time means anything.
-    clock = time.process_time if args.threads == 1 else time.perf_counter
+    clock = user_cpu_time if args.threads == 1 else time.perf_counter
     return paired.run_rounds(arms, args.rounds, warmup=1, clock=clock, log=_log_stderr)
 
 
@@ -226,7 +239,7 @@ def step_benchmark(args) -> None:
     ids = torch.randint(0, args.vocab, (args.step_batch, args.step_seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
-    clock = time.process_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time (see timing_worker)
+    clock = user_cpu_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time (see timing_worker)
 
     def step(objective) -> None:
         fused_causal_lm_loss(model, batch, objective).loss.backward()
@@ -326,7 +339,7 @@ def main() -> None:
     plan = {d: [m for m in methods if d == "fp32" or m in LOW_PRECISION_METHODS] for d in dtypes}
     untimed = set(filter(None, args.untimed.split(",")))
     timed = {d: [m for m in plan[d] if m not in untimed] for d in dtypes}
-    clock = "process CPU time (1 thread)" if args.threads == 1 else "wall time"
+    clock = "process user CPU time (1 thread)" if args.threads == 1 else "wall time"
     print(f"V={args.vocab} H={args.hidden} loss+backward wrt (hidden, weight) (ce_only_*: wrt the logits); dtypes {dtypes}; "
           f"{args.labels} labels; CPU threads={args.threads or 'default'}; time: {clock}, every method once per round on "
           f"the same inputs in one process, order reversed every other round, {args.rounds} rounds after a warm-up; "
