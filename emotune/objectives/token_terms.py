@@ -147,8 +147,8 @@ def scaled_cosine_grad(e: Tensor, norm: Tensor, y: Tensor, a: Tensor, b: Tensor,
     dL/dz_i = r e_i (k_i + γ) = -r e_i (cos_i - (1 + γ)): g = (cos - (1 + γ)) ⊙ e, f = -r, two in-place passes
     with one row scalar each (torch vectorises those; `a + b k`'s two row scalars in one op run element by element
     on the CPU), and `1 - cos` is never formed. The target's entry is set exactly: g_y = a / r - e_y (k_yy + γ).
-    A row with b = 0, or too small for a / b, gets logit_grad's form, f = 1."""
-    fold = b.abs() * 2.0**32 > a.abs()
+    A row with b = 0, or too small for a / b (or for r), gets logit_grad's form, f = 1."""
+    fold = (b.abs() * 2.0**32 > a.abs()) & (b / norm != 0)  # a / r, a / b finite where folded
     exact = None
     if not bool(fold.all()):
         rows = (~fold).nonzero().squeeze(1)

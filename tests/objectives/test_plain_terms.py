@@ -115,13 +115,14 @@ def test_heavily_masked_bf16_batch_keeps_a_per_target_table():
 
 def test_scaled_cosine_grad_is_logit_grad_with_its_row_factor():
     """The fused loss's DEMD gradient from the cosines (k = 1 - cos never formed) with the row factor f taken out
-    (applied on the c x H side), rows with b = 0, b too small for a / b, and a = 0 (DEMD only) included:
+    (applied on the c x H side), rows with b = 0, b too small for a / b or for b / norm, and a = 0 (DEMD only) included:
     f ⊙ g equals logit_grad's dL/dz on the cost columns, in float64."""
     from emotune.objectives.token_terms import logit_grad, scaled_cosine_grad
 
     gen = torch.Generator().manual_seed(0)
     c, vocab = 6, 50
     z = torch.randn(c, vocab, dtype=torch.float64, generator=gen) * 3
+    z[4] = 0.0  # norm 50, for the underflow row below
     y = torch.randint(0, vocab, (c,), generator=gen)
     e = (z - z.max(-1, keepdim=True).values).exp()
     norm = e.sum(-1)
@@ -133,9 +134,10 @@ def test_scaled_cosine_grad_is_logit_grad_with_its_row_factor():
     a = torch.rand(c, dtype=torch.float64, generator=gen)
     b = torch.rand(c, dtype=torch.float64, generator=gen)
     b[1], b[2], a[3] = 0.0, 1e-300, 0.0
+    a[4], b[4] = 0.0, 5e-324  # b / norm underflows to 0: a / r would be 0 / 0
     ref = logit_grad(e, norm, y, a, b, k.clone(), demd)
     g, f = scaled_cosine_grad(e, norm, y, a, b, cos.clone(), demd, e_y, k_y)
-    assert f[1] == f[2] == 1.0 and f[0] == -b[0] / norm[0]
+    assert f[1] == f[2] == f[4] == 1.0 and f[0] == -b[0] / norm[0] and bool(torch.isfinite(g).all())
     torch.testing.assert_close(g * f[:, None], ref, rtol=1e-12, atol=1e-15)
 
 
